@@ -1,0 +1,253 @@
+//! The command line (DESIGN.md): global options, subcommands, exit statuses.
+
+use crate::config::{self, SegmentArgs, VoucherifyArgs};
+use crate::error::exit_code_for;
+use crate::sandbox::{Sandbox, SandboxOptions};
+use crate::{extract, load, status, transform, ui};
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Copy customer profiles from Segment (Unify Profile API) into Voucherify customers.
+///
+/// A staged pipeline of plain files: `extract` writes profiles.ndjson,
+/// `transform` writes customers.csv (review or edit it), `load` upserts it and
+/// records what Voucherify confirmed. Each stage can be rerun and resumes.
+/// Configuration: flags, then environment variables, then a .env file.
+#[derive(Debug, Parser)]
+#[command(
+    name = "segsync",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Directory of the pipeline's files
+    #[arg(
+        long,
+        global = true,
+        env = "SEGSYNC_DATA_DIR",
+        default_value = "data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// More output (-v details, -vv every request)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less output (-q no summaries, -qq no warnings)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read every profile of the Segment space into profiles.ndjson (resumable)
+    Extract(extract::Args),
+    /// Map profiles.ndjson to customers.csv and rejected.csv
+    Transform(transform::Args),
+    /// Validate customers.csv and upsert it into Voucherify, confirming every batch
+    Load(load::Args),
+    /// Run extract, transform and load in a row, stopping at the first failure
+    Run(RunArgs),
+    /// Show each stage's files, counts, resume points and what comes next
+    Status,
+    /// Serve a local emulator of both APIs (prints the variables that point segsync at it)
+    Sandbox(SandboxArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Reuse unchanged profiles from the previous extract
+    #[arg(long)]
+    pub incremental: bool,
+    /// Start the extraction over, ignoring an unfinished one
+    #[arg(long)]
+    pub fresh: bool,
+    /// Profiles fetched at once during extract
+    #[arg(long = "extract-concurrency", default_value_t = 16)]
+    pub extract_concurrency: u32,
+    /// Segment requests per second (0 = no limit)
+    #[arg(long = "segment-rate-limit", default_value_t = 100)]
+    pub segment_rate_limit: u32,
+    /// External-id type(s) used as source_id, comma list as fallback order
+    #[arg(
+        long = "source-id-type",
+        env = "IDENTIFIER_SAVED_AS_SOURCE_ID",
+        default_value = "user_id"
+    )]
+    pub source_id_type: String,
+    /// Overwrite a hand-edited customers.csv
+    #[arg(long)]
+    pub force: bool,
+    /// Customers per bulk request
+    #[arg(long = "batch-size", default_value_t = 100)]
+    pub batch_size: u32,
+    /// Batches in flight during load
+    #[arg(long = "load-concurrency", default_value_t = 4)]
+    pub load_concurrency: u32,
+    /// Voucherify requests per minute
+    #[arg(long = "voucherify-rate-limit")]
+    pub voucherify_rate_limit: Option<u32>,
+    /// Resend every customer
+    #[arg(long)]
+    pub full: bool,
+    #[command(flatten)]
+    pub segment: SegmentArgs,
+    #[command(flatten)]
+    pub voucherify: VoucherifyArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SandboxArgs {
+    /// Port on 127.0.0.1 (0 = any free port)
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Profiles in the synthetic space
+    #[arg(long, default_value_t = 1000)]
+    pub profiles: u64,
+    /// Seed of the synthetic data set
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Delay added to every API response
+    #[arg(long = "latency-ms", default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Share of API requests answered 503 or cut mid-response (0.0-1.0)
+    #[arg(long = "fault-rate", default_value_t = 0.0)]
+    pub fault_rate: f64,
+    /// Segment requests per second before 429 (0 = unlimited)
+    #[arg(long = "segment-rps", default_value_t = 100)]
+    pub segment_rps: u32,
+    /// Voucherify requests per minute before 429 (0 = unlimited)
+    #[arg(long = "voucherify-rpm", default_value_t = 2000)]
+    pub voucherify_rpm: u32,
+    /// Time an async action takes from ENQUEUED to DONE
+    #[arg(long = "processing-ms", default_value_t = 200)]
+    pub processing_ms: u64,
+}
+
+pub fn main() -> ExitCode {
+    if let Err(e) = config::prepare_environment() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    ui::set_verbosity(cli.verbose as i8 - cli.quiet as i8);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let text = config::redact(&format!("{e:#}"));
+            eprintln!("error: {text}");
+            ExitCode::from(exit_code_for(&e))
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    let data = cli.data_dir.clone();
+    match cli.command {
+        Command::Extract(a) => extract::run(&a, &data).await.map(|_| 0),
+        Command::Transform(a) => transform::run(&a, &data).map(|_| 0),
+        Command::Load(a) => load::run(&a, &data)
+            .await
+            .map(|s| if s.failed > 0 { 3 } else { 0 }),
+        Command::Run(a) => run_all(&a, &data).await,
+        Command::Status => status::run(&data).map(|_| 0),
+        Command::Sandbox(a) => sandbox(a).await.map(|_| 0),
+    }
+}
+
+async fn run_all(a: &RunArgs, data: &std::path::Path) -> anyhow::Result<u8> {
+    // Check every credential before doing any work.
+    a.segment.resolve()?;
+    a.voucherify.resolve()?;
+    let ex = extract::Args {
+        out: None,
+        concurrency: a.extract_concurrency,
+        rate_limit: a.segment_rate_limit,
+        fresh: a.fresh,
+        incremental: a.incremental,
+        segment: a.segment.clone(),
+    };
+    extract::run(&ex, data).await?;
+    let tr = transform::Args {
+        input: None,
+        out: None,
+        rejected: None,
+        source_id_type: a.source_id_type.clone(),
+        force: a.force,
+        skip_invalid: false,
+    };
+    transform::run(&tr, data)?;
+    let ld = load::Args {
+        input: None,
+        batch_size: a.batch_size,
+        max_batch_bytes: 5_000_000,
+        concurrency: a.load_concurrency,
+        rate_limit: a.voucherify_rate_limit,
+        poll_timeout: 900,
+        dry_run: false,
+        skip_invalid: false,
+        full: a.full,
+        voucherify: a.voucherify.clone(),
+    };
+    let s = load::run(&ld, data).await?;
+    Ok(if s.failed > 0 { 3 } else { 0 })
+}
+
+async fn sandbox(a: SandboxArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&a.fault_rate) {
+        return Err(
+            crate::error::UsageError::new("--fault-rate must be between 0.0 and 1.0").into(),
+        );
+    }
+    let sb = Sandbox::start(SandboxOptions {
+        port: a.port,
+        profiles: a.profiles,
+        seed: a.seed,
+        latency_ms: a.latency_ms,
+        fault_rate: a.fault_rate,
+        segment_rps: a.segment_rps,
+        voucherify_rpm: a.voucherify_rpm,
+        processing_ms: a.processing_ms,
+    })
+    .await?;
+    {
+        let mut out = std::io::stdout().lock();
+        for (k, v) in sb.env() {
+            writeln!(out, "{k}={v}")?;
+        }
+        out.flush()?;
+    }
+    ui::info(format!(
+        "sandbox: serving Segment and Voucherify on {} ({} profiles, seed {}); GET /_sandbox/stats and /_sandbox/customers show what it holds; Ctrl-C stops it",
+        sb.url(),
+        a.profiles,
+        a.seed
+    ));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    sb.stop().await;
+    Ok(())
+}

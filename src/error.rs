@@ -1,0 +1,95 @@
+//! Error types shared by the stages, and how they map to exit statuses.
+//!
+//! Exit statuses are part of the contract (DESIGN.md): 0 success, 2 usage or
+//! configuration error, 1 any other failure (rerun resumes), 3 `load` finished
+//! but Voucherify rejected some customers.
+
+use std::fmt;
+
+/// A problem with how the tool was invoked or configured: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl UsageError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        UsageError(msg.into())
+    }
+}
+
+/// Input that failed validation (a bad CSV, a malformed NDJSON line): exit 2,
+/// because rerunning will not help until a person fixes the file.
+#[derive(Debug, thiserror::Error)]
+pub struct InputErrors {
+    pub problems: Vec<String>,
+    pub hint: String,
+}
+
+impl fmt::Display for InputErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 50;
+        for p in self.problems.iter().take(SHOWN) {
+            writeln!(f, "{p}")?;
+        }
+        if self.problems.len() > SHOWN {
+            writeln!(f, "... and {} more problems", self.problems.len() - SHOWN)?;
+        }
+        write!(f, "{}", self.hint)
+    }
+}
+
+/// An HTTP API answered with an error that retrying will not fix, or retries
+/// ran out. Carries what a person needs to act: the endpoint, the status, the
+/// API's own message and its request id. Never carries credentials.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("{api} {endpoint}: HTTP {status}: {message}{}", request_id_suffix(.request_id))]
+    Status {
+        api: &'static str,
+        endpoint: String,
+        status: u16,
+        message: String,
+        request_id: Option<String>,
+    },
+    #[error("{api} {endpoint}: gave up after {attempts} attempts; last error: {last}")]
+    RetriesExhausted {
+        api: &'static str,
+        endpoint: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error("{api} {endpoint}: response breaks the API contract: {message}")]
+    Contract {
+        api: &'static str,
+        endpoint: String,
+        message: String,
+    },
+}
+
+fn request_id_suffix(id: &Option<String>) -> String {
+    match id {
+        Some(id) => format!(" (Request-Id {id})"),
+        None => String::new(),
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Which exit status an error deserves.
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.downcast_ref::<UsageError>().is_some()
+            || cause.downcast_ref::<InputErrors>().is_some()
+        {
+            return 2;
+        }
+    }
+    1
+}

@@ -1,0 +1,505 @@
+//! The mapping from a Segment profile to a Voucherify customer (DESIGN.md,
+//! "Mapping"). A pure function over plain data: no I/O, no clock.
+
+use crate::records::{CustomerRow, ProfileRecord};
+use serde_json::{Map, Value};
+
+/// Why a profile produced no customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// A value dropped from an otherwise loaded customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub field: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+// One value per profile, consumed at once: boxing the row would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped {
+    Customer {
+        row: CustomerRow,
+        warnings: Vec<Warning>,
+    },
+    Rejected(Rejection),
+}
+
+/// Map one profile. `id_types` is the fallback order of external-id types
+/// whose `id` becomes `source_id`.
+pub fn map_profile(profile: &ProfileRecord, id_types: &[String]) -> Mapped {
+    let Some(source_id) = source_id(&profile.external_ids, id_types) else {
+        return Mapped::Rejected(Rejection {
+            reason: "no_source_id",
+            detail: format!("no external id of type {}", id_types.join(" or ")),
+        });
+    };
+    let t = &profile.traits;
+    let mut warnings = Vec::new();
+
+    let name = text(t, "name").or_else(|| {
+        let first = text(t, "firstName").or_else(|| text(t, "first_name"));
+        let last = text(t, "lastName").or_else(|| text(t, "last_name"));
+        match (first, last) {
+            (Some(f), Some(l)) => Some(format!("{f} {l}")),
+            (f, l) => f.or(l),
+        }
+    });
+
+    let birthdate = match first_text(t, &["birthdate", "birthday"]) {
+        None => None,
+        Some((key, raw)) => {
+            match date_part(&raw) {
+                Some(d) => Some(d.to_string()),
+                None => {
+                    warnings.push(Warning {
+                    field: "birthdate",
+                    value: raw.clone(),
+                    reason: format!("trait {key} is not a valid YYYY-MM-DD date or ISO-8601 date-time; dropped"),
+                });
+                    None
+                }
+            }
+        }
+    };
+
+    // Address: inside the `address` object when it is one, else top-level traits.
+    let addr: &Map<String, Value> = match t.get("address") {
+        Some(Value::Object(o)) => o,
+        _ => t,
+    };
+
+    let metadata = match t.get("metadata") {
+        Some(Value::Object(o)) if !o.is_empty() => serde_json::to_string(o).ok(),
+        _ => None,
+    };
+
+    Mapped::Customer {
+        row: CustomerRow {
+            source_id: Some(source_id),
+            name,
+            email: text(t, "email"),
+            phone: text(t, "phone"),
+            birthdate,
+            description: text(t, "description"),
+            address_line_1: first_text(addr, &["street", "line_1"]).map(|(_, v)| v),
+            address_line_2: text(addr, "line_2"),
+            address_city: text(addr, "city"),
+            address_state: text(addr, "state"),
+            address_postal_code: first_text(addr, &["postalCode", "postal_code"]).map(|(_, v)| v),
+            address_country: text(addr, "country"),
+            metadata,
+            segment_id: Some(profile.segment_id.clone()),
+        },
+        warnings,
+    }
+}
+
+/// The `id` of the first external id (API order) of the first configured type
+/// that has one.
+pub fn source_id(external_ids: &[Value], id_types: &[String]) -> Option<String> {
+    id_types.iter().find_map(|ty| {
+        external_ids.iter().find_map(|e| {
+            if e.get("type").and_then(Value::as_str) == Some(ty.as_str()) {
+                scalar_text(e.get("id")?)
+            } else {
+                None
+            }
+        })
+    })
+}
+
+/// A trait's value as text when present and non-empty. Strings pass through
+/// unchanged; numbers keep their JSON spelling; anything else is absent.
+fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
+    scalar_text(map.get(key)?)
+}
+
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn first_text(map: &Map<String, Value>, keys: &[&'static str]) -> Option<(&'static str, String)> {
+    keys.iter().find_map(|k| text(map, k).map(|v| (*k, v)))
+}
+
+/// The date of a `YYYY-MM-DD` value or of an ISO-8601 date-time, as written;
+/// None when it is neither or the date does not exist.
+pub fn date_part(s: &str) -> Option<&str> {
+    if s.len() < 10 || !s.is_char_boundary(10) {
+        return None;
+    }
+    let (date, rest) = s.split_at(10);
+    if !is_real_date(date) {
+        return None;
+    }
+    if rest.is_empty() {
+        return Some(date);
+    }
+    let time = rest.strip_prefix('T').or_else(|| rest.strip_prefix('t'))?;
+    if is_iso_time(time) {
+        Some(date)
+    } else {
+        None
+    }
+}
+
+/// `YYYY-MM-DD` naming a day that exists in the proleptic Gregorian calendar.
+pub fn is_real_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return false;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = &s[r];
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
+    };
+    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else {
+        return false;
+    };
+    if y == 0 || !(1..=12).contains(&m) || d == 0 {
+        return false;
+    }
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = match m {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    d <= days
+}
+
+/// `HH:MM[:SS[.fraction]]` followed by nothing, `Z`, or `±HH:MM` / `±HHMM` / `±HH`.
+fn is_iso_time(t: &str) -> bool {
+    let b = t.as_bytes();
+    let two = |i: usize, max: u32| -> bool {
+        b.len() >= i + 2
+            && b[i].is_ascii_digit()
+            && b[i + 1].is_ascii_digit()
+            && ((b[i] - b'0') as u32 * 10 + (b[i + 1] - b'0') as u32) <= max
+    };
+    if !(two(0, 23) && b.get(2) == Some(&b':') && two(3, 59)) {
+        return false;
+    }
+    let mut i = 5;
+    if b.get(i) == Some(&b':') {
+        if !two(i + 1, 60) {
+            return false;
+        }
+        i += 3;
+        if matches!(b.get(i), Some(b'.') | Some(b',')) {
+            let start = i + 1;
+            i = start;
+            while b.get(i).is_some_and(|c| c.is_ascii_digit()) {
+                i += 1;
+            }
+            if i == start {
+                return false;
+            }
+        }
+    }
+    match &t[i..] {
+        "" | "Z" | "z" => true,
+        zone => {
+            let z = zone.as_bytes();
+            if !matches!(z[0], b'+' | b'-') {
+                return false;
+            }
+            let zb = &z[1..];
+            let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+            match zb.len() {
+                2 => digits(zb),
+                4 => digits(zb),
+                5 => zb[2] == b':' && digits(&zb[..2]) && digits(&zb[3..]),
+                _ => false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn profile(traits: Value, ids: Value) -> ProfileRecord {
+        ProfileRecord {
+            segment_id: "use_1".into(),
+            metadata: json!({"created_at":"2024-01-01T00:00:00Z","updated_at":"2024-01-02T00:00:00Z"}),
+            traits: traits.as_object().unwrap().clone(),
+            external_ids: ids.as_array().unwrap().clone(),
+            extra: Map::new(),
+        }
+    }
+
+    fn uid() -> Value {
+        json!([{"type":"anonymous_id","id":"anon"},{"type":"user_id","id":"u-1"}])
+    }
+
+    fn row(traits: Value) -> (CustomerRow, Vec<Warning>) {
+        match map_profile(&profile(traits, uid()), &["user_id".to_string()]) {
+            Mapped::Customer { row, warnings } => (row, warnings),
+            other => panic!("expected a customer, got {other:?}"),
+        }
+    }
+
+    fn types(t: &[&str]) -> Vec<String> {
+        t.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn source_id_is_first_of_configured_type_in_api_order() {
+        let ids = json!([{"type":"user_id","id":"first"},{"type":"user_id","id":"second"}]);
+        assert_eq!(
+            source_id(ids.as_array().unwrap(), &types(&["user_id"])),
+            Some("first".into())
+        );
+    }
+
+    #[test]
+    fn source_id_fallback_list_takes_first_type_that_has_one() {
+        let ids = json!([{"type":"email","id":"a@b.c"},{"type":"anonymous_id","id":"x"}]);
+        let ids = ids.as_array().unwrap();
+        assert_eq!(
+            source_id(ids, &types(&["user_id", "email"])),
+            Some("a@b.c".into())
+        );
+        assert_eq!(
+            source_id(ids, &types(&["anonymous_id", "email"])),
+            Some("x".into())
+        );
+        assert_eq!(source_id(ids, &types(&["user_id"])), None);
+    }
+
+    #[test]
+    fn empty_identifier_counts_as_missing() {
+        let ids = json!([{"type":"user_id","id":""},{"type":"user_id","id":"real"}]);
+        assert_eq!(
+            source_id(ids.as_array().unwrap(), &types(&["user_id"])),
+            Some("real".into())
+        );
+    }
+
+    #[test]
+    fn profile_without_identifier_is_rejected_with_reason() {
+        let p = profile(
+            json!({"email":"a@b.c"}),
+            json!([{"type":"anonymous_id","id":"a"}]),
+        );
+        match map_profile(&p, &types(&["user_id"])) {
+            Mapped::Rejected(r) => {
+                assert_eq!(r.reason, "no_source_id");
+                assert!(r.detail.contains("user_id"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn name_prefers_name_trait() {
+        assert_eq!(
+            row(json!({"name":"Ann Lee","firstName":"X","lastName":"Y"}))
+                .0
+                .name
+                .as_deref(),
+            Some("Ann Lee")
+        );
+    }
+
+    #[test]
+    fn name_from_camel_and_snake_parts() {
+        assert_eq!(
+            row(json!({"firstName":"Ann","lastName":"Lee"}))
+                .0
+                .name
+                .as_deref(),
+            Some("Ann Lee")
+        );
+        assert_eq!(
+            row(json!({"first_name":"Ann","last_name":"Lee"}))
+                .0
+                .name
+                .as_deref(),
+            Some("Ann Lee")
+        );
+        assert_eq!(
+            row(json!({"firstName":"Ann","last_name":"Lee"}))
+                .0
+                .name
+                .as_deref(),
+            Some("Ann Lee")
+        );
+        assert_eq!(
+            row(json!({"first_name":"Ann"})).0.name.as_deref(),
+            Some("Ann")
+        );
+        assert_eq!(
+            row(json!({"lastName":"Lee"})).0.name.as_deref(),
+            Some("Lee")
+        );
+        assert_eq!(
+            row(json!({"name":"","firstName":"Ann"})).0.name.as_deref(),
+            Some("Ann")
+        );
+        assert_eq!(row(json!({})).0.name, None);
+    }
+
+    #[test]
+    fn strings_pass_through_unchanged() {
+        let (r, _) =
+            row(json!({"name":"  Zoë \"Z\", Ångström\n李 ","email":" MiXeD@Example.COM "}));
+        assert_eq!(r.name.as_deref(), Some("  Zoë \"Z\", Ångström\n李 "));
+        assert_eq!(r.email.as_deref(), Some(" MiXeD@Example.COM "));
+    }
+
+    #[test]
+    fn email_phone_description_copy_same_trait() {
+        let (r, _) = row(json!({"email":"a@b.c","phone":"+48 600","description":"VIP"}));
+        assert_eq!(
+            (
+                r.email.as_deref(),
+                r.phone.as_deref(),
+                r.description.as_deref()
+            ),
+            (Some("a@b.c"), Some("+48 600"), Some("VIP"))
+        );
+    }
+
+    #[test]
+    fn birthdate_forms() {
+        assert_eq!(
+            row(json!({"birthdate":"1990-05-06"}))
+                .0
+                .birthdate
+                .as_deref(),
+            Some("1990-05-06")
+        );
+        assert_eq!(
+            row(json!({"birthday":"1990-05-06"})).0.birthdate.as_deref(),
+            Some("1990-05-06")
+        );
+        assert_eq!(
+            row(json!({"birthday":"1990-05-06T23:30:00Z"}))
+                .0
+                .birthdate
+                .as_deref(),
+            Some("1990-05-06")
+        );
+        assert_eq!(
+            row(json!({"birthday":"1990-05-06T23:30:00.123+02:00"}))
+                .0
+                .birthdate
+                .as_deref(),
+            Some("1990-05-06")
+        );
+        assert_eq!(
+            row(json!({"birthday":"2000-02-29T00:00"}))
+                .0
+                .birthdate
+                .as_deref(),
+            Some("2000-02-29")
+        );
+        assert_eq!(
+            row(json!({"birthdate":"1991-01-01","birthday":"1990-05-06"}))
+                .0
+                .birthdate
+                .as_deref(),
+            Some("1991-01-01")
+        );
+    }
+
+    #[test]
+    fn invalid_birthdates_are_dropped_with_a_warning() {
+        for bad in [
+            "1990-02-30",
+            "1900-02-29",
+            "2023-13-01",
+            "2023-00-10",
+            "06/05/1990",
+            "1990-5-6",
+            "1990-05-06T25:00:00Z",
+            "1990-05-06 garbage",
+            "0000-01-01",
+            "yesterday",
+        ] {
+            let (r, w) = row(json!({ "birthdate": bad, "email": "a@b.c" }));
+            assert_eq!(r.birthdate, None, "{bad}");
+            assert_eq!(r.email.as_deref(), Some("a@b.c"), "customer still loaded");
+            assert_eq!(w.len(), 1, "{bad}");
+            assert_eq!(w[0].value, bad);
+        }
+    }
+
+    #[test]
+    fn nested_address() {
+        let (r, _) = row(
+            json!({"address":{"street":"1 Main","line_2":"Apt 2","city":"Oslo","state":"OS","postalCode":"0150","country":"NO"},"city":"ignored"}),
+        );
+        assert_eq!(r.address_line_1.as_deref(), Some("1 Main"));
+        assert_eq!(r.address_line_2.as_deref(), Some("Apt 2"));
+        assert_eq!(r.address_city.as_deref(), Some("Oslo"));
+        assert_eq!(r.address_state.as_deref(), Some("OS"));
+        assert_eq!(r.address_postal_code.as_deref(), Some("0150"));
+        assert_eq!(r.address_country.as_deref(), Some("NO"));
+        let (r, _) = row(json!({"address":{"line_1":"2 High","postal_code":"E1"}}));
+        assert_eq!(
+            (
+                r.address_line_1.as_deref(),
+                r.address_postal_code.as_deref()
+            ),
+            (Some("2 High"), Some("E1"))
+        );
+    }
+
+    #[test]
+    fn flat_address_when_address_is_not_an_object() {
+        let (r, _) = row(
+            json!({"address":"somewhere","street":"3 Low","city":"Rome","postal_code":"00100"}),
+        );
+        assert_eq!(r.address_line_1.as_deref(), Some("3 Low"));
+        assert_eq!(r.address_city.as_deref(), Some("Rome"));
+        assert_eq!(r.address_postal_code.as_deref(), Some("00100"));
+        let (r, _) = row(json!({"line_1":"4 Side","postalCode":"123","country":"PL"}));
+        assert_eq!(
+            (
+                r.address_line_1.as_deref(),
+                r.address_postal_code.as_deref(),
+                r.address_country.as_deref()
+            ),
+            (Some("4 Side"), Some("123"), Some("PL"))
+        );
+    }
+
+    #[test]
+    fn metadata_only_when_an_object() {
+        assert_eq!(
+            row(json!({"metadata":{"tier":"gold","n":1}}))
+                .0
+                .metadata
+                .as_deref(),
+            Some(r#"{"tier":"gold","n":1}"#)
+        );
+        assert_eq!(row(json!({"metadata":"gold"})).0.metadata, None);
+        assert_eq!(row(json!({"metadata":[1]})).0.metadata, None);
+        assert_eq!(row(json!({})).0.metadata, None);
+    }
+
+    #[test]
+    fn segment_id_is_recorded() {
+        assert_eq!(row(json!({})).0.segment_id.as_deref(), Some("use_1"));
+    }
+}

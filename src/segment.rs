@@ -1,0 +1,250 @@
+//! Client for Segment's Profile API (Unify): list profiles, and every page of
+//! a profile's traits and external ids. All requests go through the shared
+//! [`HttpLayer`], so one token bucket covers every Segment request.
+
+use crate::config::SegmentConfig;
+use crate::error::ApiError;
+use crate::http::{HttpLayer, HttpSettings, RawResponse, RetryLogic};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+
+/// Page sizes: the documented maxima, so a profile costs as few requests as it can.
+pub const PROFILES_LIMIT: u32 = 100;
+pub const TRAITS_LIMIT: u32 = 200;
+pub const EXTERNAL_IDS_LIMIT: u32 = 100;
+
+/// A list that has not ended after this many pages is treated as broken.
+const MAX_PAGES: usize = 100_000;
+
+/// Path-segment encoding: everything but unreserved characters.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+struct SegmentLogic;
+
+impl RetryLogic for SegmentLogic {
+    fn api(&self) -> &'static str {
+        "Segment"
+    }
+    fn error_message(&self, body: &[u8]) -> Option<String> {
+        let v: Value = serde_json::from_slice(body).ok()?;
+        let e = v.get("error")?;
+        let msg = e.get("message").and_then(Value::as_str).unwrap_or("");
+        match e.get("code").and_then(Value::as_str) {
+            Some(code) => Some(format!("{code}: {msg}")),
+            None => Some(msg.to_string()),
+        }
+    }
+}
+
+/// Paging state of a list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    pub has_more: bool,
+    pub next: Option<String>,
+}
+
+/// One page of the profile listing: raw entries (`segment_id`, `metadata`, and
+/// whatever else the API returns).
+#[derive(Debug)]
+pub struct ProfilePage {
+    pub profiles: Vec<Map<String, Value>>,
+    pub cursor: Cursor,
+}
+
+pub struct SegmentClient {
+    http: HttpLayer,
+    cfg: SegmentConfig,
+    base: String,
+}
+
+impl SegmentClient {
+    pub fn new(cfg: SegmentConfig, settings: HttpSettings) -> anyhow::Result<SegmentClient> {
+        let base = format!(
+            "{}/v1/spaces/{}/collections/users/profiles",
+            cfg.api_url.as_str().trim_end_matches('/'),
+            utf8_percent_encode(&cfg.space_id, SEGMENT)
+        );
+        Ok(SegmentClient {
+            http: HttpLayer::new(settings)?,
+            cfg,
+            base,
+        })
+    }
+
+    pub fn stats(&self) -> &crate::http::HttpStats {
+        &self.http.stats
+    }
+
+    async fn get(
+        &self,
+        path: &str,
+        limit: u32,
+        next: Option<&str>,
+    ) -> Result<(RawResponse, Value), ApiError> {
+        let url = format!("{}{}", self.base, path);
+        let endpoint = format!(
+            "GET /v1/spaces/{}/collections/users/profiles{}",
+            self.cfg.space_id, path
+        );
+        let limit = limit.to_string();
+        let resp = self
+            .http
+            .send(&endpoint, &SegmentLogic, |c| {
+                let mut q: Vec<(&str, &str)> = vec![("limit", limit.as_str())];
+                if let Some(n) = next {
+                    q.push(("next", n));
+                }
+                c.get(&url)
+                    .query(&q)
+                    .basic_auth(self.cfg.token.expose(), Some(""))
+                    .header("accept", "application/json")
+            })
+            .await?;
+        let v: Value = serde_json::from_slice(&resp.body).map_err(|e| ApiError::Contract {
+            api: "Segment",
+            endpoint: endpoint.clone(),
+            message: format!("body is not JSON ({e})"),
+        })?;
+        Ok((resp, v))
+    }
+
+    /// One page of the profile listing.
+    pub async fn list_profiles(&self, next: Option<&str>) -> Result<ProfilePage, ApiError> {
+        let (_, v) = self.get("", PROFILES_LIMIT, next).await?;
+        let endpoint = "GET profiles";
+        let data = v
+            .get("data")
+            .and_then(Value::as_array)
+            .ok_or_else(|| contract(endpoint, "no `data` array"))?;
+        let mut profiles = Vec::with_capacity(data.len());
+        for p in data {
+            let obj = p
+                .as_object()
+                .ok_or_else(|| contract(endpoint, "a `data` entry is not an object"))?;
+            match obj.get("segment_id") {
+                Some(Value::String(s)) if !s.is_empty() => {}
+                _ => return Err(contract(endpoint, "a profile has no `segment_id`")),
+            }
+            profiles.push(obj.clone());
+        }
+        Ok(ProfilePage {
+            profiles,
+            cursor: cursor(&v, endpoint)?,
+        })
+    }
+
+    /// Every page of a profile's traits, merged in API order. None if the
+    /// profile no longer exists (404).
+    pub async fn all_traits(
+        &self,
+        segment_id: &str,
+    ) -> Result<Option<Map<String, Value>>, ApiError> {
+        let path = format!(
+            "/segment_id:{}/traits",
+            utf8_percent_encode(segment_id, SEGMENT)
+        );
+        let mut traits = Map::new();
+        let found = self
+            .each_page(&path, TRAITS_LIMIT, |v, endpoint| {
+                let page = v
+                    .get("traits")
+                    .and_then(Value::as_object)
+                    .ok_or_else(|| contract(endpoint, "no `traits` object"))?;
+                for (k, val) in page {
+                    traits.insert(k.clone(), val.clone());
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(found.then_some(traits))
+    }
+
+    /// Every page of a profile's external ids, in API order. None on 404.
+    pub async fn all_external_ids(&self, segment_id: &str) -> Result<Option<Vec<Value>>, ApiError> {
+        let path = format!(
+            "/segment_id:{}/external_ids",
+            utf8_percent_encode(segment_id, SEGMENT)
+        );
+        let mut ids = Vec::new();
+        let found = self
+            .each_page(&path, EXTERNAL_IDS_LIMIT, |v, endpoint| {
+                let page = v
+                    .get("data")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| contract(endpoint, "no `data` array"))?;
+                ids.extend(page.iter().cloned());
+                Ok(())
+            })
+            .await?;
+        Ok(found.then_some(ids))
+    }
+
+    /// Follow a list's cursor to its end, handing each page to `take`.
+    /// Returns false if the first page is a 404 (the profile is gone).
+    async fn each_page(
+        &self,
+        path: &str,
+        limit: u32,
+        mut take: impl FnMut(&Value, &str) -> Result<(), ApiError>,
+    ) -> Result<bool, ApiError> {
+        let mut next: Option<String> = None;
+        let mut seen = HashSet::new();
+        for page in 0..MAX_PAGES {
+            let (_, v) = match self.get(path, limit, next.as_deref()).await {
+                Ok(r) => r,
+                Err(e) if e.status() == Some(404) && page == 0 => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            take(&v, path)?;
+            let c = cursor(&v, path)?;
+            if !c.has_more {
+                return Ok(true);
+            }
+            let n = c
+                .next
+                .ok_or_else(|| contract(path, "`has_more` is true but `next` is empty"))?;
+            if !seen.insert(n.clone()) {
+                return Err(contract(
+                    path,
+                    "the cursor repeats a page already read (the list would never end)",
+                ));
+            }
+            next = Some(n);
+        }
+        Err(contract(path, "the list did not end after 100000 pages"))
+    }
+}
+
+fn contract(endpoint: &str, message: &str) -> ApiError {
+    ApiError::Contract {
+        api: "Segment",
+        endpoint: endpoint.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Read the `cursor` object of a list answer.
+pub fn cursor(v: &Value, endpoint: &str) -> Result<Cursor, ApiError> {
+    let c = v
+        .get("cursor")
+        .and_then(Value::as_object)
+        .ok_or_else(|| contract(endpoint, "no `cursor` object"))?;
+    let has_more = c
+        .get("has_more")
+        .and_then(Value::as_bool)
+        .ok_or_else(|| contract(endpoint, "`cursor.has_more` is not a boolean"))?;
+    let next = c
+        .get("next")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    if has_more && next.is_none() {
+        return Err(contract(endpoint, "`has_more` is true but `next` is empty"));
+    }
+    Ok(Cursor { has_more, next })
+}
