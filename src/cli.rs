@@ -228,6 +228,7 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<()> {
         segment_rps: a.segment_rps,
         voucherify_rpm: a.voucherify_rpm,
         processing_ms: a.processing_ms,
+        ..Default::default()
     })
     .await?;
     {
@@ -250,4 +251,13 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<()> {
     }
     sb.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -320,7 +320,7 @@ pub struct SegmentArgs {
     )]
     pub space_id: Option<String>,
     /// Profile API base URL; EU: https://profiles.euw1.segment.com [env: SEGMENT_API_URL]
-    #[arg(long = "segment-api-url", env = "SEGMENT_API_URL", hide_env = true, default_value = DEFAULT_SEGMENT_API_URL, value_name = "URL")]
+    #[arg(id = "segment_api_url", long = "segment-api-url", env = "SEGMENT_API_URL", hide_env = true, default_value = DEFAULT_SEGMENT_API_URL, value_name = "URL")]
     pub api_url: String,
 }
 
@@ -357,7 +357,7 @@ pub struct VoucherifyArgs {
     )]
     pub secret_key: Option<String>,
     /// API base URL; also https://us1.api.voucherify.io, https://as1.api.voucherify.io [env: VOUCHERIFY_API_URL]
-    #[arg(long = "voucherify-api-url", env = "VOUCHERIFY_API_URL", hide_env = true, default_value = DEFAULT_VOUCHERIFY_API_URL, value_name = "URL")]
+    #[arg(id = "voucherify_api_url", long = "voucherify-api-url", env = "VOUCHERIFY_API_URL", hide_env = true, default_value = DEFAULT_VOUCHERIFY_API_URL, value_name = "URL")]
     pub api_url: String,
 }
 

@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,6 +108,15 @@ pub fn read_checkpoint(path: &Path) -> Result<Option<Checkpoint>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Whether an unfinished run left anything worth resuming.
+fn has_progress(cp: &Checkpoint, partial: &Path) -> bool {
+    cp.pages_committed > 0
+        || cp.lines > 0
+        || std::fs::metadata(partial)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)
 }
 
 fn now() -> String {
@@ -208,7 +217,9 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
 
     let previous = read_checkpoint(&cp_path)?;
     let resume = match previous {
-        Some(cp) if !cp.complete && !args.fresh && partial.exists() => {
+        Some(cp)
+            if !cp.complete && !args.fresh && partial.exists() && has_progress(&cp, &partial) =>
+        {
             if cp.version != CHECKPOINT_VERSION
                 || cp.space_id != cfg.space_id
                 || cp.api_url != cfg.api_url.as_str()
@@ -309,7 +320,10 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         ..Default::default()
     };
     let client = Arc::new(SegmentClient::new(cfg.clone(), settings)?);
-    let mut journal = BufWriter::with_capacity(256 * 1024, files::open_append(&partial)?);
+    // Unbuffered on purpose: each profile goes to the file in one write as
+    // soon as it is complete, so a kill loses only what was in flight.
+    let mut journal = files::open_append(&partial)?;
+    let mut line_buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let cp_requests_before = cp.requests;
     save_checkpoint(&cp_path, &mut cp)?;
 
@@ -435,8 +449,10 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
                     match r? {
                         Some((traits, external_ids)) => {
                             let rec = record(entry, traits, external_ids);
-                            serde_json::to_writer(&mut journal, &rec)?;
-                            journal.write_all(b"\n")?;
+                            line_buf.clear();
+                            serde_json::to_writer(&mut line_buf, &rec)?;
+                            line_buf.push(b'\n');
+                            journal.write_all(&line_buf)?;
                             written_lines += 1;
                             summary.fetched += 1;
                             progress.inc(1);
@@ -455,7 +471,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
                 msg = page_rx.recv(), if want_page => {
                     match msg {
                         None => listing_done = true,
-                        Some(Err(e)) => return Err(e.into()),
+                        Some(Err(e)) => return Err(listing_error(e)),
                         Some(Ok((page, next))) => {
                             let index = next_page_index;
                             next_page_index += 1;
@@ -468,10 +484,11 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
                                 if let Some(prev) = prev.as_mut() {
                                     let updated = entry.get("metadata").and_then(|m| m.get("updated_at")).and_then(Value::as_str).unwrap_or("");
                                     if let Some(line) = prev.reusable(&id, updated) {
-                                        journal.write_all(&line)?;
+                                        let mut line = line;
                                         if !line.ends_with(b"\n") {
-                                            journal.write_all(b"\n")?;
+                                            line.push(b'\n');
                                         }
+                                        journal.write_all(&line)?;
                                         written_lines += 1;
                                         summary.reused += 1;
                                         cp.reused += 1;
@@ -534,8 +551,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     }
 
     // Done: make the file complete and put it in place.
-    journal.flush()?;
-    journal.get_ref().sync_all()?;
+    journal.sync_all()?;
     drop(journal);
     drop(prev);
     std::fs::rename(&partial, &out)
@@ -575,18 +591,30 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     Ok(summary)
 }
 
+/// 401/403/404 on the listing mean the token, space or region is wrong:
+/// a configuration error (exit 2) that says what to check.
+fn listing_error(e: ApiError) -> anyhow::Error {
+    match e.status() {
+        Some(401) | Some(403) | Some(404) => UsageError::new(format!(
+            "{e}\ncheck SEGMENT_ACCESS_TOKEN (a Profile API token of this space), SEGMENT_SPACE_ID, and SEGMENT_API_URL \
+             (EU spaces use https://profiles.euw1.segment.com)"
+        ))
+        .into(),
+        _ => e.into(),
+    }
+}
+
 /// Flush what is written and record the resume point.
 fn commit(
-    journal: &mut BufWriter<File>,
+    journal: &mut File,
     cp: &mut Checkpoint,
     pages: &BTreeMap<u64, PageState>,
     lines: u64,
     requests: u64,
     path: &Path,
 ) -> Result<()> {
-    journal.flush()?;
-    journal.get_ref().sync_data()?;
-    cp.offset = journal.get_ref().metadata()?.len();
+    journal.sync_data()?;
+    cp.offset = journal.metadata()?.len();
     // Every line up to `offset`; those of pages still pending are listed in `ahead`.
     cp.lines = lines;
     cp.ahead = pages

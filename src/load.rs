@@ -914,6 +914,12 @@ fn send_batch_inner<'a>(
                 send_batch_inner(shared, Batch { customers }, progress).await?;
                 return send_batch_inner(shared, Batch { customers: second }, progress).await;
             }
+            Err(e) if matches!(e.status(), Some(401) | Some(403)) => {
+                return Err(UsageError::new(format!(
+                    "{e}\ncheck VOUCHERIFY_APPLICATION_ID and VOUCHERIFY_SECRET_KEY (Project Settings > Application Keys) and VOUCHERIFY_API_URL (your project's region)"
+                ))
+                .into())
+            }
             Err(e) => return Err(e.into()),
         };
         let n = batch.customers.len() as u64;

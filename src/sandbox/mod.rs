@@ -38,6 +38,8 @@ pub struct SandboxOptions {
     pub segment_rps: u32,
     pub voucherify_rpm: u32,
     pub processing_ms: u64,
+    /// Length of Voucherify's rate-limit window (a minute; shorter in tests).
+    pub voucherify_window: Duration,
 }
 
 impl Default for SandboxOptions {
@@ -51,6 +53,7 @@ impl Default for SandboxOptions {
             segment_rps: 100,
             voucherify_rpm: 2000,
             processing_ms: 200,
+            voucherify_window: Duration::from_secs(60),
         }
     }
 }
@@ -94,6 +97,7 @@ struct AppState {
     customers_received: AtomicU64,
     seq: AtomicU64,
     seg_limiter: Option<DefaultDirectRateLimiter>,
+    /// Window start (monotonic), window end (epoch seconds, rounded up), requests in it.
     vf_window: Mutex<(Instant, u64, u32)>,
 }
 
@@ -147,7 +151,7 @@ impl Sandbox {
             customers_received: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             seg_limiter,
-            vf_window: Mutex::new((Instant::now(), crate::http::now_epoch(), 0)),
+            vf_window: Mutex::new((Instant::now(), window_end(opts.voucherify_window), 0)),
         });
         let base = "/v1/spaces/{space}/collections/users/profiles";
         let app = Router::new()
@@ -214,6 +218,23 @@ impl Sandbox {
     /// Change `count` profiles (spread over the space): new `updated_at`, new description.
     pub fn touch(&self, count: u64) -> Vec<String> {
         touch(&self.state, count)
+    }
+
+    /// Make a profile disappear from the detail endpoints (it stays listed),
+    /// as a profile deleted between listing and fetching.
+    pub fn vanish(&self, index: u64) {
+        if let Ok(mut v) = self.state.vanished.write() {
+            v.insert(index);
+        }
+    }
+
+    /// How often each `source_id` arrived in a bulk request.
+    pub fn receipts(&self) -> HashMap<String, u64> {
+        self.state
+            .receipts
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// The upserted customers, by `source_id`.
@@ -410,14 +431,14 @@ async fn gate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
                     let Ok(mut w) = st.vf_window.lock() else {
                         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
                     };
-                    if w.0.elapsed() >= Duration::from_secs(60) {
-                        *w = (Instant::now(), crate::http::now_epoch(), 0);
+                    if w.0.elapsed() >= st.opts.voucherify_window {
+                        *w = (Instant::now(), window_end(st.opts.voucherify_window), 0);
                     }
                     let allowed = w.2 < rpm;
                     if allowed {
                         w.2 += 1;
                     }
-                    (rpm - w.2, w.1 + 60, allowed)
+                    (rpm - w.2, w.1, allowed)
                 };
                 if !allowed {
                     st.throttled_voucherify.fetch_add(1, Ordering::Relaxed);
@@ -437,6 +458,15 @@ async fn gate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
             resp
         }
     }
+}
+
+/// Epoch second by which a window starting now has ended (rounded up, so a
+/// client that waits until then is never early).
+fn window_end(window: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (now + window).as_secs_f64().ceil() as u64
 }
 
 fn add_rate_headers(h: &mut HeaderMap, limit: u32, remaining: u32, reset_epoch: u64) {

@@ -1,0 +1,333 @@
+//! extract against the sandbox over loopback: completeness, faults, rate
+//! limits, kill -9 and resume, incremental reruns, vanished profiles.
+
+mod common;
+use common::*;
+use segsync::sandbox::data::Dataset;
+use segsync::sandbox::SandboxOptions;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+/// Check profiles.ndjson holds exactly the sandbox's profiles, each once, with
+/// every trait and every external id.
+fn assert_exact(file: &Path, ds: &Dataset, versions: &HashMap<u64, u32>, skip: &[u64]) {
+    let lines = read_lines(file);
+    let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
+    for l in lines.iter() {
+        let id = l["segment_id"].as_str().unwrap().to_string();
+        assert!(
+            by_id.insert(id.clone(), l.clone()).is_none(),
+            "{id} written twice"
+        );
+    }
+    assert_eq!(by_id.len() as u64, ds.n - skip.len() as u64);
+    for i in (0..ds.n).filter(|i| !skip.contains(i)) {
+        let p = ds.profile(i, versions.get(&i).copied().unwrap_or(0));
+        let got = by_id
+            .get(&p.segment_id)
+            .unwrap_or_else(|| panic!("profile {i} missing"));
+        assert_eq!(got["metadata"], p.metadata, "profile {i} metadata");
+        assert_eq!(
+            got["traits"].as_object().unwrap(),
+            &p.traits,
+            "profile {i} traits"
+        );
+        assert_eq!(
+            got["external_ids"].as_array().unwrap(),
+            &p.external_ids,
+            "profile {i} external ids"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_profile_every_trait_every_external_id() {
+    let sb = sandbox(opts(450)).await;
+    let dir = tempdir();
+    let r = segsync(dir.path(), Some(&sb), &["extract"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_exact(
+        &data(dir.path()).join("profiles.ndjson"),
+        sb.dataset(),
+        &HashMap::new(),
+        &[],
+    );
+    assert!(!data(dir.path()).join("profiles.ndjson.partial").exists());
+    let cp: Value = serde_json::from_slice(
+        &std::fs::read(data(dir.path()).join("extract.checkpoint.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cp["complete"], true);
+    // Listing 5 pages; at least one traits and one ids page per profile, more for the big ones.
+    assert_eq!(requests(&sb, "segment.list_profiles"), 5);
+    assert!(requests(&sb, "segment.traits") > 450 && requests(&sb, "segment.external_ids") > 450);
+    assert!(r.stderr.contains("450 profiles"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_and_a_tight_rate_limit_do_not_change_the_file() {
+    let sb = sandbox(SandboxOptions {
+        fault_rate: 0.08,
+        segment_rps: 40,
+        ..opts(160)
+    })
+    .await;
+    let dir = tempdir();
+    // Client allowed far more than the server: 429s are provoked and must be retried.
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["extract", "--rate-limit", "0", "--concurrency", "8"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_exact(
+        &data(dir.path()).join("profiles.ndjson"),
+        sb.dataset(),
+        &HashMap::new(),
+        &[],
+    );
+    assert!(
+        stat(&sb, "faults.server_errors") > 0 && stat(&sb, "faults.dropped_connections") > 0,
+        "{}",
+        sb.stats()
+    );
+    assert!(stat(&sb, "throttled.segment") > 0, "{}", sb.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_run_at_the_rate_limit_provokes_no_429() {
+    let sb = sandbox(SandboxOptions {
+        segment_rps: 100,
+        ..opts(120)
+    })
+    .await;
+    let dir = tempdir();
+    let r = segsync(dir.path(), Some(&sb), &["extract"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let total: u64 = [
+        "segment.list_profiles",
+        "segment.traits",
+        "segment.external_ids",
+    ]
+    .iter()
+    .map(|e| requests(&sb, e))
+    .sum();
+    let throttled = stat(&sb, "throttled.segment");
+    assert!(
+        throttled * 100 <= total,
+        "{throttled} of {total} requests answered 429"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_then_rerun_resumes_with_only_in_flight_work_repeated() {
+    let sb = sandbox(SandboxOptions {
+        latency_ms: 15,
+        ..opts(700)
+    })
+    .await;
+    let ds = sb.dataset();
+    let dir = tempdir();
+    let partial = data(dir.path()).join("profiles.ndjson.partial");
+    let mut child = command(
+        dir.path(),
+        Some(&sb),
+        &["extract", "--concurrency", "4", "--rate-limit", "0"],
+    )
+    .spawn()
+    .unwrap();
+    let mut waited = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+        let n = std::fs::read(&partial)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0);
+        if n >= 250 || waited > 1500 {
+            break;
+        }
+    }
+    child.start_kill().unwrap();
+    let status = child.wait().await.unwrap();
+    assert!(!status.success(), "killed before it finished");
+    let before_list = requests(&sb, "segment.list_profiles");
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["extract", "--concurrency", "4", "--rate-limit", "0"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("resuming"), "{}", r.stderr);
+    assert_exact(
+        &data(dir.path()).join("profiles.ndjson"),
+        ds,
+        &HashMap::new(),
+        &[],
+    );
+
+    // Minimal detail requests: one per page of each list of each profile.
+    let pages = |n: usize, per: usize| n.div_ceil(per).max(1) as u64;
+    let minimal: u64 = (0..ds.n)
+        .map(|i| {
+            let p = ds.profile(i, 0);
+            pages(p.traits.len(), 200) + pages(p.external_ids.len(), 100)
+        })
+        .sum();
+    let detail = requests(&sb, "segment.traits") + requests(&sb, "segment.external_ids");
+    // At most the 4 profiles in flight (each at most 2+2 pages) are fetched twice.
+    assert!(
+        detail <= minimal + 16,
+        "detail requests {detail}, minimal {minimal}"
+    );
+    // Listing: 7 pages once, plus the few pages in flight at the kill re-listed.
+    let relisted = requests(&sb, "segment.list_profiles") - 7;
+    assert!(
+        relisted <= 3,
+        "{relisted} listing pages repeated (resume listed {} pages)",
+        requests(&sb, "segment.list_profiles") - before_list
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_last_line_is_discarded_on_resume() {
+    let sb = sandbox(opts(230)).await;
+    let dir = tempdir();
+    let d = data(dir.path());
+    let r = segsync(dir.path(), Some(&sb), &["extract"]).await;
+    assert_eq!(r.code, 0);
+    // Fake an interrupted run: checkpoint at the start, a partial file with two
+    // whole profiles and a torn third.
+    let full = std::fs::read_to_string(d.join("profiles.ndjson")).unwrap();
+    let mut lines = full.lines();
+    let torn = format!(
+        "{}\n{}\n{}",
+        lines.next().unwrap(),
+        lines.next().unwrap(),
+        &lines.next().unwrap()[..40]
+    );
+    std::fs::write(d.join("profiles.ndjson.partial"), torn).unwrap();
+    let mut cp: Value =
+        serde_json::from_slice(&std::fs::read(d.join("extract.checkpoint.json")).unwrap()).unwrap();
+    for (k, v) in [
+        ("complete", Value::Bool(false)),
+        ("cursor", Value::Null),
+        ("offset", 0.into()),
+        ("lines", 0.into()),
+        ("pages_committed", 0.into()),
+    ] {
+        cp[k] = v;
+    }
+    std::fs::write(
+        d.join("extract.checkpoint.json"),
+        serde_json::to_vec(&cp).unwrap(),
+    )
+    .unwrap();
+    let r = segsync(dir.path(), Some(&sb), &["extract"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("torn last line"), "{}", r.stderr);
+    assert_exact(
+        &d.join("profiles.ndjson"),
+        sb.dataset(),
+        &HashMap::new(),
+        &[],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_rerun_fetches_only_changed_profiles() {
+    let sb = sandbox(opts(300)).await;
+    let dir = tempdir();
+    assert_eq!(segsync(dir.path(), Some(&sb), &["extract"]).await.code, 0);
+    let traits_before = requests(&sb, "segment.traits");
+    let touched = sb.touch(6);
+    assert_eq!(touched.len(), 6);
+    let r = segsync(dir.path(), Some(&sb), &["extract", "--incremental"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("6 fetched, 294 reused"), "{}", r.stderr);
+    assert_exact(
+        &data(dir.path()).join("profiles.ndjson"),
+        sb.dataset(),
+        &sb.versions(),
+        &[],
+    );
+    let refetched = requests(&sb, "segment.traits") - traits_before;
+    assert!(
+        refetched >= 6 && refetched <= 12,
+        "{refetched} traits requests for 6 changed profiles"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_gone_between_listing_and_fetching_is_recorded_not_fatal() {
+    let sb = sandbox(opts(120)).await;
+    sb.vanish(17);
+    let dir = tempdir();
+    let r = segsync(dir.path(), Some(&sb), &["extract"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("1 gone"), "{}", r.stderr);
+    assert_exact(
+        &data(dir.path()).join("profiles.ndjson"),
+        sb.dataset(),
+        &HashMap::new(),
+        &[17],
+    );
+    let cp: Value = serde_json::from_slice(
+        &std::fs::read(data(dir.path()).join("extract.checkpoint.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cp["missing"][0], sb.dataset().segment_id(17));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_token_or_space_stops_at_once_with_what_to_check() {
+    let sb = sandbox(opts(10)).await;
+    let dir = tempdir();
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["extract", "--segment-token", "wrong-token"],
+    )
+    .await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("401") && r.stderr.contains("SEGMENT_ACCESS_TOKEN"),
+        "{}",
+        r.stderr
+    );
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["extract", "--space-id", "spa_other"],
+    )
+    .await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("404") && r.stderr.contains("space not found"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(requests(&sb, "segment.traits"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_exit_1_keep_the_checkpoint_and_the_rerun_resumes() {
+    let sb = sandbox(SandboxOptions {
+        fault_rate: 1.0,
+        ..opts(50)
+    })
+    .await;
+    let dir = tempdir();
+    let r = segsync(dir.path(), Some(&sb), &["extract"]).await;
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("gave up after")
+            && r.stderr.contains("rerun `segsync extract` to resume"),
+        "{}",
+        r.stderr
+    );
+    assert!(data(dir.path()).join("extract.checkpoint.json").exists());
+}

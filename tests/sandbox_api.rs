@@ -1,0 +1,359 @@
+//! The sandbox over real loopback HTTP: paging, auth, limits, rate limiting,
+//! async-action lifecycle, upsert merge, 413.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+struct Api {
+    http: reqwest::Client,
+    sb: segsync::sandbox::Sandbox,
+}
+
+impl Api {
+    async fn new(o: segsync::sandbox::SandboxOptions) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            sb: sandbox(o).await,
+        }
+    }
+    fn base(&self) -> String {
+        format!(
+            "{}/v1/spaces/{}/collections/users/profiles",
+            self.sb.url(),
+            self.sb.creds.space_id
+        )
+    }
+    async fn seg(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = self
+            .http
+            .get(format!("{}{}", self.base(), path))
+            .query(query)
+            .basic_auth(&self.sb.creds.segment_token, Some(""))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let h = r.headers().clone();
+        (status, h, r.json().await.unwrap_or(Value::Null))
+    }
+    fn vf(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        rb.header("X-App-Id", &self.sb.creds.app_id)
+            .header("X-App-Token", &self.sb.creds.secret_key)
+    }
+    async fn bulk(&self, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = self
+            .vf(self
+                .http
+                .post(format!("{}/v1/customers/bulk/async", self.sb.url())))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let h = r.headers().clone();
+        (status, h, r.json().await.unwrap_or(Value::Null))
+    }
+    async fn action(&self, id: &str) -> Value {
+        self.vf(self
+            .http
+            .get(format!("{}/v1/async-actions/{id}", self.sb.url())))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_listing_pages_to_the_end_with_opaque_cursors() {
+    let api = Api::new(opts(250)).await;
+    let mut next: Option<String> = None;
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    loop {
+        let mut q = vec![("limit", "100")];
+        if let Some(n) = &next {
+            q.push(("next", n));
+        }
+        let (status, headers, v) = api.seg("", &q).await;
+        assert_eq!(status, 200);
+        assert!(headers.contains_key("request-id"));
+        pages += 1;
+        for p in v["data"].as_array().unwrap() {
+            assert!(p["metadata"]["updated_at"].is_string());
+            ids.push(p["segment_id"].as_str().unwrap().to_string());
+        }
+        if !v["cursor"]["has_more"].as_bool().unwrap() {
+            break;
+        }
+        next = Some(v["cursor"]["next"].as_str().unwrap().to_string());
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(ids.len(), 250);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 250, "no profile listed twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traits_and_external_ids_page_at_their_limits() {
+    let api = Api::new(opts(50)).await;
+    let ds = api.sb.dataset();
+    // profile 3 has > 200 traits; profile 7 has > 100 external ids
+    let big = ds.profile(3, 0);
+    let (s, _, v) = api
+        .seg(
+            &format!("/segment_id:{}/traits", big.segment_id),
+            &[("limit", "200")],
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["traits"].as_object().unwrap().len(), 200);
+    assert!(v["cursor"]["has_more"].as_bool().unwrap());
+    let next = v["cursor"]["next"].as_str().unwrap().to_string();
+    let (_, _, v2) = api
+        .seg(
+            &format!("/segment_id:{}/traits", big.segment_id),
+            &[("limit", "200"), ("next", &next)],
+        )
+        .await;
+    assert_eq!(
+        v2["traits"].as_object().unwrap().len(),
+        big.traits.len() - 200
+    );
+    assert!(!v2["cursor"]["has_more"].as_bool().unwrap());
+    // default page is only 10 traits
+    let (_, _, d) = api
+        .seg(&format!("/segment_id:{}/traits", big.segment_id), &[])
+        .await;
+    assert_eq!(d["traits"].as_object().unwrap().len(), 10);
+
+    let many = ds.profile(7, 0);
+    let (_, _, e) = api
+        .seg(
+            &format!("/segment_id:{}/external_ids", many.segment_id),
+            &[("limit", "100")],
+        )
+        .await;
+    assert_eq!(e["data"].as_array().unwrap().len(), 100);
+    assert!(e["cursor"]["has_more"].as_bool().unwrap());
+    assert!(
+        !e["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["type"] == "user_id"),
+        "user_id is on a later page"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_out_of_range_are_400_with_the_documented_error_body() {
+    let api = Api::new(opts(10)).await;
+    let id = api.sb.dataset().segment_id(1);
+    for (path, bad) in [
+        ("".to_string(), "101"),
+        ("".to_string(), "0"),
+        (format!("/segment_id:{id}/traits"), "201"),
+        (format!("/segment_id:{id}/external_ids"), "101"),
+        ("".to_string(), "x"),
+    ] {
+        let (s, _, v) = api.seg(&path, &[("limit", bad)]).await;
+        assert_eq!(s, 400, "{path} limit={bad}");
+        assert!(
+            v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+            "{v}"
+        );
+    }
+    let (s, _, v) = api.seg("/segment_id:use_nope/traits", &[]).await;
+    assert_eq!(s, 404);
+    assert_eq!(v["error"]["code"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_apis_refuse_bad_credentials_with_401() {
+    let api = Api::new(opts(10)).await;
+    let r = api
+        .http
+        .get(api.base())
+        .basic_auth("wrong", Some(""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unauthorized");
+    let r = api.http.get(api.base()).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = api
+        .http
+        .post(format!("{}/v1/customers/bulk/async", api.sb.url()))
+        .header("X-App-Id", &api.sb.creds.app_id)
+        .header("X-App-Token", "wrong")
+        .json(&json!([]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["message"].is_string() && v["code"] == 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_rate_limit_answers_429_rate_limit_error() {
+    let api = Api::new(segsync::sandbox::SandboxOptions {
+        segment_rps: 5,
+        ..opts(10)
+    })
+    .await;
+    let mut throttled = 0;
+    for _ in 0..20 {
+        let (s, h, v) = api.seg("", &[("limit", "1")]).await;
+        if s == 429 {
+            throttled += 1;
+            assert_eq!(v["error"]["code"], "rate_limit_error");
+            assert!(h.contains_key("retry-after"));
+        }
+    }
+    assert!(
+        throttled >= 10,
+        "only {throttled} of 20 burst requests throttled at 5/s"
+    );
+    assert_eq!(stat(&api.sb, "throttled.segment"), throttled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voucherify_rate_limit_sends_headers_and_429_with_retry_after() {
+    let api = Api::new(segsync::sandbox::SandboxOptions {
+        voucherify_rpm: 3,
+        ..opts(10)
+    })
+    .await;
+    let mut last = None;
+    for i in 0..3 {
+        let (s, h, _) = api.bulk(json!([{"source_id": format!("r{i}")}])).await;
+        assert_eq!(s, 202);
+        assert_eq!(h["x-rate-limit-limit"], "3");
+        assert_eq!(
+            h["x-rate-limit-remaining"].to_str().unwrap(),
+            (2 - i).to_string()
+        );
+        last = Some(
+            h["x-rate-limit-retry"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    let (s, h, v) = api.bulk(json!([{"source_id": "r4"}])).await;
+    assert_eq!(s, 429);
+    assert_eq!(v["code"], 429);
+    assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(h["x-rate-limit-remaining"], "0");
+    assert_eq!(
+        h["x-rate-limit-retry"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap(),
+        last.unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_action_goes_enqueued_in_progress_done_and_reports_customer_errors() {
+    let api = Api::new(segsync::sandbox::SandboxOptions {
+        processing_ms: 600,
+        ..opts(10)
+    })
+    .await;
+    let (s, _, v) = api
+        .bulk(json!([
+            {"source_id": "a", "name": "Ann", "birthdate": "1990-02-30"},
+            {"source_id": "b", "email": "b@example.com"}
+        ]))
+        .await;
+    assert_eq!(s, 202);
+    let id = v["async_action_id"].as_str().unwrap().to_string();
+    let mut seen = Vec::new();
+    let done = loop {
+        let a = api.action(&id).await;
+        let st = a["status"].as_str().unwrap().to_string();
+        if seen.last() != Some(&st) {
+            seen.push(st.clone());
+        }
+        if st == "DONE" {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(seen, vec!["ENQUEUED", "IN_PROGRESS", "DONE"]);
+    assert_eq!(done["object"], "async_action");
+    assert_eq!(done["result"]["done_count"], 1);
+    assert_eq!(done["result"]["failed_count"], 1);
+    let err = &done["result"]["errors"][0];
+    assert_eq!(err["source_id"], "a");
+    assert!(err["message"].as_str().unwrap().contains("birthdate"));
+    let held = api.sb.customers();
+    assert!(held.contains_key("b") && !held.contains_key("a"));
+    let r = api
+        .vf(api
+            .http
+            .get(format!("{}/v1/async-actions/aa_missing", api.sb.url())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}
+
+async fn wait_done(api: &Api, id: &str) {
+    for _ in 0..200 {
+        if api.action(id).await["status"] == "DONE" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("action {id} never finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_by_source_id_merges_fields() {
+    let api = Api::new(opts(10)).await;
+    let (_, _, v) = api.bulk(json!([{"source_id": "m", "name": "Old", "email": "m@example.com", "address": {"city": "Oslo"}, "metadata": {"a": 1}}])).await;
+    wait_done(&api, v["async_action_id"].as_str().unwrap()).await;
+    let (_, _, v) = api.bulk(json!([{"source_id": "m", "name": "New", "address": {"country": "NO"}, "metadata": {"b": 2}}])).await;
+    wait_done(&api, v["async_action_id"].as_str().unwrap()).await;
+    let c = &api.sb.customers()["m"];
+    assert_eq!(c["name"], "New");
+    assert_eq!(c["email"], "m@example.com", "a field not sent is kept");
+    assert_eq!(c["address"], json!({"city": "Oslo", "country": "NO"}));
+    assert_eq!(c["metadata"], json!({"a": 1, "b": 2}));
+    assert_eq!(api.sb.customers().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_requests_over_10_mb_get_413_and_unknown_properties_400() {
+    let api = Api::new(opts(10)).await;
+    let big = "x".repeat(1024 * 1024);
+    let body: Vec<Value> = (0..11)
+        .map(|i| json!({"source_id": format!("s{i}"), "description": big}))
+        .collect();
+    let (s, _, v) = api.bulk(Value::Array(body)).await;
+    assert_eq!(s, 413);
+    assert_eq!(v["statusCode"], 413);
+    let (s, _, v) = api
+        .bulk(json!([{"source_id": "x", "segment_id": "use_1"}]))
+        .await;
+    assert_eq!(s, 400);
+    assert!(v["details"].as_str().unwrap().contains("segment_id"));
+    assert!(api.sb.customers().is_empty());
+}
