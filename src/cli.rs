@@ -126,9 +126,19 @@ pub struct SandboxArgs {
     /// Time an async action takes from ENQUEUED to DONE
     #[arg(long = "processing-ms", default_value_t = 200)]
     pub processing_ms: u64,
+    /// Break the API contract on purpose (to see how segsync copes)
+    #[arg(long, value_enum)]
+    pub misbehave: Option<crate::sandbox::Misbehave>,
 }
 
 pub fn main() -> ExitCode {
+    // A panic message goes through the same redaction as every error.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!(
+            "segsync crashed (a bug; please report it): {}",
+            config::redact(&info.to_string())
+        );
+    }));
     if let Err(e) = config::prepare_environment() {
         eprintln!("error: {e}");
         return ExitCode::from(2);
@@ -228,6 +238,7 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<()> {
         segment_rps: a.segment_rps,
         voucherify_rpm: a.voucherify_rpm,
         processing_ms: a.processing_ms,
+        misbehave: a.misbehave,
         ..Default::default()
     })
     .await?;

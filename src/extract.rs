@@ -349,6 +349,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         tokio::spawn(async move {
             let mut seen_cursors: HashSet<String> = HashSet::new();
             let mut last_ids: Vec<String> = Vec::new();
+            let mut empty_pages = 0u32;
             loop {
                 let page = client.list_profiles(cursor.as_deref()).await;
                 let page = match page {
@@ -376,6 +377,15 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
                         }))
                         .await;
                     return;
+                }
+                if ids.is_empty() && page.cursor.has_more {
+                    empty_pages += 1;
+                    if empty_pages >= 3 {
+                        let _ = page_tx.send(Err(ApiError::Contract { api: "Segment", endpoint: "GET profiles".into(), message: "the listing returns empty pages but says it has more (it would never end)".into() })).await;
+                        return;
+                    }
+                } else {
+                    empty_pages = 0;
                 }
                 last_ids = ids;
                 let next = if page.cursor.has_more {

@@ -645,6 +645,8 @@ struct Shared {
     batches: AtomicU64,
     polls: AtomicU64,
     in_flight: AtomicU64,
+    /// Set on the first fatal error: no further batch is submitted.
+    stop: std::sync::atomic::AtomicBool,
     /// Average processing time of finished actions (ms), to time the first poll.
     processing_ms: AtomicU64,
     poll_timeout: Duration,
@@ -763,6 +765,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         batches: AtomicU64::new(0),
         polls: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
+        stop: std::sync::atomic::AtomicBool::new(false),
         processing_ms: AtomicU64::new(500),
         poll_timeout: Duration::from_secs(args.poll_timeout),
     });
@@ -774,10 +777,22 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
             "load: checking {} batches an earlier run submitted but did not confirm",
             ledger_state.pending.len()
         ));
-        for (id, customers) in ledger_state.pending {
-            let lines: HashMap<String, u64> =
-                customers.iter().map(|c| (c.0.clone(), c.2)).collect();
-            match confirm(&shared, &id, customers.clone(), &lines).await {
+        // All at once, polling right away: most were processed while we were down.
+        let checks = stream::iter(ledger_state.pending)
+            .map(|(id, customers)| {
+                let shared = shared.clone();
+                async move {
+                    let lines: HashMap<String, u64> =
+                        customers.iter().map(|c| (c.0.clone(), c.2)).collect();
+                    let r = confirm(&shared, &id, customers, &lines, Duration::ZERO).await;
+                    (id, r)
+                }
+            })
+            .buffer_unordered(args.concurrency as usize)
+            .collect::<Vec<_>>()
+            .await;
+        for (id, outcome) in checks {
+            match outcome {
                 Ok(done) => {
                     summary.recovered += done.len() as u64;
                     confirmed.extend(done);
@@ -834,7 +849,16 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
             .map(|batch| {
                 let shared = shared.clone();
                 let progress = progress.clone();
-                async move { send_batch(&shared, batch, &progress).await }
+                async move {
+                    if shared.stop.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    let r = send_batch(&shared, batch, &progress).await;
+                    if r.is_err() {
+                        shared.stop.store(true, Ordering::Relaxed);
+                    }
+                    r
+                }
             })
             .buffer_unordered(args.concurrency as usize)
             .collect::<Vec<_>>()
@@ -941,7 +965,7 @@ fn send_batch_inner<'a>(
             .iter()
             .map(|c| (c.source_id.clone(), c.line))
             .collect();
-        confirm(shared, &id, customers, &lines).await?;
+        confirm(shared, &id, customers, &lines, Duration::MAX).await?;
         progress.inc(n);
         Ok(())
     })
@@ -954,12 +978,14 @@ async fn confirm(
     id: &str,
     customers: Vec<LedgerCustomer>,
     lines: &HashMap<String, u64>,
+    first_wait: Duration,
 ) -> Result<Vec<u128>> {
     let started = Instant::now();
-    // First poll after the typical processing time, then back off.
-    let mut wait = Duration::from_millis(
+    let typical = Duration::from_millis(
         (shared.processing_ms.load(Ordering::Relaxed) * 11 / 10).clamp(100, 10_000),
     );
+    // First poll after the typical processing time (or `first_wait`), then back off.
+    let mut wait = first_wait.min(typical);
     let action: AsyncAction = loop {
         tokio::time::sleep(wait).await;
         shared.polls.fetch_add(1, Ordering::Relaxed);
@@ -971,7 +997,7 @@ async fn confirm(
         if started.elapsed() > shared.poll_timeout {
             anyhow::bail!("async action {id} is still {} after {:?}; it stays in the ledger and the next `segsync load` checks it again", a.status, shared.poll_timeout);
         }
-        wait = (wait * 2).min(Duration::from_secs(10));
+        wait = (wait * 2).clamp(typical / 2, Duration::from_secs(10));
     };
     let took = started.elapsed().as_millis() as u64;
     let old = shared.processing_ms.load(Ordering::Relaxed);

@@ -14,8 +14,9 @@ pub const PROFILES_LIMIT: u32 = 100;
 pub const TRAITS_LIMIT: u32 = 200;
 pub const EXTERNAL_IDS_LIMIT: u32 = 100;
 
-/// A list that has not ended after this many pages is treated as broken.
-const MAX_PAGES: usize = 100_000;
+/// A profile's traits or ids list that has not ended after this many pages
+/// (200,000 traits) is treated as broken rather than followed forever.
+const MAX_PAGES: usize = 1_000;
 
 /// Path-segment encoding: everything but unreserved characters.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -216,7 +217,10 @@ impl SegmentClient {
             }
             next = Some(n);
         }
-        Err(contract(path, "the list did not end after 100000 pages"))
+        Err(contract(
+            path,
+            &format!("the list did not end after {MAX_PAGES} pages"),
+        ))
     }
 }
 

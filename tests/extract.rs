@@ -256,7 +256,7 @@ async fn incremental_rerun_fetches_only_changed_profiles() {
     );
     let refetched = requests(&sb, "segment.traits") - traits_before;
     assert!(
-        refetched >= 6 && refetched <= 12,
+        (6..=12).contains(&refetched),
         "{refetched} traits requests for 6 changed profiles"
     );
 }

@@ -125,7 +125,7 @@ async fn every_row_is_what_the_profile_implies_and_every_profile_is_accounted_fo
             && raw.contains("'-5 points")
     );
     assert!(
-        raw.contains(",''quoted") == false && raw.contains(",'quoted"),
+        !raw.contains(",''quoted") && raw.contains(",'quoted"),
         "values starting with an apostrophe but no formula are untouched"
     );
 }

@@ -40,6 +40,24 @@ pub struct SandboxOptions {
     pub processing_ms: u64,
     /// Length of Voucherify's rate-limit window (a minute; shorter in tests).
     pub voucherify_window: Duration,
+    /// Break the API contract in one way, to test the client's defences.
+    pub misbehave: Option<Misbehave>,
+}
+
+/// Ways the sandbox can break the API contract on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Misbehave {
+    /// Segment answers 200 with an HTML body.
+    NonJson,
+    /// The profile listing has no `cursor` object.
+    NoCursor,
+    /// The listing never ends (has_more stays true past the last page) and
+    /// traits always point back at the same cursor.
+    EndlessCursor,
+    /// Every listing page after the first repeats the first.
+    RepeatPage,
+    /// Async actions never leave IN_PROGRESS.
+    StuckAction,
 }
 
 impl Default for SandboxOptions {
@@ -54,6 +72,7 @@ impl Default for SandboxOptions {
             voucherify_rpm: 2000,
             processing_ms: 200,
             voucherify_window: Duration::from_secs(60),
+            misbehave: None,
         }
     }
 }
@@ -91,6 +110,8 @@ struct AppState {
     throttled_voucherify: AtomicU64,
     faults_5xx: AtomicU64,
     faults_dropped: AtomicU64,
+    faults_slow: AtomicU64,
+    fault_rng: Mutex<rand::rngs::StdRng>,
     inflight: AtomicU64,
     peak: AtomicU64,
     bulk_rejected: AtomicU64,
@@ -145,6 +166,8 @@ impl Sandbox {
             throttled_voucherify: AtomicU64::new(0),
             faults_5xx: AtomicU64::new(0),
             faults_dropped: AtomicU64::new(0),
+            faults_slow: AtomicU64::new(0),
+            fault_rng: Mutex::new(rand::SeedableRng::seed_from_u64(opts.seed ^ 0xFA17)),
             inflight: AtomicU64::new(0),
             peak: AtomicU64::new(0),
             bulk_rejected: AtomicU64::new(0),
@@ -336,15 +359,20 @@ async fn gate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
         tokio::time::sleep(Duration::from_millis(st.opts.latency_ms)).await;
     }
     if st.opts.fault_rate > 0.0 {
-        let (fault, drop_it) = {
-            let mut r = rand::thread_rng();
-            (
+        // Seeded: the same seed gives the same sequence of fault decisions.
+        let (fault, kind) = match st.fault_rng.lock() {
+            Ok(mut r) => (
                 r.gen_bool(st.opts.fault_rate.clamp(0.0, 1.0)),
-                r.gen_bool(0.5),
-            )
+                r.gen_range(0..3u8),
+            ),
+            Err(_) => (false, 0),
         };
-        if fault {
-            if drop_it {
+        if fault && kind == 2 {
+            // A slow answer: late, then normal.
+            st.faults_slow.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        } else if fault {
+            if kind == 1 {
                 st.faults_dropped.fetch_add(1, Ordering::Relaxed);
                 // Headers go out, then the body fails: the connection is cut mid-response.
                 let stream = futures::stream::once(async {
@@ -402,6 +430,14 @@ async fn gate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
                     }
                     return resp;
                 }
+            }
+            if st.opts.misbehave == Some(Misbehave::NonJson) {
+                return (
+                    StatusCode::OK,
+                    [("content-type", "text/html")],
+                    "<html><body>Service temporarily rerouted</body></html>",
+                )
+                    .into_response();
             }
             let mut resp = next.run(req).await;
             let id = format!("req_{:x}", st.seq.fetch_add(1, Ordering::Relaxed));
@@ -560,6 +596,10 @@ async fn list_profiles(
         Err(r) => return r,
     };
     let n = st.data.n as usize;
+    let (offset, shown_end) = match st.opts.misbehave {
+        Some(Misbehave::RepeatPage) => (0, offset + limit),
+        _ => (offset, offset + limit),
+    };
     let end = (offset + limit).min(n);
     let versions = st.versions.read().map(|v| v.clone()).unwrap_or_default();
     let data: Vec<Value> = (offset.min(n)..end)
@@ -569,7 +609,19 @@ async fn list_profiles(
         })
         .collect();
     let path = format!("/v1/spaces/{space}/collections/users/profiles");
-    Json(json!({"data": data, "cursor": cursor_json(&path, "p", limit, end, n)})).into_response()
+    match st.opts.misbehave {
+        Some(Misbehave::NoCursor) => Json(json!({"data": data})).into_response(),
+        Some(Misbehave::EndlessCursor) => Json(
+            json!({"data": data, "cursor": cursor_json(&path, "p", limit, shown_end, usize::MAX)}),
+        )
+        .into_response(),
+        Some(Misbehave::RepeatPage) => Json(
+            json!({"data": data, "cursor": cursor_json(&path, "p", limit, shown_end.min(n), n)}),
+        )
+        .into_response(),
+        _ => Json(json!({"data": data, "cursor": cursor_json(&path, "p", limit, end, n)}))
+            .into_response(),
+    }
 }
 
 #[allow(clippy::result_large_err)]
@@ -630,6 +682,9 @@ async fn traits(
         .take(end.saturating_sub(offset))
         .collect();
     let path = format!("/v1/spaces/{space}/collections/users/profiles/{id}/traits");
+    if st.opts.misbehave == Some(Misbehave::EndlessCursor) {
+        return Json(json!({"traits": page, "cursor": cursor_json(&path, "t", limit, offset.max(1), usize::MAX)})).into_response();
+    }
     Json(json!({"traits": page, "cursor": cursor_json(&path, "t", limit, end, total)}))
         .into_response()
 }
@@ -731,6 +786,9 @@ async fn bulk_async(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
         let half = Duration::from_millis(st2.opts.processing_ms / 2);
         tokio::time::sleep(half).await;
         set_status(&st2, &id2, "IN_PROGRESS", None);
+        if st2.opts.misbehave == Some(Misbehave::StuckAction) {
+            return;
+        }
         tokio::time::sleep(half).await;
         let result = process(&st2, customers);
         set_status(&st2, &id2, "DONE", Some(result));
@@ -888,7 +946,7 @@ fn stats_json(st: &AppState) -> Value {
     json!({
         "requests": counts,
         "throttled": {"segment": st.throttled_segment.load(Ordering::Relaxed), "voucherify": st.throttled_voucherify.load(Ordering::Relaxed)},
-        "faults": {"server_errors": st.faults_5xx.load(Ordering::Relaxed), "dropped_connections": st.faults_dropped.load(Ordering::Relaxed)},
+        "faults": {"server_errors": st.faults_5xx.load(Ordering::Relaxed), "dropped_connections": st.faults_dropped.load(Ordering::Relaxed), "slow": st.faults_slow.load(Ordering::Relaxed)},
         "peak_concurrent_requests": st.peak.load(Ordering::Relaxed),
         "customers": st.customers.lock().map(|c| c.len()).unwrap_or(0),
         "customers_without_source_id": st.without_source_id.load(Ordering::Relaxed),

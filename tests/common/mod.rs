@@ -127,3 +127,42 @@ pub fn stat(sb: &Sandbox, path: &str) -> u64 {
 pub fn requests(sb: &Sandbox, endpoint: &str) -> u64 {
     sb.stats()["requests"][endpoint].as_u64().unwrap_or(0)
 }
+
+/// The sandbox holds exactly the customers the generator meant, field by field.
+pub fn assert_end_state(sb: &Sandbox, versions: &std::collections::HashMap<u64, u32>) {
+    let expected = sb.dataset().expected_customers(versions);
+    let held = sb.customers();
+    assert_eq!(held.len(), expected.len(), "customer count");
+    assert_eq!(sb.stats()["customers_without_source_id"], 0);
+    for (sid, e) in &expected {
+        let c = held
+            .get(sid)
+            .unwrap_or_else(|| panic!("customer {sid} missing"));
+        let s = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
+        let a = |k: &str| {
+            c.get("address")
+                .and_then(|a| a.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        assert_eq!(s("name"), e.name, "{sid}");
+        assert_eq!(s("email"), e.email, "{sid}");
+        assert_eq!(s("phone"), e.phone, "{sid}");
+        assert_eq!(s("birthdate"), e.birthdate, "{sid}");
+        assert_eq!(s("description"), e.description, "{sid}");
+        assert_eq!(a("line_1"), e.address_line_1, "{sid}");
+        assert_eq!(a("line_2"), e.address_line_2, "{sid}");
+        assert_eq!(a("city"), e.address_city, "{sid}");
+        assert_eq!(a("state"), e.address_state, "{sid}");
+        assert_eq!(a("postal_code"), e.address_postal_code, "{sid}");
+        assert_eq!(a("country"), e.address_country, "{sid}");
+        assert_eq!(c.get("metadata").cloned(), e.metadata, "{sid}");
+        // nothing sent empty or null
+        for (k, v) in c.as_object().unwrap() {
+            assert!(
+                !v.is_null() && v != &serde_json::json!(""),
+                "{sid}: {k} sent empty"
+            );
+        }
+    }
+}
