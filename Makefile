@@ -6,7 +6,7 @@ BIN      := target/debug/segsync
 DEMO_DIR := data/demo
 PROFILES ?= 1000
 
-.PHONY: build test lint sandbox demo extract transform load status clean
+.PHONY: build test lint bench sandbox demo extract transform load status clean
 
 build:
 	$(CARGO) build
@@ -14,6 +14,13 @@ build:
 # Unit tests, then end-to-end tests that drive the binary against in-process sandboxes.
 test:
 	$(CARGO) test --all-targets
+
+# Not part of `make test`: release build, then every stage against its ceiling.
+bench:
+	@command -v jq >/dev/null && test -x /usr/bin/time && command -v curl >/dev/null || \
+	  { echo "installing jq, time and curl for the benchmarks"; apt-get update -qq && apt-get install -y -qq jq time curl; }
+	$(CARGO) build --release --bin segsync --example parse_floor
+	bash bench/run.sh
 
 lint:
 	$(CARGO) fmt --check

@@ -129,6 +129,10 @@ pub struct SandboxArgs {
     /// Break the API contract on purpose (to see how segsync copes)
     #[arg(long, value_enum)]
     pub misbehave: Option<crate::sandbox::Misbehave>,
+    /// Instead of serving, write the synthetic space to FILE as `extract` would
+    /// (for benchmarks and experiments with big inputs), then exit
+    #[arg(long = "write-profiles", value_name = "FILE")]
+    pub write_profiles: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {
@@ -224,6 +228,35 @@ async fn run_all(a: &RunArgs, data: &std::path::Path) -> anyhow::Result<u8> {
 }
 
 async fn sandbox(a: SandboxArgs) -> anyhow::Result<()> {
+    if let Some(path) = &a.write_profiles {
+        let ds = crate::sandbox::data::Dataset {
+            seed: a.seed,
+            n: a.profiles,
+        };
+        let mut f = crate::files::AtomicFile::create(path)?;
+        let mut line = Vec::with_capacity(64 * 1024);
+        for i in 0..ds.n {
+            let p = ds.profile(i, 0);
+            let rec = crate::records::ProfileRecord {
+                segment_id: p.segment_id,
+                metadata: p.metadata,
+                traits: p.traits,
+                external_ids: p.external_ids,
+                extra: Default::default(),
+            };
+            line.clear();
+            serde_json::to_writer(&mut line, &rec)?;
+            line.push(b'\n');
+            f.write_all(&line)?;
+        }
+        f.commit()?;
+        ui::info(format!(
+            "sandbox: wrote {} profiles to {}",
+            ds.n,
+            path.display()
+        ));
+        return Ok(());
+    }
     if !(0.0..=1.0).contains(&a.fault_rate) {
         return Err(
             crate::error::UsageError::new("--fault-rate must be between 0.0 and 1.0").into(),

@@ -87,6 +87,10 @@ pub struct Checkpoint {
 
 pub const CHECKPOINT_VERSION: u32 = 1;
 
+/// Listing pages read ahead of the detail fetches. Listing is serial (each
+/// page needs the previous cursor), so at high rate limits it must run ahead.
+pub const LISTING_LOOKAHEAD: usize = 4;
+
 pub fn checkpoint_path(out: &Path) -> PathBuf {
     files::parent_dir(out).join("extract.checkpoint.json")
 }
@@ -340,9 +344,10 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         ..Default::default()
     };
 
-    // Listing runs ahead in its own task, at most two pages ahead of the fetches.
-    let (page_tx, mut page_rx) =
-        tokio::sync::mpsc::channel::<Result<(ProfilePage, Option<String>), ApiError>>(1);
+    // Listing runs ahead in its own task, up to LISTING_LOOKAHEAD pages ahead of the fetches.
+    let (page_tx, mut page_rx) = tokio::sync::mpsc::channel::<
+        Result<(ProfilePage, Option<String>), ApiError>,
+    >(LISTING_LOOKAHEAD);
     let lister = {
         let client = client.clone();
         let mut cursor = cp.cursor.clone();
@@ -452,7 +457,10 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
             if listing_done && in_flight.is_empty() && queue.is_empty() {
                 break;
             }
-            let want_page = !listing_done && queue.len() < concurrency;
+            // Keep a page's worth queued beyond what is in flight, so the
+            // fetches never wait for the (serial) listing.
+            let want_page = !listing_done
+                && queue.len() < concurrency + crate::segment::PROFILES_LIMIT as usize;
             tokio::select! {
                 Some((page, entry, r)) = in_flight.next(), if !in_flight.is_empty() => {
                     let id = entry.get("segment_id").and_then(Value::as_str).unwrap_or_default().to_string();

@@ -4,6 +4,30 @@
 use crate::records::{CustomerRow, ProfileRecord};
 use serde_json::{Map, Value};
 
+/// Every trait the mapping reads (top level, and inside `address`).
+pub const MAPPED_TRAITS: &[&str] = &[
+    "name",
+    "firstName",
+    "first_name",
+    "lastName",
+    "last_name",
+    "email",
+    "phone",
+    "description",
+    "birthdate",
+    "birthday",
+    "address",
+    "street",
+    "line_1",
+    "line_2",
+    "city",
+    "state",
+    "postalCode",
+    "postal_code",
+    "country",
+    "metadata",
+];
+
 /// Why a profile produced no customer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -496,6 +520,40 @@ mod tests {
         assert_eq!(row(json!({"metadata":"gold"})).0.metadata, None);
         assert_eq!(row(json!({"metadata":[1]})).0.metadata, None);
         assert_eq!(row(json!({})).0.metadata, None);
+    }
+
+    #[test]
+    fn the_slim_parse_maps_exactly_like_the_full_one() {
+        let ds = crate::sandbox::data::Dataset { seed: 5, n: 400 };
+        for i in 0..ds.n {
+            let p = ds.profile(i, 0);
+            let full = ProfileRecord {
+                segment_id: p.segment_id,
+                metadata: p.metadata,
+                traits: p.traits,
+                external_ids: p.external_ids,
+                extra: Map::new(),
+            };
+            let line = serde_json::to_vec(&full).unwrap();
+            let slim = crate::records::parse_for_mapping(&line).unwrap();
+            for types in [
+                vec!["user_id".to_string()],
+                vec!["user_id".to_string(), "email".to_string()],
+            ] {
+                assert_eq!(
+                    map_profile(&slim, &types),
+                    map_profile(&full, &types),
+                    "profile {i}"
+                );
+            }
+        }
+        assert!(crate::records::parse_for_mapping(
+            b"{\"segment_id\":\"a\",\"traits\":{\"x\":\"\xff\"}}"
+        )
+        .is_err());
+        assert!(
+            crate::records::parse_for_mapping(b"{\"segment_id\":\"a\",\"traits\":[1]}").is_err()
+        );
     }
 
     #[test]

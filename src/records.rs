@@ -213,3 +213,109 @@ mod tests {
         );
     }
 }
+
+/// Parse a profile line keeping only what the mapping reads: the traits named
+/// in [`crate::mapping::MAPPED_TRAITS`] and each external id's `type` and
+/// `id`. Everything else is checked for well-formedness but skipped without
+/// being built, which is what makes `transform` fast on profiles with hundreds
+/// of custom traits. The line must be valid UTF-8 as a whole.
+pub fn parse_for_mapping(line: &[u8]) -> Result<ProfileRecord, String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("not valid UTF-8 ({e})"))?;
+    let slim: slim::Profile = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Ok(ProfileRecord {
+        segment_id: slim.segment_id,
+        metadata: slim.metadata,
+        traits: slim.traits.0,
+        external_ids: slim
+            .external_ids
+            .into_iter()
+            .map(|e| {
+                let mut m = Map::new();
+                if let Some(t) = e.ty {
+                    m.insert("type".into(), t);
+                }
+                if let Some(id) = e.id {
+                    m.insert("id".into(), id);
+                }
+                Value::Object(m)
+            })
+            .collect(),
+        extra: Map::new(),
+    })
+}
+
+mod slim {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    use serde::Deserialize;
+    use serde_json::{Map, Value};
+    use std::borrow::Cow;
+    use std::fmt;
+
+    #[derive(Deserialize)]
+    pub struct Profile {
+        pub segment_id: String,
+        #[serde(default)]
+        pub metadata: Value,
+        #[serde(default)]
+        pub traits: MappedTraits,
+        #[serde(default)]
+        pub external_ids: Vec<ExternalId>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct ExternalId {
+        #[serde(rename = "type", default)]
+        pub ty: Option<Value>,
+        #[serde(default)]
+        pub id: Option<Value>,
+    }
+
+    #[derive(Default)]
+    pub struct MappedTraits(pub Map<String, Value>);
+
+    /// A map key, borrowed from the input when it has no escapes.
+    struct Key<'a>(Cow<'a, str>);
+
+    impl<'de> Deserialize<'de> for Key<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a string key")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(v.to_string())))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for MappedTraits {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = MappedTraits;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a traits object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<MappedTraits, A::Error> {
+                    let mut out = Map::new();
+                    while let Some(Key(k)) = m.next_key::<Key>()? {
+                        if crate::mapping::MAPPED_TRAITS.contains(&k.as_ref()) {
+                            out.insert(k.into_owned(), m.next_value::<Value>()?);
+                        } else {
+                            m.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                    Ok(MappedTraits(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+}

@@ -111,6 +111,106 @@ impl Summary {
     }
 }
 
+/// Input read per chunk handed to a worker.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Whole lines of the input, starting at line `first_line`.
+struct Chunk {
+    first_line: u64,
+    data: Vec<u8>,
+}
+
+/// A chunk turned into output: CSV bytes for each file, and the counts.
+#[derive(Default)]
+struct ChunkResult {
+    customers: Vec<u8>,
+    rejected: Vec<u8>,
+    warnings: Vec<u8>,
+    keys: Vec<(u64, i64)>,
+    profiles: u64,
+    warning_count: u64,
+    rejected_counts: Vec<(&'static str, u64)>,
+    invalid: Vec<String>,
+    debug: Vec<String>,
+}
+
+impl Chunk {
+    fn process(&self, id_types: &[String], input: &str, skip_invalid: bool) -> ChunkResult {
+        let mut r = ChunkResult::default();
+        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+        {
+            let csv_writer = |buf: &mut Vec<u8>| {
+                csv::WriterBuilder::new()
+                    .has_headers(false)
+                    .from_writer(std::mem::take(buf))
+            };
+            let mut customers = csv_writer(&mut r.customers);
+            let mut rejected = csv_writer(&mut r.rejected);
+            let mut warnings = csv_writer(&mut r.warnings);
+            let mut lines = self.data.split(|&b| b == b'\n');
+            let mut line_no = self.first_line - 1;
+            // Writing CSV into memory cannot fail; errors are ignored on that basis.
+            while let Some(line) = lines.next() {
+                line_no += 1;
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                r.profiles += 1;
+                let profile = match crate::records::parse_for_mapping(line) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let problem = format!("{input}:{line_no}: not a valid profile line: {e}");
+                        if skip_invalid {
+                            *counts.entry("invalid_json").or_default() += 1;
+                            let _ = rejected.write_record(["", "invalid_json", &problem]);
+                        } else {
+                            r.invalid.push(problem);
+                        }
+                        continue;
+                    }
+                };
+                match map_profile(&profile, id_types) {
+                    Mapped::Rejected(rej) => {
+                        *counts.entry(rej.reason).or_default() += 1;
+                        let _ = rejected.write_record([
+                            guard_cell(&profile.segment_id).as_ref(),
+                            rej.reason,
+                            &rej.detail,
+                        ]);
+                    }
+                    Mapped::Customer { row, warnings: ws } => {
+                        let sid = row.source_id.as_deref().unwrap_or("");
+                        for w in &ws {
+                            r.warning_count += 1;
+                            if ui::verbosity() >= 1 {
+                                r.debug.push(format!(
+                                    "transform: {} ({sid}): {} {:?} dropped: {}",
+                                    profile.segment_id, w.field, w.value, w.reason
+                                ));
+                            }
+                            let _ = warnings.write_record([
+                                guard_cell(&profile.segment_id).as_ref(),
+                                &guard_cell(sid),
+                                w.field,
+                                &guard_cell(&w.value),
+                                &w.reason,
+                            ]);
+                        }
+                        let cells = row.cells().map(|c| guard_cell(c.as_deref().unwrap_or("")));
+                        let _ = customers.write_record(cells.iter().map(|c| c.as_ref()));
+                        r.keys.push((h64(sid), updated_millis(&profile)));
+                    }
+                }
+            }
+            r.customers = customers.into_inner().unwrap_or_default();
+            r.rejected = rejected.into_inner().unwrap_or_default();
+            r.warnings = warnings.into_inner().unwrap_or_default();
+        }
+        r.rejected_counts = counts.into_iter().collect();
+        r
+    }
+}
+
 fn h64(s: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.hash(&mut h);
@@ -184,94 +284,123 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     rejected.write_record(REJECTED_COLUMNS)?;
     warnings.write_record(["segment_id", "source_id", "field", "value", "reason"])?;
 
+    // Parsing and mapping run on every core: a reader thread cuts the input
+    // into chunks of whole lines, workers turn each chunk into CSV bytes, and
+    // this thread writes the chunks back in input order.
     let mut summary = Summary::default();
     // Per written row: hash of its source_id and its update time.
     let mut keys: Vec<(u64, i64)> = Vec::new();
-    let mut line = Vec::with_capacity(64 * 1024);
-    let mut line_no = 0u64;
     let mut invalid = Vec::new();
     let progress = ui::Progress::new("transform", "profiles", None);
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("cannot read {}", input.display()))?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let profile: ProfileRecord = match serde_json::from_slice(&line) {
-            Ok(p) => p,
-            Err(e) => {
-                let problem = format!(
-                    "{}:{line_no}: not a valid profile line: {e}",
-                    input.display()
-                );
-                summary.profiles += 1;
-                if args.skip_invalid {
-                    *summary.rejected.entry("invalid_json").or_default() += 1;
-                    rejected.write_record(["", "invalid_json", &problem])?;
-                    continue;
+    customers.flush()?;
+    rejected.flush()?;
+    warnings.flush()?;
+    drop((customers, rejected, warnings));
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8);
+    let input_name = input.display().to_string();
+    let mut write_error: Option<anyhow::Error> = None;
+    let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<(u64, Chunk)>(workers * 2);
+    let work_rx = std::sync::Mutex::new(work_rx);
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<(u64, ChunkResult)>(workers * 2);
+    let read_result = std::thread::scope(|s| {
+        for _ in 0..workers {
+            let done_tx = done_tx.clone();
+            let (work_rx, id_types, input_name) = (&work_rx, &id_types, &input_name);
+            let skip_invalid = args.skip_invalid;
+            s.spawn(move || loop {
+                let job = match work_rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                let Ok((idx, chunk)) = job else { return };
+                if done_tx
+                    .send((idx, chunk.process(id_types, input_name, skip_invalid)))
+                    .is_err()
+                {
+                    return;
                 }
-                invalid.push(problem);
-                if invalid.len() >= 20 {
-                    break;
-                }
-                continue;
-            }
-        };
-        summary.profiles += 1;
-        match map_profile(&profile, &id_types) {
-            Mapped::Rejected(r) => {
-                *summary.rejected.entry(r.reason).or_default() += 1;
-                rejected.write_record([
-                    guard_cell(&profile.segment_id).as_ref(),
-                    r.reason,
-                    &r.detail,
-                ])?;
-            }
-            Mapped::Customer { row, warnings: ws } => {
-                for w in &ws {
-                    summary.warnings += 1;
-                    ui::debug(format!(
-                        "transform: {} ({}): {} {:?} dropped: {}",
-                        profile.segment_id,
-                        row.source_id.as_deref().unwrap_or(""),
-                        w.field,
-                        w.value,
-                        w.reason
-                    ));
-                    warnings.write_record([
-                        guard_cell(&profile.segment_id).as_ref(),
-                        &guard_cell(row.source_id.as_deref().unwrap_or("")),
-                        w.field,
-                        &guard_cell(&w.value),
-                        &w.reason,
-                    ])?;
-                }
-                let cells = row.cells().map(|c| guard_cell(c.as_deref().unwrap_or("")));
-                customers.write_record(cells.iter().map(|c| c.as_ref()))?;
-                keys.push((
-                    h64(row.source_id.as_deref().unwrap_or("")),
-                    updated_millis(&profile),
-                ));
-                summary.customers += 1;
-            }
-        }
-        if summary.profiles % 4096 == 0 {
-            progress.set_position(summary.profiles);
-            progress.tick(|| {
-                format!(
-                    "{} customers, {} rejected",
-                    summary.customers,
-                    summary.rejected_total()
-                )
             });
         }
+        drop(done_tx);
+        let reader_thread = s.spawn(move || -> std::io::Result<()> {
+            let mut line_no = 0u64;
+            for idx in 0.. {
+                let mut chunk = Chunk {
+                    first_line: line_no + 1,
+                    data: Vec::with_capacity(CHUNK_BYTES + 64 * 1024),
+                };
+                while chunk.data.len() < CHUNK_BYTES {
+                    if reader.read_until(b'\n', &mut chunk.data)? == 0 {
+                        break;
+                    }
+                    line_no += 1;
+                }
+                if chunk.data.is_empty() {
+                    return Ok(());
+                }
+                if work_tx.send((idx, chunk)).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        });
+        let mut pending: BTreeMap<u64, ChunkResult> = BTreeMap::new();
+        let mut next = 0u64;
+        for (idx, result) in done_rx.iter() {
+            pending.insert(idx, result);
+            while let Some(r) = pending.remove(&next) {
+                next += 1;
+                if write_error.is_some() {
+                    continue;
+                }
+                for msg in &r.debug {
+                    ui::debug(msg);
+                }
+                let written = customers_file
+                    .write_all(&r.customers)
+                    .and_then(|_| rejected_file.write_all(&r.rejected))
+                    .and_then(|_| warnings_file.write_all(&r.warnings));
+                if let Err(e) = written {
+                    write_error = Some(
+                        anyhow::Error::new(e).context(format!("cannot write {}", out.display())),
+                    );
+                    continue;
+                }
+                keys.extend_from_slice(&r.keys);
+                summary.profiles += r.profiles;
+                summary.customers += r.keys.len() as u64;
+                summary.warnings += r.warning_count;
+                for (reason, n) in r.rejected_counts {
+                    *summary.rejected.entry(reason).or_default() += n;
+                }
+                if invalid.len() < 20 {
+                    invalid.extend(r.invalid);
+                }
+                progress.set_position(summary.profiles);
+                progress.tick(|| {
+                    format!(
+                        "{} customers, {} rejected",
+                        summary.customers,
+                        summary.rejected_total()
+                    )
+                });
+            }
+        }
+        reader_thread
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("reader thread panicked")))
+    });
+    read_result.with_context(|| format!("cannot read {}", input.display()))?;
+    if let Some(e) = write_error {
+        return Err(e);
     }
+    invalid.truncate(20);
+    let mut rejected = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(rejected_file.writer());
     progress.finish();
     if !invalid.is_empty() {
         return Err(InputErrors {
@@ -284,8 +413,7 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         }
         .into());
     }
-    customers.flush()?;
-    drop(customers);
+    customers_file.writer().flush()?;
 
     // Duplicates: rows whose source_id hash is shared, checked on the real value.
     let losers = find_duplicates(
@@ -295,9 +423,7 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         &mut summary,
     )?;
     rejected.flush()?;
-    warnings.flush()?;
     drop(rejected);
-    drop(warnings);
     let mut customers_file = if losers.is_empty() {
         customers_file
     } else {

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# make bench: every stage against its ceiling, side by side in one run, on
+# this machine. Prints a table and writes it to bench/RESULTS.md.
+# Sizes can be lowered for a quick look: BENCH_TRANSFORM_PROFILES=100000 make bench
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=target/release/segsync
+FLOOR=target/release/examples/parse_floor
+W=bench/work
+TRANSFORM_N=${BENCH_TRANSFORM_PROFILES:-1000000}
+EXTRACT_N=${BENCH_EXTRACT_PROFILES:-2000}
+LOAD_N=${BENCH_LOAD_PROFILES:-55000}
+rm -rf "$W" && mkdir -p "$W"
+ROWS=()
+MEM=()
+
+say() { printf '%s\n' "$*" >&2; }
+calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
+
+SB_PID=
+start_sandbox() {
+  "$BIN" sandbox "$@" > "$W/sb.env" 2> "$W/sb.log" &
+  SB_PID=$!
+  for _ in $(seq 1 100); do grep -q VOUCHERIFY_SECRET_KEY "$W/sb.env" 2>/dev/null && break; sleep 0.1; done
+  set -a; . "./$W/sb.env"; set +a
+}
+stop_sandbox() { [[ -n $SB_PID ]] && kill "$SB_PID" 2>/dev/null && wait "$SB_PID" 2>/dev/null; SB_PID=; return 0; }
+trap stop_sandbox EXIT
+stats() { curl -s "$SEGMENT_API_URL/_sandbox/stats"; }
+seg_requests() { stats | jq '[.requests["segment.list_profiles","segment.traits","segment.external_ids"] // 0] | add'; }
+
+# measure OUT_PREFIX cmd...: runs cmd under /usr/bin/time; sets SECS and RSS_MB
+measure() {
+  local out=$1; shift
+  /usr/bin/time -f "%e %M" -o "$W/time.txt" "$@" > "$out.out" 2> "$out.err" || { cat "$out.err" >&2; return 1; }
+  read -r SECS RSS_KB < "$W/time.txt"
+  RSS_MB=$(calc "$RSS_KB / 1024" 1)
+}
+row() { ROWS+=("| $1 | $2 | $3 | $4 |"); say "  $1: $2 (ceiling $3, ratio $4)"; }
+
+say "== extract, Segment limit 100 requests/s, 150 ms latency, $EXTRACT_N profiles"
+start_sandbox --profiles "$EXTRACT_N" --latency-ms 150 --segment-rps 100
+measure "$W/e100" "$BIN" --data-dir "$W/e100" extract
+REQ=$(seg_requests); T429=$(stats | jq .throttled.segment)
+RPP=$(calc "$REQ / $EXTRACT_N" 3); FIG=$(calc "$EXTRACT_N / $SECS" 1); CEIL=$(calc "100 / $RPP" 1)
+row "extract, 100 req/s, 150 ms latency, $EXTRACT_N profiles" "$FIG profiles/s ($RPP requests/profile, $T429 of $REQ requests answered 429)" "$CEIL profiles/s (100 / $RPP)" "$(calc "$FIG / $CEIL")"
+FULL_SECS=$SECS; FULL_REQ=$REQ
+
+say "== incremental extract, 1% of profiles changed"
+curl -s -X POST "$SEGMENT_API_URL/_sandbox/touch?count=$((EXTRACT_N / 100))" > /dev/null
+measure "$W/einc" "$BIN" --data-dir "$W/e100" extract --incremental
+INC_REQ=$(( $(seg_requests) - FULL_REQ ))
+row "incremental extract, 1% of $EXTRACT_N profiles changed" "$INC_REQ requests, ${SECS} s" "full extract: $FULL_REQ requests, ${FULL_SECS} s" "$(calc "$INC_REQ / $FULL_REQ" 3) of the requests, $(calc "$SECS / $FULL_SECS" 3) of the time"
+stop_sandbox
+
+N1000=$((EXTRACT_N * 3))
+say "== extract, limit raised to 1,000 requests/s, 150 ms latency, $N1000 profiles"
+start_sandbox --profiles "$N1000" --latency-ms 150 --segment-rps 1000
+measure "$W/e1000" "$BIN" --data-dir "$W/e1000" extract --rate-limit 1000 --concurrency 96
+REQ=$(seg_requests); T429=$(stats | jq .throttled.segment)
+RPP=$(calc "$REQ / $N1000" 3); FIG=$(calc "$N1000 / $SECS" 1); CEIL=$(calc "1000 / $RPP" 1)
+row "extract, 1,000 req/s, 150 ms latency, $N1000 profiles, --concurrency 96" "$FIG profiles/s ($T429 of $REQ requests answered 429)" "$CEIL profiles/s (1000 / $RPP)" "$(calc "$FIG / $CEIL")"
+stop_sandbox
+
+say "== extract, no limit, 150 ms latency, default concurrency 16"
+start_sandbox --profiles "$EXTRACT_N" --latency-ms 150 --segment-rps 0
+measure "$W/enol" "$BIN" --data-dir "$W/enol" extract --rate-limit 0
+FIG=$(calc "$EXTRACT_N / $SECS" 1); CEIL=$(calc "16 / 0.150" 1)
+row "extract, no limit, 150 ms latency, concurrency 16" "$FIG profiles/s" "$CEIL profiles/s (16 / 0.150 s)" "$(calc "$FIG / $CEIL")"
+stop_sandbox
+
+say "== transform, $TRANSFORM_N profiles (generating the file first)"
+"$BIN" -q sandbox --profiles "$TRANSFORM_N" --write-profiles "$W/big/profiles.ndjson"
+BYTES=$(stat -c %s "$W/big/profiles.ndjson"); MB=$(calc "$BYTES / 1000000" 1)
+measure "$W/floor" "$FLOOR" "$W/big/profiles.ndjson"; FLOOR_SECS=$SECS
+measure "$W/jq" bash -c "jq -r -f bench/transform.jq '$W/big/profiles.ndjson' > '$W/jq.csv'"; JQ_SECS=$SECS; JQ_RSS=$RSS_MB
+measure "$W/tr" "$BIN" --data-dir "$W/big" transform; TR_SECS=$SECS; TR_RSS=$RSS_MB
+TR_MBS=$(calc "$MB / $TR_SECS" 1); FLOOR_MBS=$(calc "$MB / $FLOOR_SECS" 1); JQ_MBS=$(calc "$MB / $JQ_SECS" 1)
+row "transform, $TRANSFORM_N profiles ($MB MB)" "$TR_MBS MB/s, $(calc "$TRANSFORM_N / $TR_SECS" 0) profiles/s, peak RSS $TR_RSS MB" "bare serde_json parse: $FLOOR_MBS MB/s" "$(calc "$TR_MBS / $FLOOR_MBS") of the floor"
+row "transform vs jq one-liner (bench/transform.jq)" "$TR_MBS MB/s" "jq: $JQ_MBS MB/s, peak RSS $JQ_RSS MB" "$(calc "$JQ_SECS / $TR_SECS" 1)x faster than jq"
+rm -f "$W/jq.csv"
+
+say "== load, Voucherify limit 2,000/min, batch 100 (customers from $LOAD_N profiles)"
+"$BIN" -q sandbox --profiles "$LOAD_N" --write-profiles "$W/load/profiles.ndjson"
+"$BIN" -q --data-dir "$W/load" transform
+start_sandbox --profiles 10 --voucherify-rpm 2000 --processing-ms 200
+measure "$W/l100" "$BIN" --data-dir "$W/load" load --rate-limit 2000 --batch-size 100 --concurrency 8
+S=$(stats); SENT=$(jq .customers_received <<<"$S"); POSTS=$(jq '.requests["voucherify.customers_bulk_async"]' <<<"$S"); POLLS=$(jq '.requests["voucherify.async_action"]' <<<"$S"); T429=$(jq .throttled.voucherify <<<"$S")
+FIG=$(calc "$SENT / $SECS" 0); CEIL=$(calc "2000 / 60 * 100" 0)
+row "load, 2,000 requests/min, batch 100, $SENT customers" "$FIG customers/s, $(calc "$POLLS / $POSTS") polls per batch, $T429 answered 429" "$CEIL customers/s ((2000/60) x 100); $(calc "$CEIL / (1 + $POLLS / $POSTS)" 0) counting the polls" "$(calc "$FIG / $CEIL") ($(calc "$FIG * (1 + $POLLS / $POSTS) / $CEIL") counting polls)"
+stop_sandbox
+
+say "== load, batches sized to the 10 MB bound"
+start_sandbox --profiles 10 --voucherify-rpm 2000 --processing-ms 200
+measure "$W/lbig" "$BIN" --data-dir "$W/load" load --full --rate-limit 2000 --batch-size 10000 --max-batch-bytes 10485760 --concurrency 8
+S=$(stats); SENT=$(jq .customers_received <<<"$S"); POSTS=$(jq '.requests["voucherify.customers_bulk_async"]' <<<"$S")
+FIG=$(calc "$SENT / $SECS" 0); AVG=$(calc "$SENT / $POSTS" 0)
+row "load, batches up to 10 MB ($POSTS batches of ~$AVG), $SENT customers" "$FIG customers/s" "$(calc "2000 / 60 * $AVG" 0) customers/s ((2000/60) x $AVG)" "$(calc "$FIG / (2000 / 60 * $AVG)" 3) (bounded by processing time, not the limit)"
+stop_sandbox
+
+say "== peak memory per stage at 10,000 and 100,000 profiles"
+for N in 10000 100000; do
+  start_sandbox --profiles "$N" --segment-rps 0 --voucherify-rpm 0 --processing-ms 50
+  measure "$W/m$N-e" "$BIN" --data-dir "$W/m$N" extract --rate-limit 0 --concurrency 32; E=$RSS_MB
+  measure "$W/m$N-t" "$BIN" --data-dir "$W/m$N" transform; T=$RSS_MB
+  measure "$W/m$N-l" "$BIN" --data-dir "$W/m$N" load --concurrency 8; L=$RSS_MB
+  MEM+=("| $N | $E MB | $T MB | $L MB |")
+  say "  $N profiles: extract $E MB, transform $T MB, load $L MB"
+  stop_sandbox
+done
+
+{
+  echo "# segsync benchmarks"
+  echo
+  echo "Measured by \`make bench\` on $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM; release build; sandbox and segsync on the same machine."
+  echo
+  echo "| scenario | figure | ceiling | ratio |"
+  echo "|---|---|---|---|"
+  printf '%s\n' "${ROWS[@]}"
+  echo
+  echo "Peak resident memory (\`/usr/bin/time\`):"
+  echo
+  echo "| profiles | extract | transform | load |"
+  echo "|---|---|---|---|"
+  printf '%s\n' "${MEM[@]}"
+} > bench/RESULTS.md
+cat bench/RESULTS.md
