@@ -147,10 +147,10 @@ impl Chunk {
             let mut customers = csv_writer(&mut r.customers);
             let mut rejected = csv_writer(&mut r.rejected);
             let mut warnings = csv_writer(&mut r.warnings);
-            let mut lines = self.data.split(|&b| b == b'\n');
+            let lines = self.data.split(|&b| b == b'\n');
             let mut line_no = self.first_line - 1;
             // Writing CSV into memory cannot fail; errors are ignored on that basis.
-            while let Some(line) = lines.next() {
+            for line in lines {
                 line_no += 1;
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
