@@ -57,10 +57,10 @@ stop_sandbox
 N1000=$((EXTRACT_N * 3))
 say "== extract, limit raised to 1,000 requests/s, 150 ms latency, $N1000 profiles"
 start_sandbox --profiles "$N1000" --latency-ms 150 --segment-rps 1000
-measure "$W/e1000" "$BIN" --data-dir "$W/e1000" extract --rate-limit 1000 --concurrency 96
+measure "$W/e1000" "$BIN" --data-dir "$W/e1000" extract --rate-limit 1000 --concurrency 160
 REQ=$(seg_requests); T429=$(stats | jq .throttled.segment)
 RPP=$(calc "$REQ / $N1000" 3); FIG=$(calc "$N1000 / $SECS" 1); CEIL=$(calc "1000 / $RPP" 1)
-row "extract, 1,000 req/s, 150 ms latency, $N1000 profiles, --concurrency 96" "$FIG profiles/s ($T429 of $REQ requests answered 429)" "$CEIL profiles/s (1000 / $RPP)" "$(calc "$FIG / $CEIL")"
+row "extract, 1,000 req/s, 150 ms latency, $N1000 profiles, --concurrency 160" "$FIG profiles/s ($T429 of $REQ requests answered 429)" "$CEIL profiles/s (1000 / $RPP)" "$(calc "$FIG / $CEIL")"
 stop_sandbox
 
 say "== extract, no limit, 150 ms latency, default concurrency 16"

@@ -986,8 +986,11 @@ async fn confirm(
     );
     // First poll after the typical processing time (or `first_wait`), then back off.
     let mut wait = first_wait.min(typical);
+    let first = wait;
+    let mut polls = 0u32;
     let action: AsyncAction = loop {
         tokio::time::sleep(wait).await;
+        polls += 1;
         shared.polls.fetch_add(1, Ordering::Relaxed);
         let a = shared.client.async_action(id).await?;
         match a.status.as_str() {
@@ -999,11 +1002,13 @@ async fn confirm(
         }
         wait = (wait * 2).clamp(typical / 2, Duration::from_secs(10));
     };
-    let took = started.elapsed().as_millis() as u64;
+    // Learn how long actions take, to time the next first poll. Our own wait
+    // is no measure (we only see DONE when we look), so prefer Voucherify's
+    // figure; without it, look sooner next time when the first look was late.
     let old = shared.processing_ms.load(Ordering::Relaxed);
-    shared
-        .processing_ms
-        .store((old * 3 + took) / 4, Ordering::Relaxed);
+    let next =
+        next_processing_estimate(old, action.processing_time, polls, first, started.elapsed());
+    shared.processing_ms.store(next, Ordering::Relaxed);
 
     let target = shared.ledger.target.clone();
     if action.status == "FAILED" {
@@ -1072,6 +1077,25 @@ async fn confirm(
     Ok(keys)
 }
 
+/// The next estimate (ms) of how long an async action takes, from the last
+/// one: Voucherify's own `processing_time` when given; otherwise, when the
+/// first look already found it finished, something shorter than that look;
+/// otherwise the time it took us to see it finish.
+fn next_processing_estimate(
+    old: u64,
+    reported: Option<u64>,
+    polls: u32,
+    first_wait: Duration,
+    took: Duration,
+) -> u64 {
+    let observed = match reported {
+        Some(ms) => ms,
+        None if polls == 1 => first_wait.as_millis() as u64 / 2,
+        None => took.as_millis() as u64,
+    };
+    (old * 3 + observed) / 4
+}
+
 fn write_report(path: &Path, rows: &[ReportRow]) -> Result<()> {
     let mut f = AtomicFile::create(path)?;
     {
@@ -1137,4 +1161,57 @@ pub fn count_csv_rows(path: &Path) -> Option<u64> {
         .from_path(path)
         .ok()?;
     Some(rdr.byte_records().filter(|r| r.is_ok()).count() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processing_estimate_follows_the_server_and_never_feeds_on_its_own_wait() {
+        // The server says 200 ms: the estimate converges there, whatever we waited.
+        let mut est = 500;
+        for _ in 0..30 {
+            est = next_processing_estimate(
+                est,
+                Some(200),
+                1,
+                Duration::from_millis(est * 11 / 10),
+                Duration::from_millis(est * 11 / 10),
+            );
+        }
+        assert!((195..=205).contains(&est), "{est}");
+        // No figure, and done at the first look: look sooner next time.
+        let mut est = 5_000;
+        for _ in 0..30 {
+            est = next_processing_estimate(
+                est,
+                None,
+                1,
+                Duration::from_millis(est * 11 / 10),
+                Duration::from_millis(est * 11 / 10),
+            );
+        }
+        assert!(est < 500, "{est}");
+        // Needed several looks: wait longer next time.
+        assert!(
+            next_processing_estimate(
+                100,
+                None,
+                3,
+                Duration::from_millis(110),
+                Duration::from_millis(900)
+            ) > 100
+        );
+    }
+
+    #[test]
+    fn email_plausibility() {
+        for ok in ["a@b.co", "first.last+tag@example.com", "Zoë@exämple.de"] {
+            assert!(plausible_email(ok), "{ok}");
+        }
+        for bad in ["", "a", "a@", "@b.co", "a@b", "a b@c.de", "a@.de", "a@de."] {
+            assert!(!plausible_email(bad), "{bad}");
+        }
+    }
 }

@@ -50,6 +50,9 @@ impl RetryLogic for VoucherifyLogic {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AsyncAction {
     pub status: String,
+    /// Milliseconds Voucherify spent on the action (when it reports it).
+    #[serde(default)]
+    pub processing_time: Option<u64>,
     #[serde(default)]
     pub result: Option<AsyncResult>,
 }

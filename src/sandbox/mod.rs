@@ -90,6 +90,7 @@ const MAX_BODY: usize = 10 * 1024 * 1024;
 
 struct Action {
     created: Instant,
+    finished: Option<Instant>,
     created_at: String,
     status: &'static str,
     result: Option<Value>,
@@ -774,6 +775,7 @@ async fn bulk_async(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
             id.clone(),
             Action {
                 created: Instant::now(),
+                finished: None,
                 created_at: data::iso(crate::http::now_epoch() as i64),
                 status: "ENQUEUED",
                 result: None,
@@ -800,6 +802,9 @@ fn set_status(st: &AppState, id: &str, status: &'static str, result: Option<Valu
     if let Ok(mut a) = st.actions.lock() {
         if let Some(action) = a.get_mut(id) {
             action.status = status;
+            if status == "DONE" {
+                action.finished = Some(Instant::now());
+            }
             if result.is_some() {
                 action.result = result;
             }
@@ -907,7 +912,7 @@ async fn async_action(State(st): State<Arc<AppState>>, Path(id): Path<String>) -
         "updated_at": data::iso(crate::http::now_epoch() as i64),
         "request_id": format!("v-{id}"),
         "progress": progress,
-        "processing_time": a.created.elapsed().as_millis() as u64,
+        "processing_time": a.finished.unwrap_or_else(Instant::now).duration_since(a.created).as_millis() as u64,
         "object": "async_action",
     });
     if let Some(r) = &a.result {
