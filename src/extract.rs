@@ -320,7 +320,9 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         concurrency: args.concurrency as usize * 2 + 2,
         rate: (args.rate_limit > 0).then_some(args.rate_limit),
         rate_period: Duration::from_secs(1),
-        burst: Some(1),
+        // A small burst (1/20 s of requests) lets a request that woke late be
+        // made up for; Segment's own bucket holds a whole second.
+        burst: Some((args.rate_limit / 20).max(1)),
         ..Default::default()
     };
     let client = Arc::new(SegmentClient::new(cfg.clone(), settings)?);

@@ -124,13 +124,7 @@ async fn kills_at_many_points_of_every_stage_still_end_exact() {
         (500, 500),
         "every profile exactly once after {extract_kills} kills"
     );
-    let pages = |n: usize, per: usize| n.div_ceil(per).max(1) as u64;
-    let minimal: u64 = (0..ds.n)
-        .map(|i| {
-            let p = ds.profile(i, 0);
-            pages(p.traits.len(), 200) + pages(p.external_ids.len(), 100)
-        })
-        .sum();
+    let minimal = minimal_detail_requests(ds);
     let detail = requests(&sb, "segment.traits") + requests(&sb, "segment.external_ids");
     // each kill may repeat at most the 8 profiles in flight (each at most 2+2 pages)
     assert!(

@@ -169,14 +169,7 @@ async fn kill_9_mid_run_then_rerun_resumes_with_only_in_flight_work_repeated() {
         &[],
     );
 
-    // Minimal detail requests: one per page of each list of each profile.
-    let pages = |n: usize, per: usize| n.div_ceil(per).max(1) as u64;
-    let minimal: u64 = (0..ds.n)
-        .map(|i| {
-            let p = ds.profile(i, 0);
-            pages(p.traits.len(), 200) + pages(p.external_ids.len(), 100)
-        })
-        .sum();
+    let minimal = minimal_detail_requests(ds);
     let detail = requests(&sb, "segment.traits") + requests(&sb, "segment.external_ids");
     // At most the 4 profiles in flight (each at most 2+2 pages) are fetched twice.
     assert!(

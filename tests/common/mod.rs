@@ -166,3 +166,15 @@ pub fn assert_end_state(sb: &Sandbox, versions: &std::collections::HashMap<u64, 
         }
     }
 }
+
+/// Detail requests a clean extract of the whole space needs: one per page of
+/// each profile's traits (200 a page) and external ids (100 a page).
+pub fn minimal_detail_requests(ds: &segsync::sandbox::data::Dataset) -> u64 {
+    let pages = |n: usize, per: usize| n.div_ceil(per).max(1) as u64;
+    (0..ds.n)
+        .map(|i| {
+            let p = ds.profile(i, 0);
+            pages(p.traits.len(), 200) + pages(p.external_ids.len(), 100)
+        })
+        .sum()
+}
