@@ -1033,7 +1033,44 @@ async fn confirm(
             .fetch_add(customers.len() as u64, Ordering::Relaxed);
         return Ok(vec![]);
     }
-    let result = action.result.unwrap_or_default();
+    let result = match action.result {
+        Some(r) if accounts_for_all(&r, &customers) => r,
+        other => {
+            // Voucherify's answer does not say which customers succeeded:
+            // none of them counts as confirmed, so the next load sends them again.
+            let why = match other {
+                None => "the finished async action has no result".to_string(),
+                Some(r) => format!(
+                    "the result counts {} done and {} failed but names {} failures, for {} customers sent",
+                    r.done_count,
+                    r.failed_count,
+                    r.errors.len(),
+                    customers.len()
+                ),
+            };
+            ui::warn(format!("async action {id}: {why}; its customers stay unconfirmed and the next load sends them again"));
+            shared.ledger.append(&LedgerEvent::Abandoned {
+                at: now(),
+                target,
+                async_action_id: id.to_string(),
+                reason: why.clone(),
+            })?;
+            let mut report = shared.report.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+            for c in &customers {
+                report.push(ReportRow {
+                    source_id: c.0.clone(),
+                    line: Some(c.2),
+                    key: "unconfirmed".into(),
+                    message: format!("async action {id}: {why}"),
+                    details: String::new(),
+                });
+            }
+            shared
+                .failed
+                .fetch_add(customers.len() as u64, Ordering::Relaxed);
+            return Ok(vec![]);
+        }
+    };
     let mut failed_ids: HashSet<String> = HashSet::new();
     {
         let mut report = shared.report.lock().map_err(|_| anyhow::anyhow!("lock"))?;
@@ -1052,13 +1089,6 @@ async fn confirm(
     let (failed, done): (Vec<LedgerCustomer>, Vec<LedgerCustomer>) = customers
         .into_iter()
         .partition(|c| failed_ids.contains(&c.0));
-    if (result.failed_count as usize) > failed.len() {
-        ui::warn(format!(
-            "async action {id}: Voucherify counts {} failed customers but named {}",
-            result.failed_count,
-            failed.len()
-        ));
-    }
     shared
         .failed
         .fetch_add(failed.len() as u64, Ordering::Relaxed);
@@ -1075,6 +1105,20 @@ async fn confirm(
         failed,
     })?;
     Ok(keys)
+}
+
+/// Whether a result says what became of every customer sent: the counts
+/// cover the batch and every failure is named by a `source_id` we sent.
+fn accounts_for_all(r: &crate::voucherify::AsyncResult, sent: &[LedgerCustomer]) -> bool {
+    let named: HashSet<&str> = r
+        .errors
+        .iter()
+        .filter_map(|e| e.source_id.as_deref())
+        .collect();
+    let ours: HashSet<&str> = sent.iter().map(|c| c.0.as_str()).collect();
+    r.done_count + r.failed_count >= sent.len() as u64
+        && named.len() as u64 >= r.failed_count
+        && named.iter().all(|s| ours.contains(s))
 }
 
 /// The next estimate (ms) of how long an async action takes, from the last
@@ -1203,6 +1247,43 @@ mod tests {
                 Duration::from_millis(900)
             ) > 100
         );
+    }
+
+    #[test]
+    fn a_result_must_account_for_every_customer_to_confirm_any() {
+        use crate::voucherify::{AsyncResult, CustomerError};
+        let sent: Vec<LedgerCustomer> = ["a", "b", "c"]
+            .iter()
+            .map(|s| LedgerCustomer(s.to_string(), "h".into(), 2))
+            .collect();
+        let err = |s: Option<&str>| CustomerError {
+            source_id: s.map(str::to_string),
+            ..Default::default()
+        };
+        let ok = AsyncResult {
+            done_count: 2,
+            failed_count: 1,
+            errors: vec![err(Some("b"))],
+        };
+        assert!(accounts_for_all(&ok, &sent));
+        let unnamed = AsyncResult {
+            done_count: 2,
+            failed_count: 1,
+            errors: vec![err(None)],
+        };
+        assert!(!accounts_for_all(&unnamed, &sent));
+        let short = AsyncResult {
+            done_count: 1,
+            failed_count: 0,
+            errors: vec![],
+        };
+        assert!(!accounts_for_all(&short, &sent));
+        let stranger = AsyncResult {
+            done_count: 2,
+            failed_count: 1,
+            errors: vec![err(Some("zzz"))],
+        };
+        assert!(!accounts_for_all(&stranger, &sent));
     }
 
     #[test]

@@ -575,3 +575,43 @@ async fn a_full_disk_or_unwritable_directory_is_a_clear_error_and_earlier_files_
         eprintln!("SKIPPED unwritable-directory check: chattr not available");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_voucherify_does_not_attribute_leave_the_batch_unconfirmed() {
+    let sb = sandbox(SandboxOptions {
+        misbehave: Some(Misbehave::UnnamedErrors),
+        ..opts(10)
+    })
+    .await;
+    let dir = tempdir();
+    let csv = dir.path().join("c.csv");
+    std::fs::write(
+        &csv,
+        "source_id,email\nu1,a@example.com\nu2,b@mail.invalid\nu3,c@example.com\n",
+    )
+    .unwrap();
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["load", "--in", csv.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(r.stderr.contains("stay unconfirmed"), "{}", r.stderr);
+    let report = read_csv(&dir.path().join("load-report.csv"));
+    assert_eq!(
+        report.len(),
+        3,
+        "every customer of the batch is reported unconfirmed"
+    );
+    assert!(report.iter().all(|r| r["key"] == "unconfirmed"));
+    // Nothing was recorded as confirmed: the next load sends all three again.
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["load", "--in", csv.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(r.code, 3);
+    assert_eq!(sb.receipts()["u1"], 2);
+}

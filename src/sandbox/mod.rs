@@ -58,6 +58,8 @@ pub enum Misbehave {
     RepeatPage,
     /// Async actions never leave IN_PROGRESS.
     StuckAction,
+    /// Per-customer errors in async results do not say which customer failed.
+    UnnamedErrors,
 }
 
 impl Default for SandboxOptions {
@@ -849,6 +851,11 @@ fn process(st: &AppState, customers: Vec<Value>) -> Value {
             }
         }
         if let Some((message, details, key)) = problem {
+            let sid = if st.opts.misbehave == Some(Misbehave::UnnamedErrors) {
+                None
+            } else {
+                sid
+            };
             errors.push(
                 json!({"message": message, "details": details, "key": key, "source_id": sid}),
             );
