@@ -99,6 +99,14 @@ FIG=$(calc "$SENT / $SECS" 0); AVG=$(calc "$SENT / $POSTS" 0)
 row "load, batches up to 10 MB ($POSTS batches of ~$AVG), $SENT customers" "$FIG customers/s" "$(calc "2000 / 60 * $AVG" 0) customers/s ((2000/60) x $AVG)" "$(calc "$FIG / (2000 / 60 * $AVG)" 3) (bounded by processing time, not the limit)"
 stop_sandbox
 
+say "== micro-benchmarks of the hot paths (criterion, benches/hot_paths.rs)"
+MICRO=$(cargo bench -q --bench hot_paths -- --warm-up-time 1 --measurement-time 3 2>/dev/null | awk '
+  /^per 1000 profiles\// { name = substr($0, 19); seen = 0 }
+  /change:/ { seen = 1 }
+  /time:/ && !seen { t = $4 " " $5 }
+  /thrpt:/ && !seen { printf "| %s | %s | %s %s |\n", name, t, $4, $5; seen = 1 }')
+say "$MICRO"
+
 say "== peak memory per stage at 10,000 and 100,000 profiles"
 for N in 10000 100000; do
   start_sandbox --profiles "$N" --segment-rps 0 --voucherify-rpm 0 --processing-ms 50
@@ -118,6 +126,12 @@ done
   echo "| scenario | figure | ceiling | ratio |"
   echo "|---|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
+  echo
+  echo "Hot paths per 1,000 generated profiles (criterion medians, \`benches/hot_paths.rs\`):"
+  echo
+  echo "| step | time | throughput |"
+  echo "|---|---|---|"
+  echo "$MICRO"
   echo
   echo "Peak resident memory (\`/usr/bin/time\`):"
   echo

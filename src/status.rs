@@ -24,6 +24,10 @@ fn count_lines(path: &Path) -> Option<u64> {
     Some(n)
 }
 
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn newer(a: &Path, b: &Path) -> bool {
     let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     matches!((m(a), m(b)), (Some(x), Some(y)) if x > y)
@@ -44,10 +48,10 @@ pub fn run(data_dir: &Path) -> Result<()> {
     match (&cp, profiles.exists()) {
         (Some(cp), _) if !cp.complete && partial.exists() => {
             println!(
-                "unfinished: {} profiles written to {} ({} listing pages done, last saved {}); rerun `segsync extract` to resume",
+                "unfinished: {} profiles written to {} ({} done, last saved {}); rerun `segsync extract` to resume",
                 count_lines(&partial).unwrap_or(0),
                 partial.display(),
-                cp.pages_committed,
+                plural(cp.pages_committed, "listing page", "listing pages"),
                 cp.updated_at
             );
             if profiles.exists() {
@@ -129,11 +133,11 @@ pub fn run(data_dir: &Path) -> Result<()> {
                     if plan.invalid > 0 { format!(", {} invalid", plan.invalid) } else { String::new() }
                 );
                 println!(
-                    "           ledger {}: {} batches confirmed, {} customer failures recorded, {} batches submitted but unconfirmed",
+                    "           ledger {}: {} confirmed, {} recorded, {} submitted but not yet confirmed",
                     ledger.display(),
-                    state.batches,
-                    state.failed_customers,
-                    state.pending.len()
+                    plural(state.batches, "batch", "batches"),
+                    plural(state.failed_customers, "customer failure", "customer failures"),
+                    plural(state.pending.len() as u64, "batch", "batches")
                 );
                 let failed = load::count_csv_rows(&load::report_path(&customers)).unwrap_or(0);
                 if failed > 0 {

@@ -1,0 +1,89 @@
+//! Micro-benchmarks of transform's per-profile hot paths, on profiles from
+//! the sandbox's generator: parsing a line (full and slim), the mapping, and
+//! writing a CSV row with the formula guard. `make bench` runs them.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use segsync::mapping::map_profile;
+use segsync::records::{guard_cell, parse_for_mapping, ProfileRecord};
+use segsync::sandbox::data::Dataset;
+use std::hint::black_box;
+
+fn lines() -> Vec<Vec<u8>> {
+    let ds = Dataset { seed: 1, n: 1000 };
+    (0..ds.n)
+        .map(|i| {
+            let p = ds.profile(i, 0);
+            let rec = ProfileRecord {
+                segment_id: p.segment_id,
+                metadata: p.metadata,
+                traits: p.traits,
+                external_ids: p.external_ids,
+                extra: Default::default(),
+            };
+            serde_json::to_vec(&rec).expect("serialize")
+        })
+        .collect()
+}
+
+fn hot_paths(c: &mut Criterion) {
+    let lines = lines();
+    let bytes: usize = lines.iter().map(Vec::len).sum();
+    let types = vec!["user_id".to_string()];
+    let records: Vec<ProfileRecord> = lines
+        .iter()
+        .map(|l| parse_for_mapping(l).expect("parse"))
+        .collect();
+
+    let mut g = c.benchmark_group("per 1000 profiles");
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function("parse into serde_json::Value (floor)", |b| {
+        b.iter(|| {
+            for l in &lines {
+                black_box(serde_json::from_slice::<serde_json::Value>(l).expect("json"));
+            }
+        })
+    });
+    g.bench_function("parse full ProfileRecord", |b| {
+        b.iter(|| {
+            for l in &lines {
+                black_box(serde_json::from_slice::<ProfileRecord>(l).expect("json"));
+            }
+        })
+    });
+    g.bench_function("parse slim (only mapped traits)", |b| {
+        b.iter(|| {
+            for l in &lines {
+                black_box(parse_for_mapping(l).expect("json"));
+            }
+        })
+    });
+    g.bench_function("map_profile", |b| {
+        b.iter(|| {
+            for r in &records {
+                black_box(map_profile(r, &types));
+            }
+        })
+    });
+    g.bench_function("write guarded CSV rows", |b| {
+        let rows: Vec<_> = records
+            .iter()
+            .filter_map(|r| match map_profile(r, &types) {
+                segsync::mapping::Mapped::Customer { row, .. } => Some(row),
+                _ => None,
+            })
+            .collect();
+        b.iter(|| {
+            let mut w = csv::Writer::from_writer(Vec::with_capacity(1 << 20));
+            for row in &rows {
+                let cells = row.cells().map(|c| guard_cell(c.as_deref().unwrap_or("")));
+                w.write_record(cells.iter().map(|c| c.as_ref()))
+                    .expect("write");
+            }
+            black_box(w.into_inner().expect("flush").len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, hot_paths);
+criterion_main!(benches);
