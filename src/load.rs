@@ -1012,26 +1012,8 @@ async fn confirm(
 
     let target = shared.ledger.target.clone();
     if action.status == "FAILED" {
-        shared.ledger.append(&LedgerEvent::Abandoned {
-            at: now(),
-            target,
-            async_action_id: id.to_string(),
-            reason: "async action FAILED".into(),
-        })?;
-        let mut report = shared.report.lock().map_err(|_| anyhow::anyhow!("lock"))?;
-        for c in &customers {
-            report.push(ReportRow {
-                source_id: c.0.clone(),
-                line: Some(c.2),
-                key: "async_action_failed".into(),
-                message: format!("async action {id} FAILED as a whole"),
-                details: String::new(),
-            });
-        }
-        shared
-            .failed
-            .fetch_add(customers.len() as u64, Ordering::Relaxed);
-        return Ok(vec![]);
+        let why = format!("async action {id} FAILED as a whole");
+        return abandon(shared, id, target, &customers, "async_action_failed", &why);
     }
     let result = match action.result {
         Some(r) if accounts_for_all(&r, &customers) => r,
@@ -1049,26 +1031,8 @@ async fn confirm(
                 ),
             };
             ui::warn(format!("async action {id}: {why}; its customers stay unconfirmed and the next load sends them again"));
-            shared.ledger.append(&LedgerEvent::Abandoned {
-                at: now(),
-                target,
-                async_action_id: id.to_string(),
-                reason: why.clone(),
-            })?;
-            let mut report = shared.report.lock().map_err(|_| anyhow::anyhow!("lock"))?;
-            for c in &customers {
-                report.push(ReportRow {
-                    source_id: c.0.clone(),
-                    line: Some(c.2),
-                    key: "unconfirmed".into(),
-                    message: format!("async action {id}: {why}"),
-                    details: String::new(),
-                });
-            }
-            shared
-                .failed
-                .fetch_add(customers.len() as u64, Ordering::Relaxed);
-            return Ok(vec![]);
+            let why = format!("async action {id}: {why}");
+            return abandon(shared, id, target, &customers, "unconfirmed", &why);
         }
     };
     let mut failed_ids: HashSet<String> = HashSet::new();
@@ -1105,6 +1069,41 @@ async fn confirm(
         failed,
     })?;
     Ok(keys)
+}
+
+/// Give up on a whole batch: nothing of it counts as confirmed (the next load
+/// sends it again), and each customer is reported with `key` and `why`.
+fn abandon(
+    shared: &Shared,
+    id: &str,
+    target: String,
+    customers: &[LedgerCustomer],
+    key: &str,
+    why: &str,
+) -> Result<Vec<u128>> {
+    shared.ledger.append(&LedgerEvent::Abandoned {
+        at: now(),
+        target,
+        async_action_id: id.to_string(),
+        reason: why.to_string(),
+    })?;
+    let mut report = shared
+        .report
+        .lock()
+        .map_err(|_| anyhow::anyhow!("report lock poisoned"))?;
+    for c in customers {
+        report.push(ReportRow {
+            source_id: c.0.clone(),
+            line: Some(c.2),
+            key: key.to_string(),
+            message: why.to_string(),
+            details: String::new(),
+        });
+    }
+    shared
+        .failed
+        .fetch_add(customers.len() as u64, Ordering::Relaxed);
+    Ok(vec![])
 }
 
 /// Whether a result says what became of every customer sent: the counts
