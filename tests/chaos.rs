@@ -580,16 +580,11 @@ async fn failures_voucherify_does_not_attribute_leave_the_batch_unconfirmed() {
     })
     .await;
     let dir = tempdir();
-    let csv = dir.path().join("c.csv");
-    std::fs::write(
-        &csv,
-        "source_id,email\nu1,a@example.com\nu2,b@mail.invalid\nu3,c@example.com\n",
-    )
-    .unwrap();
-    let r = segsync(
+    let (csv, r) = load_csv(
         dir.path(),
-        Some(&sb),
-        &["load", "--in", csv.to_str().unwrap()],
+        &sb,
+        "source_id,email\nu1,a@example.com\nu2,b@mail.invalid\nu3,c@example.com\n",
+        &[],
     )
     .await;
     assert_eq!(r.code, 3, "{}", r.all());

@@ -148,16 +148,11 @@ async fn kill_9_during_load_then_rerun_confirms_everything_without_resending_con
 async fn customers_voucherify_rejects_go_to_the_report_with_exit_3() {
     let sb = sandbox(opts(10)).await;
     let dir = tempdir();
-    let csv = dir.path().join("mine.csv");
-    std::fs::write(
-        &csv,
-        "source_id,email,name\nok-1,a@example.com,A\nbad-1,someone@mail.invalid,B\nok-2,,C\n",
-    )
-    .unwrap();
-    let r = segsync(
+    let (_, r) = load_csv(
         dir.path(),
-        Some(&sb),
-        &["load", "--in", csv.to_str().unwrap()],
+        &sb,
+        "source_id,email,name\nok-1,a@example.com,A\nbad-1,someone@mail.invalid,B\nok-2,,C\n",
+        &[],
     )
     .await;
     assert_eq!(r.code, 3, "{}", r.all());

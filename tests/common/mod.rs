@@ -178,3 +178,13 @@ pub fn minimal_detail_requests(ds: &segsync::sandbox::data::Dataset) -> u64 {
         })
         .sum()
 }
+
+/// Write `content` as a customers CSV in `dir` and `segsync load --in` it.
+pub async fn load_csv(dir: &Path, sb: &Sandbox, content: &str, extra: &[&str]) -> (PathBuf, Run) {
+    let csv = dir.join("customers-by-hand.csv");
+    std::fs::write(&csv, content).expect("write csv");
+    let mut args = vec!["load", "--in", csv.to_str().expect("utf-8 path")];
+    args.extend_from_slice(extra);
+    let r = segsync(dir, Some(sb), &args).await;
+    (csv, r)
+}
