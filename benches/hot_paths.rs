@@ -11,17 +11,7 @@ use std::hint::black_box;
 fn lines() -> Vec<Vec<u8>> {
     let ds = Dataset { seed: 1, n: 1000 };
     (0..ds.n)
-        .map(|i| {
-            let p = ds.profile(i, 0);
-            let rec = ProfileRecord {
-                segment_id: p.segment_id,
-                metadata: p.metadata,
-                traits: p.traits,
-                external_ids: p.external_ids,
-                extra: Default::default(),
-            };
-            serde_json::to_vec(&rec).expect("serialize")
-        })
+        .map(|i| serde_json::to_vec(&ds.profile(i, 0).record()).expect("serialize"))
         .collect()
 }
 

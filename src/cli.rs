@@ -236,16 +236,8 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<()> {
         let mut f = crate::files::AtomicFile::create(path)?;
         let mut line = Vec::with_capacity(64 * 1024);
         for i in 0..ds.n {
-            let p = ds.profile(i, 0);
-            let rec = crate::records::ProfileRecord {
-                segment_id: p.segment_id,
-                metadata: p.metadata,
-                traits: p.traits,
-                external_ids: p.external_ids,
-                extra: Default::default(),
-            };
             line.clear();
-            serde_json::to_writer(&mut line, &rec)?;
+            serde_json::to_writer(&mut line, &ds.profile(i, 0).record())?;
             line.push(b'\n');
             f.write_all(&line)?;
         }

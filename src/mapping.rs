@@ -526,14 +526,7 @@ mod tests {
     fn the_slim_parse_maps_exactly_like_the_full_one() {
         let ds = crate::sandbox::data::Dataset { seed: 5, n: 400 };
         for i in 0..ds.n {
-            let p = ds.profile(i, 0);
-            let full = ProfileRecord {
-                segment_id: p.segment_id,
-                metadata: p.metadata,
-                traits: p.traits,
-                external_ids: p.external_ids,
-                extra: Map::new(),
-            };
+            let full = ds.profile(i, 0).record();
             let line = serde_json::to_vec(&full).unwrap();
             let slim = crate::records::parse_for_mapping(&line).unwrap();
             for types in [

@@ -325,3 +325,43 @@ async fn exhausted_retries_exit_1_keep_the_checkpoint_and_the_rerun_resumes() {
     );
     assert!(data(dir.path()).join("extract.checkpoint.json").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_write_profiles_writes_what_extract_would() {
+    let sb = sandbox(SandboxOptions {
+        seed: 3,
+        ..opts(150)
+    })
+    .await;
+    let dir = tempdir();
+    assert_eq!(segsync(dir.path(), Some(&sb), &["extract"]).await.code, 0);
+    let written = dir.path().join("written.ndjson");
+    let r = segsync(
+        dir.path(),
+        None,
+        &[
+            "sandbox",
+            "--seed",
+            "3",
+            "--profiles",
+            "150",
+            "--write-profiles",
+            written.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let sorted = |p: &Path| {
+        let mut l: Vec<String> = std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        l.sort();
+        l
+    };
+    assert_eq!(
+        sorted(&written),
+        sorted(&data(dir.path()).join("profiles.ndjson"))
+    );
+}

@@ -85,6 +85,19 @@ pub struct GeneratedProfile {
     pub bad_birthdate: bool,
 }
 
+impl GeneratedProfile {
+    /// The profile as `extract` writes it to `profiles.ndjson`.
+    pub fn record(&self) -> crate::records::ProfileRecord {
+        crate::records::ProfileRecord {
+            segment_id: self.segment_id.clone(),
+            metadata: self.metadata.clone(),
+            traits: self.traits.clone(),
+            external_ids: self.external_ids.clone(),
+            extra: Map::new(),
+        }
+    }
+}
+
 /// Deterministic space: `n` profiles from `seed`; `versions` counts how often
 /// the sandbox changed a profile since start (0 = as generated).
 pub struct Dataset {
