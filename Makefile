@@ -2,7 +2,9 @@
 # One debug build serves the tests, the demo and the stage targets.
 
 CARGO    ?= cargo
-BIN      := target/debug/segsync
+# Ask cargo where it builds (CARGO_TARGET_DIR, .cargo/config.toml), never assume target/.
+TARGET_DIR := $(shell $(CARGO) metadata --no-deps --format-version 1 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+BIN      := $(if $(TARGET_DIR),$(TARGET_DIR),target)/debug/segsync
 DEMO_DIR := data/demo
 PROFILES ?= 1000
 
@@ -20,7 +22,7 @@ bench:
 	@command -v jq >/dev/null && test -x /usr/bin/time && command -v curl >/dev/null || \
 	  { echo "installing jq, time and curl for the benchmarks"; apt-get update -qq && apt-get install -y -qq jq time curl; }
 	$(CARGO) build --release --bin segsync --example parse_floor
-	bash bench/run.sh
+	TARGET_DIR=$(TARGET_DIR) bash bench/run.sh
 
 lint:
 	$(CARGO) fmt --check

@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=target/release/segsync
-FLOOR=target/release/examples/parse_floor
+T=${TARGET_DIR:-target}
+BIN=$T/release/segsync
+FLOOR=$T/release/examples/parse_floor
 W=bench/work
 TRANSFORM_N=${BENCH_TRANSFORM_PROFILES:-1000000}
 EXTRACT_N=${BENCH_EXTRACT_PROFILES:-2000}

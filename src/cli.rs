@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md): global options, subcommands, exit statuses.
+//! The command line (docs/DESIGN.md): global options, subcommands, exit statuses.
 
 use crate::config::{self, SegmentArgs, VoucherifyArgs};
 use crate::error::exit_code_for;
@@ -58,6 +58,9 @@ pub enum Command {
     Sandbox(SandboxArgs),
 }
 
+/// `run`'s own flags. Each stage flag it repeats under a prefixed name takes
+/// its default and its range check from the stage module, so they live in
+/// one place (`extract::concurrency_parser`, `load::DEFAULT_BATCH_SIZE`, …).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// Reuse unchanged profiles from the previous extract
@@ -67,26 +70,21 @@ pub struct RunArgs {
     #[arg(long)]
     pub fresh: bool,
     /// Profiles fetched at once during extract
-    #[arg(long = "extract-concurrency", default_value_t = 16)]
+    #[arg(long = "extract-concurrency", default_value_t = extract::DEFAULT_CONCURRENCY, value_parser = extract::concurrency_parser())]
     pub extract_concurrency: u32,
     /// Segment requests per second (0 = no limit)
-    #[arg(long = "segment-rate-limit", default_value_t = 100)]
+    #[arg(long = "segment-rate-limit", default_value_t = extract::DEFAULT_RATE_LIMIT)]
     pub segment_rate_limit: u32,
-    /// External-id type(s) used as source_id, comma list as fallback order
-    #[arg(
-        long = "source-id-type",
-        env = "IDENTIFIER_SAVED_AS_SOURCE_ID",
-        default_value = "user_id"
-    )]
-    pub source_id_type: String,
+    #[command(flatten)]
+    pub identifiers: transform::IdentifierArgs,
     /// Overwrite a hand-edited customers.csv
     #[arg(long)]
     pub force: bool,
     /// Customers per bulk request
-    #[arg(long = "batch-size", default_value_t = 100)]
+    #[arg(long = "batch-size", default_value_t = load::DEFAULT_BATCH_SIZE, value_parser = load::batch_size_parser())]
     pub batch_size: u32,
     /// Batches in flight during load
-    #[arg(long = "load-concurrency", default_value_t = 4)]
+    #[arg(long = "load-concurrency", default_value_t = load::DEFAULT_CONCURRENCY, value_parser = load::concurrency_parser())]
     pub load_concurrency: u32,
     /// Voucherify requests per minute
     #[arg(long = "voucherify-rate-limit")]
@@ -206,7 +204,7 @@ async fn run_all(a: &RunArgs, data: &std::path::Path) -> anyhow::Result<u8> {
         input: None,
         out: None,
         rejected: None,
-        source_id_type: a.source_id_type.clone(),
+        identifiers: a.identifiers.clone(),
         force: a.force,
         skip_invalid: false,
     };
@@ -214,10 +212,10 @@ async fn run_all(a: &RunArgs, data: &std::path::Path) -> anyhow::Result<u8> {
     let ld = load::Args {
         input: None,
         batch_size: a.batch_size,
-        max_batch_bytes: 5_000_000,
+        max_batch_bytes: load::DEFAULT_MAX_BATCH_BYTES,
         concurrency: a.load_concurrency,
         rate_limit: a.voucherify_rate_limit,
-        poll_timeout: 900,
+        poll_timeout: load::DEFAULT_POLL_TIMEOUT,
         dry_run: false,
         skip_invalid: false,
         full: a.full,

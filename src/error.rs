@@ -1,6 +1,6 @@
 //! Error types shared by the stages, and how they map to exit statuses.
 //!
-//! Exit statuses are part of the contract (DESIGN.md): 0 success, 2 usage or
+//! Exit statuses are part of the contract (docs/DESIGN.md): 0 success, 2 usage or
 //! configuration error, 1 any other failure (rerun resumes), 3 `load` finished
 //! but Voucherify rejected some customers.
 

@@ -177,7 +177,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Modification time of a file as RFC 3339, if it exists.
 pub fn modified(path: &Path) -> Option<String> {
     let m = std::fs::metadata(path).ok()?.modified().ok()?;
-    Some(humantime::format_rfc3339_seconds(m).to_string())
+    Some(crate::dates::system_time(m))
 }
 
 #[cfg(test)]

@@ -3,11 +3,14 @@
 //!
 //! Stages (`extract`, `transform`, `load`, `status`) each own one module; the
 //! API clients (`segment`, `voucherify`) share one HTTP layer (`http`); the
-//! mapping is a pure function (`mapping`); file formats live in `records` and
-//! file machinery in `files`.
+//! mapping is a pure function (`mapping`); the data directory's file names and
+//! state formats belong to `state`, the exchanged formats to `records`, file
+//! machinery to `files`, dates to `dates`. The emulator (`sandbox`) imports
+//! none of the clients. docs/DESIGN.md is the design document.
 
 pub mod cli;
 pub mod config;
+pub mod dates;
 pub mod error;
 pub mod extract;
 pub mod files;
@@ -17,6 +20,7 @@ pub mod mapping;
 pub mod records;
 pub mod sandbox;
 pub mod segment;
+pub mod state;
 pub mod status;
 pub mod transform;
 pub mod ui;

@@ -1,32 +1,9 @@
-//! The mapping from a Segment profile to a Voucherify customer (DESIGN.md,
+//! The mapping from a Segment profile to a Voucherify customer (docs/DESIGN.md,
 //! "Mapping"). A pure function over plain data: no I/O, no clock.
 
+pub use crate::records::MAPPED_TRAITS;
 use crate::records::{CustomerRow, ProfileRecord};
 use serde_json::{Map, Value};
-
-/// Every trait the mapping reads (top level, and inside `address`).
-pub const MAPPED_TRAITS: &[&str] = &[
-    "name",
-    "firstName",
-    "first_name",
-    "lastName",
-    "last_name",
-    "email",
-    "phone",
-    "description",
-    "birthdate",
-    "birthday",
-    "address",
-    "street",
-    "line_1",
-    "line_2",
-    "city",
-    "state",
-    "postalCode",
-    "postal_code",
-    "country",
-    "metadata",
-];
 
 /// Why a profile produced no customer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +55,7 @@ pub fn map_profile(profile: &ProfileRecord, id_types: &[String]) -> Mapped {
     let birthdate = match first_text(t, &["birthdate", "birthday"]) {
         None => None,
         Some((key, raw)) => {
-            match date_part(&raw) {
+            match crate::dates::date_part(&raw) {
                 Some(d) => Some(d.to_string()),
                 None => {
                     warnings.push(Warning {
@@ -154,105 +131,6 @@ fn scalar_text(v: &Value) -> Option<String> {
 
 fn first_text(map: &Map<String, Value>, keys: &[&'static str]) -> Option<(&'static str, String)> {
     keys.iter().find_map(|k| text(map, k).map(|v| (*k, v)))
-}
-
-/// The date of a `YYYY-MM-DD` value or of an ISO-8601 date-time, as written;
-/// None when it is neither or the date does not exist.
-pub fn date_part(s: &str) -> Option<&str> {
-    if s.len() < 10 || !s.is_char_boundary(10) {
-        return None;
-    }
-    let (date, rest) = s.split_at(10);
-    if !is_real_date(date) {
-        return None;
-    }
-    if rest.is_empty() {
-        return Some(date);
-    }
-    let time = rest.strip_prefix('T').or_else(|| rest.strip_prefix('t'))?;
-    if is_iso_time(time) {
-        Some(date)
-    } else {
-        None
-    }
-}
-
-/// `YYYY-MM-DD` naming a day that exists in the proleptic Gregorian calendar.
-pub fn is_real_date(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
-        return false;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        let part = &s[r];
-        if part.bytes().all(|c| c.is_ascii_digit()) {
-            part.parse().ok()
-        } else {
-            None
-        }
-    };
-    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else {
-        return false;
-    };
-    if y == 0 || !(1..=12).contains(&m) || d == 0 {
-        return false;
-    }
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days = match m {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    };
-    d <= days
-}
-
-/// `HH:MM[:SS[.fraction]]` followed by nothing, `Z`, or `±HH:MM` / `±HHMM` / `±HH`.
-fn is_iso_time(t: &str) -> bool {
-    let b = t.as_bytes();
-    let two = |i: usize, max: u32| -> bool {
-        b.len() >= i + 2
-            && b[i].is_ascii_digit()
-            && b[i + 1].is_ascii_digit()
-            && ((b[i] - b'0') as u32 * 10 + (b[i + 1] - b'0') as u32) <= max
-    };
-    if !(two(0, 23) && b.get(2) == Some(&b':') && two(3, 59)) {
-        return false;
-    }
-    let mut i = 5;
-    if b.get(i) == Some(&b':') {
-        if !two(i + 1, 60) {
-            return false;
-        }
-        i += 3;
-        if matches!(b.get(i), Some(b'.') | Some(b',')) {
-            let start = i + 1;
-            i = start;
-            while b.get(i).is_some_and(|c| c.is_ascii_digit()) {
-                i += 1;
-            }
-            if i == start {
-                return false;
-            }
-        }
-    }
-    match &t[i..] {
-        "" | "Z" | "z" => true,
-        zone => {
-            let z = zone.as_bytes();
-            if !matches!(z[0], b'+' | b'-') {
-                return false;
-            }
-            let zb = &z[1..];
-            let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
-            match zb.len() {
-                2 => digits(zb),
-                4 => digits(zb),
-                5 => zb[2] == b':' && digits(&zb[..2]) && digits(&zb[3..]),
-                _ => false,
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -526,8 +404,8 @@ mod tests {
     fn the_slim_parse_maps_exactly_like_the_full_one() {
         let ds = crate::sandbox::data::Dataset { seed: 5, n: 400 };
         for i in 0..ds.n {
-            let full = ds.profile(i, 0).record();
-            let line = serde_json::to_vec(&full).unwrap();
+            let line = serde_json::to_vec(&ds.profile(i, 0).record()).unwrap();
+            let full: ProfileRecord = serde_json::from_slice(&line).unwrap();
             let slim = crate::records::parse_for_mapping(&line).unwrap();
             for types in [
                 vec!["user_id".to_string()],
@@ -552,5 +430,45 @@ mod tests {
     #[test]
     fn segment_id_is_recorded() {
         assert_eq!(row(json!({})).0.segment_id.as_deref(), Some("use_1"));
+    }
+
+    #[test]
+    fn street_wins_over_line_1_and_postal_code_spellings_keep_their_order() {
+        let (r, _) = row(
+            json!({"address":{"street":"1 Main","line_1":"ignored","postalCode":"0150","postal_code":"9999"}}),
+        );
+        assert_eq!(r.address_line_1.as_deref(), Some("1 Main"));
+        assert_eq!(r.address_postal_code.as_deref(), Some("0150"));
+        let (r, _) =
+            row(json!({"street":"","line_1":"2 Side","postalCode":"","postal_code":"00100"}));
+        assert_eq!(
+            r.address_line_1.as_deref(),
+            Some("2 Side"),
+            "an empty street falls through"
+        );
+        assert_eq!(r.address_postal_code.as_deref(), Some("00100"));
+    }
+
+    #[test]
+    fn a_flat_state_is_read_when_address_is_not_an_object() {
+        let (r, _) = row(json!({"address":"12 Rue X","state":"IDF","city":"Paris"}));
+        assert_eq!(r.address_state.as_deref(), Some("IDF"));
+        assert_eq!(r.address_city.as_deref(), Some("Paris"));
+        assert_eq!(r.address_line_1, None, "a text address is not an object");
+        // With an address object, flat keys are not read.
+        let (r, _) = row(json!({"address":{"city":"Oslo"},"state":"IDF"}));
+        assert_eq!(r.address_state, None);
+    }
+
+    #[test]
+    fn an_invalid_birthdate_is_dropped_even_beside_a_valid_birthday() {
+        // `birthdate` is present, so it is the value taken (first present
+        // wins); being invalid, it is dropped with a warning, and `birthday`
+        // is not consulted.
+        let (r, w) = row(json!({"birthdate":"1990-02-30","birthday":"1990-05-06"}));
+        assert_eq!(r.birthdate, None);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].value, "1990-02-30");
+        assert!(w[0].reason.contains("birthdate"), "{}", w[0].reason);
     }
 }

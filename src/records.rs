@@ -26,7 +26,7 @@ impl ProfileRecord {
     }
 }
 
-/// The columns of `customers.csv`, in order (DESIGN.md).
+/// The columns of `customers.csv`, in order (docs/DESIGN.md).
 pub const COLUMNS: [&str; 14] = [
     "source_id",
     "name",
@@ -42,6 +42,32 @@ pub const COLUMNS: [&str; 14] = [
     "address_country",
     "metadata",
     "segment_id",
+];
+
+/// Every trait the default mapping (`mapping::map_profile`) reads, top level
+/// and inside `address`. It lives with the file format because the slim parse
+/// below keeps exactly these; the mapping re-exports it.
+pub const MAPPED_TRAITS: &[&str] = &[
+    "name",
+    "firstName",
+    "first_name",
+    "lastName",
+    "last_name",
+    "email",
+    "phone",
+    "description",
+    "birthdate",
+    "birthday",
+    "address",
+    "street",
+    "line_1",
+    "line_2",
+    "city",
+    "state",
+    "postalCode",
+    "postal_code",
+    "country",
+    "metadata",
 ];
 
 pub const REJECTED_COLUMNS: [&str; 3] = ["segment_id", "reason", "detail"];
@@ -175,47 +201,8 @@ pub fn unguard_cell(cell: &str) -> &str {
     cell
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formula_guard_round_trips() {
-        for v in [
-            "=SUM(A1)", "+48 600", "-5", "@handle", "'=x", "''+y", "'plain", "plain", "", "\tx",
-            "a=b", "'",
-        ] {
-            let g = guard_cell(v);
-            assert_eq!(unguard_cell(&g), v, "value {v:?} written as {g:?}");
-        }
-        assert_eq!(guard_cell("=1+1"), "'=1+1");
-        assert_eq!(guard_cell("'=x"), "''=x");
-        assert_eq!(guard_cell("'plain"), "'plain");
-        // a hand-typed value without the apostrophe is read as typed
-        assert_eq!(unguard_cell("+48123"), "+48123");
-        assert_eq!(unguard_cell("'abc"), "'abc");
-    }
-
-    #[test]
-    fn request_omits_empty_fields_and_segment_id() {
-        let row = CustomerRow {
-            source_id: Some("u1".into()),
-            email: Some(String::new()),
-            address_city: Some("Kraków".into()),
-            metadata: Some(r#"{"a":1}"#.into()),
-            segment_id: Some("use_1".into()),
-            ..Default::default()
-        };
-        let v = row.to_request().unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"source_id":"u1","address":{"city":"Kraków"},"metadata":{"a":1}})
-        );
-    }
-}
-
 /// Parse a profile line keeping only what the mapping reads: the traits named
-/// in [`crate::mapping::MAPPED_TRAITS`] and each external id's `type` and
+/// in [`MAPPED_TRAITS`] and each external id's `type` and
 /// `id`. Everything else is checked for well-formedness but skipped without
 /// being built, which is what makes `transform` fast on profiles with hundreds
 /// of custom traits. The line must be valid UTF-8 as a whole.
@@ -306,7 +293,7 @@ mod slim {
                 fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<MappedTraits, A::Error> {
                     let mut out = Map::new();
                     while let Some(Key(k)) = m.next_key::<Key>()? {
-                        if crate::mapping::MAPPED_TRAITS.contains(&k.as_ref()) {
+                        if super::MAPPED_TRAITS.contains(&k.as_ref()) {
                             out.insert(k.into_owned(), m.next_value::<Value>()?);
                         } else {
                             m.next_value::<IgnoredAny>()?;
@@ -317,5 +304,44 @@ mod slim {
             }
             d.deserialize_map(V)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_guard_round_trips() {
+        for v in [
+            "=SUM(A1)", "+48 600", "-5", "@handle", "'=x", "''+y", "'plain", "plain", "", "\tx",
+            "a=b", "'",
+        ] {
+            let g = guard_cell(v);
+            assert_eq!(unguard_cell(&g), v, "value {v:?} written as {g:?}");
+        }
+        assert_eq!(guard_cell("=1+1"), "'=1+1");
+        assert_eq!(guard_cell("'=x"), "''=x");
+        assert_eq!(guard_cell("'plain"), "'plain");
+        // a hand-typed value without the apostrophe is read as typed
+        assert_eq!(unguard_cell("+48123"), "+48123");
+        assert_eq!(unguard_cell("'abc"), "'abc");
+    }
+
+    #[test]
+    fn request_omits_empty_fields_and_segment_id() {
+        let row = CustomerRow {
+            source_id: Some("u1".into()),
+            email: Some(String::new()),
+            address_city: Some("Kraków".into()),
+            metadata: Some(r#"{"a":1}"#.into()),
+            segment_id: Some("use_1".into()),
+            ..Default::default()
+        };
+        let v = row.to_request().unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"source_id":"u1","address":{"city":"Kraków"},"metadata":{"a":1}})
+        );
     }
 }

@@ -1,9 +1,12 @@
 //! `segsync status`: reads the data directory, the same files a person would,
 //! and shows each stage at a glance and the command that comes next.
+//!
+//! Strictly read-only: it opens files for reading and nothing else. A torn
+//! last line in the ledger (a `load` killed mid-write, or one still writing)
+//! is reported, never repaired: repair belongs to `load`, on its own start.
 
-use crate::extract;
 use crate::load;
-use crate::transform;
+use crate::state::{self, checkpoint, ledger, manifest};
 use anyhow::Result;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -24,6 +27,15 @@ fn count_lines(path: &Path) -> Option<u64> {
     Some(n)
 }
 
+/// Data rows of a CSV with a header.
+fn count_csv_rows(path: &Path) -> Option<u64> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(path)
+        .ok()?;
+    Some(rdr.byte_records().filter(|r| r.is_ok()).count() as u64)
+}
+
 fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
@@ -34,16 +46,16 @@ fn newer(a: &Path, b: &Path) -> bool {
 }
 
 pub fn run(data_dir: &Path) -> Result<()> {
-    let profiles = data_dir.join("profiles.ndjson");
-    let partial = extract::partial_path(&profiles);
-    let checkpoint = extract::checkpoint_path(&profiles);
-    let customers = data_dir.join("customers.csv");
-    let rejected = data_dir.join("rejected.csv");
+    let profiles = state::profiles(data_dir);
+    let partial = state::partial(&profiles);
+    let checkpoint = state::checkpoint(&profiles);
+    let customers = state::customers(data_dir);
+    let rejected = state::rejected(&customers);
     let mut next: Option<String> = None;
     println!("data directory: {}", data_dir.display());
 
     // extract
-    let cp = extract::read_checkpoint(&checkpoint).ok().flatten();
+    let cp = checkpoint::read(&checkpoint).ok().flatten();
     print!("extract:   ");
     match (&cp, profiles.exists()) {
         (Some(cp), _) if !cp.complete && partial.exists() => {
@@ -88,10 +100,10 @@ pub fn run(data_dir: &Path) -> Result<()> {
     // transform
     print!("transform: ");
     if customers.exists() {
-        let rows = load::count_csv_rows(&customers).unwrap_or(0);
-        let rej = load::count_csv_rows(&rejected).unwrap_or(0);
-        let manifest = transform::read_manifest(&transform::manifest_path(&customers));
-        let edited = transform::edited_since_transform(&customers)?.unwrap_or(false);
+        let rows = count_csv_rows(&customers).unwrap_or(0);
+        let rej = count_csv_rows(&rejected).unwrap_or(0);
+        let manifest = manifest::read(&customers);
+        let edited = manifest::edited_since_transform(&customers)?.unwrap_or(false);
         println!(
             "{rows} customers in {}, {rej} rejected in {}, written {}",
             customers.display(),
@@ -120,11 +132,11 @@ pub fn run(data_dir: &Path) -> Result<()> {
 
     // load
     print!("load:      ");
-    let ledger = load::ledger_path(&customers);
+    let ledger = state::ledger(&customers);
     if customers.exists() {
         match load::plan(&customers) {
             Ok(plan) => {
-                let state = load::read_ledger(&ledger, None)?;
+                let state = ledger::read(&ledger, None)?;
                 println!(
                     "{} of {} rows confirmed by Voucherify with their current content, {} to send{}",
                     plan.confirmed,
@@ -139,9 +151,16 @@ pub fn run(data_dir: &Path) -> Result<()> {
                     plural(state.failed_customers, "customer failure", "customer failures"),
                     plural(state.pending.len() as u64, "batch", "batches")
                 );
-                let failed = load::count_csv_rows(&load::report_path(&customers)).unwrap_or(0);
+                if state.torn_tail > 0 {
+                    println!(
+                        "           its last line is incomplete ({} bytes): a load was interrupted mid-write, or is writing now; the next `segsync load` discards it",
+                        state.torn_tail
+                    );
+                }
+                let report = state::report(&customers);
+                let failed = count_csv_rows(&report).unwrap_or(0);
                 if failed > 0 {
-                    println!("           the last load reported {failed} customers Voucherify rejected: see {}", load::report_path(&customers).display());
+                    println!("           the last load reported {failed} customers Voucherify rejected: see {}", report.display());
                 }
                 if plan.to_send > 0 || plan.invalid > 0 || !state.pending.is_empty() {
                     next.get_or_insert_with(|| "segsync load".into());

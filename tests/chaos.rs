@@ -93,7 +93,7 @@ async fn run_with_kills(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kills_at_many_points_of_every_stage_still_end_exact() {
+async fn kills_at_many_points_of_extract_and_load_still_end_exact() {
     let sb = sandbox(SandboxOptions {
         latency_ms: 10,
         processing_ms: 150,
@@ -132,8 +132,9 @@ async fn kills_at_many_points_of_every_stage_still_end_exact() {
         "{detail} detail requests, minimal {minimal}, {extract_kills} kills"
     );
 
-    let transform_kills =
-        run_with_kills(dir.path(), &sb, &["transform"], (5, 400), &mut rng, || {}).await;
+    // Transform of 500 profiles ends before a kill can land; its crash
+    // safety (write aside, rename) is covered by the full-disk test.
+    assert_eq!(segsync(dir.path(), None, &["transform"]).await.code, 0);
     let rows = read_csv(&d.join("customers.csv"));
     let rejected = read_csv(&d.join("rejected.csv"));
     assert_eq!(rows.len() + rejected.len(), 500);
@@ -155,7 +156,7 @@ async fn kills_at_many_points_of_every_stage_still_end_exact() {
                     .filter(|l| l["event"] == "confirmed")
                 {
                     for c in l["done"].as_array().unwrap() {
-                        let sid = c[0].as_str().unwrap().to_string();
+                        let sid = c["source_id"].as_str().unwrap().to_string();
                         let n = receipts[&sid];
                         confirmed_before_kills.entry(sid).or_insert(n);
                     }
@@ -178,7 +179,7 @@ async fn kills_at_many_points_of_every_stage_still_end_exact() {
         twice as u32 <= 60 * load_kills,
         "{twice} customers sent more than once over {load_kills} kills"
     );
-    eprintln!("kills survived: extract {extract_kills}, transform {transform_kills}, load {load_kills}; {} customers confirmed before a kill were never resent", confirmed_before_kills.len());
+    eprintln!("kills survived: extract {extract_kills}, load {load_kills}; {} customers confirmed before a kill were never resent", confirmed_before_kills.len());
     assert!(
         extract_kills + load_kills >= 3,
         "the test must actually kill: {extract_kills} + {load_kills}"
@@ -422,9 +423,19 @@ async fn hostile_csv_files_give_every_error_and_formulas_typed_by_hand_load_as_t
     assert_eq!(held["f2"]["description"], "-2");
 }
 
-/// Run `f` with a tiny tmpfs mounted at `at`; None when mounting is not
-/// permitted (not root), in which case the caller skips, loudly.
-fn with_small_disk(at: &Path, kb: u32) -> bool {
+/// Tests that need root (mounting a tmpfs, `chattr +i`) fail when they
+/// cannot do so, unless SEGSYNC_SKIP_ROOT_TESTS=1 says to skip them; then
+/// they print that they were skipped. They never pass without checking.
+fn root_checks_skipped(what: &str) -> bool {
+    if std::env::var("SEGSYNC_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED {what}: SEGSYNC_SKIP_ROOT_TESTS=1");
+        return true;
+    }
+    false
+}
+
+/// Mount a tiny tmpfs at `at`, or fail the test saying why.
+fn mount_small_disk(at: &Path, kb: u32) {
     std::fs::create_dir_all(at).unwrap();
     let ok = std::process::Command::new("mount")
         .args([
@@ -438,24 +449,23 @@ fn with_small_disk(at: &Path, kb: u32) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    if !ok {
-        // Root on this project's machines; a container without mount rights
-        // (or a developer without root) cannot run this check.
-        eprintln!("SKIPPED disk-full check: could not mount a tmpfs (needs root and mount rights)");
-    }
-    ok
+    assert!(
+        ok,
+        "could not mount a tmpfs (needs root and mount rights); set SEGSYNC_SKIP_ROOT_TESTS=1 to skip this check"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_or_unwritable_directory_is_a_clear_error_and_earlier_files_stay() {
+async fn a_full_disk_is_a_clear_error_and_earlier_files_stay() {
+    if root_checks_skipped("disk-full check") {
+        return;
+    }
     let sb = sandbox(opts(300)).await;
     let dir = tempdir();
     assert_eq!(segsync(dir.path(), Some(&sb), &["extract"]).await.code, 0);
     let profiles = data(dir.path()).join("profiles.ndjson");
     let small = dir.path().join("small");
-    if !with_small_disk(&small, 96) {
-        return;
-    }
+    mount_small_disk(&small, 96);
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -530,16 +540,34 @@ async fn a_full_disk_or_unwritable_directory_is_a_clear_error_and_earlier_files_
     .await;
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_directory_is_a_clear_error_and_the_file_there_stays() {
+    // Root can write a directory whatever its mode; an immutable one it cannot.
+    if root_checks_skipped("unwritable-directory check") {
+        return;
+    }
+    let dir = tempdir();
+    let tiny = dir.path().join("tiny.ndjson");
+    std::fs::write(
+        &tiny,
+        "{\"segment_id\":\"use_1\",\"external_ids\":[{\"type\":\"user_id\",\"id\":\"u1\"}]}\n",
+    )
+    .unwrap();
     // An unwritable data directory (immutable, so even root cannot write).
     let locked = dir.path().join("locked");
     std::fs::create_dir_all(&locked).unwrap();
     std::fs::write(locked.join("customers.csv"), "source_id\nkeep\n").unwrap();
-    if std::process::Command::new("chattr")
+    let locked_ok = std::process::Command::new("chattr")
         .args(["+i", locked.to_str().unwrap()])
         .status()
         .map(|s| s.success())
-        .unwrap_or(false)
+        .unwrap_or(false);
+    assert!(
+        locked_ok,
+        "chattr +i failed (needs root and a file system with the immutable flag); set SEGSYNC_SKIP_ROOT_TESTS=1 to skip this check"
+    );
     {
         let r = segsync(
             dir.path(),
@@ -567,8 +595,6 @@ async fn a_full_disk_or_unwritable_directory_is_a_clear_error_and_earlier_files_
             std::fs::read_to_string(locked.join("customers.csv")).unwrap(),
             "source_id\nkeep\n"
         );
-    } else {
-        eprintln!("SKIPPED unwritable-directory check: chattr not available");
     }
 }
 

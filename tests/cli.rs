@@ -4,6 +4,7 @@
 mod common;
 use common::*;
 use segsync::sandbox::SandboxOptions;
+use std::io::Write;
 use std::path::Path;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,21 +209,87 @@ async fn run_does_all_three_stages_and_status_reports_them() {
         st.stdout
     );
     assert!(st.stdout.contains("nothing pending"), "{}", st.stdout);
-    // An unwritable data directory is a clear error and leaves earlier files intact.
-    let before = std::fs::read(data(dir.path()).join("customers.csv")).unwrap();
-    let mut perms = std::fs::metadata(data(dir.path())).unwrap().permissions();
-    use std::os::unix::fs::PermissionsExt;
-    perms.set_mode(0o500);
-    std::fs::set_permissions(data(dir.path()), perms.clone()).unwrap();
-    let r = segsync(dir.path(), None, &["transform", "--force"]).await;
-    perms.set_mode(0o700);
-    std::fs::set_permissions(data(dir.path()), perms).unwrap();
-    // root ignores directory permissions; only assert where they apply
-    if r.code != 0 {
-        assert!(r.stderr.contains("data"), "{}", r.stderr);
+}
+
+/// Every file under `dir` with its bytes and modification time.
+fn snapshot(
+    dir: &Path,
+) -> std::collections::BTreeMap<std::path::PathBuf, (Vec<u8>, std::time::SystemTime)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let m = std::fs::metadata(&p).unwrap().modified().unwrap();
+                out.insert(p.clone(), (std::fs::read(&p).unwrap(), m));
+            }
+        }
     }
-    assert_eq!(
-        std::fs::read(data(dir.path()).join("customers.csv")).unwrap(),
-        before
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_leaves_the_data_directory_byte_for_byte_torn_ledger_tail_included() {
+    let sb = sandbox(opts(60)).await;
+    let dir = tempdir();
+    assert_eq!(segsync(dir.path(), Some(&sb), &["run"]).await.code, 0);
+    let d = data(dir.path());
+    // A load killed mid-write (or still writing) leaves a torn last line, and
+    // a --skip-invalid run a rejects file; an invalid row makes status validate.
+    let mut ledger = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("load.ledger.ndjson"))
+        .unwrap();
+    ledger
+        .write_all(b"{\"event\":\"submitted\",\"at\":\"x")
+        .unwrap();
+    drop(ledger);
+    let mut customers = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("customers.csv"))
+        .unwrap();
+    customers.write_all(b",bad row\n").unwrap();
+    drop(customers);
+    let before = snapshot(dir.path());
+    let st = segsync(dir.path(), None, &["status"]).await;
+    assert_eq!(st.code, 0, "{}", st.all());
+    assert!(
+        st.stdout.contains("last line is incomplete"),
+        "{}",
+        st.stdout
     );
+    assert_eq!(
+        snapshot(dir.path()),
+        before,
+        "status changed the data directory"
+    );
+    assert!(!st.all().contains("segsync-status"), "{}", st.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_out_of_range_stage_flags_as_usage_errors() {
+    let dir = tempdir();
+    for args in [
+        ["run", "--extract-concurrency", "0"],
+        ["run", "--extract-concurrency", "513"],
+        ["run", "--load-concurrency", "0"],
+        ["run", "--load-concurrency", "65"],
+        ["run", "--batch-size", "0"],
+        ["extract", "--concurrency", "0"],
+        ["load", "--concurrency", "0"],
+        ["load", "--batch-size", "0"],
+        ["load", "--poll-timeout", "0"],
+    ] {
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            segsync(dir.path(), None, &args),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{args:?} hangs"));
+        assert_eq!(r.code, 2, "{args:?}: {}", r.all());
+        assert!(r.stderr.contains(args[1]), "{args:?}: {}", r.stderr);
+    }
 }

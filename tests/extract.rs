@@ -98,7 +98,7 @@ async fn faults_and_a_tight_rate_limit_do_not_change_the_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_healthy_run_at_the_rate_limit_provokes_no_429() {
+async fn a_healthy_run_at_the_rate_limit_has_at_most_1_percent_of_requests_answered_429() {
     let sb = sandbox(SandboxOptions {
         segment_rps: 100,
         ..opts(120)

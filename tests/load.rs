@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use segsync::sandbox::SandboxOptions;
+use segsync::sandbox::{Misbehave, SandboxOptions};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -119,7 +119,7 @@ async fn kill_9_during_load_then_rerun_confirms_everything_without_resending_con
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|c| c[0].as_str().unwrap().to_string())
+                .map(|c| c["source_id"].as_str().unwrap().to_string())
                 .collect::<Vec<_>>()
         })
         .collect();
@@ -370,4 +370,115 @@ async fn rate_limit_headers_are_followed_without_provoking_429() {
         10
     );
     assert_eq!(stat(&sb, "throttled.voucherify"), 0, "{}", sb.stats());
+}
+
+fn many_customers(n: usize) -> String {
+    let mut csv = String::from("source_id,name,description\n");
+    for i in 0..n {
+        csv.push_str(&format!("r{i:03},Name {i},{}\n", "x".repeat(200)));
+    }
+    csv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_voucherify_finds_too_large_is_split_and_every_customer_lands() {
+    // A project whose body limit is 8 KB: a 100-customer batch (~25 KB) gets 413.
+    let sb = sandbox(SandboxOptions {
+        max_body_bytes: 8 * 1024,
+        ..opts(0)
+    })
+    .await;
+    let dir = tempdir();
+    let (_, r) = load_csv(dir.path(), &sb, &many_customers(100), &[]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        stat(&sb, "bulk_requests_rejected") >= 1,
+        "no 413 was provoked"
+    );
+    let held = sb.customers();
+    assert_eq!(held.len(), 100);
+    assert_eq!(held["r042"]["name"], "Name 42");
+    assert!(
+        sb.receipts().values().all(|n| *n == 1),
+        "a customer landed twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_async_action_is_reported_and_its_customers_resent_by_the_next_load() {
+    let sb = sandbox(SandboxOptions {
+        misbehave: Some(Misbehave::FailFirstAction),
+        ..opts(0)
+    })
+    .await;
+    let dir = tempdir();
+    let (csv, r) = load_csv(
+        dir.path(),
+        &sb,
+        &many_customers(30),
+        &["--batch-size", "10", "--concurrency", "1"],
+    )
+    .await;
+    assert_eq!(r.code, 3, "{}", r.all());
+    let report = read_csv(&dir.path().join("load-report.csv"));
+    assert_eq!(
+        report.len(),
+        10,
+        "the failed batch's customers are reported"
+    );
+    assert!(report.iter().all(|r| r["key"] == "async_action_failed"));
+    assert_eq!(sb.customers().len(), 20);
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["load", "--in", csv.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(sb.customers().len(), 30);
+    let twice = sb.receipts().values().filter(|n| **n == 2).count();
+    assert_eq!(twice, 10, "only the failed batch is sent again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_action_voucherify_no_longer_knows_is_abandoned_and_resent() {
+    let sb = sandbox(opts(0)).await;
+    let dir = tempdir();
+    let csv = dir.path().join("customers-by-hand.csv");
+    std::fs::write(&csv, "source_id,name\np1,Ann\np2,Bob\n").unwrap();
+    // As a run killed after submitting, against a project that has since
+    // forgotten the action (a restart, a retention limit): the ledger holds
+    // the submission, Voucherify answers 404 for it.
+    let target = format!("{}#{}", sb.url(), sb.creds.app_id);
+    let line = serde_json::json!({
+        "event": "submitted", "at": "2026-01-01T00:00:00Z", "target": target,
+        "async_action_id": "aa_forgotten",
+        "customers": [{"source_id": "p1", "hash": "00000000000000000000000000000000", "line": 2}]
+    });
+    std::fs::write(dir.path().join("load.ledger.ndjson"), format!("{line}\n")).unwrap();
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["load", "--in", csv.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("aa_forgotten") && r.stderr.contains("404"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(sb.customers().len(), 2);
+    let ledger = read_lines(&dir.path().join("load.ledger.ndjson"));
+    assert!(ledger
+        .iter()
+        .any(|l| l["event"] == "abandoned" && l["async_action_id"] == "aa_forgotten"));
+    // A second load finds nothing pending and nothing to send.
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["load", "--in", csv.to_str().unwrap()],
+    )
+    .await;
+    assert!(r.stderr.contains("0 sent"), "{}", r.stderr);
 }

@@ -190,7 +190,7 @@ async fn both_apis_refuse_bad_credentials_with_401() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "unauthorized");
+    assert_eq!(v["error"]["code"], "authentication_error");
     let r = api.http.get(api.base()).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
     let r = api

@@ -86,15 +86,15 @@ pub struct GeneratedProfile {
 }
 
 impl GeneratedProfile {
-    /// The profile as `extract` writes it to `profiles.ndjson`.
-    pub fn record(&self) -> crate::records::ProfileRecord {
-        crate::records::ProfileRecord {
-            segment_id: self.segment_id.clone(),
-            metadata: self.metadata.clone(),
-            traits: self.traits.clone(),
-            external_ids: self.external_ids.clone(),
-            extra: Map::new(),
-        }
+    /// The profile as a line of `profiles.ndjson` (the documented file
+    /// format), built here rather than with segsync's own record type.
+    pub fn record(&self) -> Value {
+        json!({
+            "segment_id": self.segment_id,
+            "metadata": self.metadata,
+            "traits": self.traits,
+            "external_ids": self.external_ids,
+        })
     }
 }
 
@@ -431,8 +431,9 @@ fn ascii(s: &str) -> String {
 
 /// RFC 3339 text of an epoch second (UTC).
 pub fn iso(epoch: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+    jiff::Timestamp::from_second(epoch.max(0))
+        .map(|t| format!("{t:.3}"))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,0 +1,223 @@
+//! Extract's output while it runs: `profiles.ndjson.partial`, one complete
+//! line per profile in one `write` each, and the checkpoint
+//! (`state::checkpoint`) that says up to where the file can be trusted.
+//!
+//! Resume rule: the checkpoint holds the listing cursor after the last page
+//! whose profiles are *all* written, the byte offset of the partial file at
+//! that moment, and the ids of later pages already written by then. A rerun
+//! cuts a torn last line, skips every profile written after that point, and
+//! lists again from the cursor. When the listing is exhausted the partial
+//! file is renamed over `profiles.ndjson`, so a complete earlier file is
+//! never replaced by a half-written one.
+
+use crate::config::SegmentConfig;
+use crate::error::UsageError;
+use crate::files;
+use crate::records::ProfileRecord;
+use crate::state::{self, checkpoint, checkpoint::Checkpoint};
+use crate::ui;
+use anyhow::{Context, Result};
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+pub struct Journal {
+    file: File,
+    partial: PathBuf,
+    cp_path: PathBuf,
+    pub cp: Checkpoint,
+    /// Complete lines in the partial file.
+    pub lines: u64,
+    /// Requests made by earlier runs of this extraction.
+    pub requests_before: u64,
+    buf: Vec<u8>,
+}
+
+/// Whether an unfinished run left anything worth resuming.
+fn has_progress(cp: &Checkpoint, partial: &Path) -> bool {
+    cp.pages_committed > 0
+        || cp.lines > 0
+        || std::fs::metadata(partial)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)
+}
+
+impl Journal {
+    /// Open the journal for `out`: resume an unfinished extraction of the same
+    /// space, or start over. Returns the profiles already written that the
+    /// listing must skip.
+    pub fn open(
+        out: &Path,
+        cfg: &SegmentConfig,
+        fresh: bool,
+        incremental: bool,
+    ) -> Result<(Journal, HashSet<String>)> {
+        let partial = state::partial(out);
+        let cp_path = state::checkpoint(out);
+        files::ensure_dir(&files::parent_dir(out))?;
+        let resume = match checkpoint::read(&cp_path)? {
+            Some(cp)
+                if !cp.complete && !fresh && partial.exists() && has_progress(&cp, &partial) =>
+            {
+                if cp.version != checkpoint::VERSION
+                    || cp.space_id != cfg.space_id
+                    || cp.api_url != cfg.api_url.as_str()
+                {
+                    return Err(UsageError::new(format!(
+                        "{} belongs to an unfinished extraction of space {} at {}; run `segsync extract --fresh` to start over for this space",
+                        cp_path.display(),
+                        cp.space_id,
+                        cp.api_url
+                    ))
+                    .into());
+                }
+                Some(cp)
+            }
+            _ => None,
+        };
+        let mut skip = HashSet::new();
+        let mut lines = 0u64;
+        let resumed = match resume {
+            Some(cp) => Self::read_resume_point(&partial, cp, &mut skip, &mut lines)?,
+            None => None,
+        };
+        let mut cp = match resumed {
+            Some(cp) => cp,
+            None => {
+                // A fresh start: nothing of an earlier unfinished run is kept.
+                skip.clear();
+                lines = 0;
+                let _ = std::fs::remove_file(&partial);
+                Checkpoint {
+                    version: checkpoint::VERSION,
+                    space_id: cfg.space_id.clone(),
+                    api_url: cfg.api_url.as_str().to_string(),
+                    started_at: state::now(),
+                    incremental,
+                    ..Default::default()
+                }
+            }
+        };
+        let file = files::open_append(&partial)?;
+        checkpoint::save(&cp_path, &mut cp)?;
+        let requests_before = cp.requests;
+        Ok((
+            Journal {
+                file,
+                partial,
+                cp_path,
+                cp,
+                lines,
+                requests_before,
+                buf: Vec::with_capacity(64 * 1024),
+            },
+            skip,
+        ))
+    }
+
+    /// Cut a torn tail and collect what was written after the checkpoint.
+    /// None: the file does not match its checkpoint; start over.
+    fn read_resume_point(
+        partial: &Path,
+        cp: Checkpoint,
+        skip: &mut HashSet<String>,
+        lines: &mut u64,
+    ) -> Result<Option<Checkpoint>> {
+        let (len, dropped) = files::truncate_torn_tail(partial)?;
+        if dropped > 0 {
+            ui::warn(format!(
+                "{}: discarded a torn last line ({dropped} bytes) left by an interrupted run",
+                partial.display()
+            ));
+        }
+        if len < cp.offset {
+            ui::warn(format!(
+                "{} is shorter than its checkpoint says; starting the extraction over",
+                partial.display()
+            ));
+            return Ok(None);
+        }
+        skip.extend(cp.ahead.iter().cloned());
+        let mut f = File::open(partial)?;
+        f.seek(SeekFrom::Start(cp.offset))?;
+        let mut tail_lines = 0u64;
+        for line in BufReader::new(f).lines() {
+            let line = line?;
+            let rec: ProfileRecord = serde_json::from_str(&line).with_context(|| {
+                format!(
+                    "{}: a line after offset {} is not a profile; run `segsync extract --fresh`",
+                    partial.display(),
+                    cp.offset
+                )
+            })?;
+            skip.insert(rec.segment_id);
+            tail_lines += 1;
+        }
+        *lines = cp.lines + tail_lines;
+        ui::info(format!(
+            "extract: resuming {} ({} profiles already written, {} listing pages done)",
+            partial.display(),
+            lines,
+            cp.pages_committed
+        ));
+        Ok(Some(cp))
+    }
+
+    /// Append one profile. Unbuffered on purpose: each profile goes to the
+    /// file in one write as soon as it is complete, so a kill loses only what
+    /// was in flight.
+    pub fn write_record(&mut self, rec: &ProfileRecord) -> Result<()> {
+        self.buf.clear();
+        serde_json::to_writer(&mut self.buf, rec)?;
+        self.buf.push(b'\n');
+        self.file.write_all(&self.buf)?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Append a line copied from the previous file.
+    pub fn write_line(&mut self, mut line: Vec<u8>) -> Result<()> {
+        if !line.ends_with(b"\n") {
+            line.push(b'\n');
+        }
+        self.file.write_all(&line)?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Flush what is written and record the resume point: `ahead` are the
+    /// profiles of pages not yet committed that are already in the file.
+    pub fn commit(&mut self, ahead: Vec<String>, requests: u64) -> Result<()> {
+        self.file.sync_data()?;
+        self.cp.offset = self.file.metadata()?.len();
+        self.cp.lines = self.lines;
+        self.cp.ahead = ahead;
+        self.cp.requests = self.requests_before + requests;
+        checkpoint::save(&self.cp_path, &mut self.cp)
+    }
+
+    pub fn checkpoint_path(&self) -> &Path {
+        &self.cp_path
+    }
+
+    /// Make the file complete and put it in place as `out`.
+    pub fn finish(mut self, out: &Path, requests: u64) -> Result<()> {
+        self.file.sync_all()?;
+        drop(self.file);
+        std::fs::rename(&self.partial, out).with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                self.partial.display(),
+                out.display()
+            )
+        })?;
+        self.cp.complete = true;
+        self.cp.cursor = None;
+        self.cp.ahead.clear();
+        self.cp.lines = self.lines;
+        self.cp.offset = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+        self.cp.requests = self.requests_before + requests;
+        checkpoint::save(&self.cp_path, &mut self.cp)
+    }
+}

@@ -1,0 +1,441 @@
+//! Submitting batches and confirming them: each batch goes to the bulk async
+//! endpoint (split in two when Voucherify finds it too large), is recorded in
+//! the ledger with its async action id, and is polled until Voucherify says
+//! what became of every customer. Only then do its customers count as
+//! confirmed; an answer that does not account for all of them leaves the
+//! whole batch unconfirmed, to be sent again.
+
+use super::batch::Batch;
+use super::report::ReportRow;
+use crate::error::UsageError;
+use crate::state::ledger::{content_key, LedgerCustomer, LedgerEvent, LedgerWriter};
+use crate::state::now;
+use crate::ui::{self, Progress};
+use crate::voucherify::{AsyncAction, AsyncResult, VoucherifyClient};
+use anyhow::Result;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// What every batch of one load shares: the client, the ledger, the report
+/// and the counters the summary and the progress line read.
+pub struct Session {
+    pub client: VoucherifyClient,
+    pub ledger: LedgerWriter,
+    pub report: Mutex<Vec<ReportRow>>,
+    pub sent: AtomicU64,
+    pub confirmed: AtomicU64,
+    pub failed: AtomicU64,
+    pub batches: AtomicU64,
+    pub polls: AtomicU64,
+    pub in_flight: AtomicU64,
+    /// Set on the first fatal error: no further batch is submitted.
+    pub stop: AtomicBool,
+    /// Average processing time of finished actions (ms), to time the first poll.
+    pub processing_ms: AtomicU64,
+    pub poll_timeout: Duration,
+}
+
+impl Session {
+    pub fn new(client: VoucherifyClient, ledger: LedgerWriter, poll_timeout: Duration) -> Session {
+        Session {
+            client,
+            ledger,
+            report: Mutex::new(Vec::new()),
+            sent: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            polls: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            processing_ms: AtomicU64::new(500),
+            poll_timeout,
+        }
+    }
+
+    fn report(&self, rows: impl IntoIterator<Item = ReportRow>) -> Result<()> {
+        self.report
+            .lock()
+            .map_err(|_| anyhow::anyhow!("report lock poisoned"))?
+            .extend(rows);
+        Ok(())
+    }
+}
+
+/// Submit a batch (splitting it if Voucherify finds it too large), then wait
+/// for its confirmation.
+pub async fn send_batch(s: &Session, batch: Batch, progress: &Progress) -> Result<()> {
+    s.in_flight.fetch_add(1, Ordering::Relaxed);
+    let r = send_batch_inner(s, batch, progress).await;
+    s.in_flight.fetch_sub(1, Ordering::Relaxed);
+    r
+}
+
+fn send_batch_inner<'a>(
+    s: &'a Session,
+    batch: Batch,
+    progress: &'a Progress,
+) -> futures::future::BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        let id = match s.client.bulk_upsert(batch.body()).await {
+            Ok(id) => id,
+            Err(e) if e.status() == Some(413) && batch.customers.len() > 1 => {
+                ui::debug(format!(
+                    "load: a batch of {} customers was too large (413); splitting it",
+                    batch.customers.len()
+                ));
+                let (first, second) = batch.split();
+                send_batch_inner(s, first, progress).await?;
+                return send_batch_inner(s, second, progress).await;
+            }
+            Err(e) if matches!(e.status(), Some(401) | Some(403)) => {
+                return Err(UsageError::new(format!(
+                    "{e}\ncheck VOUCHERIFY_APPLICATION_ID and VOUCHERIFY_SECRET_KEY (Project Settings > Application Keys) and VOUCHERIFY_API_URL (your project's region)"
+                ))
+                .into())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let n = batch.customers.len() as u64;
+        s.sent.fetch_add(n, Ordering::Relaxed);
+        s.batches.fetch_add(1, Ordering::Relaxed);
+        let customers: Vec<LedgerCustomer> = batch
+            .customers
+            .iter()
+            .map(|c| LedgerCustomer {
+                source_id: c.source_id.clone(),
+                hash: c.hash.clone(),
+                line: c.line,
+            })
+            .collect();
+        s.ledger.append(&LedgerEvent::Submitted {
+            at: now(),
+            target: s.ledger.target.clone(),
+            async_action_id: id.clone(),
+            customers: customers.clone(),
+        })?;
+        confirm(s, &id, customers, Duration::MAX).await?;
+        progress.inc(n);
+        Ok(())
+    })
+}
+
+/// How an async action's polls are timed.
+#[derive(Debug, Clone, Copy)]
+pub struct PollTiming {
+    /// Before the first look.
+    pub first: Duration,
+    /// How long an action typically takes; later looks back off from it.
+    pub typical: Duration,
+    /// Give up (the action stays pending in the ledger) after this long.
+    pub timeout: Duration,
+}
+
+/// Look at an action until it is DONE or FAILED: first after `first`, then
+/// backing off from `typical` up to 10 s. Runs on tokio's clock, so tests can
+/// pause it. Returns the finished action and how many looks it took.
+pub async fn poll_until_finished<F, Fut>(
+    id: &str,
+    timing: PollTiming,
+    mut look: F,
+) -> Result<(AsyncAction, u32)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<AsyncAction>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut wait = timing.first;
+    let mut polls = 0u32;
+    loop {
+        tokio::time::sleep(wait).await;
+        polls += 1;
+        let a = look().await?;
+        if matches!(a.status.as_str(), "DONE" | "FAILED") {
+            return Ok((a, polls));
+        }
+        if started.elapsed() >= timing.timeout {
+            anyhow::bail!("async action {id} is still {} after {:?}; it stays in the ledger and the next `segsync load` checks it again", a.status, timing.timeout);
+        }
+        wait = (wait * 2).clamp(timing.typical / 2, Duration::from_secs(10));
+    }
+}
+
+/// Poll an async action until it is DONE or FAILED, record the outcome in
+/// the ledger and the report; returns the content keys confirmed.
+pub async fn confirm(
+    s: &Session,
+    id: &str,
+    customers: Vec<LedgerCustomer>,
+    first_wait: Duration,
+) -> Result<Vec<u128>> {
+    let started = tokio::time::Instant::now();
+    let typical = Duration::from_millis(
+        (s.processing_ms.load(Ordering::Relaxed) * 11 / 10).clamp(100, 10_000),
+    );
+    // First poll after the typical processing time (or `first_wait`), then back off.
+    let timing = PollTiming {
+        first: first_wait.min(typical),
+        typical,
+        timeout: s.poll_timeout,
+    };
+    let (action, polls) = poll_until_finished(id, timing, || async {
+        s.polls.fetch_add(1, Ordering::Relaxed);
+        Ok(s.client.async_action(id).await?)
+    })
+    .await?;
+    // Learn how long actions take, to time the next first poll. Our own wait
+    // is no measure (we only see DONE when we look), so prefer Voucherify's
+    // figure; without it, look sooner next time when the first look was late.
+    let old = s.processing_ms.load(Ordering::Relaxed);
+    let next = next_processing_estimate(
+        old,
+        action.processing_time,
+        polls,
+        timing.first,
+        started.elapsed(),
+    );
+    s.processing_ms.store(next, Ordering::Relaxed);
+    settle(s, id, customers, action)
+}
+
+/// Record what a finished action says about its customers.
+fn settle(
+    s: &Session,
+    id: &str,
+    customers: Vec<LedgerCustomer>,
+    action: AsyncAction,
+) -> Result<Vec<u128>> {
+    if action.status == "FAILED" {
+        let why = format!("async action {id} FAILED as a whole");
+        return abandon(s, id, &customers, "async_action_failed", &why);
+    }
+    let result = match action.result {
+        Some(r) if accounts_for_all(&r, &customers) => r,
+        other => {
+            // Voucherify's answer does not say which customers succeeded:
+            // none of them counts as confirmed, so the next load sends them again.
+            let why = match other {
+                None => "the finished async action has no result".to_string(),
+                Some(r) => format!(
+                    "the result counts {} done and {} failed but names {} failures, for {} customers sent",
+                    r.done_count,
+                    r.failed_count,
+                    r.errors.len(),
+                    customers.len()
+                ),
+            };
+            ui::warn(format!("async action {id}: {why}; its customers stay unconfirmed and the next load sends them again"));
+            let why = format!("async action {id}: {why}");
+            return abandon(s, id, &customers, "unconfirmed", &why);
+        }
+    };
+    let lines: HashMap<&str, u64> = customers
+        .iter()
+        .map(|c| (c.source_id.as_str(), c.line))
+        .collect();
+    let mut failed_ids: HashSet<String> = HashSet::new();
+    s.report(result.errors.iter().map(|e| {
+        let sid = e.source_id.clone().unwrap_or_default();
+        failed_ids.insert(sid.clone());
+        ReportRow {
+            line: lines.get(sid.as_str()).copied(),
+            source_id: sid,
+            key: e.key.clone().unwrap_or_default(),
+            message: e.message.clone().unwrap_or_default(),
+            details: e.details.clone().unwrap_or_default(),
+        }
+    }))?;
+    let (failed, done): (Vec<LedgerCustomer>, Vec<LedgerCustomer>) = customers
+        .into_iter()
+        .partition(|c| failed_ids.contains(&c.source_id));
+    s.failed.fetch_add(failed.len() as u64, Ordering::Relaxed);
+    s.confirmed.fetch_add(done.len() as u64, Ordering::Relaxed);
+    let keys = done.iter().filter_map(|c| content_key(&c.hash)).collect();
+    s.ledger.append(&LedgerEvent::Confirmed {
+        at: now(),
+        target: s.ledger.target.clone(),
+        async_action_id: id.to_string(),
+        status: action.status,
+        done,
+        failed,
+    })?;
+    Ok(keys)
+}
+
+/// Give up on a whole batch: nothing of it counts as confirmed (the next load
+/// sends it again), and each customer is reported with `key` and `why`.
+pub fn abandon(
+    s: &Session,
+    id: &str,
+    customers: &[LedgerCustomer],
+    key: &str,
+    why: &str,
+) -> Result<Vec<u128>> {
+    s.ledger.append(&LedgerEvent::Abandoned {
+        at: now(),
+        target: s.ledger.target.clone(),
+        async_action_id: id.to_string(),
+        reason: why.to_string(),
+    })?;
+    s.report(customers.iter().map(|c| ReportRow {
+        source_id: c.source_id.clone(),
+        line: Some(c.line),
+        key: key.to_string(),
+        message: why.to_string(),
+        details: String::new(),
+    }))?;
+    s.failed
+        .fetch_add(customers.len() as u64, Ordering::Relaxed);
+    Ok(vec![])
+}
+
+/// Whether a result says what became of every customer sent: the counts
+/// cover the batch and every failure is named by a `source_id` we sent.
+pub fn accounts_for_all(r: &AsyncResult, sent: &[LedgerCustomer]) -> bool {
+    let named: HashSet<&str> = r
+        .errors
+        .iter()
+        .filter_map(|e| e.source_id.as_deref())
+        .collect();
+    let ours: HashSet<&str> = sent.iter().map(|c| c.source_id.as_str()).collect();
+    r.done_count + r.failed_count >= sent.len() as u64
+        && named.len() as u64 >= r.failed_count
+        && named.iter().all(|s| ours.contains(s))
+}
+
+/// The next estimate (ms) of how long an async action takes, from the last
+/// one: Voucherify's own `processing_time` when given; otherwise, when the
+/// first look already found it finished, something shorter than that look;
+/// otherwise the time it took us to see it finish.
+pub fn next_processing_estimate(
+    old: u64,
+    reported: Option<u64>,
+    polls: u32,
+    first_wait: Duration,
+    took: Duration,
+) -> u64 {
+    let observed = match reported {
+        Some(ms) => ms,
+        None if polls == 1 => first_wait.as_millis() as u64 / 2,
+        None => took.as_millis() as u64,
+    };
+    (old * 3 + observed) / 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::voucherify::CustomerError;
+
+    #[test]
+    fn processing_estimate_follows_the_server_and_never_feeds_on_its_own_wait() {
+        // The server says 200 ms: the estimate converges there, whatever we waited.
+        let mut est = 500;
+        for _ in 0..30 {
+            est = next_processing_estimate(
+                est,
+                Some(200),
+                1,
+                Duration::from_millis(est * 11 / 10),
+                Duration::from_millis(est * 11 / 10),
+            );
+        }
+        assert!((195..=205).contains(&est), "{est}");
+        // No figure, and done at the first look: look sooner next time.
+        let mut est = 5_000;
+        for _ in 0..30 {
+            est = next_processing_estimate(
+                est,
+                None,
+                1,
+                Duration::from_millis(est * 11 / 10),
+                Duration::from_millis(est * 11 / 10),
+            );
+        }
+        assert!(est < 500, "{est}");
+        // Needed several looks: wait longer next time.
+        assert!(
+            next_processing_estimate(
+                100,
+                None,
+                3,
+                Duration::from_millis(110),
+                Duration::from_millis(900)
+            ) > 100
+        );
+    }
+
+    #[test]
+    fn a_result_must_account_for_every_customer_to_confirm_any() {
+        let sent: Vec<LedgerCustomer> = ["a", "b", "c"]
+            .iter()
+            .map(|s| LedgerCustomer {
+                source_id: s.to_string(),
+                hash: "h".into(),
+                line: 2,
+            })
+            .collect();
+        let err = |s: Option<&str>| CustomerError {
+            source_id: s.map(str::to_string),
+            ..Default::default()
+        };
+        let result = |done, failed, errors| AsyncResult {
+            done_count: done,
+            failed_count: failed,
+            errors,
+        };
+        assert!(accounts_for_all(&result(2, 1, vec![err(Some("b"))]), &sent));
+        assert!(!accounts_for_all(&result(2, 1, vec![err(None)]), &sent));
+        assert!(!accounts_for_all(&result(1, 0, vec![]), &sent));
+        assert!(!accounts_for_all(
+            &result(2, 1, vec![err(Some("zzz"))]),
+            &sent
+        ));
+    }
+
+    fn action(status: &str) -> AsyncAction {
+        serde_json::from_value(serde_json::json!({ "status": status })).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_back_off_and_give_up_at_the_timeout_on_tokios_clock() {
+        let start = tokio::time::Instant::now();
+        let mut seen = Vec::new();
+        let timing = PollTiming {
+            first: Duration::from_millis(100),
+            typical: Duration::from_millis(400),
+            timeout: Duration::from_secs(30),
+        };
+        let err = poll_until_finished("aa_1", timing, || {
+            seen.push(start.elapsed());
+            async { Ok(action("IN_PROGRESS")) }
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("still IN_PROGRESS"), "{err}");
+        let ms: Vec<u128> = seen.iter().map(|d| d.as_millis()).collect();
+        // 100, then doubling from the floor of typical/2 (200) up to 10 s.
+        assert_eq!(ms, [100, 300, 700, 1500, 3100, 6300, 12700, 22700, 32700]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_action_ends_the_polling_with_the_count_of_looks() {
+        let mut n = 0;
+        let timing = PollTiming {
+            first: Duration::ZERO,
+            typical: Duration::from_millis(100),
+            timeout: Duration::from_secs(30),
+        };
+        let (a, polls) = poll_until_finished("aa_1", timing, || {
+            n += 1;
+            let status = if n < 3 { "ENQUEUED" } else { "DONE" };
+            async move { Ok(action(status)) }
+        })
+        .await
+        .unwrap();
+        assert_eq!((a.status.as_str(), polls), ("DONE", 3));
+    }
+}

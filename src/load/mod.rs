@@ -1,0 +1,408 @@
+//! `segsync load`: `customers.csv` → Voucherify, verified.
+//!
+//! Reads the CSV by header name (any subset of the documented columns, any
+//! order, `source_id` required; a UTF-8 BOM and CRLF are fine) and validates
+//! *every* row before sending anything ([`input`]): a problem is reported as
+//! `file:line: column: what is wrong` and nothing is sent (exit 2), unless
+//! `--skip-invalid` moves the bad rows to `load.rejects.csv`.
+//!
+//! Sends batches ([`batch`]: by count and by bytes, under the 10 MB limit) to
+//! the bulk async endpoint with bounded concurrency, then polls each async
+//! action until it is DONE or FAILED ([`confirm`]), while later batches are
+//! already being submitted. Per-customer errors go to `load-report.csv`
+//! ([`report`]).
+//!
+//! Records in `load.ledger.ndjson` (`state::ledger`) each batch when
+//! submitted (its async action id) and when confirmed (which customers, by
+//! content hash, Voucherify accepted). A rerun skips customers whose exact
+//! content is already confirmed, checks actions left pending by a killed run
+//! instead of resending them, and sends everything else: after a crash only
+//! unconfirmed work is sent, after a hand edit only edited rows.
+
+pub mod batch;
+pub mod confirm;
+pub mod input;
+pub mod report;
+
+use crate::config::VoucherifyArgs;
+use crate::error::{ApiError, UsageError};
+use crate::http::HttpSettings;
+use crate::state::ledger::{self, LedgerEvent, LedgerWriter};
+use crate::state::{self, manifest};
+use crate::ui::{self, Progress};
+use crate::voucherify::{VoucherifyClient, MAX_REQUEST_BYTES};
+use anyhow::Result;
+use batch::Batcher;
+use confirm::Session;
+use futures::stream::{self, StreamExt};
+use input::{validate, OnInvalid, Validated};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_BATCH_SIZE: u32 = 100;
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 5_000_000;
+pub const DEFAULT_CONCURRENCY: u32 = 4;
+pub const DEFAULT_POLL_TIMEOUT: u64 = 900;
+
+/// `--batch-size`: 1 to 10,000 customers.
+pub fn batch_size_parser() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=10_000)
+}
+
+/// `--concurrency`: 1 to 64 batches in flight.
+pub fn concurrency_parser() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=64)
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Customers CSV to load, generated or hand-written [default: DATA_DIR/customers.csv]
+    #[arg(long = "in", value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Customers per bulk request
+    #[arg(long = "batch-size", default_value_t = DEFAULT_BATCH_SIZE, value_parser = batch_size_parser())]
+    pub batch_size: u32,
+    /// Largest request body in bytes (Voucherify refuses more than 10 MB)
+    #[arg(long = "max-batch-bytes", default_value_t = DEFAULT_MAX_BATCH_BYTES, value_parser = clap::value_parser!(u64).range(1_000..=10_485_760))]
+    pub max_batch_bytes: u64,
+    /// Batches in flight at once (submitted and not yet confirmed)
+    #[arg(long = "concurrency", default_value_t = DEFAULT_CONCURRENCY, value_parser = concurrency_parser())]
+    pub concurrency: u32,
+    /// Voucherify requests per minute, polls included (your plan's limit: Business 100, Organization 2000); default: follow the API's rate-limit headers
+    #[arg(long = "rate-limit", value_name = "PER_MINUTE")]
+    pub rate_limit: Option<u32>,
+    /// Longest wait for one async action to finish
+    #[arg(long = "poll-timeout", default_value_t = DEFAULT_POLL_TIMEOUT, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub poll_timeout: u64,
+    /// Validate and show what would be sent, without sending anything
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// Load the valid rows; write the invalid ones with their errors to load.rejects.csv
+    #[arg(long = "skip-invalid")]
+    pub skip_invalid: bool,
+    /// Resend every row, even those the ledger shows as already confirmed
+    #[arg(long)]
+    pub full: bool,
+    #[command(flatten)]
+    pub voucherify: VoucherifyArgs,
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub rows: u64,
+    pub invalid: u64,
+    pub unchanged: u64,
+    pub sent: u64,
+    pub confirmed: u64,
+    pub failed: u64,
+    pub batches: u64,
+    pub polls: u64,
+    pub recovered: u64,
+}
+
+/// Where the rows of a customers file stand against the ledger (for `status`;
+/// reads only).
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub rows: u64,
+    pub invalid: u64,
+    pub confirmed: u64,
+    pub to_send: u64,
+}
+
+/// Compare `customers` with the ledger without sending or writing anything.
+pub fn plan(customers: &Path) -> Result<Plan> {
+    let validated = validate(customers, OnInvalid::Count)?;
+    let ledger = ledger::read(&state::ledger(customers), None)?;
+    let mut b = Batcher::new(
+        customers,
+        validated.invalid_lines.clone(),
+        Arc::new(ledger.confirmed),
+        false,
+        1000,
+        MAX_REQUEST_BYTES,
+    )?;
+    let to_send: u64 = b.by_ref().map(|b| b.customers.len() as u64).sum();
+    Ok(Plan {
+        rows: validated.rows,
+        invalid: validated.invalid_lines.len() as u64,
+        confirmed: b.unchanged,
+        to_send,
+    })
+}
+
+pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
+    let input = args
+        .input
+        .clone()
+        .unwrap_or_else(|| state::customers(data_dir));
+    if !input.exists() {
+        return Err(UsageError::new(format!("{} not found: `segsync transform` writes it, or write one by hand (source_id column required), or pass --in FILE", input.display())).into());
+    }
+    let cfg = if args.dry_run {
+        args.voucherify.resolve().ok()
+    } else {
+        Some(args.voucherify.resolve()?)
+    };
+    let target = cfg
+        .as_ref()
+        .map(|c| format!("{}#{}", c.api_url.as_str().trim_end_matches('/'), c.app_id));
+
+    if matches!(manifest::edited_since_transform(&input), Ok(Some(true))) {
+        ui::info(format!("load: {} was edited after transform wrote it (or written by hand); loading it as it is", input.display()));
+    }
+    let started = Instant::now();
+    let rejects = state::rejects(&input);
+    let validated = if args.skip_invalid {
+        validate(&input, OnInvalid::SetAside(&rejects))?
+    } else {
+        let v = validate(&input, OnInvalid::Fail)?;
+        // A rejects file from an earlier --skip-invalid run no longer applies.
+        let _ = std::fs::remove_file(&rejects);
+        v
+    };
+    let ledger_file = state::ledger(&input);
+    if !args.dry_run {
+        let dropped = ledger::repair(&ledger_file)?;
+        if dropped > 0 {
+            ui::warn(format!(
+                "{}: discarded a torn last line ({dropped} bytes) left by an interrupted run",
+                ledger_file.display()
+            ));
+        }
+    }
+    let ledger_state = ledger::read(&ledger_file, target.as_deref())?;
+    let mut summary = Summary {
+        rows: validated.rows,
+        invalid: validated.invalid_lines.len() as u64,
+        ..Default::default()
+    };
+    let make_batcher = |confirmed: Arc<HashSet<u128>>| -> Result<Batcher> {
+        Batcher::new(
+            &input,
+            validated.invalid_lines.clone(),
+            confirmed,
+            args.full,
+            args.batch_size as usize,
+            args.max_batch_bytes.min(MAX_REQUEST_BYTES as u64) as usize,
+        )
+    };
+
+    if args.dry_run {
+        let b = make_batcher(Arc::new(ledger_state.confirmed))?;
+        summary.unchanged = dry_run(b, &validated)?;
+        return Ok(summary);
+    }
+
+    let cfg = cfg.ok_or_else(|| anyhow::anyhow!("credentials are required"))?;
+    let target = target.unwrap_or_default();
+    let settings = HttpSettings {
+        concurrency: args.concurrency as usize * 2,
+        rate: args.rate_limit.filter(|r| *r > 0),
+        rate_period: Duration::from_secs(60),
+        burst: Some(1),
+        timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let session = Arc::new(Session::new(
+        VoucherifyClient::new(cfg, settings)?,
+        LedgerWriter::open(&ledger_file, &target)?,
+        Duration::from_secs(args.poll_timeout),
+    ));
+
+    let mut confirmed = ledger_state.confirmed;
+    let recovered = recover_pending(&session, ledger_state.pending, args.concurrency).await?;
+    summary.recovered = recovered.len() as u64;
+    confirmed.extend(recovered);
+    let confirmed = Arc::new(confirmed);
+
+    // Count what needs sending for the progress bar's total.
+    let mut counter = make_batcher(confirmed.clone())?;
+    let to_send: u64 = counter.by_ref().map(|b| b.customers.len() as u64).sum();
+    if let Some(e) = counter.error.take() {
+        return Err(e);
+    }
+    summary.unchanged = counter.unchanged;
+    drop(counter);
+
+    let progress = Arc::new(Progress::new("load", "customers", Some(to_send)));
+    let mut batcher = make_batcher(confirmed)?;
+    let results = send_all(&session, &progress, &mut batcher, args.concurrency).await;
+    progress.finish();
+    let batch_error = batcher.error.take();
+
+    summary.sent = session.sent.load(Ordering::Relaxed);
+    summary.confirmed = session.confirmed.load(Ordering::Relaxed) + summary.recovered;
+    summary.failed = session.failed.load(Ordering::Relaxed);
+    summary.batches = session.batches.load(Ordering::Relaxed);
+    summary.polls = session.polls.load(Ordering::Relaxed);
+    let report_file = state::report(&input);
+    report::write(
+        &report_file,
+        &session.report.lock().map(|r| r.clone()).unwrap_or_default(),
+    )?;
+
+    let first_error = results.into_iter().find_map(Result::err).or(batch_error);
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    let s = session.client.stats();
+    ui::info(format!(
+        "load: {} rows: {} unchanged since confirmed (skipped), {} sent in {} batches, {} confirmed, {} failed{}{}",
+        summary.rows,
+        summary.unchanged,
+        summary.sent,
+        summary.batches,
+        summary.confirmed,
+        summary.failed,
+        if summary.failed > 0 { format!(" (see {})", report_file.display()) } else { String::new() },
+        if summary.invalid > 0 { format!(", {} invalid set aside in {}", summary.invalid, rejects.display()) } else { String::new() },
+    ));
+    ui::info(format!(
+        "load: {}; {} polls ({:.2} per batch); {:.1}s, {:.0} customers/s",
+        s.summary(),
+        summary.polls,
+        summary.polls as f64 / summary.batches.max(1) as f64,
+        secs,
+        summary.sent as f64 / secs
+    ));
+    if let Some(e) = first_error {
+        return Err(e.context(format!(
+            "load stopped; confirmed work is in {}: rerun `segsync load` to send the rest",
+            ledger_file.display()
+        )));
+    }
+    Ok(summary)
+}
+
+/// Show what a load would send; returns the rows already confirmed.
+fn dry_run(mut b: Batcher, validated: &Validated) -> Result<u64> {
+    let (mut batches, mut customers, mut bytes, mut sample) = (0u64, 0u64, 0usize, None);
+    for batch in b.by_ref() {
+        batches += 1;
+        customers += batch.customers.len() as u64;
+        bytes += batch.body().len();
+        if sample.is_none() {
+            let first: Vec<Value> = batch
+                .customers
+                .iter()
+                .take(2)
+                .filter_map(|c| serde_json::from_slice(&c.body).ok())
+                .collect();
+            sample = Some((serde_json::to_string_pretty(&first)?, batch.customers.len()));
+        }
+    }
+    if let Some(e) = b.error {
+        return Err(e);
+    }
+    let invalid = validated.invalid_lines.len() as u64;
+    ui::info(format!(
+        "load --dry-run: {} rows valid{}; {} already confirmed with this content (skipped); would send {} customers in {} batches ({:.1} KB); nothing was sent",
+        validated.rows - invalid,
+        if invalid > 0 { format!(", {invalid} invalid set aside") } else { String::new() },
+        b.unchanged,
+        customers,
+        batches,
+        bytes as f64 / 1024.0
+    ));
+    if let Some((s, n)) = sample {
+        println!("First request body (first 2 of its {n} customers):\n{s}");
+    }
+    Ok(b.unchanged)
+}
+
+/// Actions a killed run left pending: check them instead of resending.
+/// Returns the content keys they confirmed.
+async fn recover_pending(
+    session: &Arc<Session>,
+    pending: Vec<(String, Vec<ledger::LedgerCustomer>)>,
+    concurrency: u32,
+) -> Result<Vec<u128>> {
+    if pending.is_empty() {
+        return Ok(vec![]);
+    }
+    ui::info(format!(
+        "load: checking {} batches an earlier run submitted but did not confirm",
+        pending.len()
+    ));
+    // All at once, polling right away: most were processed while we were down.
+    let checks = stream::iter(pending)
+        .map(|(id, customers)| {
+            let session = session.clone();
+            async move {
+                let r = confirm::confirm(&session, &id, customers, Duration::ZERO).await;
+                (id, r)
+            }
+        })
+        .buffer_unordered(concurrency as usize)
+        .collect::<Vec<_>>()
+        .await;
+    let mut keys = Vec::new();
+    for (id, outcome) in checks {
+        match outcome {
+            Ok(done) => keys.extend(done),
+            Err(e) if e.downcast_ref::<ApiError>().and_then(ApiError::status) == Some(404) => {
+                ui::warn(format!("load: async action {id} is unknown to Voucherify (404); its customers are sent again"));
+                session.ledger.append(&LedgerEvent::Abandoned {
+                    at: state::now(),
+                    target: session.ledger.target.clone(),
+                    async_action_id: id,
+                    reason: "not found".into(),
+                })?;
+            }
+            Err(e) => return Err(e.context("rerun `segsync load` to check again")),
+        }
+    }
+    Ok(keys)
+}
+
+/// Submit every batch with `concurrency` in flight, stopping at the first fatal error.
+async fn send_all(
+    session: &Arc<Session>,
+    progress: &Arc<Progress>,
+    batcher: &mut Batcher,
+    concurrency: u32,
+) -> Vec<Result<()>> {
+    let ticker = {
+        let session = session.clone();
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let s = session.client.stats();
+                progress.tick(|| {
+                    format!(
+                        "{} batches in flight, {} failed, {} requests ({} polls), {} answered 429",
+                        session.in_flight.load(Ordering::Relaxed),
+                        session.failed.load(Ordering::Relaxed),
+                        s.get(&s.requests),
+                        session.polls.load(Ordering::Relaxed),
+                        s.get(&s.throttled)
+                    )
+                });
+            }
+        })
+    };
+    let r = stream::iter(batcher.by_ref())
+        .map(|batch| {
+            let session = session.clone();
+            let progress = progress.clone();
+            async move {
+                if session.stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let r = confirm::send_batch(&session, batch, &progress).await;
+                if r.is_err() {
+                    session.stop.store(true, Ordering::Relaxed);
+                }
+                r
+            }
+        })
+        .buffer_unordered(concurrency as usize)
+        .collect::<Vec<_>>()
+        .await;
+    ticker.abort();
+    r
+}

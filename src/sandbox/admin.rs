@@ -1,0 +1,149 @@
+//! What the sandbox exposes about itself for tests and demos: `/_sandbox/*`
+//! (the customers it holds, request counts, touching and deleting profiles)
+//! and the [`Stats`] every room counts into.
+
+use super::AppState;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Counters of everything the sandbox saw.
+#[derive(Default)]
+pub struct Stats {
+    /// Requests by endpoint name (`segment.traits`, `voucherify.async_action`, …).
+    pub requests: Mutex<BTreeMap<String, u64>>,
+    pub throttled_segment: AtomicU64,
+    pub throttled_voucherify: AtomicU64,
+    pub faults_5xx: AtomicU64,
+    pub faults_dropped: AtomicU64,
+    pub faults_slow: AtomicU64,
+    pub inflight: AtomicU64,
+    pub peak_inflight: AtomicU64,
+    /// Bulk requests refused whole (400, 413).
+    pub bulk_rejected: AtomicU64,
+    /// Bulk requests accepted (202).
+    pub bulk_accepted: AtomicU64,
+    pub customers_received: AtomicU64,
+    /// Customers accepted without a `source_id` (a careless client's mark).
+    pub without_source_id: AtomicU64,
+}
+
+/// Holds a request's place in the in-flight count until dropped.
+pub struct InFlight<'a>(&'a Stats);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn endpoint_name(path: &str) -> &'static str {
+    if path.starts_with("/v1/spaces/") {
+        if path.ends_with("/traits") {
+            "segment.traits"
+        } else if path.ends_with("/external_ids") {
+            "segment.external_ids"
+        } else {
+            "segment.list_profiles"
+        }
+    } else if path.starts_with("/v1/customers/bulk") {
+        "voucherify.customers_bulk_async"
+    } else if path.starts_with("/v1/async-actions/") {
+        "voucherify.async_action"
+    } else {
+        "other"
+    }
+}
+
+impl Stats {
+    /// Count an API request and hold its in-flight place.
+    pub fn enter(&self, path: &str) -> InFlight<'_> {
+        let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak_inflight.fetch_max(now, Ordering::SeqCst);
+        if let Ok(mut c) = self.requests.lock() {
+            *c.entry(endpoint_name(path).to_string()).or_default() += 1;
+        }
+        InFlight(self)
+    }
+
+    pub fn to_json(&self, st: &AppState) -> Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let requests = self.requests.lock().map(|c| c.clone()).unwrap_or_default();
+        json!({
+            "requests": requests,
+            "throttled": {"segment": get(&self.throttled_segment), "voucherify": get(&self.throttled_voucherify)},
+            "faults": {"server_errors": get(&self.faults_5xx), "dropped_connections": get(&self.faults_dropped), "slow": get(&self.faults_slow)},
+            "peak_concurrent_requests": get(&self.peak_inflight),
+            "customers": st.customers.lock().map(|c| c.len()).unwrap_or(0),
+            "customers_without_source_id": get(&self.without_source_id),
+            "customers_received": get(&self.customers_received),
+            "bulk_requests_rejected": get(&self.bulk_rejected),
+            "profiles": st.data.n,
+        })
+    }
+}
+
+pub async fn customers(State(st): State<Arc<AppState>>) -> Response {
+    let customers: Vec<Value> = st
+        .customers
+        .lock()
+        .map(|c| c.values().cloned().collect())
+        .unwrap_or_default();
+    let receipts = st.receipts.lock().map(|r| r.clone()).unwrap_or_default();
+    Json(json!({
+        "count": customers.len(),
+        "without_source_id": st.stats.without_source_id.load(Ordering::Relaxed),
+        "customers": customers,
+        "receipts": receipts,
+    }))
+    .into_response()
+}
+
+pub async fn stats(State(st): State<Arc<AppState>>) -> Response {
+    Json(st.stats.to_json(&st)).into_response()
+}
+
+/// Change `count` profiles spread over the space: a new version each.
+pub fn touch_profiles(st: &AppState, count: u64) -> Vec<String> {
+    let n = st.data.n;
+    if n == 0 || count == 0 {
+        return vec![];
+    }
+    let count = count.min(n);
+    let step = n / count;
+    let mut touched = Vec::new();
+    if let Ok(mut v) = st.versions.write() {
+        for k in 0..count {
+            let i = (k * step + step / 2).min(n - 1);
+            *v.entry(i).or_default() += 1;
+            touched.push(st.data.segment_id(i));
+        }
+    }
+    touched
+}
+
+pub async fn touch(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let count = q.get("count").and_then(|c| c.parse().ok()).unwrap_or(1);
+    Json(json!({"touched": touch_profiles(&st, count)})).into_response()
+}
+
+pub async fn vanish(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(index) = q.get("segment_id").and_then(|s| st.data.index_of(s)) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if let Ok(mut v) = st.vanished.write() {
+        v.insert(index);
+    }
+    Json(json!({"vanished": index})).into_response()
+}

@@ -1,0 +1,252 @@
+//! Segment's Profile API as documented: list profiles, a profile's traits
+//! and external ids, each paged by an opaque `next` cursor with the
+//! documented page limits; HTTP Basic auth with the token as user; errors as
+//! `{"error":{"code","message"}}`; a `Request-Id` on every answer.
+
+use super::data;
+use super::{AppState, Misbehave};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+pub fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "invalid or missing access token",
+    )
+}
+
+/// An answer that breaks the contract on purpose (`--misbehave non-json`).
+pub fn misbehave(st: &AppState) -> Option<Response> {
+    (st.opts.misbehave == Some(Misbehave::NonJson)).then(|| {
+        (
+            StatusCode::OK,
+            [("content-type", "text/html")],
+            "<html><body>Service temporarily rerouted</body></html>",
+        )
+            .into_response()
+    })
+}
+
+pub fn with_request_id(st: &AppState, mut resp: Response) -> Response {
+    let id = format!("req_{:x}", st.seq.fetch_add(1, Ordering::Relaxed));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("request-id", v);
+    }
+    resp
+}
+
+pub fn authorized(st: &AppState, h: &HeaderMap) -> bool {
+    let Some(auth) = h.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(b64) = auth.strip_prefix("Basic ") else {
+        return false;
+    };
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+        return false;
+    };
+    raw == format!("{}:", st.creds.segment_token).as_bytes()
+}
+
+fn encode_cursor(kind: &str, offset: usize) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{kind}:{offset}"))
+}
+
+fn decode_cursor(kind: &str, s: &str) -> Option<usize> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    text.strip_prefix(kind)?.strip_prefix(':')?.parse().ok()
+}
+
+/// Parse `limit` and `next` for a list with maximum page size `max`.
+#[allow(clippy::result_large_err)]
+fn paging(q: &HashMap<String, String>, kind: &str, max: usize) -> Result<(usize, usize), Response> {
+    let limit = match q.get("limit") {
+        None => 10,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "validation_error",
+                    &format!("limit must be an integer between 1 and {max}"),
+                ))
+            }
+        },
+    };
+    let offset = match q.get("next").filter(|s| !s.is_empty()) {
+        None => 0,
+        Some(c) => match decode_cursor(kind, c) {
+            Some(o) => o,
+            None => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "validation_error",
+                    "invalid cursor",
+                ))
+            }
+        },
+    };
+    Ok((limit, offset))
+}
+
+fn cursor_json(path: &str, kind: &str, limit: usize, end: usize, total: usize) -> Value {
+    let has_more = end < total;
+    let next = if has_more {
+        encode_cursor(kind, end)
+    } else {
+        String::new()
+    };
+    let url = if has_more {
+        format!("{path}?limit={limit}&next={next}")
+    } else {
+        String::new()
+    };
+    json!({"url": url, "has_more": has_more, "next": next})
+}
+
+pub async fn list_profiles(
+    State(st): State<Arc<AppState>>,
+    Path(space): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if space != st.creds.space_id {
+        return error(StatusCode::NOT_FOUND, "not_found", "space not found");
+    }
+    let (limit, offset) = match paging(&q, "p", 100) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let n = st.data.n as usize;
+    let (offset, shown_end) = match st.opts.misbehave {
+        Some(Misbehave::RepeatPage) => (0, offset + limit),
+        _ => (offset, offset + limit),
+    };
+    let end = (offset + limit).min(n);
+    let versions = st.versions.read().map(|v| v.clone()).unwrap_or_default();
+    let data: Vec<Value> = (offset.min(n)..end)
+        .map(|i| {
+            let i = i as u64;
+            json!({"segment_id": st.data.segment_id(i), "metadata": st.data.metadata(i, versions.get(&i).copied().unwrap_or(0))})
+        })
+        .collect();
+    let path = format!("/v1/spaces/{space}/collections/users/profiles");
+    match st.opts.misbehave {
+        Some(Misbehave::NoCursor) => Json(json!({"data": data})).into_response(),
+        Some(Misbehave::EndlessCursor) => Json(
+            json!({"data": data, "cursor": cursor_json(&path, "p", limit, shown_end, usize::MAX)}),
+        )
+        .into_response(),
+        Some(Misbehave::RepeatPage) => Json(
+            json!({"data": data, "cursor": cursor_json(&path, "p", limit, shown_end.min(n), n)}),
+        )
+        .into_response(),
+        _ => Json(json!({"data": data, "cursor": cursor_json(&path, "p", limit, end, n)}))
+            .into_response(),
+    }
+}
+
+#[allow(clippy::result_large_err)]
+fn lookup(st: &AppState, space: &str, id: &str) -> Result<data::GeneratedProfile, Response> {
+    if space != st.creds.space_id {
+        return Err(error(StatusCode::NOT_FOUND, "not_found", "space not found"));
+    }
+    let Some(sid) = id.strip_prefix("segment_id:") else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "profile not found: only segment_id lookups are emulated",
+        ));
+    };
+    let index = st
+        .data
+        .index_of(sid)
+        .filter(|i| !st.vanished.read().map(|v| v.contains(i)).unwrap_or(false));
+    let Some(index) = index else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "profile not found",
+        ));
+    };
+    let version = st
+        .versions
+        .read()
+        .ok()
+        .and_then(|v| v.get(&index).copied())
+        .unwrap_or(0);
+    Ok(st.data.profile(index, version))
+}
+
+pub async fn traits(
+    State(st): State<Arc<AppState>>,
+    Path((space, id)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let p = match lookup(&st, &space, &id) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let (limit, offset) = match paging(&q, "t", 200) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let total = p.traits.len();
+    let end = (offset + limit).min(total);
+    let page: Map<String, Value> = p
+        .traits
+        .into_iter()
+        .skip(offset)
+        .take(end.saturating_sub(offset))
+        .collect();
+    let path = format!("/v1/spaces/{space}/collections/users/profiles/{id}/traits");
+    if st.opts.misbehave == Some(Misbehave::EndlessCursor) {
+        return Json(json!({"traits": page, "cursor": cursor_json(&path, "t", limit, offset.max(1), usize::MAX)})).into_response();
+    }
+    Json(json!({"traits": page, "cursor": cursor_json(&path, "t", limit, end, total)}))
+        .into_response()
+}
+
+pub async fn external_ids(
+    State(st): State<Arc<AppState>>,
+    Path((space, id)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let p = match lookup(&st, &space, &id) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let (limit, offset) = match paging(&q, "e", 100) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let total = p.external_ids.len();
+    let end = (offset + limit).min(total);
+    let page: Vec<Value> = p
+        .external_ids
+        .into_iter()
+        .skip(offset)
+        .take(end.saturating_sub(offset))
+        .collect();
+    let path = format!("/v1/spaces/{space}/collections/users/profiles/{id}/external_ids");
+    Json(json!({"data": page, "cursor": cursor_json(&path, "e", limit, end, total)}))
+        .into_response()
+}

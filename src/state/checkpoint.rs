@@ -1,0 +1,58 @@
+//! `extract.checkpoint.json`: where an unfinished extraction resumes.
+
+use crate::files::AtomicFile;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+pub const VERSION: u32 = 1;
+
+/// What the checkpoint holds. Small and readable on purpose.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Checkpoint {
+    pub version: u32,
+    pub space_id: String,
+    pub api_url: String,
+    pub started_at: String,
+    pub updated_at: String,
+    /// The listing is exhausted and `profiles.ndjson` holds the result.
+    pub complete: bool,
+    pub incremental: bool,
+    /// Listing cursor of the first page not yet fully written (None: the first page).
+    pub cursor: Option<String>,
+    pub pages_committed: u64,
+    /// Length of the partial file when `cursor` was committed.
+    pub offset: u64,
+    /// Complete lines before `offset`.
+    pub lines: u64,
+    /// Profiles of later pages already written before `offset`.
+    pub ahead: Vec<String>,
+    /// Profiles listed but gone (404) when their traits were read.
+    pub missing: Vec<String>,
+    pub reused: u64,
+    pub requests: u64,
+}
+
+/// Read a checkpoint; None when there is none.
+pub fn read(path: &Path) -> Result<Option<Checkpoint>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
+            format!(
+                "{}: not a segsync checkpoint; delete it or run `segsync extract --fresh`",
+                path.display()
+            )
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Replace the checkpoint atomically, stamping `updated_at`.
+pub fn save(path: &Path, cp: &mut Checkpoint) -> Result<()> {
+    cp.updated_at = super::now();
+    let mut f = AtomicFile::create(path)?;
+    serde_json::to_writer_pretty(&mut f, cp)?;
+    f.write_all(b"\n")?;
+    f.commit()
+}

@@ -1,0 +1,309 @@
+//! `load.ledger.ndjson`: what load sent and what Voucherify confirmed.
+//!
+//! Append-only, one JSON event a line, each written whole in one `write`.
+//! Every `load` opens it with an `opened` event that carries the format
+//! version. Reading trusts only complete lines: a torn last line (a run killed
+//! mid-write) is reported by [`read`] and left in place; only `load`, the
+//! file's owner, cuts it, on its own start ([`repair`]).
+
+use crate::files;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::sync::Mutex;
+
+pub const VERSION: u32 = 2;
+
+/// A customer in a batch: who, with which content, from which CSV line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "CustomerRepr")]
+pub struct LedgerCustomer {
+    pub source_id: String,
+    /// Hex SHA-256 (128 bits) of the request body sent for this customer.
+    pub hash: String,
+    /// Line of the customers CSV the row came from.
+    pub line: u64,
+}
+
+/// Version 1 wrote customers as `[source_id, hash, line]`; both spellings read.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CustomerRepr {
+    Named {
+        source_id: String,
+        hash: String,
+        line: u64,
+    },
+    Tuple(String, String, u64),
+}
+
+impl From<CustomerRepr> for LedgerCustomer {
+    fn from(r: CustomerRepr) -> Self {
+        match r {
+            CustomerRepr::Named {
+                source_id,
+                hash,
+                line,
+            }
+            | CustomerRepr::Tuple(source_id, hash, line) => LedgerCustomer {
+                source_id,
+                hash,
+                line,
+            },
+        }
+    }
+}
+
+/// One line of the ledger.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum LedgerEvent {
+    /// A load started appending.
+    Opened {
+        at: String,
+        target: String,
+        version: u32,
+    },
+    Submitted {
+        at: String,
+        target: String,
+        async_action_id: String,
+        customers: Vec<LedgerCustomer>,
+    },
+    Confirmed {
+        at: String,
+        target: String,
+        async_action_id: String,
+        status: String,
+        done: Vec<LedgerCustomer>,
+        failed: Vec<LedgerCustomer>,
+    },
+    /// The action could not be found or failed as a whole: its customers will be resent.
+    Abandoned {
+        at: String,
+        target: String,
+        async_action_id: String,
+        reason: String,
+    },
+}
+
+impl LedgerEvent {
+    fn target(&self) -> &str {
+        match self {
+            LedgerEvent::Opened { target, .. }
+            | LedgerEvent::Submitted { target, .. }
+            | LedgerEvent::Confirmed { target, .. }
+            | LedgerEvent::Abandoned { target, .. } => target,
+        }
+    }
+}
+
+/// What the ledger says about one Voucherify project.
+#[derive(Debug, Default)]
+pub struct LedgerState {
+    /// Content keys ([`content_key`]) of customers Voucherify confirmed.
+    pub confirmed: HashSet<u128>,
+    pub confirmed_customers: u64,
+    pub failed_customers: u64,
+    /// Submitted, never confirmed: action id → customers, in submission order.
+    pub pending: Vec<(String, Vec<LedgerCustomer>)>,
+    pub batches: u64,
+    /// Bytes of a torn last line (an interrupted write), not read.
+    pub torn_tail: u64,
+}
+
+/// The 128-bit key of a content hash, as kept in memory.
+pub fn content_key(hex: &str) -> Option<u128> {
+    u128::from_str_radix(hex.get(..32)?, 16).ok()
+}
+
+/// Read the ledger for `target` (every target when None). Changes nothing.
+pub fn read(path: &Path, target: Option<&str>) -> Result<LedgerState> {
+    let mut st = LedgerState::default();
+    let mut bytes = Vec::new();
+    match std::fs::File::open(path) {
+        Ok(f) => {
+            BufReader::new(f)
+                .read_to_end(&mut bytes)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(st),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    st.torn_tail = (bytes.len() - complete) as u64;
+    let mut pending: HashMap<String, (usize, Vec<LedgerCustomer>)> = HashMap::new();
+    for (i, line) in bytes[..complete].lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ev: LedgerEvent = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: not a ledger line", path.display(), i + 1))?;
+        if let LedgerEvent::Opened { version, .. } = &ev {
+            if *version > VERSION {
+                anyhow::bail!(
+                    "{}:{}: ledger format {version} is newer than this segsync reads ({VERSION}); use a newer segsync",
+                    path.display(),
+                    i + 1
+                );
+            }
+        }
+        if target.is_some_and(|want| want != ev.target()) {
+            continue;
+        }
+        match ev {
+            LedgerEvent::Opened { .. } => {}
+            LedgerEvent::Submitted {
+                async_action_id,
+                customers,
+                ..
+            } => {
+                pending.insert(async_action_id, (i, customers));
+            }
+            LedgerEvent::Confirmed {
+                async_action_id,
+                done,
+                failed,
+                ..
+            } => {
+                pending.remove(&async_action_id);
+                st.batches += 1;
+                st.confirmed
+                    .extend(done.iter().filter_map(|c| content_key(&c.hash)));
+                st.confirmed_customers += done.len() as u64;
+                st.failed_customers += failed.len() as u64;
+            }
+            LedgerEvent::Abandoned {
+                async_action_id, ..
+            } => {
+                pending.remove(&async_action_id);
+            }
+        }
+    }
+    let mut pending: Vec<_> = pending.into_iter().collect();
+    pending.sort_by_key(|(_, (line, _))| *line);
+    st.pending = pending.into_iter().map(|(id, (_, c))| (id, c)).collect();
+    Ok(st)
+}
+
+/// Cut a torn last line; for `load` alone, on its own start.
+pub fn repair(path: &Path) -> Result<u64> {
+    Ok(files::truncate_torn_tail(path)?.1)
+}
+
+/// Appends events, one complete line per write.
+pub struct LedgerWriter {
+    file: Mutex<std::fs::File>,
+    pub target: String,
+}
+
+impl LedgerWriter {
+    /// Open for appending and record that a load for `target` started.
+    pub fn open(path: &Path, target: &str) -> Result<LedgerWriter> {
+        let w = LedgerWriter {
+            file: Mutex::new(files::open_append(path)?),
+            target: target.to_string(),
+        };
+        w.append(&LedgerEvent::Opened {
+            at: super::now(),
+            target: target.to_string(),
+            version: VERSION,
+        })?;
+        Ok(w)
+    }
+
+    pub fn append(&self, ev: &LedgerEvent) -> Result<()> {
+        let mut line = serde_json::to_vec(ev)?;
+        line.push(b'\n');
+        let mut f = self
+            .file
+            .lock()
+            .map_err(|_| anyhow::anyhow!("ledger lock poisoned"))?;
+        f.write_all(&line)
+            .context("cannot append to the load ledger")?;
+        f.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customer(s: &str) -> LedgerCustomer {
+        LedgerCustomer {
+            source_id: s.into(),
+            hash: "0123456789abcdef0123456789abcdef".into(),
+            line: 2,
+        }
+    }
+
+    #[test]
+    fn reading_leaves_a_torn_tail_in_place_and_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("load.ledger.ndjson");
+        let w = LedgerWriter::open(&p, "t").unwrap();
+        w.append(&LedgerEvent::Submitted {
+            at: "x".into(),
+            target: "t".into(),
+            async_action_id: "aa_1".into(),
+            customers: vec![customer("a")],
+        })
+        .unwrap();
+        drop(w);
+        let mut f = files::open_append(&p).unwrap();
+        f.write_all(b"{\"event\":\"confir").unwrap();
+        let before = std::fs::read(&p).unwrap();
+        let st = read(&p, Some("t")).unwrap();
+        assert_eq!(st.torn_tail, 16);
+        assert_eq!(st.pending.len(), 1);
+        assert_eq!(std::fs::read(&p).unwrap(), before, "read changed the file");
+        assert_eq!(repair(&p).unwrap(), 16);
+        assert_eq!(read(&p, None).unwrap().torn_tail, 0);
+    }
+
+    #[test]
+    fn version_1_lines_still_read_and_newer_formats_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.ndjson");
+        std::fs::write(&p, "{\"event\":\"confirmed\",\"at\":\"x\",\"target\":\"t\",\"async_action_id\":\"aa\",\"status\":\"DONE\",\"done\":[[\"a\",\"0123456789abcdef0123456789abcdef\",2]],\"failed\":[]}\n").unwrap();
+        let st = read(&p, Some("t")).unwrap();
+        assert_eq!(st.confirmed_customers, 1);
+        assert!(st
+            .confirmed
+            .contains(&content_key("0123456789abcdef0123456789abcdef").unwrap()));
+        std::fs::write(
+            &p,
+            "{\"event\":\"opened\",\"at\":\"x\",\"target\":\"t\",\"version\":99}\n",
+        )
+        .unwrap();
+        let e = read(&p, None).unwrap_err().to_string();
+        assert!(e.contains("newer"), "{e}");
+    }
+
+    #[test]
+    fn pending_actions_come_back_in_submission_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.ndjson");
+        let w = LedgerWriter::open(&p, "t").unwrap();
+        for id in ["aa_3", "aa_1", "aa_2"] {
+            w.append(&LedgerEvent::Submitted {
+                at: "x".into(),
+                target: "t".into(),
+                async_action_id: id.into(),
+                customers: vec![customer(id)],
+            })
+            .unwrap();
+        }
+        let ids: Vec<String> = read(&p, None)
+            .unwrap()
+            .pending
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(ids, ["aa_3", "aa_1", "aa_2"]);
+    }
+}

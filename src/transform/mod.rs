@@ -1,0 +1,357 @@
+//! `segsync transform`: `profiles.ndjson` → `customers.csv` + `rejected.csv`.
+//!
+//! Streams the profiles through the pure mapping (`mapping::map_profile`) and
+//! writes every customer as a CSV row a person can review and edit, every
+//! profile that produced no customer to `rejected.csv` with the reason, and
+//! every dropped value (an invalid birthdate) to `transform.warnings.csv`.
+//! Profiles in = customers out + rejected, always.
+//!
+//! Two profiles with the same `source_id` are not both sent: the one updated
+//! most recently (`metadata.updated_at`) is kept, the other rejected as
+//! `duplicate_source_id`. Duplicates are found from 16 bytes per row held in
+//! memory (a hash of the `source_id` and the update time), so memory stays
+//! small for any input size.
+//!
+//! Outputs are written aside and renamed when complete. `transform.manifest.json`
+//! records the SHA-256 of the `customers.csv` it wrote, so a later run can tell
+//! a hand-edited file from its own and refuse to overwrite it.
+//!
+//! Rooms: [`chunk`] maps a chunk of lines to CSV bytes, [`pool`] runs chunks
+//! on every core and returns them in order, [`duplicates`] settles rows that
+//! share a `source_id`; `run` below reads as the steps of the stage.
+
+mod chunk;
+mod duplicates;
+pub mod pool;
+
+use crate::error::{InputErrors, UsageError};
+use crate::files::{self, AtomicFile};
+use crate::records::{COLUMNS, REJECTED_COLUMNS};
+use crate::state::manifest::{self, Manifest};
+use crate::state::{self, now};
+use crate::ui;
+use anyhow::{Context, Result};
+use chunk::{Chunk, ChunkResult, CHUNK_BYTES};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Profiles to read [default: DATA_DIR/profiles.ndjson]
+    #[arg(long = "in", value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Customers CSV to write [default: DATA_DIR/customers.csv]
+    #[arg(long = "out", value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Rejected profiles CSV [default: rejected.csv beside --out]
+    #[arg(long = "rejected", value_name = "FILE")]
+    pub rejected: Option<PathBuf>,
+    #[command(flatten)]
+    pub identifiers: IdentifierArgs,
+    /// Overwrite customers.csv even if it was edited after transform wrote it
+    #[arg(long)]
+    pub force: bool,
+    /// Send malformed lines of the input to rejected.csv instead of stopping
+    #[arg(long = "skip-invalid")]
+    pub skip_invalid: bool,
+}
+
+/// Which external ids become `source_id`; shared by `transform` and `run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdentifierArgs {
+    /// External-id type(s) used as source_id; a comma list is a fallback order
+    #[arg(
+        long = "source-id-type",
+        env = "IDENTIFIER_SAVED_AS_SOURCE_ID",
+        default_value = "user_id",
+        value_name = "TYPES"
+    )]
+    pub source_id_type: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub profiles: u64,
+    pub customers: u64,
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub warnings: u64,
+}
+
+impl Summary {
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+
+    fn add(&mut self, r: &ChunkResult) {
+        self.profiles += r.profiles;
+        self.customers += r.keys.len() as u64;
+        self.warnings += r.warning_count;
+        for (reason, n) in &r.rejected_counts {
+            *self.rejected.entry(reason).or_default() += n;
+        }
+    }
+}
+
+/// The three output files being written aside.
+struct Outputs {
+    customers: AtomicFile,
+    rejected: AtomicFile,
+    warnings: AtomicFile,
+}
+
+impl Outputs {
+    fn create(out: &Path, rejected: &Path) -> Result<Outputs> {
+        let mut o = Outputs {
+            customers: AtomicFile::create(out)?,
+            rejected: AtomicFile::create(rejected)?,
+            warnings: AtomicFile::create(&state::warnings(out))?,
+        };
+        csv::Writer::from_writer(o.customers.writer()).write_record(COLUMNS)?;
+        csv::Writer::from_writer(o.rejected.writer()).write_record(REJECTED_COLUMNS)?;
+        csv::Writer::from_writer(o.warnings.writer()).write_record([
+            "segment_id",
+            "source_id",
+            "field",
+            "value",
+            "reason",
+        ])?;
+        Ok(o)
+    }
+
+    fn append(&mut self, r: &ChunkResult) -> std::io::Result<()> {
+        self.customers.write_all(&r.customers)?;
+        self.rejected.write_all(&r.rejected)?;
+        self.warnings.write_all(&r.warnings)
+    }
+}
+
+/// Chunks of whole lines from the input.
+fn chunks(mut reader: impl BufRead) -> impl Iterator<Item = std::io::Result<Chunk>> {
+    let mut line_no = 0u64;
+    std::iter::from_fn(move || {
+        let mut chunk = Chunk {
+            first_line: line_no + 1,
+            data: Vec::with_capacity(CHUNK_BYTES + 64 * 1024),
+        };
+        while chunk.data.len() < CHUNK_BYTES {
+            match reader.read_until(b'\n', &mut chunk.data) {
+                Ok(0) => break,
+                Ok(_) => line_no += 1,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        (!chunk.data.is_empty()).then_some(Ok(chunk))
+    })
+}
+
+/// Refuse to overwrite a hand-edited `out`; returns the hash of the file
+/// being replaced, if any.
+fn check_not_edited(out: &Path, force: bool) -> Result<Option<String>> {
+    match manifest::edited_since_transform(out)? {
+        Some(true) if !force => Err(UsageError::new(format!(
+            "{} was changed after transform wrote it (its content differs from the hash in {}). \
+             To keep your edits, load it as it is with `segsync load`, or move it aside first; \
+             to overwrite it, rerun with --force.",
+            out.display(),
+            state::manifest(out).display()
+        ))
+        .into()),
+        Some(_) => Ok(Some(files::sha256_file(out)?)),
+        None => Ok(None),
+    }
+}
+
+pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
+    let input = args
+        .input
+        .clone()
+        .unwrap_or_else(|| state::profiles(data_dir));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| state::customers(data_dir));
+    let rejected_path = args
+        .rejected
+        .clone()
+        .unwrap_or_else(|| state::rejected(&out));
+    let id_types = crate::config::identifier_types(&args.identifiers.source_id_type)?;
+    if !input.exists() {
+        return Err(UsageError::new(format!(
+            "{} not found: `segsync extract` writes it (or pass --in FILE)",
+            input.display()
+        ))
+        .into());
+    }
+    let previous_sha = check_not_edited(&out, args.force)?;
+
+    let started = Instant::now();
+    let file =
+        std::fs::File::open(&input).with_context(|| format!("cannot read {}", input.display()))?;
+    let input_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut outputs = Outputs::create(&out, &rejected_path)?;
+
+    // Map every chunk on every core; write the results in input order.
+    let mut summary = Summary::default();
+    let mut keys: Vec<(u64, i64)> = Vec::new();
+    let mut invalid = Vec::new();
+    let mut write_error: Option<std::io::Error> = None;
+    let progress = ui::Progress::new("transform", "profiles", None);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8);
+    let input_name = input.display().to_string();
+    pool::ordered_map(
+        chunks(BufReader::with_capacity(1 << 20, file)),
+        workers,
+        |chunk| chunk.process(&id_types, &input_name, args.skip_invalid),
+        |r| {
+            if write_error.is_some() {
+                return;
+            }
+            for msg in &r.debug {
+                ui::debug(msg);
+            }
+            if let Err(e) = outputs.append(&r) {
+                write_error = Some(e);
+                return;
+            }
+            keys.extend_from_slice(&r.keys);
+            summary.add(&r);
+            if invalid.len() < 20 {
+                invalid.extend(r.invalid);
+            }
+            progress.set_position(summary.profiles);
+            progress.tick(|| {
+                format!(
+                    "{} customers, {} rejected",
+                    summary.customers,
+                    summary.rejected_total()
+                )
+            });
+        },
+    )
+    .with_context(|| format!("cannot read {}", input.display()))?;
+    if let Some(e) = write_error {
+        return Err(anyhow::Error::new(e).context(format!("cannot write {}", out.display())));
+    }
+    progress.finish();
+    invalid.truncate(20);
+    if !invalid.is_empty() {
+        return Err(InputErrors {
+            problems: invalid,
+            hint: format!(
+                "{}: fix or remove these lines, or rerun with --skip-invalid to send them to {}; nothing was written",
+                input.display(),
+                rejected_path.display()
+            ),
+        }
+        .into());
+    }
+
+    // Duplicates: rows whose source_id hash is shared, checked on the real value.
+    outputs.customers.writer().flush()?;
+    let losers = {
+        let mut rejected = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(outputs.rejected.writer());
+        let losers = duplicates::find_duplicates(
+            &keys,
+            outputs.customers.temp_path(),
+            &mut rejected,
+            &mut summary,
+        )?;
+        rejected.flush()?;
+        losers
+    };
+    if !losers.is_empty() {
+        let filtered = duplicates::without_rows(outputs.customers.temp_path(), &out, &losers)?;
+        summary.customers -= losers.len() as u64;
+        outputs.customers = filtered;
+    }
+    commit(outputs, &out, &input, &id_types, previous_sha, &summary)?;
+
+    if summary.profiles != summary.customers + summary.rejected_total() {
+        anyhow::bail!(
+            "internal error: {} profiles in but {} customers + {} rejected out",
+            summary.profiles,
+            summary.customers,
+            summary.rejected_total()
+        );
+    }
+    report(&summary, &out, &rejected_path, started, input_bytes);
+    Ok(summary)
+}
+
+/// Put the outputs in place, with the manifest that tells transform's own
+/// `customers.csv` from a hand-edited one. The manifest lists the old and the
+/// new hash while the files are being renamed, so a crash between the
+/// renames is never mistaken for a hand edit.
+fn commit(
+    mut outputs: Outputs,
+    out: &Path,
+    input: &Path,
+    id_types: &[String],
+    previous_sha: Option<String>,
+    summary: &Summary,
+) -> Result<()> {
+    outputs.customers.writer().flush()?;
+    let new_sha = files::sha256_file(outputs.customers.temp_path())?;
+    let mut m = Manifest {
+        version: manifest::VERSION,
+        written_at: now(),
+        input: input.display().to_string(),
+        source_id_types: id_types.to_vec(),
+        profiles: summary.profiles,
+        customers: summary.customers,
+        rejected: summary.rejected_total(),
+        warnings: summary.warnings,
+        customers_sha256: [previous_sha, Some(new_sha.clone())]
+            .into_iter()
+            .flatten()
+            .collect(),
+    };
+    manifest::write(out, &m)?;
+    outputs.customers.commit()?;
+    outputs.rejected.commit()?;
+    outputs.warnings.commit()?;
+    m.customers_sha256 = vec![new_sha];
+    manifest::write(out, &m)
+}
+
+fn report(summary: &Summary, out: &Path, rejected: &Path, started: Instant, input_bytes: u64) {
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    let reasons: Vec<String> = summary
+        .rejected
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    ui::info(format!(
+        "transform: {} profiles in = {} customers ({}) + {} rejected ({}{})",
+        summary.profiles,
+        summary.customers,
+        out.display(),
+        summary.rejected_total(),
+        rejected.display(),
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", reasons.join(", "))
+        }
+    ));
+    if summary.warnings > 0 {
+        ui::info(format!(
+            "transform: {} invalid birthdates dropped, customers kept (listed in {}; -v prints them)",
+            summary.warnings,
+            state::warnings(out).display()
+        ));
+    }
+    ui::info(format!(
+        "transform: {:.1}s, {:.0} profiles/s, {:.1} MB/s",
+        secs,
+        summary.profiles as f64 / secs,
+        input_bytes as f64 / 1e6 / secs
+    ));
+}
