@@ -63,11 +63,11 @@ pub enum Command {
 /// one place (`extract::concurrency_parser`, `load::DEFAULT_BATCH_SIZE`, …).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Reuse unchanged profiles from the previous extract
+    /// Reuse unchanged profiles from the previous extract (the default when a complete one exists)
     #[arg(long)]
     pub incremental: bool,
-    /// Start the extraction over, ignoring an unfinished one
-    #[arg(long)]
+    /// Extract everything again, ignoring the previous extract and any unfinished one
+    #[arg(long, conflicts_with = "incremental")]
     pub fresh: bool,
     /// Profiles fetched at once during extract
     #[arg(long = "extract-concurrency", default_value_t = extract::DEFAULT_CONCURRENCY, value_parser = extract::concurrency_parser())]
@@ -76,7 +76,7 @@ pub struct RunArgs {
     #[arg(long = "segment-rate-limit", default_value_t = extract::DEFAULT_RATE_LIMIT)]
     pub segment_rate_limit: u32,
     #[command(flatten)]
-    pub identifiers: transform::IdentifierArgs,
+    pub identifiers: config::IdentifierArgs,
     /// Overwrite a hand-edited customers.csv
     #[arg(long)]
     pub force: bool,
@@ -124,6 +124,28 @@ pub struct SandboxArgs {
     /// Time an async action takes from ENQUEUED to DONE
     #[arg(long = "processing-ms", default_value_t = 200)]
     pub processing_ms: u64,
+    /// Largest Voucherify request body in bytes before 413
+    #[arg(long = "max-body-bytes", default_value_t = crate::sandbox::MAX_BODY)]
+    pub max_body_bytes: usize,
+    /// Answer absent async-action fields with explicit nulls (errors: null, result: null while queued)
+    #[arg(long = "null-fields")]
+    pub null_fields: bool,
+    /// Voucherify API calls left in the monthly cycle before 429 api_calls_cycle
+    #[arg(long = "cycle-quota", value_name = "CALLS")]
+    pub cycle_quota: Option<u64>,
+    /// Voucherify bulk calls per hour before 429 bulk_api_calls
+    #[arg(long = "bulk-quota", value_name = "CALLS")]
+    pub bulk_quota: Option<u32>,
+    /// Length of the bulk-call bucket
+    #[arg(
+        long = "bulk-window-secs",
+        default_value_t = 3600,
+        value_name = "SECONDS"
+    )]
+    pub bulk_window_secs: u64,
+    /// Profiles a second that get activity: moved to the head of the activity-sorted listing, updated_at bumped
+    #[arg(long, default_value_t = 0)]
+    pub churn: u32,
     /// Break the API contract on purpose (to see how segsync copes)
     #[arg(long, value_enum)]
     pub misbehave: Option<crate::sandbox::Misbehave>,
@@ -191,12 +213,28 @@ async fn run_all(a: &RunArgs, data: &std::path::Path) -> anyhow::Result<u8> {
     // Check every credential before doing any work.
     a.segment.resolve()?;
     a.voucherify.resolve()?;
+    // A rerun brings Voucherify up to date at the lowest cost: when a
+    // complete extract is there, only list calls and changed profiles.
+    let profiles = crate::state::profiles(data);
+    let complete = crate::state::checkpoint::read(&crate::state::checkpoint(&profiles))
+        .ok()
+        .flatten()
+        .is_some_and(|cp| cp.complete)
+        && profiles.exists();
+    let incremental = a.incremental || (complete && !a.fresh);
+    ui::info(if incremental {
+        "run: incremental extract (list calls plus the profiles that changed since the last extract; --fresh for a full one)"
+    } else {
+        "run: full extract"
+    });
     let ex = extract::Args {
         out: None,
         concurrency: a.extract_concurrency,
         rate_limit: a.segment_rate_limit,
         fresh: a.fresh,
-        incremental: a.incremental,
+        incremental,
+        all_traits: false,
+        identifiers: a.identifiers.clone(),
         segment: a.segment.clone(),
     };
     extract::run(&ex, data).await?;
@@ -216,6 +254,7 @@ async fn run_all(a: &RunArgs, data: &std::path::Path) -> anyhow::Result<u8> {
         concurrency: a.load_concurrency,
         rate_limit: a.voucherify_rate_limit,
         poll_timeout: load::DEFAULT_POLL_TIMEOUT,
+        max_wait: load::DEFAULT_MAX_WAIT,
         dry_run: false,
         skip_invalid: false,
         full: a.full,
@@ -261,6 +300,12 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<()> {
         segment_rps: a.segment_rps,
         voucherify_rpm: a.voucherify_rpm,
         processing_ms: a.processing_ms,
+        max_body_bytes: a.max_body_bytes,
+        null_fields: a.null_fields,
+        cycle_quota: a.cycle_quota,
+        bulk_quota: a.bulk_quota,
+        bulk_window: std::time::Duration::from_secs(a.bulk_window_secs),
+        churn: a.churn,
         misbehave: a.misbehave,
         ..Default::default()
     })

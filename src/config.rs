@@ -372,3 +372,23 @@ impl VoucherifyArgs {
         })
     }
 }
+
+/// Which external ids become `source_id`; shared by `extract` (which
+/// fetches traits only for profiles that have one), `transform` and `run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdentifierArgs {
+    /// External-id type(s) used as source_id; a comma list is a fallback order
+    #[arg(
+        long = "source-id-type",
+        env = "IDENTIFIER_SAVED_AS_SOURCE_ID",
+        default_value = "user_id",
+        value_name = "TYPES"
+    )]
+    pub source_id_type: String,
+}
+
+impl IdentifierArgs {
+    pub fn types(&self) -> Result<Vec<String>, UsageError> {
+        identifier_types(&self.source_id_type)
+    }
+}

@@ -58,12 +58,29 @@ pub enum ApiError {
         attempts: u32,
         last: String,
     },
+    /// A quota that will not refill within the wait this run allows (a
+    /// monthly cycle, an ended plan, an hourly bucket past `--max-wait`).
+    #[error("{api} {endpoint}: HTTP 429: {quota}{}; {advice}", resets_suffix(.resets_at))]
+    Quota {
+        api: &'static str,
+        endpoint: String,
+        quota: String,
+        resets_at: Option<String>,
+        advice: String,
+    },
     #[error("{api} {endpoint}: response breaks the API contract: {message}")]
     Contract {
         api: &'static str,
         endpoint: String,
         message: String,
     },
+}
+
+fn resets_suffix(at: &Option<String>) -> String {
+    match at {
+        Some(at) => format!(", which resets at {at}"),
+        None => String::new(),
+    }
 }
 
 fn request_id_suffix(id: &Option<String>) -> String {

@@ -70,6 +70,46 @@ pub trait RetryLogic: Send + Sync {
 
     /// The API's own error message from an error body.
     fn error_message(&self, body: &[u8]) -> Option<String>;
+
+    /// What a 429 means: a short throttle to wait out (the default), or a
+    /// quota that may take long to refill.
+    fn throttle(&self, _headers: &HeaderMap, _now_epoch: u64) -> Throttle {
+        Throttle::Wait
+    }
+}
+
+/// What a 429 answer asks of the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Throttle {
+    /// A per-second or per-minute limit: back off (by the hint) and retry.
+    Wait,
+    /// A named quota refilling at `resets_epoch`: wait for it when that is
+    /// within `RetryPolicy::max_quota_wait`, unless `always_stop`.
+    Quota {
+        name: String,
+        resets_epoch: Option<u64>,
+        always_stop: bool,
+    },
+}
+
+/// Path-segment encoding per RFC 3986: every byte but the unreserved
+/// characters `A-Z a-z 0-9 - . _ ~` is percent-encoded (so `+` is `%2B`).
+pub const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// One path segment, encoded.
+pub fn path_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string()
+}
+
+/// An epoch second as RFC 3339, for messages.
+pub fn epoch_text(epoch: u64) -> String {
+    jiff::Timestamp::from_second(epoch as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| format!("epoch {epoch}"))
 }
 
 /// `Retry-After` in seconds.
@@ -114,6 +154,9 @@ pub struct RetryPolicy {
     pub max_throttled: u32,
     /// Longest server hint honoured as given; longer ones are clipped.
     pub max_hint: Duration,
+    /// Longest wait for a named quota to refill ([`Throttle::Quota`]);
+    /// beyond it the request fails at once with [`ApiError::Quota`].
+    pub max_quota_wait: Duration,
     pub jitter: Jitter,
 }
 
@@ -125,6 +168,7 @@ impl Default for RetryPolicy {
             max_retries: 8,
             max_throttled: 60,
             max_hint: Duration::from_secs(15 * 60),
+            max_quota_wait: Duration::from_secs(15 * 60),
             jitter: Jitter::Full,
         }
     }
@@ -396,6 +440,40 @@ where
                 );
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    let now = now_epoch();
+                    if let Throttle::Quota {
+                        name,
+                        resets_epoch,
+                        always_stop,
+                    } = logic.throttle(&r.headers, now)
+                    {
+                        let wait = resets_epoch
+                            .map(|at| Duration::from_secs(at.saturating_sub(now)))
+                            .or_else(|| logic.retry_hint(&r.headers, now));
+                        match wait {
+                            Some(w) if !always_stop && w <= policy.max_quota_wait => {
+                                wait_for_quota(logic.api(), &name, w).await;
+                                stats.retries.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            _ => {
+                                return Err(ApiError::Quota {
+                                    api: logic.api(),
+                                    endpoint: endpoint.to_string(),
+                                    quota: format!("{} ({})", redact(&message), name),
+                                    resets_at: resets_epoch.map(epoch_text),
+                                    advice: if always_stop {
+                                        "nothing more can be sent until then (or until the plan is raised)".into()
+                                    } else {
+                                        format!(
+                                            "that is past --max-wait ({} min)",
+                                            policy.max_quota_wait.as_secs() / 60
+                                        )
+                                    },
+                                });
+                            }
+                        }
+                    }
                     throttled += 1;
                     if throttled > policy.max_throttled {
                         return Err(exhausted(logic, endpoint, attempts, last));
@@ -433,6 +511,23 @@ where
             wait.as_secs_f64()
         ));
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// Wait out a quota, saying how long is left once a minute.
+async fn wait_for_quota(api: &str, name: &str, wait: Duration) {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        crate::ui::info(format!(
+            "{api}: the {name} quota is spent; waiting for it to refill: {}:{:02} left",
+            left.as_secs() / 60,
+            left.as_secs() % 60
+        ));
+        tokio::time::sleep(left.min(Duration::from_secs(60))).await;
     }
 }
 

@@ -4,8 +4,7 @@
 
 use crate::config::SegmentConfig;
 use crate::error::ApiError;
-use crate::http::{HttpLayer, HttpSettings, RawResponse, RetryLogic};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use crate::http::{path_segment, HttpLayer, HttpSettings, RawResponse, RetryLogic};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 
@@ -17,13 +16,6 @@ pub const EXTERNAL_IDS_LIMIT: u32 = 100;
 /// A profile's traits or ids list that has not ended after this many pages
 /// (200,000 traits) is treated as broken rather than followed forever.
 const MAX_PAGES: usize = 1_000;
-
-/// Path-segment encoding: everything but unreserved characters.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 
 struct SegmentLogic;
 
@@ -68,7 +60,7 @@ impl SegmentClient {
         let base = format!(
             "{}/v1/spaces/{}/collections/users/profiles",
             cfg.api_url.as_str().trim_end_matches('/'),
-            utf8_percent_encode(&cfg.space_id, SEGMENT)
+            path_segment(&cfg.space_id)
         );
         Ok(SegmentClient {
             http: HttpLayer::new(settings)?,
@@ -86,6 +78,7 @@ impl SegmentClient {
         path: &str,
         limit: u32,
         next: Option<&str>,
+        include: Option<&str>,
     ) -> Result<(RawResponse, Value), ApiError> {
         let url = format!("{}{}", self.base, path);
         let endpoint = format!(
@@ -99,6 +92,9 @@ impl SegmentClient {
                 let mut q: Vec<(&str, &str)> = vec![("limit", limit.as_str())];
                 if let Some(n) = next {
                     q.push(("next", n));
+                }
+                if let Some(i) = include {
+                    q.push(("include", i));
                 }
                 c.get(&url)
                     .query(&q)
@@ -116,7 +112,7 @@ impl SegmentClient {
 
     /// One page of the profile listing.
     pub async fn list_profiles(&self, next: Option<&str>) -> Result<ProfilePage, ApiError> {
-        let (_, v) = self.get("", PROFILES_LIMIT, next).await?;
+        let (_, v) = self.get("", PROFILES_LIMIT, next, None).await?;
         let endpoint = "GET profiles";
         let data = v
             .get("data")
@@ -139,19 +135,18 @@ impl SegmentClient {
         })
     }
 
-    /// Every page of a profile's traits, merged in API order. None if the
-    /// profile no longer exists (404).
+    /// Every page of a profile's traits, merged in API order; only the
+    /// traits named in `include` when given (Segment's `include=`). None if
+    /// the profile no longer exists (404).
     pub async fn all_traits(
         &self,
         segment_id: &str,
+        include: Option<&str>,
     ) -> Result<Option<Map<String, Value>>, ApiError> {
-        let path = format!(
-            "/segment_id:{}/traits",
-            utf8_percent_encode(segment_id, SEGMENT)
-        );
+        let path = format!("/segment_id:{}/traits", path_segment(segment_id));
         let mut traits = Map::new();
         let found = self
-            .each_page(&path, TRAITS_LIMIT, |v, endpoint| {
+            .each_page(&path, TRAITS_LIMIT, include, |v, endpoint| {
                 let page = v
                     .get("traits")
                     .and_then(Value::as_object)
@@ -165,15 +160,17 @@ impl SegmentClient {
         Ok(found.then_some(traits))
     }
 
-    /// Every page of a profile's external ids, in API order. None on 404.
-    pub async fn all_external_ids(&self, segment_id: &str) -> Result<Option<Vec<Value>>, ApiError> {
-        let path = format!(
-            "/segment_id:{}/external_ids",
-            utf8_percent_encode(segment_id, SEGMENT)
-        );
+    /// Every page of a profile's external ids, in API order; only the types
+    /// named in `include` when given. None on 404.
+    pub async fn all_external_ids(
+        &self,
+        segment_id: &str,
+        include: Option<&str>,
+    ) -> Result<Option<Vec<Value>>, ApiError> {
+        let path = format!("/segment_id:{}/external_ids", path_segment(segment_id));
         let mut ids = Vec::new();
         let found = self
-            .each_page(&path, EXTERNAL_IDS_LIMIT, |v, endpoint| {
+            .each_page(&path, EXTERNAL_IDS_LIMIT, include, |v, endpoint| {
                 let page = v
                     .get("data")
                     .and_then(Value::as_array)
@@ -191,12 +188,13 @@ impl SegmentClient {
         &self,
         path: &str,
         limit: u32,
+        include: Option<&str>,
         mut take: impl FnMut(&Value, &str) -> Result<(), ApiError>,
     ) -> Result<bool, ApiError> {
         let mut next: Option<String> = None;
         let mut seen = HashSet::new();
         for page in 0..MAX_PAGES {
-            let (_, v) = match self.get(path, limit, next.as_deref()).await {
+            let (_, v) = match self.get(path, limit, next.as_deref(), include).await {
                 Ok(r) => r,
                 Err(e) if e.status() == Some(404) && page == 0 => return Ok(false),
                 Err(e) => return Err(e),

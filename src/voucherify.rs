@@ -4,8 +4,9 @@
 
 use crate::config::VoucherifyConfig;
 use crate::error::ApiError;
-use crate::http::{header_str, rate_limit_reset, HttpLayer, HttpSettings, RetryLogic};
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use crate::http::{
+    header_str, path_segment, rate_limit_reset, HttpLayer, HttpSettings, RetryLogic, Throttle,
+};
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
@@ -13,6 +14,9 @@ use std::time::Duration;
 
 /// Voucherify's request size limit for the bulk endpoint.
 pub const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
+
+/// Customers one bulk request may carry (400 `too_many_customers` beyond).
+pub const MAX_BULK_CUSTOMERS: u32 = 100;
 
 struct VoucherifyLogic;
 
@@ -33,6 +37,36 @@ impl RetryLogic for VoucherifyLogic {
         }
     }
 
+    /// `X-Rate-Limit-Type` says which budget a 429 is about: the per-minute
+    /// one is waited out; the hourly bulk bucket is waited for up to
+    /// `--max-wait`; the monthly cycle stops the run at once.
+    fn throttle(&self, headers: &HeaderMap, now_epoch: u64) -> Throttle {
+        let resets_epoch =
+            header_str(headers, "x-rate-limit-retry").and_then(|v| v.trim().parse::<u64>().ok());
+        match header_str(headers, "x-rate-limit-type").map(str::trim) {
+            Some("api_calls_cycle") => Throttle::Quota {
+                name: "monthly API call quota, api_calls_cycle".into(),
+                resets_epoch,
+                always_stop: true,
+            },
+            Some("bulk_api_calls") => Throttle::Quota {
+                name: "hourly bulk API call quota, bulk_api_calls".into(),
+                resets_epoch,
+                always_stop: false,
+            },
+            // The per-minute limit, or an untyped 429: a wait longer than the
+            // per-minute window means something else (the plan may have ended).
+            _ => match self.retry_hint(headers, now_epoch) {
+                Some(w) if w > Duration::from_secs(120) => Throttle::Quota {
+                    name: "API call limit (a wait this long may mean the plan has ended)".into(),
+                    resets_epoch,
+                    always_stop: false,
+                },
+                _ => Throttle::Wait,
+            },
+        }
+    }
+
     fn error_message(&self, body: &[u8]) -> Option<String> {
         let v: Value = serde_json::from_slice(body).ok()?;
         let message = v.get("message").and_then(Value::as_str)?;
@@ -47,24 +81,55 @@ impl RetryLogic for VoucherifyLogic {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// An async action. Voucherify's OpenAPI marks every field nullable: an
+/// explicit `null` means absent, so each is an `Option`.
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct AsyncAction {
-    pub status: String,
+    #[serde(default)]
+    pub status: Option<String>,
     /// Milliseconds Voucherify spent on the action (when it reports it).
     #[serde(default)]
     pub processing_time: Option<u64>,
     #[serde(default)]
     pub result: Option<AsyncResult>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// When the status last changed: for a finished action, when it finished.
+    #[serde(default)]
+    pub updated_at: Option<String>,
+}
+
+impl AsyncAction {
+    /// The status, "" when absent.
+    pub fn status(&self) -> &str {
+        self.status.as_deref().unwrap_or("")
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status(), "DONE" | "FAILED")
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct AsyncResult {
     #[serde(default)]
-    pub done_count: u64,
+    pub done_count: Option<u64>,
     #[serde(default)]
-    pub failed_count: u64,
+    pub failed_count: Option<u64>,
     #[serde(default)]
-    pub errors: Vec<CustomerError>,
+    pub errors: Option<Vec<CustomerError>>,
+}
+
+impl AsyncResult {
+    pub fn done(&self) -> u64 {
+        self.done_count.unwrap_or(0)
+    }
+    pub fn failed(&self) -> u64 {
+        self.failed_count.unwrap_or(0)
+    }
+    pub fn errors(&self) -> &[CustomerError] {
+        self.errors.as_deref().unwrap_or(&[])
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -125,11 +190,7 @@ impl VoucherifyClient {
     /// The state of an async action.
     pub async fn async_action(&self, id: &str) -> Result<AsyncAction, ApiError> {
         let endpoint = format!("GET /v1/async-actions/{id}");
-        let url = format!(
-            "{}/v1/async-actions/{}",
-            self.base,
-            utf8_percent_encode(id, NON_ALPHANUMERIC)
-        );
+        let url = format!("{}/v1/async-actions/{}", self.base, path_segment(id));
         let resp = self
             .http
             .send(&endpoint, &VoucherifyLogic, |c| {
@@ -148,5 +209,95 @@ fn contract(endpoint: &str, message: &str) -> ApiError {
         api: "Voucherify",
         endpoint: endpoint.to_string(),
         message: message.to_string(),
+    }
+}
+
+/// Whether an error is Voucherify's `too_many_customers` (over the bulk cap).
+pub fn is_too_many_customers(e: &ApiError) -> bool {
+    matches!(e, ApiError::Status { status: 400, message, .. } if message.contains("too_many_customers"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_fields_of_an_async_action_mean_absent() {
+        let a: AsyncAction = serde_json::from_str(
+            r#"{"status":"DONE","result":{"done_count":3,"failed_count":null,"errors":null},"progress":null}"#,
+        )
+        .unwrap();
+        let r = a.result.unwrap();
+        assert_eq!((r.done(), r.failed(), r.errors().len()), (3, 0, 0));
+        let a: AsyncAction =
+            serde_json::from_str(r#"{"status":"ENQUEUED","result":null,"processing_time":null}"#)
+                .unwrap();
+        assert!(a.result.is_none() && !a.is_finished());
+        let a: AsyncAction = serde_json::from_str(r#"{"status":null}"#).unwrap();
+        assert_eq!(a.status(), "");
+        assert!(
+            !a.is_finished(),
+            "an absent status is not a finished action"
+        );
+    }
+
+    #[test]
+    fn the_quota_type_decides_between_waiting_and_stopping() {
+        let h = |pairs: &[(&'static str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, v.parse().unwrap());
+            }
+            m
+        };
+        let now = 1_000_000;
+        let l = VoucherifyLogic;
+        assert!(matches!(
+            l.throttle(
+                &h(&[
+                    ("x-rate-limit-type", "api_calls_cycle"),
+                    ("x-rate-limit-retry", "2000000")
+                ]),
+                now
+            ),
+            Throttle::Quota {
+                always_stop: true,
+                resets_epoch: Some(2000000),
+                ..
+            }
+        ));
+        assert!(matches!(
+            l.throttle(
+                &h(&[
+                    ("x-rate-limit-type", "bulk_api_calls"),
+                    ("x-rate-limit-retry", "1000600")
+                ]),
+                now
+            ),
+            Throttle::Quota {
+                always_stop: false,
+                ..
+            }
+        ));
+        assert_eq!(
+            l.throttle(
+                &h(&[("x-rate-limit-type", "api_calls"), ("retry-after", "30")]),
+                now
+            ),
+            Throttle::Wait
+        );
+        assert!(matches!(
+            l.throttle(&h(&[("retry-after", "54000")]), now),
+            Throttle::Quota {
+                always_stop: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn ids_in_paths_keep_unreserved_characters() {
+        assert_eq!(path_segment("aa_0c5547cc-5e.17~b6"), "aa_0c5547cc-5e.17~b6");
+        assert_eq!(path_segment("a+b/c d"), "a%2Bb%2Fc%20d");
     }
 }

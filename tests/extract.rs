@@ -29,21 +29,22 @@ fn assert_exact(file: &Path, ds: &Dataset, versions: &HashMap<u64, u32>, skip: &
             .get(&p.segment_id)
             .unwrap_or_else(|| panic!("profile {i} missing"));
         assert_eq!(got["metadata"], p.metadata, "profile {i} metadata");
+        let (traits, ids) = expected_extract(&p, &["user_id"]);
         assert_eq!(
             got["traits"].as_object().unwrap(),
-            &p.traits,
+            &traits,
             "profile {i} traits"
         );
         assert_eq!(
             got["external_ids"].as_array().unwrap(),
-            &p.external_ids,
+            &ids,
             "profile {i} external ids"
         );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_profile_every_trait_every_external_id() {
+async fn every_profile_once_with_the_traits_the_mapping_reads_and_its_source_id_ids() {
     let sb = sandbox(opts(450)).await;
     let dir = tempdir();
     let r = segsync(dir.path(), Some(&sb), &["extract"]).await;
@@ -60,9 +61,13 @@ async fn every_profile_every_trait_every_external_id() {
     )
     .unwrap();
     assert_eq!(cp["complete"], true);
-    // Listing 5 pages; at least one traits and one ids page per profile, more for the big ones.
-    assert_eq!(requests(&sb, "segment.list_profiles"), 5);
-    assert!(requests(&sb, "segment.traits") > 450 && requests(&sb, "segment.external_ids") > 450);
+    // Listing 5 pages, then one re-list pass of 5 that finds nothing new;
+    // one ids page per profile, one traits page per identified profile.
+    assert_eq!(requests(&sb, "segment.list_profiles"), 10);
+    assert_eq!(
+        requests(&sb, "segment.traits") + requests(&sb, "segment.external_ids"),
+        minimal_detail_requests(sb.dataset())
+    );
     assert!(r.stderr.contains("450 profiles"), "{}", r.stderr);
 }
 
@@ -176,9 +181,10 @@ async fn kill_9_mid_run_then_rerun_resumes_with_only_in_flight_work_repeated() {
         detail <= minimal + 16,
         "detail requests {detail}, minimal {minimal}"
     );
-    // Listing: 7 pages once, plus the pages in flight at the kill (being
-    // fetched, or listed ahead of the fetches) re-listed.
-    let relisted = requests(&sb, "segment.list_profiles") - 7;
+    // Listing: 7 pages, and 7 more for the re-list pass that finds nothing
+    // new, plus the pages in flight at the kill (being fetched, or listed
+    // ahead of the fetches) listed again.
+    let relisted = requests(&sb, "segment.list_profiles") - 14;
     assert!(
         relisted as usize <= segsync::extract::LISTING_LOOKAHEAD + 3,
         "{relisted} listing pages repeated (resume listed {} pages)",
@@ -327,14 +333,19 @@ async fn exhausted_retries_exit_1_keep_the_checkpoint_and_the_rerun_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sandbox_write_profiles_writes_what_extract_would() {
+async fn sandbox_write_profiles_writes_what_extract_all_traits_would() {
     let sb = sandbox(SandboxOptions {
         seed: 3,
         ..opts(150)
     })
     .await;
     let dir = tempdir();
-    assert_eq!(segsync(dir.path(), Some(&sb), &["extract"]).await.code, 0);
+    assert_eq!(
+        segsync(dir.path(), Some(&sb), &["extract", "--all-traits"])
+            .await
+            .code,
+        0
+    );
     let written = dir.path().join("written.ndjson");
     let r = segsync(
         dir.path(),

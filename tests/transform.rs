@@ -134,7 +134,24 @@ async fn every_row_is_what_the_profile_implies_and_every_profile_is_accounted_fo
 async fn fallback_identifier_types_rescue_profiles_without_user_id() {
     let sb = sandbox(opts(120)).await;
     let dir = tempdir();
+    // Extract fetches only the id types transform will use: asking transform
+    // for more is refused, naming the fix.
     assert_eq!(segsync(dir.path(), Some(&sb), &["extract"]).await.code, 0);
+    let r = segsync(
+        dir.path(),
+        None,
+        &["transform", "--source-id-type", "user_id,email"],
+    )
+    .await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("no email ids"), "{}", r.stderr);
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["extract", "--fresh", "--source-id-type", "user_id,email"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
     let r = segsync(
         dir.path(),
         None,

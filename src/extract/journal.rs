@@ -2,13 +2,13 @@
 //! line per profile in one `write` each, and the checkpoint
 //! (`state::checkpoint`) that says up to where the file can be trusted.
 //!
-//! Resume rule: the checkpoint holds the listing cursor after the last page
-//! whose profiles are *all* written, the byte offset of the partial file at
-//! that moment, and the ids of later pages already written by then. A rerun
-//! cuts a torn last line, skips every profile written after that point, and
-//! lists again from the cursor. When the listing is exhausted the partial
-//! file is renamed over `profiles.ndjson`, so a complete earlier file is
-//! never replaced by a half-written one.
+//! Resume rule: the checkpoint holds the listing pass and the cursor after
+//! the last page of that pass whose profiles are *all* written, and the byte
+//! offset of the partial file at that moment. A rerun cuts a torn last line,
+//! reads the ids of every profile in the file (they are settled: the listing
+//! skips them), and lists again from the cursor. When the last pass is done
+//! the partial file is renamed over `profiles.ndjson`, so a complete earlier
+//! file is never replaced by a half-written one.
 
 use crate::config::SegmentConfig;
 use crate::error::UsageError;
@@ -19,8 +19,38 @@ use crate::ui;
 use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::hash::{Hash, Hasher};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+
+/// The profiles settled so far (written, or gone), as 128-bit hashes of their
+/// ids: 16 bytes a profile, so a listing that repeats a profile (activity
+/// moves it) never writes it twice.
+#[derive(Default)]
+pub struct Seen(HashSet<u128>);
+
+impl Seen {
+    fn key(id: &str) -> u128 {
+        let mut a = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut a);
+        let mut b = std::collections::hash_map::DefaultHasher::new();
+        (0x5E6u32, id).hash(&mut b);
+        ((a.finish() as u128) << 64) | b.finish() as u128
+    }
+
+    /// Mark `id` settled; false when it already was.
+    pub fn insert(&mut self, id: &str) -> bool {
+        self.0.insert(Self::key(id))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 pub struct Journal {
     file: File,
@@ -45,14 +75,14 @@ fn has_progress(cp: &Checkpoint, partial: &Path) -> bool {
 
 impl Journal {
     /// Open the journal for `out`: resume an unfinished extraction of the same
-    /// space, or start over. Returns the profiles already written that the
-    /// listing must skip.
+    /// space, or start over. Returns the profiles already settled (written,
+    /// or gone) that the listing must skip.
     pub fn open(
         out: &Path,
         cfg: &SegmentConfig,
         fresh: bool,
         incremental: bool,
-    ) -> Result<(Journal, HashSet<String>)> {
+    ) -> Result<(Journal, Seen)> {
         let partial = state::partial(out);
         let cp_path = state::checkpoint(out);
         files::ensure_dir(&files::parent_dir(out))?;
@@ -76,7 +106,7 @@ impl Journal {
             }
             _ => None,
         };
-        let mut skip = HashSet::new();
+        let mut skip = Seen::default();
         let mut lines = 0u64;
         let resumed = match resume {
             Some(cp) => Self::read_resume_point(&partial, cp, &mut skip, &mut lines)?,
@@ -86,7 +116,7 @@ impl Journal {
             Some(cp) => cp,
             None => {
                 // A fresh start: nothing of an earlier unfinished run is kept.
-                skip.clear();
+                skip = Seen::default();
                 lines = 0;
                 let _ = std::fs::remove_file(&partial);
                 Checkpoint {
@@ -95,6 +125,7 @@ impl Journal {
                     api_url: cfg.api_url.as_str().to_string(),
                     started_at: state::now(),
                     incremental,
+                    pass: 1,
                     ..Default::default()
                 }
             }
@@ -121,7 +152,7 @@ impl Journal {
     fn read_resume_point(
         partial: &Path,
         cp: Checkpoint,
-        skip: &mut HashSet<String>,
+        skip: &mut Seen,
         lines: &mut u64,
     ) -> Result<Option<Checkpoint>> {
         let (len, dropped) = files::truncate_torn_tail(partial)?;
@@ -138,23 +169,29 @@ impl Journal {
             ));
             return Ok(None);
         }
-        skip.extend(cp.ahead.iter().cloned());
-        let mut f = File::open(partial)?;
-        f.seek(SeekFrom::Start(cp.offset))?;
-        let mut tail_lines = 0u64;
-        for line in BufReader::new(f).lines() {
+        // Every profile in the file is settled, whichever pass wrote it.
+        #[derive(serde::Deserialize)]
+        struct Head {
+            segment_id: String,
+        }
+        let f = File::open(partial)?;
+        let mut n = 0u64;
+        for (i, line) in BufReader::with_capacity(1 << 20, f).lines().enumerate() {
             let line = line?;
-            let rec: ProfileRecord = serde_json::from_str(&line).with_context(|| {
+            let head: Head = serde_json::from_str(&line).with_context(|| {
                 format!(
-                    "{}: a line after offset {} is not a profile; run `segsync extract --fresh`",
+                    "{}:{}: not a profile line; run `segsync extract --fresh`",
                     partial.display(),
-                    cp.offset
+                    i + 1
                 )
             })?;
-            skip.insert(rec.segment_id);
-            tail_lines += 1;
+            skip.insert(&head.segment_id);
+            n += 1;
         }
-        *lines = cp.lines + tail_lines;
+        for id in &cp.missing {
+            skip.insert(id);
+        }
+        *lines = n;
         ui::info(format!(
             "extract: resuming {} ({} profiles already written, {} listing pages done)",
             partial.display(),

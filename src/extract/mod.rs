@@ -17,7 +17,7 @@ pub mod journal;
 pub mod lister;
 pub mod previous;
 
-use crate::config::SegmentArgs;
+use crate::config::{IdentifierArgs, SegmentArgs};
 use crate::error::{ApiError, UsageError};
 use crate::http::HttpSettings;
 use crate::segment::SegmentClient;
@@ -63,6 +63,12 @@ pub struct Args {
     /// Reuse profiles from the previous complete file whose metadata.updated_at is unchanged
     #[arg(long)]
     pub incremental: bool,
+    /// Copy every trait and every external id of every profile (default: only
+    /// what the mapping reads, and traits only of profiles with a source_id type)
+    #[arg(long = "all-traits")]
+    pub all_traits: bool,
+    #[command(flatten)]
+    pub identifiers: IdentifierArgs,
     #[command(flatten)]
     pub segment: SegmentArgs,
 }
@@ -75,6 +81,12 @@ pub struct Summary {
     pub reused: u64,
     pub missing: u64,
     pub requests: u64,
+    /// Listing passes made (1 + re-lists).
+    pub passes: u32,
+    /// Profiles the first pass missed that a re-list found.
+    pub found_by_relisting: u64,
+    /// Listing entries skipped because the profile was already settled.
+    pub repeated: u64,
 }
 
 /// A listing page being worked on.
@@ -83,18 +95,25 @@ struct PageState {
     next: Option<String>,
     /// Profiles not yet written or found missing.
     remaining: usize,
-    /// All profiles received from the listing.
-    written: Vec<String>,
 }
+
+/// Listing passes at most: the first walk and up to five re-lists.
+pub const MAX_PASSES: u32 = 6;
 
 pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     let cfg = args.segment.resolve()?;
+    let wanted = Arc::new(fetcher::Wanted {
+        id_types: args.identifiers.types()?,
+        everything: args.all_traits,
+    });
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| state::profiles(data_dir));
-    let (mut journal, mut skip) = Journal::open(&out, &cfg, args.fresh, args.incremental)?;
+    let (mut journal, mut seen) = Journal::open(&out, &cfg, args.fresh, args.incremental)?;
     let incremental = journal.cp.incremental || args.incremental;
+    journal.cp.source_id_types = wanted.id_types.clone();
+    journal.cp.all_traits = wanted.everything;
     let mut prev = open_previous(&out, incremental)?;
 
     let settings = HttpSettings {
@@ -117,8 +136,12 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         missing: journal.cp.missing.len() as u64,
         ..Default::default()
     };
+    if journal.cp.pass > 1 && journal.cp.cursor.is_some() {
+        // Killed in the middle of a re-list: what it had found is unknown.
+        journal.cp.pass_found = journal.cp.pass_found.max(1);
+    }
 
-    let (lister, mut page_rx) =
+    let (mut lister, mut page_rx) =
         lister::spawn(client.clone(), journal.cp.cursor.clone(), LISTING_LOOKAHEAD);
     let mut in_flight = FuturesUnordered::new();
     let mut queue: VecDeque<(u64, Map<String, Value>)> = VecDeque::new();
@@ -132,10 +155,33 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         loop {
             while in_flight.len() < concurrency {
                 let Some((page, entry)) = queue.pop_front() else { break };
-                in_flight.push(fetcher::fetch(client.clone(), page, entry));
+                in_flight.push(fetcher::fetch(client.clone(), wanted.clone(), page, entry));
             }
             if listing_done && in_flight.is_empty() && queue.is_empty() {
-                break;
+                // A pass is over. The list is sorted by activity and its cursor
+                // works like an offset, so profiles that moved while we listed
+                // were skipped: list again until a pass finds nothing new.
+                commit_pages(&mut journal, &mut pages);
+                let pass = journal.cp.pass;
+                let found = journal.cp.pass_found;
+                if pass > 1 {
+                    journal.cp.found_by_relisting += found;
+                }
+                if (pass > 1 && found == 0) || pass >= MAX_PASSES {
+                    if pass >= MAX_PASSES && found > 0 {
+                        ui::warn(format!("extract: the re-list pass {pass} still found {found} profiles not yet written (the space changes faster than it can be listed); some that moved may be missing: rerun `segsync extract --incremental` later"));
+                    }
+                    break;
+                }
+                journal.cp.pass += 1;
+                journal.cp.pass_found = 0;
+                journal.cp.cursor = None;
+                journal.commit(Vec::new(), requests())?;
+                ui::debug(format!("extract: pass {pass} found {found} profiles; re-listing the space (list calls only for profiles already written)"));
+                lister.abort();
+                (lister, page_rx) = lister::spawn(client.clone(), None, LISTING_LOOKAHEAD);
+                listing_done = false;
+                continue;
             }
             // Keep a page's worth queued beyond what is in flight, so the
             // fetches never wait for the (serial) listing.
@@ -157,7 +203,6 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
                     }
                     if let Some(p) = pages.get_mut(&page) {
                         p.remaining -= 1;
-                        p.written.push(segment_id);
                     }
                 }
                 msg = page_rx.recv(), if want_page => {
@@ -167,12 +212,14 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
                         Some(Ok((page, next))) => {
                             let index = next_page_index;
                             next_page_index += 1;
-                            let mut state = PageState { next: next.clone(), remaining: 0, written: Vec::new() };
+                            let mut state = PageState { next: next.clone(), remaining: 0 };
                             for entry in page.profiles {
                                 let id = fetcher::segment_id(&entry).to_string();
-                                if skip.remove(&id) {
+                                if !seen.insert(&id) {
+                                    summary.repeated += 1;
                                     continue;
                                 }
+                                journal.cp.pass_found += 1;
                                 if let Some(line) = prev.as_mut().and_then(|p| p.reusable(&id, fetcher::updated_at(&entry))) {
                                     journal.write_line(line)?;
                                     summary.reused += 1;
@@ -191,24 +238,13 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
                     }
                 }
             }
-            // Commit every leading page whose profiles are all written.
-            let mut advanced = false;
-            while let Some(entry) = pages.first_entry() {
-                if entry.get().remaining > 0 {
-                    break;
-                }
-                let state = entry.remove();
-                journal.cp.cursor = state.next;
-                journal.cp.pages_committed += 1;
-                advanced = true;
-            }
-            if advanced && last_checkpoint.elapsed() >= Duration::from_millis(200) {
-                journal.commit(ahead(&pages), requests())?;
+            if commit_pages(&mut journal, &mut pages) && last_checkpoint.elapsed() >= Duration::from_millis(200) {
+                journal.commit(Vec::new(), requests())?;
                 last_checkpoint = Instant::now();
             }
             progress.tick(|| {
                 let s = client.stats();
-                format!("{} in flight, {} requests, {} retries, {} answered 429", in_flight.len(), s.get(&s.requests), s.get(&s.retries), s.get(&s.throttled))
+                format!("pass {}, {} in flight, {} requests, {} retries, {} answered 429", journal.cp.pass, in_flight.len(), s.get(&s.requests), s.get(&s.retries), s.get(&s.throttled))
             });
         }
         Ok(())
@@ -218,7 +254,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
 
     if let Err(e) = outcome {
         // Keep what is written; the checkpoint already points at a safe resume point.
-        let _ = journal.commit(ahead(&pages), requests());
+        let _ = journal.commit(Vec::new(), requests());
         progress.finish();
         return Err(e.context(format!(
             "extract stopped after writing {} profiles; rerun `segsync extract` to resume (checkpoint {})",
@@ -228,6 +264,8 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     }
     drop(prev);
     summary.profiles = journal.lines;
+    summary.passes = journal.cp.pass;
+    summary.found_by_relisting = journal.cp.found_by_relisting;
     journal.finish(&out, requests())?;
     progress.finish();
     summary.requests = requests();
@@ -235,12 +273,19 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     Ok(summary)
 }
 
-/// Profiles of pages not yet committed that are already written.
-fn ahead(pages: &BTreeMap<u64, PageState>) -> Vec<String> {
-    pages
-        .values()
-        .flat_map(|p| p.written.iter().cloned())
-        .collect()
+/// Commit every leading page whose profiles are all written; true if any.
+fn commit_pages(journal: &mut Journal, pages: &mut BTreeMap<u64, PageState>) -> bool {
+    let mut advanced = false;
+    while let Some(entry) = pages.first_entry() {
+        if entry.get().remaining > 0 {
+            break;
+        }
+        let state = entry.remove();
+        journal.cp.cursor = state.next;
+        journal.cp.pages_committed += 1;
+        advanced = true;
+    }
+    advanced
 }
 
 fn open_previous(out: &Path, incremental: bool) -> Result<Option<PreviousFile>> {
@@ -273,6 +318,10 @@ fn report(summary: &Summary, out: &Path, client: &SegmentClient, started: Instan
         summary.fetched,
         summary.reused,
         summary.missing
+    ));
+    ui::info(format!(
+        "extract: {} listing passes ({} profiles found by re-listing, {} repeats skipped): the list is sorted by activity, so it is re-listed until a pass finds nothing new",
+        summary.passes, summary.found_by_relisting, summary.repeated
     ));
     ui::info(format!(
         "extract: {}; {:.2} requests per fetched profile; {:.1}s, {:.1} profiles/s",

@@ -11,9 +11,9 @@ use crate::error::UsageError;
 use crate::state::ledger::{content_key, LedgerCustomer, LedgerEvent, LedgerWriter};
 use crate::state::now;
 use crate::ui::{self, Progress};
-use crate::voucherify::{AsyncAction, AsyncResult, VoucherifyClient};
+use crate::voucherify::{is_too_many_customers, AsyncAction, AsyncResult, VoucherifyClient};
 use anyhow::Result;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -36,6 +36,29 @@ pub struct Session {
     /// Average processing time of finished actions (ms), to time the first poll.
     pub processing_ms: AtomicU64,
     pub poll_timeout: Duration,
+    /// Our unfinished actions in submission order. Voucherify runs a
+    /// project's bulk jobs one at a time in that order, so only the oldest
+    /// can be finishing: it alone is polled, the others wait their turn.
+    queue: Mutex<VecDeque<String>>,
+    turn: tokio::sync::Notify,
+    /// Voucherify's time of the last finish we saw: a queued job starts
+    /// when the one before it finishes.
+    last_finished: Mutex<Option<jiff::Timestamp>>,
+}
+
+/// Holds an action's place in the queue; leaving it lets the next one poll.
+struct QueuePlace<'a> {
+    s: &'a Session,
+    id: String,
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut q) = self.s.queue.lock() {
+            q.retain(|x| x != &self.id);
+        }
+        self.s.turn.notify_waiters();
+    }
 }
 
 impl Session {
@@ -53,6 +76,38 @@ impl Session {
             stop: AtomicBool::new(false),
             processing_ms: AtomicU64::new(500),
             poll_timeout,
+            queue: Mutex::new(VecDeque::new()),
+            turn: tokio::sync::Notify::new(),
+            last_finished: Mutex::new(None),
+        }
+    }
+
+    /// Join the queue of unfinished actions (at submission).
+    fn enqueue(&self, id: &str) -> QueuePlace<'_> {
+        if let Ok(mut q) = self.queue.lock() {
+            q.push_back(id.to_string());
+        }
+        QueuePlace {
+            s: self,
+            id: id.to_string(),
+        }
+    }
+
+    /// Wait until every action submitted before `id` has finished.
+    async fn wait_turn(&self, id: &str) {
+        loop {
+            let notified = self.turn.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let first = self
+                .queue
+                .lock()
+                .map(|q| q.front().is_none_or(|f| f == id))
+                .unwrap_or(true);
+            if first {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -82,9 +137,12 @@ fn send_batch_inner<'a>(
     Box::pin(async move {
         let id = match s.client.bulk_upsert(batch.body()).await {
             Ok(id) => id,
-            Err(e) if e.status() == Some(413) && batch.customers.len() > 1 => {
+            Err(e)
+                if (e.status() == Some(413) || is_too_many_customers(&e))
+                    && batch.customers.len() > 1 =>
+            {
                 ui::debug(format!(
-                    "load: a batch of {} customers was too large (413); splitting it",
+                    "load: a batch of {} customers was refused as too large ({e}); splitting it",
                     batch.customers.len()
                 ));
                 let (first, second) = batch.split();
@@ -111,13 +169,16 @@ fn send_batch_inner<'a>(
                 line: c.line,
             })
             .collect();
+        let place = s.enqueue(&id);
         s.ledger.append(&LedgerEvent::Submitted {
             at: now(),
             target: s.ledger.target.clone(),
             async_action_id: id.clone(),
             customers: customers.clone(),
         })?;
+        s.wait_turn(&id).await;
         confirm(s, &id, customers, Duration::MAX).await?;
+        drop(place);
         progress.inc(n);
         Ok(())
     })
@@ -130,8 +191,12 @@ pub struct PollTiming {
     pub first: Duration,
     /// How long an action typically takes; later looks back off from it.
     pub typical: Duration,
-    /// Give up (the action stays pending in the ledger) after this long.
+    /// Give up (the action stays pending in the ledger) after this long,
+    /// counted from when the action leaves ENQUEUED: time spent waiting in
+    /// Voucherify's queue behind other jobs is not the action's fault.
     pub timeout: Duration,
+    /// Give up after this long with the action still ENQUEUED.
+    pub queue_timeout: Duration,
 }
 
 /// Look at an action until it is DONE or FAILED: first after `first`, then
@@ -146,18 +211,27 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<AsyncAction>>,
 {
-    let started = tokio::time::Instant::now();
+    let submitted = tokio::time::Instant::now();
+    let mut running_since = None;
     let mut wait = timing.first;
     let mut polls = 0u32;
     loop {
         tokio::time::sleep(wait).await;
         polls += 1;
         let a = look().await?;
-        if matches!(a.status.as_str(), "DONE" | "FAILED") {
+        if a.is_finished() {
             return Ok((a, polls));
         }
-        if started.elapsed() >= timing.timeout {
-            anyhow::bail!("async action {id} is still {} after {:?}; it stays in the ledger and the next `segsync load` checks it again", a.status, timing.timeout);
+        let (since, limit) = if a.status() == "ENQUEUED" {
+            (submitted, timing.queue_timeout)
+        } else {
+            (
+                *running_since.get_or_insert_with(tokio::time::Instant::now),
+                timing.timeout,
+            )
+        };
+        if since.elapsed() >= limit {
+            anyhow::bail!("async action {id} is still {} after {limit:?}; it stays in the ledger and the next `segsync load` checks it again", if a.status().is_empty() { "unfinished (no status)" } else { a.status() });
         }
         wait = (wait * 2).clamp(timing.typical / 2, Duration::from_secs(10));
     }
@@ -180,6 +254,7 @@ pub async fn confirm(
         first: first_wait.min(typical),
         typical,
         timeout: s.poll_timeout,
+        queue_timeout: s.poll_timeout.max(Duration::from_secs(3600)),
     };
     let (action, polls) = poll_until_finished(id, timing, || async {
         s.polls.fetch_add(1, Ordering::Relaxed);
@@ -192,13 +267,31 @@ pub async fn confirm(
     let old = s.processing_ms.load(Ordering::Relaxed);
     let next = next_processing_estimate(
         old,
-        action.processing_time,
+        service_time(s, &action).or(action.processing_time),
         polls,
         timing.first,
         started.elapsed(),
     );
     s.processing_ms.store(next, Ordering::Relaxed);
     settle(s, id, customers, action)
+}
+
+/// How long the job itself ran, by Voucherify's own clock: from its start
+/// (its creation, or the finish of the job queued before it, whichever is
+/// later) to its finish. `processing_time` counts the queue wait too.
+fn service_time(s: &Session, action: &AsyncAction) -> Option<u64> {
+    let parse = |t: &Option<String>| t.as_deref().and_then(crate::dates::parse_timestamp);
+    let (created, finished) = (parse(&action.created_at)?, parse(&action.updated_at)?);
+    let mut last = s.last_finished.lock().ok()?;
+    let start = match *last {
+        Some(prev) if prev > created => prev,
+        _ => created,
+    };
+    if last.is_none_or(|l| finished > l) {
+        *last = Some(finished);
+    }
+    let ms = finished.duration_since(start).as_millis();
+    (ms >= 0).then_some(ms as u64)
 }
 
 /// Record what a finished action says about its customers.
@@ -208,7 +301,8 @@ fn settle(
     customers: Vec<LedgerCustomer>,
     action: AsyncAction,
 ) -> Result<Vec<u128>> {
-    if action.status == "FAILED" {
+    let status = action.status().to_string();
+    if status == "FAILED" {
         let why = format!("async action {id} FAILED as a whole");
         return abandon(s, id, &customers, "async_action_failed", &why);
     }
@@ -221,9 +315,9 @@ fn settle(
                 None => "the finished async action has no result".to_string(),
                 Some(r) => format!(
                     "the result counts {} done and {} failed but names {} failures, for {} customers sent",
-                    r.done_count,
-                    r.failed_count,
-                    r.errors.len(),
+                    r.done(),
+                    r.failed(),
+                    r.errors().len(),
                     customers.len()
                 ),
             };
@@ -237,7 +331,7 @@ fn settle(
         .map(|c| (c.source_id.as_str(), c.line))
         .collect();
     let mut failed_ids: HashSet<String> = HashSet::new();
-    s.report(result.errors.iter().map(|e| {
+    s.report(result.errors().iter().map(|e| {
         let sid = e.source_id.clone().unwrap_or_default();
         failed_ids.insert(sid.clone());
         ReportRow {
@@ -258,7 +352,7 @@ fn settle(
         at: now(),
         target: s.ledger.target.clone(),
         async_action_id: id.to_string(),
-        status: action.status,
+        status,
         done,
         failed,
     })?;
@@ -296,13 +390,13 @@ pub fn abandon(
 /// cover the batch and every failure is named by a `source_id` we sent.
 pub fn accounts_for_all(r: &AsyncResult, sent: &[LedgerCustomer]) -> bool {
     let named: HashSet<&str> = r
-        .errors
+        .errors()
         .iter()
         .filter_map(|e| e.source_id.as_deref())
         .collect();
     let ours: HashSet<&str> = sent.iter().map(|c| c.source_id.as_str()).collect();
-    r.done_count + r.failed_count >= sent.len() as u64
-        && named.len() as u64 >= r.failed_count
+    r.done() + r.failed() >= sent.len() as u64
+        && named.len() as u64 >= r.failed()
         && named.iter().all(|s| ours.contains(s))
 }
 
@@ -383,9 +477,9 @@ mod tests {
             ..Default::default()
         };
         let result = |done, failed, errors| AsyncResult {
-            done_count: done,
-            failed_count: failed,
-            errors,
+            done_count: Some(done),
+            failed_count: Some(failed),
+            errors: Some(errors),
         };
         assert!(accounts_for_all(&result(2, 1, vec![err(Some("b"))]), &sent));
         assert!(!accounts_for_all(&result(2, 1, vec![err(None)]), &sent));
@@ -408,6 +502,7 @@ mod tests {
             first: Duration::from_millis(100),
             typical: Duration::from_millis(400),
             timeout: Duration::from_secs(30),
+            queue_timeout: Duration::from_secs(3600),
         };
         let err = poll_until_finished("aa_1", timing, || {
             seen.push(start.elapsed());
@@ -417,8 +512,42 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("still IN_PROGRESS"), "{err}");
         let ms: Vec<u128> = seen.iter().map(|d| d.as_millis()).collect();
-        // 100, then doubling from the floor of typical/2 (200) up to 10 s.
+        // 100, then doubling from the floor of typical/2 (200) up to 10 s;
+        // the timeout counts from the first look that saw it running (100 ms).
         assert_eq!(ms, [100, 300, 700, 1500, 3100, 6300, 12700, 22700, 32700]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_spent_enqueued_behind_other_jobs_does_not_count_toward_the_timeout() {
+        let start = tokio::time::Instant::now();
+        let timing = PollTiming {
+            first: Duration::from_millis(100),
+            typical: Duration::from_millis(400),
+            timeout: Duration::from_secs(30),
+            queue_timeout: Duration::from_secs(3600),
+        };
+        // Queued for 100 s, then running for 20 s, then done.
+        let (a, _) = poll_until_finished("aa_1", timing, || {
+            let t = start.elapsed().as_secs();
+            let status = match t {
+                0..100 => "ENQUEUED",
+                100..120 => "IN_PROGRESS",
+                _ => "DONE",
+            };
+            async move { Ok(action(status)) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(a.status(), "DONE");
+        // Still queued after the queue timeout: give up, saying so.
+        let timing = PollTiming {
+            queue_timeout: Duration::from_secs(60),
+            ..timing
+        };
+        let e = poll_until_finished("aa_2", timing, || async { Ok(action("ENQUEUED")) })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("still ENQUEUED"), "{e}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -428,6 +557,7 @@ mod tests {
             first: Duration::ZERO,
             typical: Duration::from_millis(100),
             timeout: Duration::from_secs(30),
+            queue_timeout: Duration::from_secs(3600),
         };
         let (a, polls) = poll_until_finished("aa_1", timing, || {
             n += 1;
@@ -436,6 +566,6 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!((a.status.as_str(), polls), ("DONE", 3));
+        assert_eq!((a.status(), polls), ("DONE", 3));
     }
 }

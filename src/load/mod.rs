@@ -48,10 +48,12 @@ pub const DEFAULT_MAX_BATCH_BYTES: u64 = 5_000_000;
 pub const DEFAULT_CONCURRENCY: u32 = 4;
 pub const DEFAULT_POLL_TIMEOUT: u64 = 900;
 
-/// `--batch-size`: 1 to 10,000 customers.
+/// `--batch-size`: 1 to 100 customers, Voucherify's cap for one bulk request.
 pub fn batch_size_parser() -> clap::builder::RangedI64ValueParser<u32> {
-    clap::value_parser!(u32).range(1..=10_000)
+    clap::value_parser!(u32).range(1..=crate::voucherify::MAX_BULK_CUSTOMERS as i64)
 }
+
+pub const DEFAULT_MAX_WAIT: u64 = 15;
 
 /// `--concurrency`: 1 to 64 batches in flight.
 pub fn concurrency_parser() -> clap::builder::RangedI64ValueParser<u32> {
@@ -63,7 +65,7 @@ pub struct Args {
     /// Customers CSV to load, generated or hand-written [default: DATA_DIR/customers.csv]
     #[arg(long = "in", value_name = "FILE")]
     pub input: Option<PathBuf>,
-    /// Customers per bulk request
+    /// Customers per bulk request (Voucherify accepts at most 100)
     #[arg(long = "batch-size", default_value_t = DEFAULT_BATCH_SIZE, value_parser = batch_size_parser())]
     pub batch_size: u32,
     /// Largest request body in bytes (Voucherify refuses more than 10 MB)
@@ -78,6 +80,9 @@ pub struct Args {
     /// Longest wait for one async action to finish
     #[arg(long = "poll-timeout", default_value_t = DEFAULT_POLL_TIMEOUT, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub poll_timeout: u64,
+    /// Longest wait for Voucherify's hourly bulk quota to refill before stopping (the monthly quota always stops at once)
+    #[arg(long = "max-wait", default_value_t = DEFAULT_MAX_WAIT, value_name = "MINUTES")]
+    pub max_wait: u64,
     /// Validate and show what would be sent, without sending anything
     #[arg(long = "dry-run")]
     pub dry_run: bool,
@@ -206,7 +211,10 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         rate_period: Duration::from_secs(60),
         burst: Some(1),
         timeout: Duration::from_secs(120),
-        ..Default::default()
+        policy: crate::http::RetryPolicy {
+            max_quota_wait: Duration::from_secs(args.max_wait * 60),
+            ..Default::default()
+        },
     };
     let session = Arc::new(Session::new(
         VoucherifyClient::new(cfg, settings)?,
@@ -306,6 +314,13 @@ fn dry_run(mut b: Batcher, validated: &Validated) -> Result<u64> {
         customers,
         batches,
         bytes as f64 / 1024.0
+    ));
+    // Each batch is one bulk call and, as Voucherify runs bulk jobs one at a
+    // time and segsync polls only the oldest, about one poll.
+    ui::info(format!(
+        "load --dry-run: cost about {} Voucherify API calls ({batches} bulk requests + about {batches} polls); \
+         a Business plan allows 100 a minute and 100,000 a month, an Organization plan 2,000 and 300,000",
+        batches * 2
     ));
     if let Some((s, n)) = sample {
         println!("First request body (first 2 of its {n} customers):\n{s}");

@@ -31,6 +31,8 @@ pub struct Stats {
     pub customers_received: AtomicU64,
     /// Customers accepted without a `source_id` (a careless client's mark).
     pub without_source_id: AtomicU64,
+    /// Profiles that got activity (touch, churn).
+    pub activity: AtomicU64,
 }
 
 /// Holds a request's place in the in-flight count until dropped.
@@ -84,6 +86,7 @@ impl Stats {
             "customers_received": get(&self.customers_received),
             "bulk_requests_rejected": get(&self.bulk_rejected),
             "profiles": st.data.n,
+            "activity": get(&self.activity),
         })
     }
 }
@@ -108,7 +111,19 @@ pub async fn stats(State(st): State<Arc<AppState>>) -> Response {
     Json(st.stats.to_json(&st)).into_response()
 }
 
-/// Change `count` profiles spread over the space: a new version each.
+/// Profile `index` gets activity: a new version (new `updated_at`, new
+/// description) and the head of the listing.
+pub fn activity(st: &AppState, index: u64) {
+    if let Ok(mut v) = st.versions.write() {
+        *v.entry(index).or_default() += 1;
+    }
+    if let Ok(mut o) = st.order.write() {
+        o.touch(index);
+    }
+    st.stats.activity.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Change `count` profiles spread over the space.
 pub fn touch_profiles(st: &AppState, count: u64) -> Vec<String> {
     let n = st.data.n;
     if n == 0 || count == 0 {
@@ -116,15 +131,35 @@ pub fn touch_profiles(st: &AppState, count: u64) -> Vec<String> {
     }
     let count = count.min(n);
     let step = n / count;
-    let mut touched = Vec::new();
-    if let Ok(mut v) = st.versions.write() {
-        for k in 0..count {
+    (0..count)
+        .map(|k| {
             let i = (k * step + step / 2).min(n - 1);
-            *v.entry(i).or_default() += 1;
-            touched.push(st.data.segment_id(i));
-        }
+            activity(st, i);
+            st.data.segment_id(i)
+        })
+        .collect()
+}
+
+/// `--churn N`: N random profiles a second get activity, in ticks of 50 ms.
+pub fn start_churn(st: Arc<AppState>) {
+    let per_sec = st.opts.churn;
+    if per_sec == 0 || st.data.n == 0 {
+        return;
     }
-    touched
+    tokio::spawn(async move {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(st.opts.seed ^ 0xC4_u64);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        let mut owed = 0f64;
+        loop {
+            tick.tick().await;
+            owed += per_sec as f64 / 20.0;
+            while owed >= 1.0 {
+                owed -= 1.0;
+                activity(&st, rng.gen_range(0..st.data.n));
+            }
+        }
+    });
 }
 
 pub async fn touch(

@@ -19,6 +19,44 @@ pub struct Limits {
     segment: Option<DefaultDirectRateLimiter>,
     /// Window start (monotonic), window end (epoch seconds, rounded up), requests in it.
     voucherify: Mutex<(Instant, u64, u32)>,
+    /// Calls made in the monthly cycle.
+    cycle_used: std::sync::atomic::AtomicU64,
+    /// The bulk-call bucket: window start, window end (epoch s), calls in it.
+    bulk: Mutex<(Instant, u64, u32)>,
+}
+
+/// Epoch second of the first day of next month (UTC): when a cycle resets.
+fn next_month_epoch() -> u64 {
+    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+    let first = now.date().first_of_month();
+    first
+        .checked_add(jiff::Span::new().months(1))
+        .ok()
+        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+        .map(|z| z.timestamp().as_second() as u64)
+        .unwrap_or(u64::MAX)
+}
+
+/// A 429 with Voucherify's documented headers for quota `kind`.
+fn quota_429(kind: &str, limit: u64, reset_epoch: u64, message: &str) -> Response {
+    let mut resp = (
+        StatusCode::TOO_MANY_REQUESTS,
+        Json(json!({"code": 429, "message": message, "key": "too_many_requests"})),
+    )
+        .into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        "x-rate-limit-type",
+        HeaderValue::from_str(kind).unwrap_or(HeaderValue::from_static("api_calls")),
+    );
+    h.insert("x-rate-limit-limit", HeaderValue::from(limit));
+    h.insert("x-rate-limit-remaining", HeaderValue::from(0));
+    h.insert("x-rate-limit-retry", HeaderValue::from(reset_epoch));
+    h.insert(
+        "retry-after",
+        HeaderValue::from(reset_epoch.saturating_sub(epoch_now()).max(1)),
+    );
+    resp
 }
 
 /// Where a Voucherify request stands in its window, for the answer's headers.
@@ -51,7 +89,48 @@ impl Limits {
             segment: NonZeroU32::new(opts.segment_rps)
                 .map(|rps| RateLimiter::direct(Quota::per_second(rps))),
             voucherify: Mutex::new((Instant::now(), window_end(opts.voucherify_window), 0)),
+            cycle_used: std::sync::atomic::AtomicU64::new(0),
+            bulk: Mutex::new((Instant::now(), window_end(opts.bulk_window), 0)),
         }
+    }
+
+    /// The monthly cycle and the hourly bulk bucket. Err: the 429 to answer.
+    #[allow(clippy::result_large_err)]
+    pub fn voucherify_quotas(&self, st: &AppState, bulk: bool) -> Result<(), Response> {
+        if let Some(quota) = st.opts.cycle_quota {
+            if self.cycle_used.fetch_add(1, Ordering::Relaxed) >= quota {
+                st.stats
+                    .throttled_voucherify
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(quota_429(
+                    "api_calls_cycle",
+                    quota,
+                    next_month_epoch(),
+                    "You have exceeded the API calls limit of your plan for the current billing cycle.",
+                ));
+            }
+        }
+        if let (Some(quota), true) = (st.opts.bulk_quota, bulk) {
+            let Ok(mut w) = self.bulk.lock() else {
+                return Err(StatusCode::INTERNAL_SERVER_ERROR.into_response());
+            };
+            if w.0.elapsed() >= st.opts.bulk_window {
+                *w = (Instant::now(), window_end(st.opts.bulk_window), 0);
+            }
+            if w.2 >= quota {
+                st.stats
+                    .throttled_voucherify
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(quota_429(
+                    "bulk_api_calls",
+                    quota as u64,
+                    w.1,
+                    "Too many bulk requests hit the API.",
+                ));
+            }
+            w.2 += 1;
+        }
+        Ok(())
     }
 
     /// None: go on. Some: the 429 to answer.

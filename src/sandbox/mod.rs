@@ -10,6 +10,7 @@
 //! `data` is the deterministic synthetic space, `schema` the vendor's JSON
 //! schema of the bulk request.
 
+pub mod activity;
 pub mod admin;
 pub mod data;
 pub mod faults;
@@ -47,6 +48,18 @@ pub struct SandboxOptions {
     pub voucherify_window: Duration,
     /// Largest request body Voucherify accepts (10 MB; smaller in tests).
     pub max_body_bytes: usize,
+    /// Answer absent async-action fields with explicit nulls (`errors: null`,
+    /// `result: null` while queued), as the OpenAPI description allows.
+    pub null_fields: bool,
+    /// API calls left in the monthly cycle before 429 `api_calls_cycle`.
+    pub cycle_quota: Option<u64>,
+    /// Bulk calls allowed per `bulk_window` before 429 `bulk_api_calls`.
+    pub bulk_quota: Option<u32>,
+    /// Length of the bulk-call bucket (an hour; shorter in tests).
+    pub bulk_window: Duration,
+    /// Profiles a second that get activity (moved to the head of the
+    /// activity-sorted listing, `updated_at` bumped).
+    pub churn: u32,
     /// Break the API contract in one way, to test the client's defences.
     pub misbehave: Option<Misbehave>,
 }
@@ -87,6 +100,11 @@ impl Default for SandboxOptions {
             processing_ms: 200,
             voucherify_window: Duration::from_secs(60),
             max_body_bytes: MAX_BODY,
+            null_fields: false,
+            cycle_quota: None,
+            bulk_quota: None,
+            bulk_window: Duration::from_secs(3600),
+            churn: 0,
             misbehave: None,
         }
     }
@@ -108,6 +126,8 @@ pub struct AppState {
     pub data: Dataset,
     /// How often each profile changed since start.
     pub versions: RwLock<HashMap<u64, u32>>,
+    /// The listing's activity order.
+    pub order: RwLock<activity::ActivityOrder>,
     /// Profiles deleted after listing (404 on the detail endpoints).
     pub vanished: RwLock<HashSet<u64>>,
     /// The customers Voucherify holds, by `source_id`.
@@ -120,6 +140,8 @@ pub struct AppState {
     pub limits: limits::Limits,
     /// Request and action id sequence.
     pub seq: AtomicU64,
+    /// The project's bulk job queue.
+    pub jobs: tokio::sync::mpsc::UnboundedSender<voucherify::Job>,
 }
 
 /// Seconds since the epoch, by the sandbox's own clock.
@@ -154,13 +176,16 @@ impl Sandbox {
             app_id: format!("sbx-app-{}", hex(8)),
             secret_key: format!("sbx_key_{}", hex(24)),
         };
+        let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
         let state = Arc::new(AppState {
+            jobs,
             data: Dataset {
                 seed: opts.seed,
                 n: opts.profiles,
             },
             creds: creds.clone(),
             versions: RwLock::default(),
+            order: RwLock::default(),
             vanished: RwLock::default(),
             customers: Mutex::default(),
             receipts: Mutex::default(),
@@ -171,6 +196,8 @@ impl Sandbox {
             seq: AtomicU64::new(0),
             opts,
         });
+        voucherify::start_queue(state.clone(), queue);
+        admin::start_churn(state.clone());
         let base = "/v1/spaces/{space}/collections/users/profiles";
         let app = Router::new()
             .route(base, get(segment::list_profiles))
@@ -337,6 +364,11 @@ async fn gate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
         Api::Voucherify => {
             if !voucherify::authorized(&st, req.headers()) {
                 return voucherify::unauthorized();
+            }
+            let bulk =
+                path.starts_with("/v1/customers/bulk") && req.method() == axum::http::Method::POST;
+            if let Err(resp) = st.limits.voucherify_quotas(&st, bulk) {
+                return resp;
             }
             let window = match st.limits.voucherify(&st) {
                 Ok(w) => w,

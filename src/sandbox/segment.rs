@@ -142,9 +142,14 @@ pub async fn list_profiles(
     };
     let end = (offset + limit).min(n);
     let versions = st.versions.read().map(|v| v.clone()).unwrap_or_default();
-    let data: Vec<Value> = (offset.min(n)..end)
+    let indices = st
+        .order
+        .read()
+        .map(|o| o.page(offset.min(n), end.saturating_sub(offset), st.data.n))
+        .unwrap_or_default();
+    let data: Vec<Value> = indices
+        .into_iter()
         .map(|i| {
-            let i = i as u64;
             json!({"segment_id": st.data.segment_id(i), "metadata": st.data.metadata(i, versions.get(&i).copied().unwrap_or(0))})
         })
         .collect();
@@ -196,6 +201,15 @@ fn lookup(st: &AppState, space: &str, id: &str) -> Result<data::GeneratedProfile
     Ok(st.data.profile(index, version))
 }
 
+/// `include=a,b` as a set of names (None: everything).
+fn include(q: &HashMap<String, String>) -> Option<Vec<String>> {
+    q.get("include")
+        .filter(|s| !s.is_empty())
+        .map(|s| s.split(',').map(str::to_string).collect())
+}
+
+/// Traits are paged by trait name, as Segment documents (`next: "browser"`):
+/// the cursor is the name of the first trait of the next page.
 pub async fn traits(
     State(st): State<Arc<AppState>>,
     Path((space, id)): Path<(String, String)>,
@@ -205,23 +219,60 @@ pub async fn traits(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let (limit, offset) = match paging(&q, "t", 200) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let limit = match q.get("limit") {
+        None => 10,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=200).contains(&n) => n,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "validation_error",
+                    "limit must be an integer between 1 and 200",
+                )
+            }
+        },
     };
-    let total = p.traits.len();
-    let end = (offset + limit).min(total);
-    let page: Map<String, Value> = p
+    let wanted = include(&q);
+    let all: Vec<(String, Value)> = p
         .traits
         .into_iter()
-        .skip(offset)
-        .take(end.saturating_sub(offset))
+        .filter(|(k, _)| wanted.as_ref().is_none_or(|w| w.contains(k)))
         .collect();
+    let start = match q.get("next").filter(|s| !s.is_empty()) {
+        None => 0,
+        Some(name) => match all.iter().position(|(k, _)| k == name) {
+            Some(i) => i,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "validation_error",
+                    "invalid cursor",
+                )
+            }
+        },
+    };
+    let end = (start + limit).min(all.len());
+    let has_more = end < all.len();
+    let next = if has_more {
+        all[end].0.clone()
+    } else {
+        String::new()
+    };
+    let page: Map<String, Value> = all[start..end].iter().cloned().collect();
     let path = format!("/v1/spaces/{space}/collections/users/profiles/{id}/traits");
     if st.opts.misbehave == Some(Misbehave::EndlessCursor) {
-        return Json(json!({"traits": page, "cursor": cursor_json(&path, "t", limit, offset.max(1), usize::MAX)})).into_response();
+        let first = page.keys().next().cloned().unwrap_or_default();
+        return Json(
+            json!({"traits": page, "cursor": {"url": path, "has_more": true, "next": first}}),
+        )
+        .into_response();
     }
-    Json(json!({"traits": page, "cursor": cursor_json(&path, "t", limit, end, total)}))
+    let url = if has_more {
+        format!("{path}?limit={limit}&next={next}")
+    } else {
+        String::new()
+    };
+    Json(json!({"traits": page, "cursor": {"url": url, "has_more": has_more, "next": next}}))
         .into_response()
 }
 
@@ -238,10 +289,21 @@ pub async fn external_ids(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let total = p.external_ids.len();
-    let end = (offset + limit).min(total);
-    let page: Vec<Value> = p
+    let wanted = include(&q);
+    let ids: Vec<Value> = p
         .external_ids
+        .into_iter()
+        .filter(|e| {
+            wanted.as_ref().is_none_or(|w| {
+                e.get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| w.iter().any(|x| x == t))
+            })
+        })
+        .collect();
+    let total = ids.len();
+    let end = (offset + limit).min(total);
+    let page: Vec<Value> = ids
         .into_iter()
         .skip(offset)
         .take(end.saturating_sub(offset))

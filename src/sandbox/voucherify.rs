@@ -5,7 +5,7 @@
 //! upsert by `source_id` that merges what a request gives into what the
 //! project holds. Auth by `X-App-Id` and `X-App-Token`.
 
-use super::{data, epoch_now, schema, AppState, Misbehave};
+use super::{schema, AppState, Misbehave};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -17,13 +17,56 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Customers one bulk request may carry (a Voucherify maintainer, in
+/// voucherify-java-sdk PR #113; the seed's README: "a maximum of 100 records").
+pub const MAX_CUSTOMERS: usize = 100;
+
 /// An async action the project holds.
 pub struct Action {
     created: Instant,
     finished: Option<Instant>,
     created_at: String,
+    /// When the status last changed (the vendor's example: `updated_at` is
+    /// the finish time of a DONE action, `processing_time` the time from
+    /// creation to it, queue wait included).
+    updated_at: String,
     status: &'static str,
     result: Option<Value>,
+}
+
+/// A bulk job waiting in the project's queue.
+pub struct Job {
+    id: String,
+    customers: Vec<Value>,
+    first: bool,
+}
+
+/// Voucherify's documented queue: "the request is put into a queue and
+/// processed once every other bulk request placed in the queue prior to this
+/// request is finished". One worker, one job at a time, in submission order,
+/// each taking `--processing-ms`.
+pub fn start_queue(st: Arc<AppState>, mut jobs: tokio::sync::mpsc::UnboundedReceiver<Job>) {
+    tokio::spawn(async move {
+        while let Some(job) = jobs.recv().await {
+            set_status(&st, &job.id, "IN_PROGRESS", None);
+            if st.opts.misbehave == Some(Misbehave::StuckAction) {
+                // The job never finishes, and the queue behind it never moves.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(st.opts.processing_ms)).await;
+            if st.opts.misbehave == Some(Misbehave::FailFirstAction) && job.first {
+                set_status(&st, &job.id, "FAILED", None);
+                continue;
+            }
+            let result = process(&st, job.customers);
+            set_status(&st, &job.id, "DONE", Some(result));
+        }
+    });
+}
+
+/// Now as RFC 3339 with milliseconds.
+fn now_text() -> String {
+    format!("{:.3}", jiff::Timestamp::now())
 }
 
 pub fn error(status: StatusCode, message: &str, details: &str, key: &str) -> Response {
@@ -97,6 +140,15 @@ pub async fn bulk_async(State(st): State<Arc<AppState>>, body: Bytes) -> Respons
         );
     }
     let customers = v.as_array().cloned().unwrap_or_default();
+    if customers.len() > MAX_CUSTOMERS {
+        st.stats.bulk_rejected.fetch_add(1, Ordering::Relaxed);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Too many customers",
+            &format!("Specify at most {MAX_CUSTOMERS} customers"),
+            "too_many_customers",
+        );
+    }
     st.stats
         .customers_received
         .fetch_add(customers.len() as u64, Ordering::Relaxed);
@@ -118,33 +170,23 @@ pub async fn bulk_async(State(st): State<Arc<AppState>>, body: Bytes) -> Respons
         seq & 0xffff
     );
     if let Ok(mut a) = st.actions.lock() {
+        let now = now_text();
         a.insert(
             id.clone(),
             Action {
                 created: Instant::now(),
                 finished: None,
-                created_at: data::iso(epoch_now() as i64),
+                created_at: now.clone(),
+                updated_at: now,
                 status: "ENQUEUED",
                 result: None,
             },
         );
     }
-    let st2 = st.clone();
-    let id2 = id.clone();
-    tokio::spawn(async move {
-        let half = Duration::from_millis(st2.opts.processing_ms / 2);
-        tokio::time::sleep(half).await;
-        set_status(&st2, &id2, "IN_PROGRESS", None);
-        if st2.opts.misbehave == Some(Misbehave::StuckAction) {
-            return;
-        }
-        tokio::time::sleep(half).await;
-        if st2.opts.misbehave == Some(Misbehave::FailFirstAction) && first {
-            set_status(&st2, &id2, "FAILED", None);
-            return;
-        }
-        let result = process(&st2, customers);
-        set_status(&st2, &id2, "DONE", Some(result));
+    let _ = st.jobs.send(Job {
+        id: id.clone(),
+        customers,
+        first,
     });
     (StatusCode::ACCEPTED, Json(json!({"async_action_id": id}))).into_response()
 }
@@ -153,6 +195,7 @@ fn set_status(st: &AppState, id: &str, status: &'static str, result: Option<Valu
     if let Ok(mut a) = st.actions.lock() {
         if let Some(action) = a.get_mut(id) {
             action.status = status;
+            action.updated_at = now_text();
             if status == "DONE" || status == "FAILED" {
                 action.finished = Some(Instant::now());
             }
@@ -255,29 +298,43 @@ pub async fn async_action(State(st): State<Arc<AppState>>, Path(id): Path<String
             "not_found",
         );
     };
+    let nulls = st.opts.null_fields;
     let progress = match a.status {
-        "DONE" => 100,
-        "IN_PROGRESS" => 50,
-        _ => 0,
+        "DONE" => json!(100),
+        "IN_PROGRESS" => json!(50),
+        _ if nulls => Value::Null,
+        _ => json!(0),
     };
     let mut body = json!({
         "id": id,
-        "type": "CUSTOMERS.BULK_UPSERT",
+        "type": "CUSTOMERS.BULK_UPDATE",
         "status": a.status,
         "created_at": a.created_at,
-        "updated_at": data::iso(epoch_now() as i64),
+        "updated_at": a.updated_at,
         "request_id": format!("v-{id}"),
         "progress": progress,
-        "processing_time": a.finished.unwrap_or_else(Instant::now).duration_since(a.created).as_millis() as u64,
+        "processing_time": a.finished.map(|f| f.duration_since(a.created).as_millis() as u64),
+        "result": Value::Null,
         "object": "async_action",
     });
     if let Some(r) = &a.result {
-        body["operation_status"] = json!(if r["failed_count"].as_u64() == Some(0) {
+        let failed = r["failed_count"].as_u64().unwrap_or(0);
+        body["operation_status"] = json!(if failed == 0 {
             "SUCCESS"
         } else {
             "PARTIAL_SUCCESS"
         });
-        body["result"] = r.clone();
+        let mut r = r.clone();
+        if nulls && failed == 0 {
+            // The OpenAPI description marks these nullable: null means absent.
+            r["errors"] = Value::Null;
+            r["failed_count"] = Value::Null;
+        }
+        body["result"] = r;
+    } else if !nulls {
+        if let Some(o) = body.as_object_mut() {
+            o.remove("result");
+        }
     }
     Json(body).into_response()
 }

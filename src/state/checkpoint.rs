@@ -32,6 +32,26 @@ pub struct Checkpoint {
     pub missing: Vec<String>,
     pub reused: u64,
     pub requests: u64,
+    /// Listing pass: 1 is the first walk of the list; later passes re-list
+    /// the space to find profiles that activity moved past the cursor.
+    #[serde(default = "one")]
+    pub pass: u32,
+    /// Profiles the current pass found that were not yet written.
+    #[serde(default)]
+    pub pass_found: u64,
+    /// Profiles found by re-listing (passes after the first), in all.
+    #[serde(default)]
+    pub found_by_relisting: u64,
+    /// External-id types extract asked for (what `source_id` can come from).
+    #[serde(default)]
+    pub source_id_types: Vec<String>,
+    /// Every trait and id was copied (`--all-traits`).
+    #[serde(default)]
+    pub all_traits: bool,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Read a checkpoint; None when there is none.

@@ -49,26 +49,13 @@ pub struct Args {
     #[arg(long = "rejected", value_name = "FILE")]
     pub rejected: Option<PathBuf>,
     #[command(flatten)]
-    pub identifiers: IdentifierArgs,
+    pub identifiers: crate::config::IdentifierArgs,
     /// Overwrite customers.csv even if it was edited after transform wrote it
     #[arg(long)]
     pub force: bool,
     /// Send malformed lines of the input to rejected.csv instead of stopping
     #[arg(long = "skip-invalid")]
     pub skip_invalid: bool,
-}
-
-/// Which external ids become `source_id`; shared by `transform` and `run`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct IdentifierArgs {
-    /// External-id type(s) used as source_id; a comma list is a fallback order
-    #[arg(
-        long = "source-id-type",
-        env = "IDENTIFIER_SAVED_AS_SOURCE_ID",
-        default_value = "user_id",
-        value_name = "TYPES"
-    )]
-    pub source_id_type: String,
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +133,32 @@ fn chunks(mut reader: impl BufRead) -> impl Iterator<Item = std::io::Result<Chun
     })
 }
 
+/// Extract fetches only the external-id types that can become `source_id`
+/// (and traits only for profiles that have one): a transform asking for
+/// other types would silently reject profiles whose ids were never fetched.
+fn check_extracted_for(input: &Path, id_types: &[String]) -> Result<()> {
+    let Ok(Some(cp)) = state::checkpoint::read(&state::checkpoint(input)) else {
+        return Ok(());
+    };
+    if cp.all_traits || cp.source_id_types.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<&String> = id_types
+        .iter()
+        .filter(|t| !cp.source_id_types.contains(t))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(UsageError::new(format!(
+        "{} was extracted for source_id types {} only, so it holds no {} ids: rerun `segsync extract --fresh` with the same --source-id-type (or IDENTIFIER_SAVED_AS_SOURCE_ID) as transform",
+        input.display(),
+        cp.source_id_types.join(","),
+        missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    ))
+    .into())
+}
+
 /// Refuse to overwrite a hand-edited `out`; returns the hash of the file
 /// being replaced, if any.
 fn check_not_edited(out: &Path, force: bool) -> Result<Option<String>> {
@@ -184,6 +197,7 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         ))
         .into());
     }
+    check_extracted_for(&input, &id_types)?;
     let previous_sha = check_not_edited(&out, args.force)?;
 
     let started = Instant::now();

@@ -167,14 +167,39 @@ pub fn assert_end_state(sb: &Sandbox, versions: &std::collections::HashMap<u64, 
     }
 }
 
-/// Detail requests a clean extract of the whole space needs: one per page of
-/// each profile's traits (200 a page) and external ids (100 a page).
+/// What a default extract (`include=`, ids first) keeps of a generated
+/// profile: the external ids of the `source_id` types, and, only when there
+/// is one, the traits the mapping reads.
+pub fn expected_extract(
+    p: &segsync::sandbox::data::GeneratedProfile,
+    types: &[&str],
+) -> (serde_json::Map<String, Value>, Vec<Value>) {
+    let ids: Vec<Value> = p
+        .external_ids
+        .iter()
+        .filter(|e| types.iter().any(|t| e["type"] == *t))
+        .cloned()
+        .collect();
+    let traits = if ids.is_empty() {
+        serde_json::Map::new()
+    } else {
+        p.traits
+            .iter()
+            .filter(|(k, _)| segsync::records::MAPPED_TRAITS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    (traits, ids)
+}
+
+/// Detail requests a clean default extract of the whole space needs: one
+/// page of `user_id` ids per profile, and one page of mapped traits per
+/// profile that has a `user_id`.
 pub fn minimal_detail_requests(ds: &segsync::sandbox::data::Dataset) -> u64 {
-    let pages = |n: usize, per: usize| n.div_ceil(per).max(1) as u64;
     (0..ds.n)
         .map(|i| {
-            let p = ds.profile(i, 0);
-            pages(p.traits.len(), 200) + pages(p.external_ids.len(), 100)
+            let (_, ids) = expected_extract(&ds.profile(i, 0), &["user_id"]);
+            1 + u64::from(!ids.is_empty())
         })
         .sum()
 }
