@@ -281,6 +281,8 @@ async fn run_refuses_out_of_range_stage_flags_as_usage_errors() {
         ["extract", "--concurrency", "0"],
         ["load", "--concurrency", "0"],
         ["load", "--batch-size", "0"],
+        ["load", "--batch-size", "101"],
+        ["run", "--batch-size", "101"],
         ["load", "--poll-timeout", "0"],
     ] {
         let r = tokio::time::timeout(

@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use segsync::sandbox::SandboxOptions;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -130,6 +131,26 @@ async fn traits_and_external_ids_page_at_their_limits() {
         big.traits.len() - 200
     );
     assert!(!v2["cursor"]["has_more"].as_bool().unwrap());
+    // The traits cursor is a trait name (Segment's docs: `next: "browser"`):
+    // the first trait of the next page.
+    assert_eq!(
+        v2["traits"].as_object().unwrap().keys().next().unwrap(),
+        &next
+    );
+    assert!(big.traits.contains_key(&next));
+    // include= names the traits wanted, and pages only those.
+    let (_, _, inc) = api
+        .seg(
+            &format!("/segment_id:{}/traits", big.segment_id),
+            &[("limit", "200"), ("include", "email,name,nosuchtrait")],
+        )
+        .await;
+    let keys: Vec<&String> = inc["traits"].as_object().unwrap().keys().collect();
+    assert!(
+        keys.iter().all(|k| *k == "email" || *k == "name"),
+        "{keys:?}"
+    );
+    assert!(!inc["cursor"]["has_more"].as_bool().unwrap());
     // default page is only 10 traits
     let (_, _, d) = api
         .seg(&format!("/segment_id:{}/traits", big.segment_id), &[])
@@ -153,6 +174,140 @@ async fn traits_and_external_ids_page_at_their_limits() {
             .any(|x| x["type"] == "user_id"),
         "user_id is on a later page"
     );
+    let (_, _, only) = api
+        .seg(
+            &format!("/segment_id:{}/external_ids", many.segment_id),
+            &[("limit", "100"), ("include", "user_id")],
+        )
+        .await;
+    let ids = only["data"].as_array().unwrap();
+    assert!(!ids.is_empty() && ids.iter().all(|x| x["type"] == "user_id"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_requests_over_100_customers_are_refused_too_many_customers() {
+    let api = Api::new(opts(0)).await;
+    let many: Vec<Value> = (0..101)
+        .map(|i| json!({"source_id": format!("c{i}")}))
+        .collect();
+    let (s, _, v) = api.bulk(Value::Array(many.clone())).await;
+    assert_eq!(s, 400);
+    assert_eq!(v["key"], "too_many_customers");
+    let (s, _, _) = api.bulk(Value::Array(many[..100].to_vec())).await;
+    assert_eq!(s, 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_jobs_run_one_at_a_time_in_submission_order() {
+    let api = Api::new(SandboxOptions {
+        processing_ms: 300,
+        ..opts(0)
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (s, _, v) = api.bulk(json!([{"source_id": format!("q{i}")}])).await;
+        assert_eq!(s, 202);
+        ids.push(v["async_action_id"].as_str().unwrap().to_string());
+    }
+    // Sample the three until all are done: never two IN_PROGRESS at once, and
+    // a later job never finishes before an earlier one.
+    let mut finished_order = Vec::new();
+    for _ in 0..100 {
+        let mut running = 0;
+        for id in &ids {
+            let a = api.action(id).await;
+            match a["status"].as_str().unwrap() {
+                "IN_PROGRESS" => running += 1,
+                "DONE" if !finished_order.contains(id) => finished_order.push(id.clone()),
+                _ => {}
+            }
+        }
+        assert!(running <= 1, "{running} jobs in progress at once");
+        if finished_order.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert_eq!(finished_order, ids);
+    // processing_time counts from creation, queue wait included (the vendor's example).
+    let last = api.action(&ids[2]).await;
+    assert!(last["processing_time"].as_u64().unwrap() >= 800, "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_fields_mode_answers_absent_fields_with_null() {
+    let api = Api::new(SandboxOptions {
+        null_fields: true,
+        processing_ms: 100,
+        ..opts(0)
+    })
+    .await;
+    let (_, _, v) = api.bulk(json!([{"source_id": "n1"}])).await;
+    let id = v["async_action_id"].as_str().unwrap().to_string();
+    let a = api.action(&id).await;
+    assert!(a["result"].is_null(), "{a}");
+    wait_done(&api, &id).await;
+    let a = api.action(&id).await;
+    assert_eq!(a["result"]["done_count"], 1);
+    assert!(
+        a["result"]["errors"].is_null() && a["result"]["failed_count"].is_null(),
+        "{a}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spent_quotas_answer_429_with_their_type_and_reset() {
+    let api = Api::new(SandboxOptions {
+        cycle_quota: Some(2),
+        ..opts(0)
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(api.bulk(json!([{"source_id": "x"}])).await.0, 202);
+    }
+    let (s, h, _) = api.bulk(json!([{"source_id": "x"}])).await;
+    assert_eq!(s, 429);
+    assert_eq!(h["x-rate-limit-type"], "api_calls_cycle");
+    let reset: u64 = h["x-rate-limit-retry"].to_str().unwrap().parse().unwrap();
+    assert!(
+        reset > segsync::sandbox::epoch_now() + 60,
+        "the cycle resets next month"
+    );
+
+    let api = Api::new(SandboxOptions {
+        bulk_quota: Some(1),
+        ..opts(0)
+    })
+    .await;
+    assert_eq!(api.bulk(json!([{"source_id": "y"}])).await.0, 202);
+    let (s, h, _) = api.bulk(json!([{"source_id": "y"}])).await;
+    assert_eq!(s, 429);
+    assert_eq!(h["x-rate-limit-type"], "bulk_api_calls");
+    assert!(h.contains_key("retry-after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_moves_a_profile_to_the_head_of_the_listing() {
+    let api = Api::new(opts(250)).await;
+    let (_, _, first) = api.seg("", &[("limit", "100")]).await;
+    let ids: Vec<String> = first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["segment_id"].as_str().unwrap().to_string())
+        .collect();
+    let touched = api.sb.touch(1);
+    let (_, _, again) = api.seg("", &[("limit", "100")]).await;
+    assert_eq!(
+        again["data"][0]["segment_id"], touched[0],
+        "the profile with activity leads"
+    );
+    assert_ne!(
+        again["data"][0]["metadata"]["updated_at"],
+        first["data"][0]["metadata"]["updated_at"]
+    );
+    assert_eq!(again["data"][1]["segment_id"], ids[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

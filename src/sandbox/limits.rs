@@ -94,6 +94,13 @@ impl Limits {
         }
     }
 
+    pub fn reset_quotas(&self) {
+        self.cycle_used.store(0, Ordering::Relaxed);
+        if let Ok(mut w) = self.bulk.lock() {
+            w.2 = 0;
+        }
+    }
+
     /// The monthly cycle and the hourly bulk bucket. Err: the 429 to answer.
     #[allow(clippy::result_large_err)]
     pub fn voucherify_quotas(&self, st: &AppState, bulk: bool) -> Result<(), Response> {

@@ -48,6 +48,8 @@ pub struct SandboxOptions {
     pub voucherify_window: Duration,
     /// Largest request body Voucherify accepts (10 MB; smaller in tests).
     pub max_body_bytes: usize,
+    /// Customers one bulk request may carry (100; smaller in tests).
+    pub max_customers: usize,
     /// Answer absent async-action fields with explicit nulls (`errors: null`,
     /// `result: null` while queued), as the OpenAPI description allows.
     pub null_fields: bool,
@@ -100,6 +102,7 @@ impl Default for SandboxOptions {
             processing_ms: 200,
             voucherify_window: Duration::from_secs(60),
             max_body_bytes: MAX_BODY,
+            max_customers: voucherify::MAX_CUSTOMERS,
             null_fields: false,
             cycle_quota: None,
             bulk_quota: None,
@@ -303,6 +306,11 @@ impl Sandbox {
                 }
             }
         }
+    }
+
+    /// A new billing cycle and a fresh bulk bucket (tests of quota stops).
+    pub fn reset_quotas(&self) {
+        self.state.limits.reset_quotas();
     }
 
     pub fn stats(&self) -> Value {

@@ -37,6 +37,7 @@ pub struct Action {
 /// A bulk job waiting in the project's queue.
 pub struct Job {
     id: String,
+    created: Instant,
     customers: Vec<Value>,
     first: bool,
 }
@@ -48,6 +49,10 @@ pub struct Job {
 pub fn start_queue(st: Arc<AppState>, mut jobs: tokio::sync::mpsc::UnboundedReceiver<Job>) {
     tokio::spawn(async move {
         while let Some(job) = jobs.recv().await {
+            // A job is picked up from the queue a moment after it arrives:
+            // a client always sees it ENQUEUED first.
+            let pickup = job.created + Duration::from_millis(st.opts.processing_ms / 4);
+            tokio::time::sleep_until(pickup.into()).await;
             set_status(&st, &job.id, "IN_PROGRESS", None);
             if st.opts.misbehave == Some(Misbehave::StuckAction) {
                 // The job never finishes, and the queue behind it never moves.
@@ -140,12 +145,13 @@ pub async fn bulk_async(State(st): State<Arc<AppState>>, body: Bytes) -> Respons
         );
     }
     let customers = v.as_array().cloned().unwrap_or_default();
-    if customers.len() > MAX_CUSTOMERS {
+    let max_customers = st.opts.max_customers;
+    if customers.len() > max_customers {
         st.stats.bulk_rejected.fetch_add(1, Ordering::Relaxed);
         return error(
             StatusCode::BAD_REQUEST,
             "Too many customers",
-            &format!("Specify at most {MAX_CUSTOMERS} customers"),
+            &format!("Specify at most {max_customers} customers"),
             "too_many_customers",
         );
     }
@@ -185,6 +191,7 @@ pub async fn bulk_async(State(st): State<Arc<AppState>>, body: Bytes) -> Respons
     }
     let _ = st.jobs.send(Job {
         id: id.clone(),
+        created: Instant::now(),
         customers,
         first,
     });
