@@ -40,12 +40,18 @@ measure() {
 }
 row() { ROWS+=("| $1 | $2 | $3 | $4 |"); say "  $1: $2 (ceiling $3, ratio $4)"; }
 
+# Minimal Segment requests for a default extract of the space the sandbox
+# serves: two listing passes (the walk and the re-list that finds nothing
+# new), one page of ids per profile, one page of traits per identified one.
+minimal_requests() { local n=$1 ident; ident=$(stats | jq .identified_profiles); echo $(( 2 * ((n + 99) / 100) + n + ident )); }
+
 say "== extract, Segment limit 100 requests/s, 150 ms latency, $EXTRACT_N profiles"
 start_sandbox --profiles "$EXTRACT_N" --latency-ms 150 --segment-rps 100
 measure "$W/e100" "$BIN" --data-dir "$W/e100" extract
-REQ=$(seg_requests); T429=$(stats | jq .throttled.segment)
-RPP=$(calc "$REQ / $EXTRACT_N" 3); FIG=$(calc "$EXTRACT_N / $SECS" 1); CEIL=$(calc "100 / $RPP" 1)
-row "extract, 100 req/s, 150 ms latency, $EXTRACT_N profiles" "$FIG profiles/s ($RPP requests/profile, $T429 of $REQ requests answered 429)" "$CEIL profiles/s (100 / $RPP)" "$(calc "$FIG / $CEIL")"
+REQ=$(seg_requests); T429=$(stats | jq .throttled.segment); IDENT=$(stats | jq .identified_profiles)
+MIN=$(minimal_requests "$EXTRACT_N"); MRPP=$(calc "$MIN / $EXTRACT_N" 3)
+RPP=$(calc "$REQ / $EXTRACT_N" 3); FIG=$(calc "$EXTRACT_N / $SECS" 1); CEIL=$(calc "100 / $MRPP" 1)
+row "extract, 100 req/s, 150 ms latency, $EXTRACT_N profiles ($(calc "100 * $IDENT / $EXTRACT_N" 0)% identified)" "$FIG profiles/s ($RPP requests/profile, $T429 of $REQ requests answered 429)" "$CEIL profiles/s (100 / $MRPP minimal requests/profile)" "$(calc "$FIG / $CEIL")"
 FULL_SECS=$SECS; FULL_REQ=$REQ
 
 say "== incremental extract, 1% of profiles changed"
@@ -55,13 +61,34 @@ INC_REQ=$(( $(seg_requests) - FULL_REQ ))
 row "incremental extract, 1% of $EXTRACT_N profiles changed" "$INC_REQ requests, ${SECS} s" "full extract: $FULL_REQ requests, ${FULL_SECS} s" "$(calc "$INC_REQ / $FULL_REQ" 3) of the requests, $(calc "$SECS / $FULL_SECS" 3) of the time"
 stop_sandbox
 
+say "== extract of a space where 80% of profiles are anonymous: ids first vs a full copy, side by side"
+start_sandbox --profiles "$EXTRACT_N" --latency-ms 150 --segment-rps 100 --anonymous-percent 80
+measure "$W/eanon" "$BIN" --data-dir "$W/eanon" extract
+A_REQ=$(seg_requests); A_SECS=$SECS; IDENT=$(stats | jq .identified_profiles)
+MIN=$(minimal_requests "$EXTRACT_N")
+measure "$W/eall" "$BIN" --data-dir "$W/eall" extract --all-traits
+F_REQ=$(( $(seg_requests) - A_REQ )); F_SECS=$SECS
+SHARE=$(calc "$IDENT / $EXTRACT_N" 3)
+row "extract, 80% anonymous space ($IDENT of $EXTRACT_N identified), ids first + include=" "$(calc "$EXTRACT_N / $A_SECS" 1) profiles/s, $(calc "$A_REQ / $EXTRACT_N" 3) requests/profile (goal 1.01 + $SHARE = $(calc "1.01 + $SHARE" 3))" "--all-traits (every trait and id, both lists): $(calc "$EXTRACT_N / $F_SECS" 1) profiles/s, $(calc "$F_REQ / $EXTRACT_N" 3) requests/profile" "$(calc "$F_SECS / $A_SECS")x faster; $(calc "($EXTRACT_N / $A_SECS) / (100 * $EXTRACT_N / $MIN)") of its ceiling ($(calc "100 * $EXTRACT_N / $MIN" 1) profiles/s)"
+stop_sandbox
+
 N1000=$((EXTRACT_N * 3))
 say "== extract, limit raised to 1,000 requests/s, 150 ms latency, $N1000 profiles"
 start_sandbox --profiles "$N1000" --latency-ms 150 --segment-rps 1000
 measure "$W/e1000" "$BIN" --data-dir "$W/e1000" extract --rate-limit 1000 --concurrency 160
 REQ=$(seg_requests); T429=$(stats | jq .throttled.segment)
-RPP=$(calc "$REQ / $N1000" 3); FIG=$(calc "$N1000 / $SECS" 1); CEIL=$(calc "1000 / $RPP" 1)
-row "extract, 1,000 req/s, 150 ms latency, $N1000 profiles, --concurrency 160" "$FIG profiles/s ($T429 of $REQ requests answered 429)" "$CEIL profiles/s (1000 / $RPP)" "$(calc "$FIG / $CEIL")"
+MIN=$(minimal_requests "$N1000"); MRPP=$(calc "$MIN / $N1000" 3)
+FIG=$(calc "$N1000 / $SECS" 1); CEIL=$(calc "1000 / $MRPP" 1)
+row "extract, 1,000 req/s, 150 ms latency, $N1000 profiles, --concurrency 160" "$FIG profiles/s ($T429 of $REQ requests answered 429)" "$CEIL profiles/s (1000 / $MRPP)" "$(calc "$FIG / $CEIL")"
+stop_sandbox
+
+say "== extract under churn: 100 profiles/s get activity while a $EXTRACT_N-profile space is listed at 100 req/s"
+start_sandbox --profiles "$EXTRACT_N" --latency-ms 150 --segment-rps 100 --churn 100
+measure "$W/echurn" "$BIN" --data-dir "$W/echurn" extract
+LINES=$(wc -l < "$W/echurn/profiles.ndjson"); UNIQ=$(jq -r .segment_id "$W/echurn/profiles.ndjson" | sort -u | wc -l)
+LIST=$(stats | jq '.requests["segment.list_profiles"]'); REQ=$(seg_requests)
+FOUND=$(grep -o '[0-9]* profiles found by re-listing' "$W/echurn.err" | grep -o '^[0-9]*' || echo '?')
+row "extract under churn (100 profiles/s move to the head of the list)" "$LINES lines, $UNIQ distinct profiles of $EXTRACT_N; $FOUND found only by re-listing" "every profile exactly once" "$LIST list calls of $REQ requests ($(calc "100 * $LIST / $REQ" 1)%)"
 stop_sandbox
 
 say "== extract, no limit, 150 ms latency, default concurrency 16"
@@ -74,30 +101,31 @@ stop_sandbox
 say "== transform, $TRANSFORM_N profiles (generating the file first)"
 "$BIN" -q sandbox --profiles "$TRANSFORM_N" --write-profiles "$W/big/profiles.ndjson"
 BYTES=$(stat -c %s "$W/big/profiles.ndjson"); MB=$(calc "$BYTES / 1000000" 1)
-measure "$W/floor" "$FLOOR" "$W/big/profiles.ndjson"; FLOOR_SECS=$SECS
+measure "$W/floor" taskset -c 0 "$FLOOR" "$W/big/profiles.ndjson"; FLOOR_SECS=$SECS
 measure "$W/jq" bash -c "jq -r -f bench/transform.jq '$W/big/profiles.ndjson' > '$W/jq.csv'"; JQ_SECS=$SECS; JQ_RSS=$RSS_MB
-measure "$W/tr" "$BIN" --data-dir "$W/big" transform; TR_SECS=$SECS; TR_RSS=$RSS_MB
-TR_MBS=$(calc "$MB / $TR_SECS" 1); FLOOR_MBS=$(calc "$MB / $FLOOR_SECS" 1); JQ_MBS=$(calc "$MB / $JQ_SECS" 1)
-row "transform, $TRANSFORM_N profiles ($MB MB)" "$TR_MBS MB/s, $(calc "$TRANSFORM_N / $TR_SECS" 0) profiles/s, peak RSS $TR_RSS MB" "bare serde_json parse: $FLOOR_MBS MB/s" "$(calc "$TR_MBS / $FLOOR_MBS") of the floor"
+measure "$W/tr1" taskset -c 0 "$BIN" --data-dir "$W/big" transform --force; TR1_SECS=$SECS
+measure "$W/tr" "$BIN" --data-dir "$W/big" transform --force; TR_SECS=$SECS; TR_RSS=$RSS_MB
+TR_MBS=$(calc "$MB / $TR_SECS" 1); TR1_MBS=$(calc "$MB / $TR1_SECS" 1); FLOOR_MBS=$(calc "$MB / $FLOOR_SECS" 1); JQ_MBS=$(calc "$MB / $JQ_SECS" 1)
+row "transform on 1 core, $TRANSFORM_N profiles ($MB MB)" "$TR1_MBS MB/s" "slim parse alone on 1 core (examples/parse_floor.rs): $FLOOR_MBS MB/s" "$(calc "$TR1_MBS / $FLOOR_MBS") of the floor"
+row "transform on $(nproc) cores" "$TR_MBS MB/s, $(calc "$TRANSFORM_N / $TR_SECS" 0) profiles/s, peak RSS $TR_RSS MB" "slim parse alone on 1 core: $FLOOR_MBS MB/s" "$(calc "$TR_MBS / $FLOOR_MBS") of the floor"
 row "transform vs jq one-liner (bench/transform.jq)" "$TR_MBS MB/s" "jq: $JQ_MBS MB/s, peak RSS $JQ_RSS MB" "$(calc "$JQ_SECS / $TR_SECS" 1)x faster than jq"
 rm -f "$W/jq.csv"
 
-say "== load, Voucherify limit 2,000/min, batch 100 (customers from $LOAD_N profiles)"
+say "== load, Voucherify limit 2,000/min, batch 100, serial job queue (customers from $LOAD_N profiles)"
 "$BIN" -q sandbox --profiles "$LOAD_N" --write-profiles "$W/load/profiles.ndjson"
 "$BIN" -q --data-dir "$W/load" transform
 start_sandbox --profiles 10 --voucherify-rpm 2000 --processing-ms 200
-measure "$W/l100" "$BIN" --data-dir "$W/load" load --rate-limit 2000 --batch-size 100 --concurrency 8
+measure "$W/l100" "$BIN" --data-dir "$W/load" load --rate-limit 2000 --concurrency 8
 S=$(stats); SENT=$(jq .customers_received <<<"$S"); POSTS=$(jq '.requests["voucherify.customers_bulk_async"]' <<<"$S"); POLLS=$(jq '.requests["voucherify.async_action"]' <<<"$S"); T429=$(jq .throttled.voucherify <<<"$S")
-FIG=$(calc "$SENT / $SECS" 0); CEIL=$(calc "2000 / 60 * 100" 0)
-row "load, 2,000 requests/min, batch 100, $SENT customers" "$FIG customers/s, $(calc "$POLLS / $POSTS") polls per batch, $T429 answered 429" "$CEIL customers/s ((2000/60) x 100); $(calc "$CEIL / (1 + $POLLS / $POSTS)" 0) counting the polls" "$(calc "$FIG / $CEIL") ($(calc "$FIG * (1 + $POLLS / $POSTS) / $CEIL") counting polls)"
+FIG=$(calc "$SENT / $SECS" 0); PPB=$(calc "$POLLS / $POSTS"); CEIL=$(calc "2000 / 60 * 100 / 2" 0)
+row "load, 2,000 requests/min, batch 100, jobs run one at a time (200 ms each), $SENT customers" "$FIG customers/s, $PPB polls per batch (goal 1.2), $T429 answered 429; $(calc "($POSTS + $POLLS) * 1000 / $SENT" 1) Voucherify calls per 1,000 customers" "$CEIL customers/s ((2000/60) x 100 / 2: a bulk call and at least one poll per batch)" "$(calc "$FIG / $CEIL")"
 stop_sandbox
 
-say "== load, batches sized to the 10 MB bound"
-start_sandbox --profiles 10 --voucherify-rpm 2000 --processing-ms 200
-measure "$W/lbig" "$BIN" --data-dir "$W/load" load --full --rate-limit 2000 --batch-size 10000 --max-batch-bytes 10485760 --concurrency 8
-S=$(stats); SENT=$(jq .customers_received <<<"$S"); POSTS=$(jq '.requests["voucherify.customers_bulk_async"]' <<<"$S")
-FIG=$(calc "$SENT / $SECS" 0); AVG=$(calc "$SENT / $POSTS" 0)
-row "load, batches up to 10 MB ($POSTS batches of ~$AVG), $SENT customers" "$FIG customers/s" "$(calc "2000 / 60 * $AVG" 0) customers/s ((2000/60) x $AVG)" "$(calc "$FIG / (2000 / 60 * $AVG)" 3) (bounded by processing time, not the limit)"
+say "== load under the same queue with explicit nulls in async actions"
+start_sandbox --profiles 10 --voucherify-rpm 0 --processing-ms 100 --null-fields
+measure "$W/lnull" "$BIN" --data-dir "$W/load" load --full --concurrency 8
+S=$(stats); POSTS=$(jq '.requests["voucherify.customers_bulk_async"]' <<<"$S"); POLLS=$(jq '.requests["voucherify.async_action"]' <<<"$S"); HELD=$(jq .customers <<<"$S")
+row "load, no rate limit, 100 ms jobs one at a time, null fields" "$(calc "$POLLS / $POSTS") polls per batch, $HELD customers held" "1 poll per batch; $(calc "$POSTS * 0.1" 1) s of queue time" "$(calc "$POSTS * 0.1 / $SECS") of the queue-bound speed"
 stop_sandbox
 
 say "== micro-benchmarks of the hot paths (criterion, benches/hot_paths.rs)"
@@ -122,7 +150,7 @@ done
 {
   echo "# segsync benchmarks"
   echo
-  echo "Measured by \`make bench\` on $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM; release build; sandbox and segsync on the same machine."
+  echo "Measured by \`make bench\` (bench/run.sh) on $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM; release build; sandbox and segsync on the same machine."
   echo
   echo "| scenario | figure | ceiling | ratio |"
   echo "|---|---|---|---|"

@@ -9,7 +9,7 @@ use segsync::sandbox::data::Dataset;
 use std::hint::black_box;
 
 fn lines() -> Vec<Vec<u8>> {
-    let ds = Dataset { seed: 1, n: 1000 };
+    let ds = Dataset::new(1, 1000);
     (0..ds.n)
         .map(|i| serde_json::to_vec(&ds.profile(i, 0).record()).expect("serialize"))
         .collect()

@@ -1,6 +1,7 @@
-//! The floor of any JSON-reading transform, for `make bench`: read an NDJSON
-//! file line by line, parse each line with serde_json into a `Value`, and
-//! discard it. Usage: parse_floor FILE
+//! The floor of transform, for `make bench`: the fastest single-threaded
+//! parse that extracts what the mapping reads (segsync's own slim parse,
+//! which skips unmapped traits without building them), on one core, with
+//! nothing written. Usage: parse_floor FILE
 use std::io::BufRead;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -13,8 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if r.read_until(b'\n', &mut line)? == 0 {
             break;
         }
-        let v: serde_json::Value = serde_json::from_slice(&line)?;
-        std::hint::black_box(&v);
+        let p = segsync::records::parse_for_mapping(&line)?;
+        std::hint::black_box(&p);
         n += 1;
     }
     eprintln!("parsed {n} lines");

@@ -143,6 +143,9 @@ pub struct SandboxArgs {
         value_name = "SECONDS"
     )]
     pub bulk_window_secs: u64,
+    /// Share of profiles (0-100) that are anonymous (no user_id)
+    #[arg(long = "anonymous-percent", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
+    pub anonymous_percent: u64,
     /// Profiles a second that get activity: moved to the head of the activity-sorted listing, updated_at bumped
     #[arg(long, default_value_t = 0)]
     pub churn: u32,
@@ -269,6 +272,7 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<()> {
         let ds = crate::sandbox::data::Dataset {
             seed: a.seed,
             n: a.profiles,
+            anonymous_percent: a.anonymous_percent,
         };
         let mut f = crate::files::AtomicFile::create(path)?;
         let mut line = Vec::with_capacity(64 * 1024);
@@ -306,6 +310,7 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<()> {
         bulk_quota: a.bulk_quota,
         bulk_window: std::time::Duration::from_secs(a.bulk_window_secs),
         churn: a.churn,
+        anonymous_percent: a.anonymous_percent,
         misbehave: a.misbehave,
         ..Default::default()
     })

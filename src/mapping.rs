@@ -402,7 +402,7 @@ mod tests {
 
     #[test]
     fn the_slim_parse_maps_exactly_like_the_full_one() {
-        let ds = crate::sandbox::data::Dataset { seed: 5, n: 400 };
+        let ds = crate::sandbox::data::Dataset::new(5, 400);
         for i in 0..ds.n {
             let line = serde_json::to_vec(&ds.profile(i, 0).record()).unwrap();
             let full: ProfileRecord = serde_json::from_slice(&line).unwrap();

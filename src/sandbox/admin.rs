@@ -87,6 +87,7 @@ impl Stats {
             "bulk_requests_rejected": get(&self.bulk_rejected),
             "profiles": st.data.n,
             "activity": get(&self.activity),
+            "identified_profiles": *st.identified.get_or_init(|| st.data.identified()),
         })
     }
 }

@@ -103,6 +103,9 @@ impl GeneratedProfile {
 pub struct Dataset {
     pub seed: u64,
     pub n: u64,
+    /// Share of profiles (0–100) with no `user_id` beyond the generator's
+    /// own few: real spaces are mostly anonymous visitors.
+    pub anonymous_percent: u64,
 }
 
 impl Dataset {
@@ -134,11 +137,30 @@ impl Dataset {
         json!({"created_at": iso(created), "updated_at": iso(updated)})
     }
 
+    pub fn new(seed: u64, n: u64) -> Dataset {
+        Dataset {
+            seed,
+            n,
+            anonymous_percent: 0,
+        }
+    }
+
+    fn anonymous(&self, index: u64) -> bool {
+        index % 13 == 11
+            || (self.anonymous_percent > 0
+                && (index.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 100 < self.anonymous_percent)
+    }
+
+    /// Profiles that have a `user_id` (for ceilings in benchmarks).
+    pub fn identified(&self) -> u64 {
+        (0..self.n).filter(|i| self.user_id(*i).is_some()).count() as u64
+    }
+
     pub fn user_id(&self, index: u64) -> Option<String> {
-        if index % 13 == 11 {
+        if self.anonymous(index) {
             return None; // no user_id at all: rejected unless a fallback type is configured
         }
-        if index % 97 == 96 && (index - 1) % 13 != 11 {
+        if index % 97 == 96 && !self.anonymous(index - 1) {
             return Some(self.base_user_id(index - 1)); // same person twice in Segment
         }
         Some(self.base_user_id(index))
@@ -442,7 +464,7 @@ mod tests {
 
     #[test]
     fn deterministic_and_indexable() {
-        let d = Dataset { seed: 7, n: 500 };
+        let d = Dataset::new(7, 500);
         let a = d.profile(42, 0);
         let b = d.profile(42, 0);
         assert_eq!(a.traits, b.traits);
@@ -451,12 +473,12 @@ mod tests {
             assert_eq!(d.index_of(&d.segment_id(i)), Some(i));
         }
         assert_eq!(d.index_of("use_nope"), None);
-        assert_ne!(Dataset { seed: 8, n: 500 }.profile(42, 0).traits, a.traits);
+        assert_ne!(Dataset::new(8, 500).profile(42, 0).traits, a.traits);
     }
 
     #[test]
     fn covers_the_awkward_cases() {
-        let d = Dataset { seed: 1, n: 400 };
+        let d = Dataset::new(1, 400);
         let ps: Vec<_> = (0..d.n).map(|i| d.profile(i, 0)).collect();
         assert!(ps.iter().any(|p| p.traits.len() > 200));
         assert!(ps.iter().any(|p| p.external_ids.len() > 100

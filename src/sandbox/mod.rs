@@ -62,6 +62,8 @@ pub struct SandboxOptions {
     /// Profiles a second that get activity (moved to the head of the
     /// activity-sorted listing, `updated_at` bumped).
     pub churn: u32,
+    /// Share of anonymous profiles (no `user_id`), 0–100.
+    pub anonymous_percent: u64,
     /// Break the API contract in one way, to test the client's defences.
     pub misbehave: Option<Misbehave>,
 }
@@ -108,6 +110,7 @@ impl Default for SandboxOptions {
             bulk_quota: None,
             bulk_window: Duration::from_secs(3600),
             churn: 0,
+            anonymous_percent: 0,
             misbehave: None,
         }
     }
@@ -143,6 +146,8 @@ pub struct AppState {
     pub limits: limits::Limits,
     /// Request and action id sequence.
     pub seq: AtomicU64,
+    /// Profiles with a `user_id`, counted once when first asked.
+    pub identified: std::sync::OnceLock<u64>,
     /// The project's bulk job queue.
     pub jobs: tokio::sync::mpsc::UnboundedSender<voucherify::Job>,
 }
@@ -182,9 +187,11 @@ impl Sandbox {
         let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
         let state = Arc::new(AppState {
             jobs,
+            identified: std::sync::OnceLock::new(),
             data: Dataset {
                 seed: opts.seed,
                 n: opts.profiles,
+                anonymous_percent: opts.anonymous_percent,
             },
             creds: creds.clone(),
             versions: RwLock::default(),
