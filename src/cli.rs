@@ -54,6 +54,8 @@ pub enum Command {
     Run(RunArgs),
     /// Show each stage's files, counts, resume points and what comes next
     Status,
+    /// Show what a hand edit of customers.csv changed against what transform would write
+    Diff(crate::diff::Args),
     /// Serve a local emulator of both APIs (prints the variables that point segsync at it)
     Sandbox(SandboxArgs),
 }
@@ -208,6 +210,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             .map(|s| if s.failed > 0 { 3 } else { 0 }),
         Command::Run(a) => run_all(&a, &data).await,
         Command::Status => status::run(&data).map(|_| 0),
+        Command::Diff(a) => crate::diff::run(&a, &data).map(|_| 0),
         Command::Sandbox(a) => sandbox(a).await.map(|_| 0),
     }
 }
@@ -261,6 +264,8 @@ async fn run_all(a: &RunArgs, data: &std::path::Path) -> anyhow::Result<u8> {
         dry_run: false,
         skip_invalid: false,
         full: a.full,
+        accept_edits: false,
+        identifiers: a.identifiers.clone(),
         voucherify: a.voucherify.clone(),
     };
     let s = load::run(&ld, data).await?;

@@ -11,6 +11,8 @@
 pub mod cli;
 pub mod config;
 pub mod dates;
+pub mod diff;
+pub mod edits;
 pub mod error;
 pub mod extract;
 pub mod files;

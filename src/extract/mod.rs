@@ -95,6 +95,8 @@ struct PageState {
     next: Option<String>,
     /// Profiles not yet written or found missing.
     remaining: usize,
+    /// The listing pass the page belongs to.
+    pass: u32,
 }
 
 /// Listing passes at most: the first walk and up to five re-lists.
@@ -136,10 +138,10 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         missing: journal.cp.missing.len() as u64,
         ..Default::default()
     };
-    if journal.cp.pass > 1 && journal.cp.cursor.is_some() {
-        // Killed in the middle of a re-list: what it had found is unknown.
-        journal.cp.pass_found = journal.cp.pass_found.max(1);
-    }
+    // The pass the lister is walking, and what it found that was not settled.
+    let mut listing_pass = journal.cp.pass.max(1);
+    // Resumed in the middle of a re-list: what it had found is unknown.
+    let mut found = if listing_pass > 1 { 1 } else { 0 };
 
     let (mut lister, mut page_rx) =
         lister::spawn(client.clone(), journal.cp.cursor.clone(), LISTING_LOOKAHEAD);
@@ -158,30 +160,8 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
                 in_flight.push(fetcher::fetch(client.clone(), wanted.clone(), page, entry));
             }
             if listing_done && in_flight.is_empty() && queue.is_empty() {
-                // A pass is over. The list is sorted by activity and its cursor
-                // works like an offset, so profiles that moved while we listed
-                // were skipped: list again until a pass finds nothing new.
                 commit_pages(&mut journal, &mut pages);
-                let pass = journal.cp.pass;
-                let found = journal.cp.pass_found;
-                if pass > 1 {
-                    journal.cp.found_by_relisting += found;
-                }
-                if (pass > 1 && found == 0) || pass >= MAX_PASSES {
-                    if pass >= MAX_PASSES && found > 0 {
-                        ui::warn(format!("extract: the re-list pass {pass} still found {found} profiles not yet written (the space changes faster than it can be listed); some that moved may be missing: rerun `segsync extract --incremental` later"));
-                    }
-                    break;
-                }
-                journal.cp.pass += 1;
-                journal.cp.pass_found = 0;
-                journal.cp.cursor = None;
-                journal.commit(Vec::new(), requests())?;
-                ui::debug(format!("extract: pass {pass} found {found} profiles; re-listing the space (list calls only for profiles already written)"));
-                lister.abort();
-                (lister, page_rx) = lister::spawn(client.clone(), None, LISTING_LOOKAHEAD);
-                listing_done = false;
-                continue;
+                break;
             }
             // Keep a page's worth queued beyond what is in flight, so the
             // fetches never wait for the (serial) listing.
@@ -212,14 +192,14 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
                         Some(Ok((page, next))) => {
                             let index = next_page_index;
                             next_page_index += 1;
-                            let mut state = PageState { next: next.clone(), remaining: 0 };
+                            let mut state = PageState { next: next.clone(), remaining: 0, pass: listing_pass };
                             for entry in page.profiles {
                                 let id = fetcher::segment_id(&entry).to_string();
                                 if !seen.insert(&id) {
                                     summary.repeated += 1;
                                     continue;
                                 }
-                                journal.cp.pass_found += 1;
+                                found += 1;
                                 if let Some(line) = prev.as_mut().and_then(|p| p.reusable(&id, fetcher::updated_at(&entry))) {
                                     journal.write_line(line)?;
                                     summary.reused += 1;
@@ -232,7 +212,26 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
                             }
                             pages.insert(index, state);
                             if next.is_none() {
-                                listing_done = true;
+                                // The pass's listing is over. The list is sorted by
+                                // activity and its cursor works like an offset, so
+                                // profiles that moved while we listed were skipped:
+                                // list again (while this pass's last profiles are
+                                // still being fetched) until a pass finds nothing new.
+                                if listing_pass > 1 {
+                                    journal.cp.found_by_relisting += found;
+                                }
+                                if (listing_pass > 1 && found == 0) || listing_pass >= MAX_PASSES {
+                                    if listing_pass >= MAX_PASSES && found > 0 {
+                                        ui::warn(format!("extract: the re-list pass {listing_pass} still found {found} profiles not yet written (the space changes faster than it can be listed); some that moved may be missing: rerun `segsync extract --incremental` later"));
+                                    }
+                                    listing_done = true;
+                                } else {
+                                    ui::debug(format!("extract: pass {listing_pass} found {found} profiles; re-listing the space"));
+                                    listing_pass += 1;
+                                    found = 0;
+                                    lister.abort();
+                                    (lister, page_rx) = lister::spawn(client.clone(), None, LISTING_LOOKAHEAD);
+                                }
                             }
                         }
                     }
@@ -244,7 +243,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
             }
             progress.tick(|| {
                 let s = client.stats();
-                format!("pass {}, {} in flight, {} requests, {} retries, {} answered 429", journal.cp.pass, in_flight.len(), s.get(&s.requests), s.get(&s.retries), s.get(&s.throttled))
+                format!("pass {}, {} in flight, {} requests, {} retries, {} answered 429", listing_pass, in_flight.len(), s.get(&s.requests), s.get(&s.retries), s.get(&s.throttled))
             });
         }
         Ok(())
@@ -264,7 +263,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     }
     drop(prev);
     summary.profiles = journal.lines;
-    summary.passes = journal.cp.pass;
+    summary.passes = listing_pass;
     summary.found_by_relisting = journal.cp.found_by_relisting;
     journal.finish(&out, requests())?;
     progress.finish();
@@ -282,6 +281,7 @@ fn commit_pages(journal: &mut Journal, pages: &mut BTreeMap<u64, PageState>) -> 
         }
         let state = entry.remove();
         journal.cp.cursor = state.next;
+        journal.cp.pass = state.pass;
         journal.cp.pages_committed += 1;
         advanced = true;
     }

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::io::Read;
 use std::path::Path;
 
 /// The CSV's header mapped onto our columns.
@@ -18,11 +19,36 @@ pub struct Layout {
     pub fields: Vec<usize>,
 }
 
+/// The separator of a customers CSV: `,`, `;` or tab, as its header shows
+/// (a spreadsheet in a European locale saves with `;`).
+pub fn separator(path: &Path) -> Result<u8> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut first = Vec::new();
+    std::io::BufReader::new(f)
+        .take(1 << 20)
+        .read_until(b'\n', &mut first)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    match crate::edits::detect_separator(&first) {
+        Ok(sep) => Ok(sep),
+        // No separator gives known columns: read with commas, and let the
+        // header check name the unknown columns.
+        Err(why) if why.is_empty() => Ok(b','),
+        Err(why) => Err(InputErrors {
+            problems: vec![format!("{}:1: {why}", path.display())],
+            hint: format!("{}: nothing was sent", path.display()),
+        }
+        .into()),
+    }
+}
+
 pub fn open_csv(path: &Path) -> Result<csv::Reader<std::fs::File>> {
+    let sep = separator(path)?;
     let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
+        .delimiter(sep)
         .from_reader(f))
 }
 
@@ -62,7 +88,7 @@ pub fn read_layout(
                 fields.push(idx);
             }
             None => problems.push(format!(
-                "{file}:1: column {name:?}: unknown column; known columns are {}",
+                "{file}:1: column {name:?}: unknown column; known columns are {} (separated by commas, semicolons or tabs, one kind per file)",
                 COLUMNS.join(", ")
             )),
         }
@@ -104,7 +130,13 @@ pub fn parse_row(layout: &Layout, rec: &csv::ByteRecord) -> (CustomerRow, Vec<(S
                     *cell = (!value.is_empty()).then(|| value.to_string());
                 }
             }
-            Err(_) => problems.push((col.to_string(), "not valid UTF-8".to_string())),
+            Err(_) => problems.push((
+                col.to_string(),
+                match crate::edits::as_windows_1252(raw) {
+                    Some(text) => format!("not UTF-8: it reads as Windows-1252 ({text:?}), as a spreadsheet's plain \"CSV\" save writes; re-save the file as \"CSV UTF-8\""),
+                    None => "not valid UTF-8".to_string(),
+                },
+            )),
         }
     }
     match &row.source_id {
@@ -122,7 +154,10 @@ pub fn parse_row(layout: &Layout, rec: &csv::ByteRecord) -> (CustomerRow, Vec<(S
         if !crate::dates::is_real_date(b) {
             problems.push((
                 "birthdate".into(),
-                format!("{b:?} is not a real date in YYYY-MM-DD form"),
+                match crate::edits::date_format_found(b) {
+                    Some(found) => format!("{b:?} is not a date in YYYY-MM-DD form: found {found}, as a spreadsheet writes dates in a locale format; format the column as text before editing, and write dates as YYYY-MM-DD"),
+                    None => format!("{b:?} is not a real date in YYYY-MM-DD form"),
+                },
             ));
         }
     }
@@ -172,8 +207,13 @@ pub enum OnInvalid<'a> {
     Count,
 }
 
-/// Check every row of `path`.
-pub fn validate(path: &Path, on_invalid: OnInvalid) -> Result<Validated> {
+/// Check every row of `path`; `extra` adds problems found elsewhere (the
+/// spreadsheet damage `diff` finds), by line.
+pub fn validate(
+    path: &Path,
+    on_invalid: OnInvalid,
+    extra: &HashMap<u64, Vec<(String, String)>>,
+) -> Result<Validated> {
     let file = path.display().to_string();
     let skip_invalid = !matches!(on_invalid, OnInvalid::Fail);
     let mut rdr = open_csv(path)?;
@@ -220,6 +260,9 @@ pub fn validate(path: &Path, on_invalid: OnInvalid) -> Result<Validated> {
         rows += 1;
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
         let (row, mut errs) = parse_row(&layout, &rec);
+        if let Some(more) = extra.get(&line) {
+            errs.extend(more.iter().cloned());
+        }
         if let Some(sid) = &row.source_id {
             match seen.get(&h128(sid)) {
                 Some(first) => errs.push((

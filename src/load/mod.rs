@@ -92,6 +92,11 @@ pub struct Args {
     /// Resend every row, even those the ledger shows as already confirmed
     #[arg(long)]
     pub full: bool,
+    /// Load rows whose edits look like spreadsheet damage (leading zeros lost) as they are
+    #[arg(long = "accept-edits")]
+    pub accept_edits: bool,
+    #[command(flatten)]
+    pub identifiers: crate::config::IdentifierArgs,
     #[command(flatten)]
     pub voucherify: VoucherifyArgs,
 }
@@ -121,7 +126,7 @@ pub struct Plan {
 
 /// Compare `customers` with the ledger without sending or writing anything.
 pub fn plan(customers: &Path) -> Result<Plan> {
-    let validated = validate(customers, OnInvalid::Count)?;
+    let validated = validate(customers, OnInvalid::Count, &Default::default())?;
     let ledger = ledger::read(&state::ledger(customers), None)?;
     let mut b = Batcher::new(
         customers,
@@ -162,10 +167,12 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     }
     let started = Instant::now();
     let rejects = state::rejects(&input);
+    let edits = check_edits(&input, args)?;
+    let refused = refused_edits(edits.as_ref(), args.accept_edits);
     let validated = if args.skip_invalid {
-        validate(&input, OnInvalid::SetAside(&rejects))?
+        validate(&input, OnInvalid::SetAside(&rejects), &refused)?
     } else {
-        let v = validate(&input, OnInvalid::Fail)?;
+        let v = validate(&input, OnInvalid::Fail, &refused)?;
         // A rejects file from an earlier --skip-invalid run no longer applies.
         let _ = std::fs::remove_file(&rejects);
         v
@@ -200,6 +207,12 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     if args.dry_run {
         let b = make_batcher(Arc::new(ledger_state.confirmed))?;
         summary.unchanged = dry_run(b, &validated)?;
+        if let Some(r) = &edits {
+            ui::info(format!(
+                "load --dry-run: edits against what transform would write: {} (`segsync diff` lists them)",
+                r.counts()
+            ));
+        }
         return Ok(summary);
     }
 
@@ -283,6 +296,66 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         )));
     }
     Ok(summary)
+}
+
+/// When `input` was edited after transform wrote it and the profiles it came
+/// from are beside it: what the edit changed (`segsync diff`).
+fn check_edits(input: &Path, args: &Args) -> Result<Option<crate::diff::EditReport>> {
+    if !matches!(manifest::edited_since_transform(input), Ok(Some(true))) {
+        return Ok(None);
+    }
+    let Some(profiles) = crate::diff::profiles_for(input, None) else {
+        return Ok(None);
+    };
+    let report = crate::diff::compare(input, &profiles, &args.identifiers.types()?)?;
+    ui::info(format!(
+        "load: {} is {}-separated; edits against what transform would write from {}: {}",
+        input.display(),
+        crate::edits::separator_name(report.separator),
+        profiles.display(),
+        report.counts()
+    ));
+    for c in report
+        .damaged()
+        .filter(|c| !c.damage.is_some_and(|d| d.refused_by_default()))
+    {
+        ui::warn(format!(
+            "{}:{}: {}: {:?} (was {:?}) {}",
+            input.display(),
+            c.line,
+            c.column,
+            c.new,
+            c.old,
+            c.damage.map(|d| d.explain()).unwrap_or_default()
+        ));
+    }
+    Ok(Some(report))
+}
+
+/// The rows `load` refuses unless `--accept-edits`: values that lost their
+/// leading zeros (almost never intended), as validation problems by line.
+fn refused_edits(
+    report: Option<&crate::diff::EditReport>,
+    accept: bool,
+) -> std::collections::HashMap<u64, Vec<(String, String)>> {
+    let mut out: std::collections::HashMap<u64, Vec<(String, String)>> = Default::default();
+    if accept {
+        return out;
+    }
+    for c in report.iter().flat_map(|r| r.damaged()) {
+        if let Some(d) = c.damage.filter(|d| d.refused_by_default()) {
+            out.entry(c.line).or_default().push((
+                c.column.to_string(),
+                format!(
+                    "{:?} (was {:?} in profiles.ndjson) {}",
+                    c.new,
+                    c.old,
+                    d.explain()
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// Show what a load would send; returns the rows already confirmed.

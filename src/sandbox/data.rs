@@ -278,7 +278,14 @@ impl Dataset {
             r.gen_range(1..200),
             r.gen_range(1..50)
         );
-        let postal = format!("{:02}-{:03}", r.gen_range(0..100), r.gen_range(0..1000));
+        let (a, b) = (r.gen_range(0..100), r.gen_range(0..1000));
+        // Some postal codes are digits with leading zeros (as in Oslo, Rome
+        // or Boston): the values a spreadsheet damages.
+        let postal = if index % 3 == 0 {
+            format!("{:05}", a * 10 + b % 10)
+        } else {
+            format!("{a:02}-{b:03}")
+        };
         match index % 5 {
             0 => {
                 t.insert("address".into(), json!({"street": street, "city": city, "state": "Małopolska", "postalCode": postal, "country": country}));

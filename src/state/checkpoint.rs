@@ -36,9 +36,6 @@ pub struct Checkpoint {
     /// the space to find profiles that activity moved past the cursor.
     #[serde(default = "one")]
     pub pass: u32,
-    /// Profiles the current pass found that were not yet written.
-    #[serde(default)]
-    pub pass_found: u64,
     /// Profiles found by re-listing (passes after the first), in all.
     #[serde(default)]
     pub found_by_relisting: u64,

@@ -107,6 +107,31 @@ impl Chunk {
     }
 }
 
+/// A customer's cells, with its profile's update time (ms since the epoch).
+pub type TimedRow = (i64, Vec<Option<String>>);
+
+impl Chunk {
+    /// The customers of this chunk as cells, each with its update time.
+    /// Err: the first line that is not a profile (line number and why).
+    pub fn rows(&self, id_types: &[String]) -> Result<Vec<TimedRow>, String> {
+        let mut out = Vec::new();
+        for (i, line) in self.data.split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let profile = crate::records::parse_for_mapping(line)
+                .map_err(|e| format!("{}: {e}", self.first_line + i as u64))?;
+            if let Mapped::Customer { row, .. } = map_profile(&profile, id_types) {
+                out.push((
+                    updated_millis(&profile),
+                    row.cells().iter().map(|c| (*c).clone()).collect(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
 pub fn h64(s: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.hash(&mut h);

@@ -369,3 +369,51 @@ fn report(summary: &Summary, out: &Path, rejected: &Path, started: Instant, inpu
         input_bytes as f64 / 1e6 / secs
     ));
 }
+
+/// What transform would write from `input`, in memory and nothing written:
+/// `source_id` → the row's cells (the CSV's columns, `segment_id` included),
+/// duplicates settled as transform settles them. For `diff` and `load`'s
+/// check of hand edits; runs on every core like transform.
+pub fn expected_rows(
+    input: &Path,
+    id_types: &[String],
+) -> Result<std::collections::HashMap<String, Vec<Option<String>>>> {
+    let file =
+        std::fs::File::open(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8);
+    let mut rows: std::collections::HashMap<String, (i64, Vec<Option<String>>)> =
+        std::collections::HashMap::new();
+    let mut invalid = None;
+    pool::ordered_map(
+        chunks(BufReader::with_capacity(1 << 20, file)),
+        workers,
+        |c: Chunk| c.rows(id_types),
+        |r| match r {
+            Ok(list) => {
+                for (updated, row) in list {
+                    let Some(sid) = row[0].clone() else { continue };
+                    match rows.get(&sid) {
+                        Some((kept, _)) if *kept >= updated => {}
+                        _ => {
+                            rows.insert(sid, (updated, row));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                invalid.get_or_insert(e);
+            }
+        },
+    )
+    .with_context(|| format!("cannot read {}", input.display()))?;
+    if let Some(e) = invalid {
+        anyhow::bail!(
+            "{}:{e}; `segsync transform` names every problem",
+            input.display()
+        );
+    }
+    Ok(rows.into_iter().map(|(k, (_, row))| (k, row)).collect())
+}
