@@ -18,10 +18,11 @@ fn lines() -> Vec<Vec<u8>> {
 fn hot_paths(c: &mut Criterion) {
     let lines = lines();
     let bytes: usize = lines.iter().map(Vec::len).sum();
-    let types = vec!["user_id".to_string()];
+    let types = segsync::mapping::Mapping::default();
+    let wanted = segsync::records::default_trait_set();
     let records: Vec<ProfileRecord> = lines
         .iter()
-        .map(|l| parse_for_mapping(l).expect("parse"))
+        .map(|l| parse_for_mapping(l, &wanted).expect("parse"))
         .collect();
 
     let mut g = c.benchmark_group("per 1000 profiles");
@@ -43,7 +44,7 @@ fn hot_paths(c: &mut Criterion) {
     g.bench_function("parse slim (only mapped traits)", |b| {
         b.iter(|| {
             for l in &lines {
-                black_box(parse_for_mapping(l).expect("json"));
+                black_box(parse_for_mapping(l, &wanted).expect("json"));
             }
         })
     });

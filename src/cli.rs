@@ -53,9 +53,11 @@ pub enum Command {
     /// Run extract, transform and load in a row, stopping at the first failure
     Run(RunArgs),
     /// Show each stage's files, counts, resume points and what comes next
-    Status,
+    Status(crate::config::MappingArgs),
     /// Show what a hand edit of customers.csv changed against what transform would write
     Diff(crate::diff::Args),
+    /// Print the effective mapping (default plus segsync.toml); --check compares it with the project's metadata schema
+    Mapping(crate::mapping_command::Args),
     /// Serve a local emulator of both APIs (prints the variables that point segsync at it)
     Sandbox(SandboxArgs),
 }
@@ -78,7 +80,7 @@ pub struct RunArgs {
     #[arg(long = "segment-rate-limit", default_value_t = extract::DEFAULT_RATE_LIMIT)]
     pub segment_rate_limit: u32,
     #[command(flatten)]
-    pub identifiers: config::IdentifierArgs,
+    pub mapping: config::MappingArgs,
     /// Overwrite a hand-edited customers.csv
     #[arg(long)]
     pub force: bool,
@@ -145,6 +147,9 @@ pub struct SandboxArgs {
         value_name = "SECONDS"
     )]
     pub bulk_window_secs: u64,
+    /// The project's customer metadata schema, a JSON file: {"properties": {KEY: {"type": ...}}, "allow_defined_only": bool}
+    #[arg(long = "metadata-schema", value_name = "FILE")]
+    pub metadata_schema: Option<PathBuf>,
     /// Share of profiles (0-100) that are anonymous (no user_id)
     #[arg(long = "anonymous-percent", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
     pub anonymous_percent: u64,
@@ -209,8 +214,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             .await
             .map(|s| if s.failed > 0 { 3 } else { 0 }),
         Command::Run(a) => run_all(&a, &data).await,
-        Command::Status => status::run(&data).map(|_| 0),
+        Command::Status(m) => status::run(&data, &m).map(|_| 0),
         Command::Diff(a) => crate::diff::run(&a, &data).map(|_| 0),
+        Command::Mapping(a) => crate::mapping_command::run(&a).await,
         Command::Sandbox(a) => sandbox(a).await.map(|_| 0),
     }
 }
@@ -240,7 +246,7 @@ async fn run_all(a: &RunArgs, data: &std::path::Path) -> anyhow::Result<u8> {
         fresh: a.fresh,
         incremental,
         all_traits: false,
-        identifiers: a.identifiers.clone(),
+        mapping: a.mapping.clone(),
         segment: a.segment.clone(),
     };
     extract::run(&ex, data).await?;
@@ -248,7 +254,7 @@ async fn run_all(a: &RunArgs, data: &std::path::Path) -> anyhow::Result<u8> {
         input: None,
         out: None,
         rejected: None,
-        identifiers: a.identifiers.clone(),
+        mapping: a.mapping.clone(),
         force: a.force,
         skip_invalid: false,
     };
@@ -265,7 +271,7 @@ async fn run_all(a: &RunArgs, data: &std::path::Path) -> anyhow::Result<u8> {
         skip_invalid: false,
         full: a.full,
         accept_edits: false,
-        identifiers: a.identifiers.clone(),
+        mapping: a.mapping.clone(),
         voucherify: a.voucherify.clone(),
     };
     let s = load::run(&ld, data).await?;
@@ -300,6 +306,18 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<()> {
             crate::error::UsageError::new("--fault-rate must be between 0.0 and 1.0").into(),
         );
     }
+    let metadata_schema = match &a.metadata_schema {
+        Some(p) => Some(
+            serde_json::from_slice(
+                &std::fs::read(p)
+                    .map_err(|e| crate::error::UsageError::new(format!("{}: {e}", p.display())))?,
+            )
+            .map_err(|e| {
+                crate::error::UsageError::new(format!("{}: not JSON ({e})", p.display()))
+            })?,
+        ),
+        None => None,
+    };
     let sb = Sandbox::start(SandboxOptions {
         port: a.port,
         profiles: a.profiles,
@@ -316,6 +334,7 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<()> {
         bulk_window: std::time::Duration::from_secs(a.bulk_window_secs),
         churn: a.churn,
         anonymous_percent: a.anonymous_percent,
+        metadata_schema,
         misbehave: a.misbehave,
         ..Default::default()
     })

@@ -373,22 +373,40 @@ impl VoucherifyArgs {
     }
 }
 
-/// Which external ids become `source_id`; shared by `extract` (which
-/// fetches traits only for profiles that have one), `transform` and `run`.
+/// The effective mapping: the mapping file (`--mapping`, `SEGSYNC_MAPPING`,
+/// else `segsync.toml` in the working directory when it exists) and the
+/// `source_id` shorthand. Shared by `extract` (which asks Segment only for
+/// what the mapping reads), `transform`, `diff`, `load` and `run`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct IdentifierArgs {
-    /// External-id type(s) used as source_id; a comma list is a fallback order
+pub struct MappingArgs {
+    /// External-id type(s) used as source_id, a comma list as fallback order [default: the mapping file's [source_id] types, else user_id]
     #[arg(
         long = "source-id-type",
         env = "IDENTIFIER_SAVED_AS_SOURCE_ID",
-        default_value = "user_id",
         value_name = "TYPES"
     )]
-    pub source_id_type: String,
+    pub source_id_type: Option<String>,
+    /// Mapping file [default: segsync.toml in the working directory, when it exists]
+    #[arg(long = "mapping", env = "SEGSYNC_MAPPING", value_name = "FILE")]
+    pub mapping: Option<std::path::PathBuf>,
 }
 
-impl IdentifierArgs {
-    pub fn types(&self) -> Result<Vec<String>, UsageError> {
-        identifier_types(&self.source_id_type)
+/// The mapping file used when none is named.
+pub const DEFAULT_MAPPING_FILE: &str = "segsync.toml";
+
+impl MappingArgs {
+    pub fn resolve(&self) -> Result<crate::mapping::Mapping, UsageError> {
+        let file = self.mapping.clone().or_else(|| {
+            let p = std::path::PathBuf::from(DEFAULT_MAPPING_FILE);
+            p.exists().then_some(p)
+        });
+        let mut m = match file {
+            Some(f) => crate::mapping::Mapping::from_file(&f)?,
+            None => crate::mapping::Mapping::default(),
+        };
+        if let Some(t) = &self.source_id_type {
+            m.source_id_types = identifier_types(t)?;
+        }
+        Ok(m)
     }
 }

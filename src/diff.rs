@@ -8,11 +8,12 @@
 //! FILE` writes the full list. `load` uses [`compare`] to refuse rows whose
 //! leading zeros a spreadsheet stripped.
 
-use crate::config::IdentifierArgs;
+use crate::config::MappingArgs;
 use crate::edits::{classify, separator_name, Damage};
 use crate::error::UsageError;
 use crate::files::{self, AtomicFile};
 use crate::load::input::{open_csv, parse_row, read_layout, separator};
+use crate::mapping::Mapping;
 use crate::records::{guard_cell, COLUMNS};
 use crate::state;
 use crate::ui;
@@ -35,7 +36,7 @@ pub struct Args {
     #[arg(long, default_value_t = 50)]
     pub show: usize,
     #[command(flatten)]
-    pub identifiers: IdentifierArgs,
+    pub mapping: MappingArgs,
 }
 
 /// One changed cell.
@@ -106,8 +107,8 @@ impl EditReport {
 }
 
 /// Compare `customers` with what transform would write from `profiles`.
-pub fn compare(customers: &Path, profiles: &Path, id_types: &[String]) -> Result<EditReport> {
-    let mut expected = crate::transform::expected_rows(profiles, id_types)?;
+pub fn compare(customers: &Path, profiles: &Path, mapping: &Mapping) -> Result<EditReport> {
+    let mut expected = crate::transform::expected_rows(profiles, mapping)?;
     let mut report = EditReport {
         separator: separator(customers)?,
         ..Default::default()
@@ -187,7 +188,7 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<()> {
         );
         return Ok(());
     };
-    let r = compare(&customers, &profiles, &args.identifiers.types()?)?;
+    let r = compare(&customers, &profiles, &args.mapping.resolve()?)?;
     println!(
         "{} ({} rows, {}-separated) against what `segsync transform` would write from {}:",
         customers.display(),

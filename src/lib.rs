@@ -19,6 +19,8 @@ pub mod files;
 pub mod http;
 pub mod load;
 pub mod mapping;
+pub mod mapping_command;
+pub mod metadata_schema;
 pub mod records;
 pub mod sandbox;
 pub mod segment;

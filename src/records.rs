@@ -202,17 +202,26 @@ pub fn unguard_cell(cell: &str) -> &str {
 }
 
 /// Parse a profile line keeping only what the mapping reads: the traits named
-/// in [`MAPPED_TRAITS`] and each external id's `type` and
-/// `id`. Everything else is checked for well-formedness but skipped without
-/// being built, which is what makes `transform` fast on profiles with hundreds
-/// of custom traits. The line must be valid UTF-8 as a whole.
-pub fn parse_for_mapping(line: &[u8]) -> Result<ProfileRecord, String> {
+/// in `wanted` (`Mapping::traits_read`; [`MAPPED_TRAITS`] for the default) and
+/// each external id's `type` and `id`. Everything else is checked for
+/// well-formedness but skipped without being built, which is what makes
+/// `transform` fast on profiles with hundreds of custom traits. The line must
+/// be valid UTF-8 as a whole.
+pub fn parse_for_mapping(
+    line: &[u8],
+    wanted: &std::collections::HashSet<String>,
+) -> Result<ProfileRecord, String> {
+    use serde::de::DeserializeSeed;
     let text = std::str::from_utf8(line).map_err(|e| format!("not valid UTF-8 ({e})"))?;
-    let slim: slim::Profile = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let slim = slim::ProfileSeed(wanted)
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
     Ok(ProfileRecord {
         segment_id: slim.segment_id,
         metadata: slim.metadata,
-        traits: slim.traits.0,
+        traits: slim.traits,
         external_ids: slim
             .external_ids
             .into_iter()
@@ -231,21 +240,23 @@ pub fn parse_for_mapping(line: &[u8]) -> Result<ProfileRecord, String> {
     })
 }
 
+/// The traits the default mapping reads, as a set for [`parse_for_mapping`].
+pub fn default_trait_set() -> std::collections::HashSet<String> {
+    MAPPED_TRAITS.iter().map(|s| s.to_string()).collect()
+}
+
 mod slim {
-    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    use serde::de::{DeserializeSeed, Deserializer, Error, IgnoredAny, MapAccess, Visitor};
     use serde::Deserialize;
     use serde_json::{Map, Value};
     use std::borrow::Cow;
+    use std::collections::HashSet;
     use std::fmt;
 
-    #[derive(Deserialize)]
     pub struct Profile {
         pub segment_id: String,
-        #[serde(default)]
         pub metadata: Value,
-        #[serde(default)]
-        pub traits: MappedTraits,
-        #[serde(default)]
+        pub traits: Map<String, Value>,
         pub external_ids: Vec<ExternalId>,
     }
 
@@ -256,9 +267,6 @@ mod slim {
         #[serde(default)]
         pub id: Option<Value>,
     }
-
-    #[derive(Default)]
-    pub struct MappedTraits(pub Map<String, Value>);
 
     /// A map key, borrowed from the input when it has no escapes.
     struct Key<'a>(Cow<'a, str>);
@@ -282,27 +290,70 @@ mod slim {
         }
     }
 
-    impl<'de> Deserialize<'de> for MappedTraits {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = MappedTraits;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("a traits object")
-                }
-                fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<MappedTraits, A::Error> {
-                    let mut out = Map::new();
-                    while let Some(Key(k)) = m.next_key::<Key>()? {
-                        if super::MAPPED_TRAITS.contains(&k.as_ref()) {
-                            out.insert(k.into_owned(), m.next_value::<Value>()?);
-                        } else {
-                            m.next_value::<IgnoredAny>()?;
-                        }
+    /// The profile object, keeping only the wanted traits.
+    pub struct ProfileSeed<'w>(pub &'w HashSet<String>);
+
+    impl<'de> DeserializeSeed<'de> for ProfileSeed<'_> {
+        type Value = Profile;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Profile, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for ProfileSeed<'_> {
+        type Value = Profile;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a profile object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Profile, A::Error> {
+            let mut segment_id = None;
+            let mut metadata = Value::Null;
+            let mut traits = Map::new();
+            let mut external_ids = Vec::new();
+            while let Some(Key(k)) = m.next_key::<Key>()? {
+                match k.as_ref() {
+                    "segment_id" => segment_id = Some(m.next_value::<String>()?),
+                    "metadata" => metadata = m.next_value()?,
+                    "traits" => traits = m.next_value_seed(TraitsSeed(self.0))?,
+                    "external_ids" => external_ids = m.next_value()?,
+                    _ => {
+                        m.next_value::<IgnoredAny>()?;
                     }
-                    Ok(MappedTraits(out))
                 }
             }
-            d.deserialize_map(V)
+            Ok(Profile {
+                segment_id: segment_id.ok_or_else(|| A::Error::missing_field("segment_id"))?,
+                metadata,
+                traits,
+                external_ids,
+            })
+        }
+    }
+
+    struct TraitsSeed<'w>(&'w HashSet<String>);
+
+    impl<'de> DeserializeSeed<'de> for TraitsSeed<'_> {
+        type Value = Map<String, Value>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for TraitsSeed<'_> {
+        type Value = Map<String, Value>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a traits object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(Key(k)) = m.next_key::<Key>()? {
+                if self.0.contains(k.as_ref()) {
+                    out.insert(k.into_owned(), m.next_value::<Value>()?);
+                } else {
+                    m.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(out)
         }
     }
 }

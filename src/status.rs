@@ -45,7 +45,7 @@ fn newer(a: &Path, b: &Path) -> bool {
     matches!((m(a), m(b)), (Some(x), Some(y)) if x > y)
 }
 
-pub fn run(data_dir: &Path) -> Result<()> {
+pub fn run(data_dir: &Path, mapping: &crate::config::MappingArgs) -> Result<()> {
     let profiles = state::profiles(data_dir);
     let partial = state::partial(&profiles);
     let checkpoint = state::checkpoint(&profiles);
@@ -112,12 +112,23 @@ pub fn run(data_dir: &Path) -> Result<()> {
         );
         if let Some(m) = &manifest {
             println!(
-                "           from {} profiles, {} birthdates dropped (transform.warnings.csv)",
+                "           from {} profiles, {} values dropped (transform.warnings.csv)",
                 m.profiles, m.warnings
             );
         }
         if edited {
             println!("           edited by hand since transform wrote it (transform will not overwrite it without --force)");
+        }
+        match (&manifest, mapping.resolve()) {
+            (Some(m), Ok(now)) if !m.mapping.is_empty() && m.mapping != now.fingerprint() => {
+                println!(
+                    "           written with another mapping than the current one ({}): rerun `segsync transform` (and `segsync extract --fresh` if it reads other traits)",
+                    now.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "the default".into())
+                );
+                next.get_or_insert_with(|| "segsync transform   (the mapping changed)".into());
+            }
+            (_, Err(e)) => println!("           the mapping cannot be read: {e}"),
+            _ => {}
         }
         if profiles.exists() && newer(&profiles, &customers) && !edited {
             println!("           profiles.ndjson is newer: rerun `segsync transform`");

@@ -187,6 +187,25 @@ impl VoucherifyClient {
             .ok_or_else(|| contract(endpoint, "no `async_action_id` in the answer"))
     }
 
+    /// The project's customer metadata schema (`GET /v1/metadata-schemas`).
+    pub async fn customer_metadata_schema(
+        &self,
+    ) -> Result<crate::metadata_schema::CustomerSchema, ApiError> {
+        let endpoint = "GET /v1/metadata-schemas";
+        let url = format!("{}/v1/metadata-schemas", self.base);
+        let resp = self
+            .http
+            .send(endpoint, &VoucherifyLogic, |c| {
+                c.get(&url)
+                    .header("X-App-Id", &self.cfg.app_id)
+                    .header("X-App-Token", self.cfg.secret_key.expose())
+            })
+            .await?;
+        let v: Value = serde_json::from_slice(&resp.body)
+            .map_err(|e| contract(endpoint, &format!("body is not JSON ({e})")))?;
+        crate::metadata_schema::CustomerSchema::from_answer(&v).map_err(|e| contract(endpoint, &e))
+    }
+
     /// The state of an async action.
     pub async fn async_action(&self, id: &str) -> Result<AsyncAction, ApiError> {
         let endpoint = format!("GET /v1/async-actions/{id}");

@@ -40,6 +40,8 @@ pub fn updated_at(entry: &Map<String, Value>) -> &str {
 pub struct Wanted {
     /// External-id types that can become `source_id`, in fallback order.
     pub id_types: Vec<String>,
+    /// The traits the mapping reads (top level).
+    pub traits: Vec<String>,
     /// Every trait and every external id (`--all-traits`).
     pub everything: bool,
 }
@@ -50,7 +52,7 @@ impl Wanted {
     }
 
     fn traits_include(&self) -> Option<String> {
-        (!self.everything).then(|| crate::records::MAPPED_TRAITS.join(","))
+        (!self.everything).then(|| self.traits.join(","))
     }
 
     fn identified(&self, ids: &[Value]) -> bool {

@@ -17,7 +17,7 @@ pub mod journal;
 pub mod lister;
 pub mod previous;
 
-use crate::config::{IdentifierArgs, SegmentArgs};
+use crate::config::{MappingArgs, SegmentArgs};
 use crate::error::{ApiError, UsageError};
 use crate::http::HttpSettings;
 use crate::segment::SegmentClient;
@@ -68,7 +68,7 @@ pub struct Args {
     #[arg(long = "all-traits")]
     pub all_traits: bool,
     #[command(flatten)]
-    pub identifiers: IdentifierArgs,
+    pub mapping: MappingArgs,
     #[command(flatten)]
     pub segment: SegmentArgs,
 }
@@ -104,8 +104,10 @@ pub const MAX_PASSES: u32 = 6;
 
 pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     let cfg = args.segment.resolve()?;
+    let mapping = args.mapping.resolve()?;
     let wanted = Arc::new(fetcher::Wanted {
-        id_types: args.identifiers.types()?,
+        id_types: mapping.source_id_types.clone(),
+        traits: mapping.traits_read().into_iter().collect(),
         everything: args.all_traits,
     });
     let out = args
@@ -116,6 +118,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     let incremental = journal.cp.incremental || args.incremental;
     journal.cp.source_id_types = wanted.id_types.clone();
     journal.cp.all_traits = wanted.everything;
+    journal.cp.traits = wanted.traits.clone();
     let mut prev = open_previous(&out, incremental)?;
 
     let settings = HttpSettings {

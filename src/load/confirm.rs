@@ -149,13 +149,7 @@ fn send_batch_inner<'a>(
                 send_batch_inner(s, first, progress).await?;
                 return send_batch_inner(s, second, progress).await;
             }
-            Err(e) if matches!(e.status(), Some(401) | Some(403)) => {
-                return Err(UsageError::new(format!(
-                    "{e}\ncheck VOUCHERIFY_APPLICATION_ID and VOUCHERIFY_SECRET_KEY (Project Settings > Application Keys) and VOUCHERIFY_API_URL (your project's region)"
-                ))
-                .into())
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(api_error(e)),
         };
         let n = batch.customers.len() as u64;
         s.sent.fetch_add(n, Ordering::Relaxed);
@@ -182,6 +176,18 @@ fn send_batch_inner<'a>(
         progress.inc(n);
         Ok(())
     })
+}
+
+/// An API error as load reports it: 401/403 mean the keys or the region are
+/// wrong, a configuration error (exit 2) that says what to check.
+pub fn api_error(e: crate::error::ApiError) -> anyhow::Error {
+    match e.status() {
+        Some(401) | Some(403) => UsageError::new(format!(
+            "{e}\ncheck VOUCHERIFY_APPLICATION_ID and VOUCHERIFY_SECRET_KEY (Project Settings > Application Keys) and VOUCHERIFY_API_URL (your project's region)"
+        ))
+        .into(),
+        _ => e.into(),
+    }
 }
 
 /// How an async action's polls are timed.

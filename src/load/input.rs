@@ -341,6 +341,40 @@ fn write_rejects(
     Ok(())
 }
 
+/// Every row's metadata checked against the project's customer schema, as
+/// problems by line (`metadata.KEY: what is wrong`).
+pub fn schema_problems(
+    path: &Path,
+    schema: &crate::metadata_schema::CustomerSchema,
+) -> Result<HashMap<u64, Vec<(String, String)>>> {
+    let mut out: HashMap<u64, Vec<(String, String)>> = HashMap::new();
+    if schema.properties.is_empty() && schema.allow_defined_only != Some(true) {
+        return Ok(out);
+    }
+    let mut rdr = open_csv(path)?;
+    let Ok(layout) = read_layout(path, &mut rdr) else {
+        return Ok(out); // validation names the header's problems
+    };
+    let mut rec = csv::ByteRecord::new();
+    while let Ok(more) = rdr.read_byte_record(&mut rec) {
+        if !more {
+            break;
+        }
+        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        let (row, _) = parse_row(&layout, &rec);
+        let Some(Ok(Value::Object(m))) = row.metadata.as_deref().map(serde_json::from_str::<Value>)
+        else {
+            continue;
+        };
+        for (key, why) in schema.check(&m) {
+            out.entry(line)
+                .or_default()
+                .push((format!("metadata.{key}"), why));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

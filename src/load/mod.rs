@@ -96,7 +96,7 @@ pub struct Args {
     #[arg(long = "accept-edits")]
     pub accept_edits: bool,
     #[command(flatten)]
-    pub identifiers: crate::config::IdentifierArgs,
+    pub mapping: crate::config::MappingArgs,
     #[command(flatten)]
     pub voucherify: VoucherifyArgs,
 }
@@ -168,7 +168,30 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     let started = Instant::now();
     let rejects = state::rejects(&input);
     let edits = check_edits(&input, args)?;
-    let refused = refused_edits(edits.as_ref(), args.accept_edits);
+    let mut refused = refused_edits(edits.as_ref(), args.accept_edits);
+    let client = match cfg.clone() {
+        Some(cfg) => Some(VoucherifyClient::new(cfg, http_settings(args))?),
+        None => None,
+    };
+    if let Some(client) = &client {
+        // What Voucherify would reject one customer at a time after sending,
+        // found before anything is sent.
+        let schema = client.customer_metadata_schema().await.map_err(|e| {
+            confirm::api_error(e).context("cannot read the project's customer metadata schema, which load checks every row against before sending")
+        })?;
+        let problems = input::schema_problems(&input, &schema)?;
+        if !schema.properties.is_empty() || schema.allow_defined_only == Some(true) {
+            ui::info(format!(
+                "load: metadata checked against the project's customer schema ({} keys defined{}): {} rows with problems",
+                schema.properties.len(),
+                if schema.allow_defined_only == Some(true) { ", defined keys only" } else { "" },
+                problems.len()
+            ));
+        }
+        for (line, p) in problems {
+            refused.entry(line).or_default().extend(p);
+        }
+    }
     let validated = if args.skip_invalid {
         validate(&input, OnInvalid::SetAside(&rejects), &refused)?
     } else {
@@ -216,21 +239,10 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         return Ok(summary);
     }
 
-    let cfg = cfg.ok_or_else(|| anyhow::anyhow!("credentials are required"))?;
+    let client = client.ok_or_else(|| anyhow::anyhow!("credentials are required"))?;
     let target = target.unwrap_or_default();
-    let settings = HttpSettings {
-        concurrency: args.concurrency as usize * 2,
-        rate: args.rate_limit.filter(|r| *r > 0),
-        rate_period: Duration::from_secs(60),
-        burst: Some(1),
-        timeout: Duration::from_secs(120),
-        policy: crate::http::RetryPolicy {
-            max_quota_wait: Duration::from_secs(args.max_wait * 60),
-            ..Default::default()
-        },
-    };
     let session = Arc::new(Session::new(
-        VoucherifyClient::new(cfg, settings)?,
+        client,
         LedgerWriter::open(&ledger_file, &target)?,
         Duration::from_secs(args.poll_timeout),
     ));
@@ -298,6 +310,20 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     Ok(summary)
 }
 
+fn http_settings(args: &Args) -> HttpSettings {
+    HttpSettings {
+        concurrency: args.concurrency as usize * 2,
+        rate: args.rate_limit.filter(|r| *r > 0),
+        rate_period: Duration::from_secs(60),
+        burst: Some(1),
+        timeout: Duration::from_secs(120),
+        policy: crate::http::RetryPolicy {
+            max_quota_wait: Duration::from_secs(args.max_wait * 60),
+            ..Default::default()
+        },
+    }
+}
+
 /// When `input` was edited after transform wrote it and the profiles it came
 /// from are beside it: what the edit changed (`segsync diff`).
 fn check_edits(input: &Path, args: &Args) -> Result<Option<crate::diff::EditReport>> {
@@ -307,7 +333,7 @@ fn check_edits(input: &Path, args: &Args) -> Result<Option<crate::diff::EditRepo
     let Some(profiles) = crate::diff::profiles_for(input, None) else {
         return Ok(None);
     };
-    let report = crate::diff::compare(input, &profiles, &args.identifiers.types()?)?;
+    let report = crate::diff::compare(input, &profiles, &args.mapping.resolve()?)?;
     ui::info(format!(
         "load: {} is {}-separated; edits against what transform would write from {}: {}",
         input.display(),

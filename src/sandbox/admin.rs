@@ -57,6 +57,8 @@ fn endpoint_name(path: &str) -> &'static str {
         "voucherify.customers_bulk_async"
     } else if path.starts_with("/v1/async-actions/") {
         "voucherify.async_action"
+    } else if path.starts_with("/v1/metadata-schemas") {
+        "voucherify.metadata_schemas"
     } else {
         "other"
     }

@@ -376,6 +376,7 @@ impl Dataset {
         }
 
         let external_ids = self.external_ids(index, &mut r);
+        custom_traits(index, &mut t);
         GeneratedProfile {
             index,
             segment_id,
@@ -456,6 +457,41 @@ fn ascii(s: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric())
         .collect::<String>()
         .to_lowercase()
+}
+
+/// Custom traits that only a mapping file reads (the default mapping does
+/// not): text, a trait with a space in its name, and values that convert to
+/// a metadata type losslessly (`"340"` → 340, `"true"` → true) and that do
+/// not (`"n/a"`, `"yes"`).
+fn custom_traits(index: u64, t: &mut Map<String, Value>) {
+    if index % 4 != 0 {
+        t.insert(
+            "bio".into(),
+            json!(format!("Customer since {}", 2015 + index % 10)),
+        );
+    }
+    if index % 3 == 0 {
+        t.insert(
+            "Campaign Name".into(),
+            json!(format!("Spring {}", index % 5)),
+        );
+    }
+    match index % 6 {
+        0 => t.insert("big_spender".into(), json!(true)),
+        1 => t.insert("big_spender".into(), json!(false)),
+        2 => t.insert("big_spender".into(), json!("true")),
+        3 => t.insert("big_spender".into(), json!("yes")),
+        _ => None,
+    };
+    match index % 5 {
+        0 => t.insert("ltv".into(), json!(12.5 * (index % 40) as f64)),
+        1 => t.insert("ltv".into(), json!("340")),
+        2 => t.insert("ltv".into(), json!("n/a")),
+        _ => None,
+    };
+    if index % 2 == 0 {
+        t.insert("mobile".into(), json!(format!("+47 {index:08}")));
+    }
 }
 
 /// RFC 3339 text of an epoch second (UTC).

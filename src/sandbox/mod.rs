@@ -15,6 +15,7 @@ pub mod admin;
 pub mod data;
 pub mod faults;
 pub mod limits;
+pub mod metadata;
 pub mod schema;
 pub mod segment;
 pub mod voucherify;
@@ -64,6 +65,9 @@ pub struct SandboxOptions {
     pub churn: u32,
     /// Share of anonymous profiles (no `user_id`), 0–100.
     pub anonymous_percent: u64,
+    /// The project's customer metadata schema: `{"properties": {...},
+    /// "allow_defined_only": bool}` (None: the project defines none).
+    pub metadata_schema: Option<Value>,
     /// Break the API contract in one way, to test the client's defences.
     pub misbehave: Option<Misbehave>,
 }
@@ -111,6 +115,7 @@ impl Default for SandboxOptions {
             bulk_window: Duration::from_secs(3600),
             churn: 0,
             anonymous_percent: 0,
+            metadata_schema: None,
             misbehave: None,
         }
     }
@@ -132,6 +137,8 @@ pub struct AppState {
     pub data: Dataset,
     /// How often each profile changed since start.
     pub versions: RwLock<HashMap<u64, u32>>,
+    /// The customer metadata schema (changeable at run time by tests).
+    pub metadata_schema: RwLock<Option<Value>>,
     /// The listing's activity order.
     pub order: RwLock<activity::ActivityOrder>,
     /// Profiles deleted after listing (404 on the detail endpoints).
@@ -196,6 +203,7 @@ impl Sandbox {
             creds: creds.clone(),
             versions: RwLock::default(),
             order: RwLock::default(),
+            metadata_schema: RwLock::new(opts.metadata_schema.clone()),
             vanished: RwLock::default(),
             customers: Mutex::default(),
             receipts: Mutex::default(),
@@ -218,6 +226,7 @@ impl Sandbox {
             )
             .route("/v1/customers/bulk/async", post(voucherify::bulk_async))
             .route("/v1/async-actions/{id}", get(voucherify::async_action))
+            .route("/v1/metadata-schemas", get(metadata::list))
             .route("/_sandbox/customers", get(admin::customers))
             .route("/_sandbox/stats", get(admin::stats))
             .route("/_sandbox/touch", post(admin::touch))
@@ -312,6 +321,13 @@ impl Sandbox {
                     held.insert(sid.to_string(), c.clone());
                 }
             }
+        }
+    }
+
+    /// Replace the project's customer metadata schema.
+    pub fn set_metadata_schema(&self, schema: Option<Value>) {
+        if let Ok(mut s) = self.state.metadata_schema.write() {
+            *s = schema;
         }
     }
 

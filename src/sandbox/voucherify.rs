@@ -249,6 +249,12 @@ fn process(st: &AppState, customers: Vec<Value>) -> Value {
                 ));
             }
         }
+        if let Some(why) = c
+            .get("metadata")
+            .and_then(|m| super::metadata::violation(st, m))
+        {
+            problem = Some(("Invalid metadata".into(), why, "invalid_metadata".into()));
+        }
         if let Some((message, details, key)) = problem {
             let sid = if st.opts.misbehave == Some(Misbehave::UnnamedErrors) {
                 None

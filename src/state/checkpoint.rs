@@ -42,6 +42,9 @@ pub struct Checkpoint {
     /// External-id types extract asked for (what `source_id` can come from).
     #[serde(default)]
     pub source_id_types: Vec<String>,
+    /// The traits extract asked for (`include=`), when not all.
+    #[serde(default)]
+    pub traits: Vec<String>,
     /// Every trait and id was copied (`--all-traits`).
     #[serde(default)]
     pub all_traits: bool,

@@ -16,6 +16,12 @@ pub struct Manifest {
     pub written_at: String,
     pub input: String,
     pub source_id_types: Vec<String>,
+    /// Fingerprint of the effective mapping that produced the file.
+    #[serde(default)]
+    pub mapping: String,
+    /// The mapping file it was read from, if any.
+    #[serde(default)]
+    pub mapping_file: Option<String>,
     pub profiles: u64,
     pub customers: u64,
     pub rejected: u64,

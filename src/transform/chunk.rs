@@ -1,7 +1,10 @@
 //! The mapper's unit of work: a chunk of whole input lines turned into the
 //! CSV bytes of each output file, and the counts. Pure but for `ui::verbosity`.
 
-use crate::mapping::{map_profile, Mapped};
+use crate::mapping::{map_profile, Mapped, Mapping};
+
+/// The traits the parse keeps.
+pub type TraitSet = std::collections::HashSet<String>;
 use crate::records::{guard_cell, ProfileRecord};
 use crate::ui;
 use std::collections::BTreeMap;
@@ -31,7 +34,13 @@ pub struct ChunkResult {
 }
 
 impl Chunk {
-    pub fn process(&self, id_types: &[String], input: &str, skip_invalid: bool) -> ChunkResult {
+    pub fn process(
+        &self,
+        m: &Mapping,
+        wanted: &TraitSet,
+        input: &str,
+        skip_invalid: bool,
+    ) -> ChunkResult {
         let mut r = ChunkResult::default();
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
         {
@@ -52,7 +61,7 @@ impl Chunk {
                     continue;
                 }
                 r.profiles += 1;
-                let profile = match crate::records::parse_for_mapping(line) {
+                let profile = match crate::records::parse_for_mapping(line, wanted) {
                     Ok(p) => p,
                     Err(e) => {
                         let problem = format!("{input}:{line_no}: not a valid profile line: {e}");
@@ -65,7 +74,7 @@ impl Chunk {
                         continue;
                     }
                 };
-                match map_profile(&profile, id_types) {
+                match map_profile(&profile, m) {
                     Mapped::Rejected(rej) => {
                         *counts.entry(rej.reason).or_default() += 1;
                         let _ = rejected.write_record([
@@ -87,7 +96,7 @@ impl Chunk {
                             let _ = warnings.write_record([
                                 guard_cell(&profile.segment_id).as_ref(),
                                 &guard_cell(sid),
-                                w.field,
+                                &w.field,
                                 &guard_cell(&w.value),
                                 &w.reason,
                             ]);
@@ -113,15 +122,15 @@ pub type TimedRow = (i64, Vec<Option<String>>);
 impl Chunk {
     /// The customers of this chunk as cells, each with its update time.
     /// Err: the first line that is not a profile (line number and why).
-    pub fn rows(&self, id_types: &[String]) -> Result<Vec<TimedRow>, String> {
+    pub fn rows(&self, m: &Mapping, wanted: &TraitSet) -> Result<Vec<TimedRow>, String> {
         let mut out = Vec::new();
         for (i, line) in self.data.split(|&b| b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let profile = crate::records::parse_for_mapping(line)
+            let profile = crate::records::parse_for_mapping(line, wanted)
                 .map_err(|e| format!("{}: {e}", self.first_line + i as u64))?;
-            if let Mapped::Customer { row, .. } = map_profile(&profile, id_types) {
+            if let Mapped::Customer { row, .. } = map_profile(&profile, m) {
                 out.push((
                     updated_millis(&profile),
                     row.cells().iter().map(|c| (*c).clone()).collect(),

@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long = "rejected", value_name = "FILE")]
     pub rejected: Option<PathBuf>,
     #[command(flatten)]
-    pub identifiers: crate::config::IdentifierArgs,
+    pub mapping: crate::config::MappingArgs,
     /// Overwrite customers.csv even if it was edited after transform wrote it
     #[arg(long)]
     pub force: bool,
@@ -136,7 +136,8 @@ fn chunks(mut reader: impl BufRead) -> impl Iterator<Item = std::io::Result<Chun
 /// Extract fetches only the external-id types that can become `source_id`
 /// (and traits only for profiles that have one): a transform asking for
 /// other types would silently reject profiles whose ids were never fetched.
-fn check_extracted_for(input: &Path, id_types: &[String]) -> Result<()> {
+fn check_extracted_for(input: &Path, mapping: &crate::mapping::Mapping) -> Result<()> {
+    let id_types = &mapping.source_id_types;
     let Ok(Some(cp)) = state::checkpoint::read(&state::checkpoint(input)) else {
         return Ok(());
     };
@@ -148,7 +149,20 @@ fn check_extracted_for(input: &Path, id_types: &[String]) -> Result<()> {
         .filter(|t| !cp.source_id_types.contains(t))
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        let unread: Vec<String> = mapping
+            .traits_read()
+            .into_iter()
+            .filter(|t| !cp.traits.is_empty() && !cp.traits.contains(t))
+            .collect();
+        if unread.is_empty() {
+            return Ok(());
+        }
+        return Err(UsageError::new(format!(
+            "the mapping reads traits that {} was extracted without ({}): extract asks Segment only for the traits the mapping reads; rerun `segsync extract --fresh` with this mapping",
+            input.display(),
+            unread.join(", ")
+        ))
+        .into());
     }
     Err(UsageError::new(format!(
         "{} was extracted for source_id types {} only, so it holds no {} ids: rerun `segsync extract --fresh` with the same --source-id-type (or IDENTIFIER_SAVED_AS_SOURCE_ID) as transform",
@@ -189,7 +203,8 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         .rejected
         .clone()
         .unwrap_or_else(|| state::rejected(&out));
-    let id_types = crate::config::identifier_types(&args.identifiers.source_id_type)?;
+    let mapping = args.mapping.resolve()?;
+    let wanted: chunk::TraitSet = mapping.traits_read().into_iter().collect();
     if !input.exists() {
         return Err(UsageError::new(format!(
             "{} not found: `segsync extract` writes it (or pass --in FILE)",
@@ -197,7 +212,7 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         ))
         .into());
     }
-    check_extracted_for(&input, &id_types)?;
+    check_extracted_for(&input, &mapping)?;
     let previous_sha = check_not_edited(&out, args.force)?;
 
     let started = Instant::now();
@@ -220,7 +235,7 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     pool::ordered_map(
         chunks(BufReader::with_capacity(1 << 20, file)),
         workers,
-        |chunk| chunk.process(&id_types, &input_name, args.skip_invalid),
+        |chunk| chunk.process(&mapping, &wanted, &input_name, args.skip_invalid),
         |r| {
             if write_error.is_some() {
                 return;
@@ -285,7 +300,7 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         summary.customers -= losers.len() as u64;
         outputs.customers = filtered;
     }
-    commit(outputs, &out, &input, &id_types, previous_sha, &summary)?;
+    commit(outputs, &out, &input, &mapping, previous_sha, &summary)?;
 
     if summary.profiles != summary.customers + summary.rejected_total() {
         anyhow::bail!(
@@ -307,7 +322,7 @@ fn commit(
     mut outputs: Outputs,
     out: &Path,
     input: &Path,
-    id_types: &[String],
+    mapping: &crate::mapping::Mapping,
     previous_sha: Option<String>,
     summary: &Summary,
 ) -> Result<()> {
@@ -317,7 +332,9 @@ fn commit(
         version: manifest::VERSION,
         written_at: now(),
         input: input.display().to_string(),
-        source_id_types: id_types.to_vec(),
+        source_id_types: mapping.source_id_types.clone(),
+        mapping: mapping.fingerprint(),
+        mapping_file: mapping.file.as_ref().map(|f| f.display().to_string()),
         profiles: summary.profiles,
         customers: summary.customers,
         rejected: summary.rejected_total(),
@@ -357,7 +374,7 @@ fn report(summary: &Summary, out: &Path, rejected: &Path, started: Instant, inpu
     ));
     if summary.warnings > 0 {
         ui::info(format!(
-            "transform: {} invalid birthdates dropped, customers kept (listed in {}; -v prints them)",
+            "transform: {} values dropped (invalid birthdates, metadata that would not convert losslessly), customers kept (listed in {}; -v prints them)",
             summary.warnings,
             state::warnings(out).display()
         ));
@@ -376,8 +393,9 @@ fn report(summary: &Summary, out: &Path, rejected: &Path, started: Instant, inpu
 /// check of hand edits; runs on every core like transform.
 pub fn expected_rows(
     input: &Path,
-    id_types: &[String],
+    mapping: &crate::mapping::Mapping,
 ) -> Result<std::collections::HashMap<String, Vec<Option<String>>>> {
+    let wanted: chunk::TraitSet = mapping.traits_read().into_iter().collect();
     let file =
         std::fs::File::open(input).with_context(|| format!("cannot read {}", input.display()))?;
     let workers = std::thread::available_parallelism()
@@ -390,7 +408,7 @@ pub fn expected_rows(
     pool::ordered_map(
         chunks(BufReader::with_capacity(1 << 20, file)),
         workers,
-        |c: Chunk| c.rows(id_types),
+        |c: Chunk| c.rows(mapping, &wanted),
         |r| match r {
             Ok(list) => {
                 for (updated, row) in list {

@@ -22,6 +22,7 @@ const OUR_VARS: &[&str] = &[
     "VOUCHERIFY_API_URL",
     "IDENTIFIER_SAVED_AS_SOURCE_ID",
     "SEGSYNC_DATA_DIR",
+    "SEGSYNC_MAPPING",
 ];
 
 pub fn opts(profiles: u64) -> SandboxOptions {

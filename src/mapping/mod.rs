@@ -1,8 +1,14 @@
 //! The mapping from a Segment profile to a Voucherify customer (docs/DESIGN.md,
-//! "Mapping"). A pure function over plain data: no I/O, no clock.
+//! "Mapping"). A pure function over plain data: no I/O, no clock. The
+//! default rules are below; a mapping file ([`config`]) replaces a field's
+//! sources and adds typed metadata keys ([`convert`]).
+
+pub mod config;
+pub mod convert;
 
 pub use crate::records::MAPPED_TRAITS;
 use crate::records::{CustomerRow, ProfileRecord};
+pub use config::{Field, Mapping};
 use serde_json::{Map, Value};
 
 /// Why a profile produced no customer.
@@ -15,7 +21,7 @@ pub struct Rejection {
 /// A value dropped from an otherwise loaded customer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning {
-    pub field: &'static str,
+    pub field: String,
     pub value: String,
     pub reason: String,
 }
@@ -31,9 +37,9 @@ pub enum Mapped {
     Rejected(Rejection),
 }
 
-/// Map one profile. `id_types` is the fallback order of external-id types
-/// whose `id` becomes `source_id`.
-pub fn map_profile(profile: &ProfileRecord, id_types: &[String]) -> Mapped {
+/// Map one profile with the effective mapping `m`.
+pub fn map_profile(profile: &ProfileRecord, m: &Mapping) -> Mapped {
+    let id_types = &m.source_id_types;
     let Some(source_id) = source_id(&profile.external_ids, id_types) else {
         return Mapped::Rejected(Rejection {
             reason: "no_source_id",
@@ -43,23 +49,30 @@ pub fn map_profile(profile: &ProfileRecord, id_types: &[String]) -> Mapped {
     let t = &profile.traits;
     let mut warnings = Vec::new();
 
-    let name = text(t, "name").or_else(|| {
-        let first = text(t, "firstName").or_else(|| text(t, "first_name"));
-        let last = text(t, "lastName").or_else(|| text(t, "last_name"));
-        match (first, last) {
-            (Some(f), Some(l)) => Some(format!("{f} {l}")),
-            (f, l) => f.or(l),
-        }
-    });
+    let name = match m.field(Field::Name) {
+        Some(sources) => first_path(t, sources).map(|(_, v)| v),
+        None => text(t, "name").or_else(|| {
+            let first = text(t, "firstName").or_else(|| text(t, "first_name"));
+            let last = text(t, "lastName").or_else(|| text(t, "last_name"));
+            match (first, last) {
+                (Some(f), Some(l)) => Some(format!("{f} {l}")),
+                (f, l) => f.or(l),
+            }
+        }),
+    };
 
-    let birthdate = match first_text(t, &["birthdate", "birthday"]) {
+    let birth_source = match m.field(Field::Birthdate) {
+        Some(sources) => first_path(t, sources),
+        None => first_text(t, &["birthdate", "birthday"]).map(|(k, v)| (k.to_string(), v)),
+    };
+    let birthdate = match birth_source {
         None => None,
         Some((key, raw)) => {
             match crate::dates::date_part(&raw) {
                 Some(d) => Some(d.to_string()),
                 None => {
                     warnings.push(Warning {
-                    field: "birthdate",
+                    field: "birthdate".into(),
                     value: raw.clone(),
                     reason: format!("trait {key} is not a valid YYYY-MM-DD date or ISO-8601 date-time; dropped"),
                 });
@@ -75,30 +88,90 @@ pub fn map_profile(profile: &ProfileRecord, id_types: &[String]) -> Mapped {
         _ => t,
     };
 
-    let metadata = match t.get("metadata") {
-        Some(Value::Object(o)) if !o.is_empty() => serde_json::to_string(o).ok(),
-        _ => None,
+    let metadata = metadata(t, m, &mut warnings);
+    // A field the file maps reads its traits; the others keep the default rule.
+    let field = |f: Field, default: &dyn Fn() -> Option<String>| match m.field(f) {
+        Some(sources) => first_path(t, sources).map(|(_, v)| v),
+        None => default(),
     };
 
     Mapped::Customer {
         row: CustomerRow {
             source_id: Some(source_id),
             name,
-            email: text(t, "email"),
-            phone: text(t, "phone"),
+            email: field(Field::Email, &|| text(t, "email")),
+            phone: field(Field::Phone, &|| text(t, "phone")),
             birthdate,
-            description: text(t, "description"),
-            address_line_1: first_text(addr, &["street", "line_1"]).map(|(_, v)| v),
-            address_line_2: text(addr, "line_2"),
-            address_city: text(addr, "city"),
-            address_state: text(addr, "state"),
-            address_postal_code: first_text(addr, &["postalCode", "postal_code"]).map(|(_, v)| v),
-            address_country: text(addr, "country"),
+            description: field(Field::Description, &|| text(t, "description")),
+            address_line_1: field(Field::Line1, &|| {
+                first_text(addr, &["street", "line_1"]).map(|(_, v)| v)
+            }),
+            address_line_2: field(Field::Line2, &|| text(addr, "line_2")),
+            address_city: field(Field::City, &|| text(addr, "city")),
+            address_state: field(Field::State, &|| text(addr, "state")),
+            address_postal_code: field(Field::PostalCode, &|| {
+                first_text(addr, &["postalCode", "postal_code"]).map(|(_, v)| v)
+            }),
+            address_country: field(Field::Country, &|| text(addr, "country")),
             metadata,
             segment_id: Some(profile.segment_id.clone()),
         },
         warnings,
     }
+}
+
+/// The `metadata` trait (an object) plus the mapped keys, a mapped key
+/// winning; a value that cannot be converted losslessly is left out and
+/// reported.
+fn metadata(t: &Map<String, Value>, m: &Mapping, warnings: &mut Vec<Warning>) -> Option<String> {
+    let mut out = match t.get("metadata") {
+        Some(Value::Object(o)) => o.clone(),
+        _ => Map::new(),
+    };
+    for k in &m.metadata {
+        let Some(v) = path(t, &k.source).filter(|v| !v.is_null() && *v != "") else {
+            continue;
+        };
+        match k.ty {
+            None => {
+                out.insert(k.key.clone(), v.clone());
+            }
+            Some(ty) => match convert::convert(v, ty) {
+                Ok(c) => {
+                    out.insert(k.key.clone(), c);
+                }
+                Err(why) => warnings.push(Warning {
+                    field: format!("metadata.{}", k.key),
+                    value: v.to_string(),
+                    reason: format!("trait {:?} as {}: {why}; key left out", k.source, ty.name()),
+                }),
+            },
+        }
+    }
+    (!out.is_empty())
+        .then(|| serde_json::to_string(&out).ok())
+        .flatten()
+}
+
+/// A trait by name, or by a dotted path into object traits
+/// (`address.street`); a trait literally named with the dots comes first.
+fn path<'a>(t: &'a Map<String, Value>, p: &str) -> Option<&'a Value> {
+    if let Some(v) = t.get(p) {
+        return Some(v);
+    }
+    let mut parts = p.split('.');
+    let mut v = t.get(parts.next()?)?;
+    for part in parts {
+        v = v.as_object()?.get(part)?;
+    }
+    Some(v)
+}
+
+/// The first of `sources` with a non-empty value, with its name.
+fn first_path(t: &Map<String, Value>, sources: &[String]) -> Option<(String, String)> {
+    sources
+        .iter()
+        .find_map(|s| path(t, s).and_then(scalar_text).map(|v| (s.clone(), v)))
 }
 
 /// The `id` of the first external id (API order) of the first configured type
@@ -153,7 +226,7 @@ mod tests {
     }
 
     fn row(traits: Value) -> (CustomerRow, Vec<Warning>) {
-        match map_profile(&profile(traits, uid()), &["user_id".to_string()]) {
+        match map_profile(&profile(traits, uid()), &Mapping::default()) {
             Mapped::Customer { row, warnings } => (row, warnings),
             other => panic!("expected a customer, got {other:?}"),
         }
@@ -202,7 +275,7 @@ mod tests {
             json!({"email":"a@b.c"}),
             json!([{"type":"anonymous_id","id":"a"}]),
         );
-        match map_profile(&p, &types(&["user_id"])) {
+        match map_profile(&p, &Mapping::with_types(types(&["user_id"]))) {
             Mapped::Rejected(r) => {
                 assert_eq!(r.reason, "no_source_id");
                 assert!(r.detail.contains("user_id"));
@@ -406,25 +479,30 @@ mod tests {
         for i in 0..ds.n {
             let line = serde_json::to_vec(&ds.profile(i, 0).record()).unwrap();
             let full: ProfileRecord = serde_json::from_slice(&line).unwrap();
-            let slim = crate::records::parse_for_mapping(&line).unwrap();
+            let slim =
+                crate::records::parse_for_mapping(&line, &crate::records::default_trait_set())
+                    .unwrap();
             for types in [
                 vec!["user_id".to_string()],
                 vec!["user_id".to_string(), "email".to_string()],
             ] {
                 assert_eq!(
-                    map_profile(&slim, &types),
-                    map_profile(&full, &types),
+                    map_profile(&slim, &Mapping::with_types(types.clone())),
+                    map_profile(&full, &Mapping::with_types(types.clone())),
                     "profile {i}"
                 );
             }
         }
         assert!(crate::records::parse_for_mapping(
-            b"{\"segment_id\":\"a\",\"traits\":{\"x\":\"\xff\"}}"
+            b"{\"segment_id\":\"a\",\"traits\":{\"x\":\"\xff\"}}",
+            &crate::records::default_trait_set()
         )
         .is_err());
-        assert!(
-            crate::records::parse_for_mapping(b"{\"segment_id\":\"a\",\"traits\":[1]}").is_err()
-        );
+        assert!(crate::records::parse_for_mapping(
+            b"{\"segment_id\":\"a\",\"traits\":[1]}",
+            &crate::records::default_trait_set()
+        )
+        .is_err());
     }
 
     #[test]
