@@ -271,6 +271,8 @@ async fn run_all(a: &RunArgs, data: &std::path::Path) -> anyhow::Result<u8> {
         skip_invalid: false,
         full: a.full,
         accept_edits: false,
+        method: load::import::Method::Bulk,
+        max_file_bytes: 9_000_000,
         mapping: a.mapping.clone(),
         voucherify: a.voucherify.clone(),
     };

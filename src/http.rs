@@ -377,7 +377,8 @@ fn describe_transport(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    // reqwest's text may include the URL; ours hold no credentials, but redact anyway.
+    // reqwest's text may include the URL. Ours hold no credentials, but an
+    // export's download URL carries a token in its query: drop queries.
     let mut detail = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
@@ -385,7 +386,28 @@ fn describe_transport(e: &reqwest::Error) -> String {
         detail.push_str(&s.to_string());
         src = s.source();
     }
-    redact(&format!("{kind} ({detail})"))
+    redact(&strip_queries(&format!("{kind} ({detail})")))
+}
+
+/// `?…` of every URL in `s` replaced by `?…`.
+fn strip_queries(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_query = false;
+    for c in s.chars() {
+        if in_query {
+            if c.is_whitespace() || c == ')' || c == '"' {
+                in_query = false;
+                out.push(c);
+            }
+            continue;
+        }
+        out.push(c);
+        if c == '?' {
+            out.push('…');
+            in_query = true;
+        }
+    }
+    out
 }
 
 pub fn now_epoch() -> u64 {

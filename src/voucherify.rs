@@ -116,8 +116,22 @@ pub struct AsyncResult {
     pub done_count: Option<u64>,
     #[serde(default)]
     pub failed_count: Option<u64>,
+    /// Per-customer errors of a bulk update.
     #[serde(default)]
     pub errors: Option<Vec<CustomerError>>,
+    /// Per-row failures of a CSV import (`row` counts data rows from 1).
+    #[serde(default)]
+    pub failed: Option<Vec<ImportFailure>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ImportFailure {
+    #[serde(default)]
+    pub source_id: Option<String>,
+    #[serde(default)]
+    pub row: Option<u64>,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl AsyncResult {
@@ -129,6 +143,9 @@ impl AsyncResult {
     }
     pub fn errors(&self) -> &[CustomerError] {
         self.errors.as_deref().unwrap_or(&[])
+    }
+    pub fn import_failures(&self) -> &[ImportFailure] {
+        self.failed.as_deref().unwrap_or(&[])
     }
 }
 
@@ -185,6 +202,106 @@ impl VoucherifyClient {
             .filter(|s| !s.is_empty())
             .map(str::to_string)
             .ok_or_else(|| contract(endpoint, "no `async_action_id` in the answer"))
+    }
+
+    /// `POST /v1/customers/importCSV`: one CSV file of customers as the
+    /// multipart field `file`; returns the async action id.
+    pub async fn import_csv(&self, name: &str, csv: bytes::Bytes) -> Result<String, ApiError> {
+        let endpoint = "POST /v1/customers/importCSV";
+        let url = format!("{}/v1/customers/importCSV", self.base);
+        let resp = self
+            .http
+            .send(endpoint, &VoucherifyLogic, |c| {
+                let part = reqwest::multipart::Part::stream(csv.clone())
+                    .file_name(name.to_string())
+                    .mime_str("text/csv")
+                    .unwrap_or_else(|_| reqwest::multipart::Part::stream(csv.clone()));
+                c.post(&url)
+                    .header("X-App-Id", &self.cfg.app_id)
+                    .header("X-App-Token", self.cfg.secret_key.expose())
+                    .multipart(reqwest::multipart::Form::new().part("file", part))
+            })
+            .await?;
+        let v: Value = serde_json::from_slice(&resp.body)
+            .map_err(|e| contract(endpoint, &format!("body is not JSON ({e})")))?;
+        v.get("async_action_id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| contract(endpoint, "no `async_action_id` in the answer"))
+    }
+
+    /// `POST /v1/exports` of every customer's `source_id`; returns the export id.
+    pub async fn export_customer_ids(&self) -> Result<String, ApiError> {
+        let endpoint = "POST /v1/exports";
+        let url = format!("{}/v1/exports", self.base);
+        let body = serde_json::json!({"exported_object": "customer", "parameters": {"fields": ["source_id"]}});
+        let resp = self
+            .http
+            .send(endpoint, &VoucherifyLogic, |c| {
+                c.post(&url)
+                    .header("X-App-Id", &self.cfg.app_id)
+                    .header("X-App-Token", self.cfg.secret_key.expose())
+                    .json(&body)
+            })
+            .await?;
+        let v: Value = serde_json::from_slice(&resp.body)
+            .map_err(|e| contract(endpoint, &format!("body is not JSON ({e})")))?;
+        v.get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| contract(endpoint, "no export `id` in the answer"))
+    }
+
+    /// `GET /v1/exports/{id}`: its status, and when DONE the file's URL.
+    pub async fn export(&self, id: &str) -> Result<(String, Option<String>), ApiError> {
+        let endpoint = format!("GET /v1/exports/{id}");
+        let url = format!("{}/v1/exports/{}", self.base, path_segment(id));
+        let resp = self
+            .http
+            .send(&endpoint, &VoucherifyLogic, |c| {
+                c.get(&url)
+                    .header("X-App-Id", &self.cfg.app_id)
+                    .header("X-App-Token", self.cfg.secret_key.expose())
+            })
+            .await?;
+        let v: Value = serde_json::from_slice(&resp.body)
+            .map_err(|e| contract(&endpoint, &format!("body is not JSON ({e})")))?;
+        let status = v
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let file = v
+            .get("result")
+            .and_then(|r| r.get("url"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok((status, file))
+    }
+
+    /// Download an export's file. The URL carries its own token: our
+    /// application keys are not sent to it, and it must be https (or
+    /// loopback http, for the sandbox).
+    pub async fn download(&self, file_url: &str) -> Result<bytes::Bytes, ApiError> {
+        let endpoint = "GET export file";
+        let parsed = reqwest::Url::parse(file_url)
+            .map_err(|e| contract(endpoint, &format!("the export's URL is not a URL ({e})")))?;
+        let host = parsed.host_str().unwrap_or("").to_string();
+        if parsed.scheme() != "https"
+            && !(parsed.scheme() == "http" && crate::config::is_loopback(&host))
+        {
+            return Err(contract(
+                endpoint,
+                &format!("the export's URL is not https ({host}); not downloading it"),
+            ));
+        }
+        let resp = self
+            .http
+            .send(endpoint, &VoucherifyLogic, |c| c.get(parsed.clone()))
+            .await?;
+        Ok(resp.body)
     }
 
     /// The project's customer metadata schema (`GET /v1/metadata-schemas`).

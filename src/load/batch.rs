@@ -56,6 +56,9 @@ pub fn content_hash(body: &[u8]) -> String {
     files::hex(&Sha256::digest(body)[..16])
 }
 
+/// Which customers a batcher keeps.
+pub type Keep = Box<dyn Fn(&Prepared) -> bool + Send>;
+
 /// Reads the valid rows that still need sending and groups them in batches.
 pub struct Batcher {
     rdr: csv::Reader<std::fs::File>,
@@ -70,6 +73,9 @@ pub struct Batcher {
     pub unchanged: u64,
     /// Set when reading stops on an error (the iterator then ends).
     pub error: Option<anyhow::Error>,
+    /// Only customers this accepts are batched (the others are someone
+    /// else's: the import's, or the bulk's).
+    pub only: Option<Keep>,
 }
 
 impl Batcher {
@@ -94,7 +100,14 @@ impl Batcher {
             carry: None,
             unchanged: 0,
             error: None,
+            only: None,
         })
+    }
+
+    /// Batch only the customers `keep` accepts.
+    pub fn only(mut self, keep: impl Fn(&Prepared) -> bool + Send + 'static) -> Batcher {
+        self.only = Some(Box::new(keep));
+        self
     }
 
     /// Read one row into a [`Prepared`] customer; None at the end or on an error.
@@ -154,12 +167,16 @@ impl Batcher {
                 ));
                 return None;
             }
-            return Some(Prepared {
+            let c = Prepared {
                 source_id,
                 line,
                 hash,
                 body,
-            });
+            };
+            if self.only.as_ref().is_some_and(|keep| !keep(&c)) {
+                continue;
+            }
+            return Some(c);
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct Session {
     /// Average processing time of finished actions (ms), to time the first poll.
     pub processing_ms: AtomicU64,
     pub poll_timeout: Duration,
+    /// Customers sent by import files, and the files.
+    pub imported: AtomicU64,
+    pub import_files: AtomicU64,
     /// Our unfinished actions in submission order. Voucherify runs a
     /// project's bulk jobs one at a time in that order, so only the oldest
     /// can be finishing: it alone is polled, the others wait their turn.
@@ -76,6 +79,8 @@ impl Session {
             stop: AtomicBool::new(false),
             processing_ms: AtomicU64::new(500),
             poll_timeout,
+            imported: AtomicU64::new(0),
+            import_files: AtomicU64::new(0),
             queue: Mutex::new(VecDeque::new()),
             turn: tokio::sync::Notify::new(),
             last_finished: Mutex::new(None),
@@ -168,6 +173,8 @@ fn send_batch_inner<'a>(
             at: now(),
             target: s.ledger.target.clone(),
             async_action_id: id.clone(),
+            method: None,
+            file: None,
             customers: customers.clone(),
         })?;
         s.wait_turn(&id).await;
@@ -176,6 +183,51 @@ fn send_batch_inner<'a>(
         progress.inc(n);
         Ok(())
     })
+}
+
+/// Submit an import file, then wait for its confirmation. Rows count from
+/// 1 after the header: row N is the file's Nth customer.
+pub async fn send_import(
+    s: &Session,
+    file: super::import::ImportFile,
+    progress: &Progress,
+) -> Result<()> {
+    let bytes = std::fs::read(&file.path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.path.display()))?;
+    let id = s
+        .client
+        .import_csv(&file.name, bytes.into())
+        .await
+        .map_err(api_error)?;
+    let n = file.customers.len() as u64;
+    s.imported.fetch_add(n, Ordering::Relaxed);
+    s.import_files.fetch_add(1, Ordering::Relaxed);
+    let customers: Vec<LedgerCustomer> = file
+        .customers
+        .iter()
+        .map(|c| LedgerCustomer {
+            source_id: c.source_id.clone(),
+            hash: c.hash.clone(),
+            line: c.line,
+        })
+        .collect();
+    let place = s.enqueue(&id);
+    s.ledger.append(&LedgerEvent::Submitted {
+        at: now(),
+        target: s.ledger.target.clone(),
+        async_action_id: id.clone(),
+        method: Some("import".into()),
+        file: Some(file.name.clone()),
+        customers: customers.clone(),
+    })?;
+    s.in_flight.fetch_add(1, Ordering::Relaxed);
+    s.wait_turn(&id).await;
+    let r = confirm(s, &id, customers, Duration::MAX).await;
+    s.in_flight.fetch_sub(1, Ordering::Relaxed);
+    drop(place);
+    r?;
+    progress.inc(n);
+    Ok(())
 }
 
 /// An API error as load reports it: 401/403 mean the keys or the region are
@@ -348,6 +400,22 @@ fn settle(
             details: e.details.clone().unwrap_or_default(),
         }
     }))?;
+    // An import names failed rows (and maybe their source_id): row N is the
+    // Nth customer of the file, mapped back to its line of customers.csv.
+    s.report(result.import_failures().iter().filter_map(|f| {
+        let c = import_failure_customer(f, &customers)?;
+        failed_ids.insert(c.source_id.clone());
+        Some(ReportRow {
+            line: Some(c.line),
+            source_id: c.source_id.clone(),
+            key: "import_failed".into(),
+            message: f.reason.clone().unwrap_or_default(),
+            details: f
+                .row
+                .map(|r| format!("row {r} of the import file"))
+                .unwrap_or_default(),
+        })
+    }))?;
     let (failed, done): (Vec<LedgerCustomer>, Vec<LedgerCustomer>) = customers
         .into_iter()
         .partition(|c| failed_ids.contains(&c.source_id));
@@ -392,13 +460,40 @@ pub fn abandon(
     Ok(vec![])
 }
 
+/// The customer an import failure is about: by its row, else its
+/// source_id; None when they disagree or name nobody we sent.
+fn import_failure_customer<'a>(
+    f: &crate::voucherify::ImportFailure,
+    sent: &'a [LedgerCustomer],
+) -> Option<&'a LedgerCustomer> {
+    match (f.row, f.source_id.as_deref().filter(|s| !s.is_empty())) {
+        (Some(r), sid) => sent
+            .get((r as usize).checked_sub(1)?)
+            .filter(|c| sid.is_none_or(|s| s == c.source_id)),
+        (None, Some(sid)) => sent.iter().find(|c| c.source_id == sid),
+        (None, None) => None,
+    }
+}
+
 /// Whether a result says what became of every customer sent: the counts
-/// cover the batch and every failure is named by a `source_id` we sent.
+/// cover the batch and every failure is named by a `source_id` we sent (or,
+/// for an import, a row of the file).
 pub fn accounts_for_all(r: &AsyncResult, sent: &[LedgerCustomer]) -> bool {
+    if r.import_failures()
+        .iter()
+        .any(|f| import_failure_customer(f, sent).is_none())
+    {
+        return false;
+    }
     let named: HashSet<&str> = r
         .errors()
         .iter()
         .filter_map(|e| e.source_id.as_deref())
+        .chain(
+            r.import_failures()
+                .iter()
+                .filter_map(|f| import_failure_customer(f, sent).map(|c| c.source_id.as_str())),
+        )
         .collect();
     let ours: HashSet<&str> = sent.iter().map(|c| c.source_id.as_str()).collect();
     r.done() + r.failed() >= sent.len() as u64
@@ -486,6 +581,7 @@ mod tests {
             done_count: Some(done),
             failed_count: Some(failed),
             errors: Some(errors),
+            failed: None,
         };
         assert!(accounts_for_all(&result(2, 1, vec![err(Some("b"))]), &sent));
         assert!(!accounts_for_all(&result(2, 1, vec![err(None)]), &sent));
@@ -494,6 +590,45 @@ mod tests {
             &result(2, 1, vec![err(Some("zzz"))]),
             &sent
         ));
+        // Nullable fields: null means absent.
+        let nulls = |done: Option<u64>| AsyncResult {
+            done_count: done,
+            ..Default::default()
+        };
+        assert!(
+            accounts_for_all(&nulls(Some(3)), &sent),
+            "errors: null on a full batch is a clean success"
+        );
+        assert!(
+            !accounts_for_all(&nulls(None), &sent),
+            "no counts confirm nothing"
+        );
+        assert!(!accounts_for_all(&nulls(Some(2)), &sent));
+        // An import names failures by row (1 = the first customer after the header).
+        let import = |rows: Vec<(Option<u64>, Option<&str>)>| AsyncResult {
+            done_count: Some(3 - rows.len() as u64),
+            failed_count: Some(rows.len() as u64),
+            failed: Some(
+                rows.into_iter()
+                    .map(|(row, sid)| crate::voucherify::ImportFailure {
+                        row,
+                        source_id: sid.map(str::to_string),
+                        reason: Some("bad".into()),
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        assert!(accounts_for_all(&import(vec![(Some(2), None)]), &sent));
+        assert!(accounts_for_all(&import(vec![(None, Some("c"))]), &sent));
+        assert!(
+            !accounts_for_all(&import(vec![(Some(9), None)]), &sent),
+            "a row we did not send"
+        );
+        assert!(
+            !accounts_for_all(&import(vec![(Some(1), Some("b"))]), &sent),
+            "row and id disagree"
+        );
     }
 
     fn action(status: &str) -> AsyncAction {

@@ -21,6 +21,7 @@
 
 pub mod batch;
 pub mod confirm;
+pub mod import;
 pub mod input;
 pub mod report;
 
@@ -92,6 +93,12 @@ pub struct Args {
     /// Resend every row, even those the ledger shows as already confirmed
     #[arg(long)]
     pub full: bool,
+    /// How to send: bulk (every customer through the bulk upsert), import (new customers by CSV import, existing ones by bulk), auto (import when it saves calls)
+    #[arg(long, value_enum, default_value_t = import::Method::Bulk)]
+    pub method: import::Method,
+    /// Largest import file in bytes (Voucherify refuses requests over 10 MB)
+    #[arg(long = "max-file-bytes", default_value_t = 9_000_000, value_parser = clap::value_parser!(u64).range(10_000..=10_000_000))]
+    pub max_file_bytes: u64,
     /// Load rows whose edits look like spreadsheet damage (leading zeros lost) as they are
     #[arg(long = "accept-edits")]
     pub accept_edits: bool,
@@ -112,6 +119,8 @@ pub struct Summary {
     pub batches: u64,
     pub polls: u64,
     pub recovered: u64,
+    /// Of `sent`, the customers sent by import files.
+    pub imported: u64,
 }
 
 /// Where the rows of a customers file stand against the ledger (for `status`;
@@ -228,6 +237,36 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     };
 
     if args.dry_run {
+        if args.method != import::Method::Bulk {
+            match &client {
+                Some(client) => {
+                    let existing = Arc::new(
+                        import::existing(client, &input, ledger_state.confirmed_ids.clone()).await?,
+                    );
+                    let ex = existing.clone();
+                    let confirmed = Arc::new(ledger_state.confirmed.clone());
+                    let by_file: u64 = make_batcher(confirmed.clone())?
+                        .only(move |c| import::importable(c, &ex))
+                        .map(|b| b.customers.len() as u64)
+                        .sum();
+                    let ex = existing.clone();
+                    let by_bulk: u64 = make_batcher(confirmed)?
+                        .only(move |c| !import::importable(c, &ex))
+                        .map(|b| b.customers.len() as u64)
+                        .sum();
+                    ui::info(format!(
+                        "load --dry-run --method {}: the project holds {} customers (export: {} calls); {by_file} new customers could go by import (about {} calls: a file of up to {} MB and a poll each), {by_bulk} by bulk (about {} calls)",
+                        if args.method == import::Method::Import { "import" } else { "auto" },
+                        existing.from_export,
+                        existing.calls,
+                        2 * by_file.div_ceil(20_000).max(u64::from(by_file > 0)),
+                        args.max_file_bytes / 1_000_000,
+                        import::bulk_calls(by_bulk)
+                    ));
+                }
+                None => ui::info("load --dry-run: without credentials the split between import and bulk is unknown (it needs the project's customer export)"),
+            }
+        }
         let b = make_batcher(Arc::new(ledger_state.confirmed))?;
         summary.unchanged = dry_run(b, &validated)?;
         if let Some(r) = &edits {
@@ -263,12 +302,78 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     drop(counter);
 
     let progress = Arc::new(Progress::new("load", "customers", Some(to_send)));
-    let mut batcher = make_batcher(confirmed)?;
-    let results = send_all(&session, &progress, &mut batcher, args.concurrency).await;
+    let mut results = Vec::new();
+    let mut export_calls = 0;
+    let bulk_only: Option<Arc<import::Existing>> = if args.method != import::Method::Bulk
+        && to_send > 0
+    {
+        let existing = Arc::new(
+            import::existing(&session.client, &input, ledger_state.confirmed_ids.clone()).await?,
+        );
+        export_calls = existing.calls;
+        let ex = existing.clone();
+        let importable: u64 = make_batcher(confirmed.clone())?
+            .only(move |c| import::importable(c, &ex))
+            .map(|b| b.customers.len() as u64)
+            .sum();
+        // auto: the import when its calls (a file and a poll per file) are
+        // fewer than the bulk upserts of the same customers.
+        let worth = args.method == import::Method::Import
+            || import::bulk_calls(importable) > 2 * importable.div_ceil(20_000) + 2;
+        if worth && importable > 0 {
+            let ex = existing.clone();
+            let mut b = make_batcher(confirmed.clone())?.only(move |c| import::importable(c, &ex));
+            let files = import::write_files(
+                &input,
+                b.by_ref().flat_map(|batch| batch.customers),
+                args.max_file_bytes as usize,
+            )?;
+            if let Some(e) = b.error.take() {
+                return Err(e);
+            }
+            ui::info(format!(
+                "load: {importable} new customers go by import in {} files ({}); customers the project holds ({} exported) and typed metadata go by bulk",
+                files.len(),
+                files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", "),
+                existing.from_export
+            ));
+            results.extend(
+                stream::iter(files)
+                    .map(|f| {
+                        let session = session.clone();
+                        let progress = progress.clone();
+                        async move {
+                            if session.stop.load(Ordering::Relaxed) {
+                                return Ok(());
+                            }
+                            let r = confirm::send_import(&session, f, &progress).await;
+                            if r.is_err() {
+                                session.stop.store(true, Ordering::Relaxed);
+                            }
+                            r
+                        }
+                    })
+                    .buffer_unordered(args.concurrency as usize)
+                    .collect::<Vec<_>>()
+                    .await,
+            );
+            Some(existing)
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    let mut batcher = match bulk_only {
+        Some(ex) => make_batcher(confirmed)?.only(move |c| !import::importable(c, &ex)),
+        None => make_batcher(confirmed)?,
+    };
+    results.extend(send_all(&session, &progress, &mut batcher, args.concurrency).await);
     progress.finish();
     let batch_error = batcher.error.take();
 
-    summary.sent = session.sent.load(Ordering::Relaxed);
+    summary.imported = session.imported.load(Ordering::Relaxed);
+    summary.sent = session.sent.load(Ordering::Relaxed) + summary.imported;
     summary.confirmed = session.confirmed.load(Ordering::Relaxed) + summary.recovered;
     summary.failed = session.failed.load(Ordering::Relaxed);
     summary.batches = session.batches.load(Ordering::Relaxed);
@@ -293,6 +398,17 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         if summary.failed > 0 { format!(" (see {})", report_file.display()) } else { String::new() },
         if summary.invalid > 0 { format!(", {} invalid set aside in {}", summary.invalid, rejects.display()) } else { String::new() },
     ));
+    if summary.imported > 0 || export_calls > 0 {
+        let files = session.import_files.load(Ordering::Relaxed);
+        ui::info(format!(
+            "load: {} customers by import in {files} files ({files} import calls), {} by bulk in {} batches ({} bulk calls), {} polls, {export_calls} export calls",
+            summary.imported,
+            summary.sent - summary.imported,
+            summary.batches,
+            summary.batches,
+            summary.polls
+        ));
+    }
     ui::info(format!(
         "load: {}; {} polls ({:.2} per batch); {:.1}s, {:.0} customers/s",
         s.summary(),

@@ -55,6 +55,10 @@ fn endpoint_name(path: &str) -> &'static str {
         }
     } else if path.starts_with("/v1/customers/bulk") {
         "voucherify.customers_bulk_async"
+    } else if path.starts_with("/v1/customers/importCSV") {
+        "voucherify.customers_import_csv"
+    } else if path.starts_with("/v1/exports") {
+        "voucherify.exports"
     } else if path.starts_with("/v1/async-actions/") {
         "voucherify.async_action"
     } else if path.starts_with("/v1/metadata-schemas") {
@@ -65,6 +69,13 @@ fn endpoint_name(path: &str) -> &'static str {
 }
 
 impl Stats {
+    /// Count a request outside the API gate (an export download).
+    pub fn count(&self, endpoint: &str) {
+        if let Ok(mut c) = self.requests.lock() {
+            *c.entry(endpoint.to_string()).or_default() += 1;
+        }
+    }
+
     /// Count an API request and hold its in-flight place.
     pub fn enter(&self, path: &str) -> InFlight<'_> {
         let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;

@@ -14,6 +14,7 @@ pub mod activity;
 pub mod admin;
 pub mod data;
 pub mod faults;
+pub mod imports;
 pub mod limits;
 pub mod metadata;
 pub mod schema;
@@ -148,6 +149,7 @@ pub struct AppState {
     /// How often each `source_id` arrived in a bulk request.
     pub receipts: Mutex<HashMap<String, u64>>,
     pub actions: Mutex<HashMap<String, voucherify::Action>>,
+    pub exports: Mutex<HashMap<String, imports::Export>>,
     pub stats: admin::Stats,
     pub faults: faults::Faults,
     pub limits: limits::Limits,
@@ -208,6 +210,7 @@ impl Sandbox {
             customers: Mutex::default(),
             receipts: Mutex::default(),
             actions: Mutex::default(),
+            exports: Mutex::default(),
             stats: admin::Stats::default(),
             faults: faults::Faults::new(&opts),
             limits: limits::Limits::new(&opts),
@@ -227,6 +230,10 @@ impl Sandbox {
             .route("/v1/customers/bulk/async", post(voucherify::bulk_async))
             .route("/v1/async-actions/{id}", get(voucherify::async_action))
             .route("/v1/metadata-schemas", get(metadata::list))
+            .route("/v1/exports", post(imports::create_export))
+            .route("/v1/exports/{id}", get(imports::get_export))
+            .route("/v1/customers/importCSV", post(imports::import_csv))
+            .route("/_sandbox/downloads/{id}", get(imports::download))
             .route("/_sandbox/customers", get(admin::customers))
             .route("/_sandbox/stats", get(admin::stats))
             .route("/_sandbox/touch", post(admin::touch))

@@ -23,6 +23,8 @@ pub const MAX_CUSTOMERS: usize = 100;
 
 /// An async action the project holds.
 pub struct Action {
+    /// `CUSTOMERS.BULK_UPDATE` or `CUSTOMERS.IMPORT_CSV`.
+    kind: &'static str,
     created: Instant,
     finished: Option<Instant>,
     created_at: String,
@@ -38,8 +40,16 @@ pub struct Action {
 pub struct Job {
     id: String,
     created: Instant,
-    customers: Vec<Value>,
+    work: Work,
     first: bool,
+}
+
+/// What a queued job does.
+pub enum Work {
+    /// A bulk upsert of these customers.
+    Bulk(Vec<Value>),
+    /// A CSV import: its header and rows.
+    Import(super::imports::ImportCsv),
 }
 
 /// Voucherify's documented queue: "the request is put into a queue and
@@ -63,7 +73,10 @@ pub fn start_queue(st: Arc<AppState>, mut jobs: tokio::sync::mpsc::UnboundedRece
                 set_status(&st, &job.id, "FAILED", None);
                 continue;
             }
-            let result = process(&st, job.customers);
+            let result = match job.work {
+                Work::Bulk(customers) => process(&st, customers),
+                Work::Import(csv) => super::imports::process(&st, csv),
+            };
             set_status(&st, &job.id, "DONE", Some(result));
         }
     });
@@ -168,6 +181,12 @@ pub async fn bulk_async(State(st): State<Arc<AppState>>, body: Bytes) -> Respons
             *r.entry(sid).or_default() += 1;
         }
     }
+    let id = enqueue(&st, "CUSTOMERS.BULK_UPDATE", Work::Bulk(customers));
+    (StatusCode::ACCEPTED, Json(json!({"async_action_id": id}))).into_response()
+}
+
+/// Put a job in the project's queue as a new async action; returns its id.
+pub fn enqueue(st: &AppState, kind: &'static str, work: Work) -> String {
     let seq = st.seq.fetch_add(1, Ordering::Relaxed);
     let first = st.stats.bulk_accepted.fetch_add(1, Ordering::Relaxed) == 0;
     let id = format!(
@@ -180,6 +199,7 @@ pub async fn bulk_async(State(st): State<Arc<AppState>>, body: Bytes) -> Respons
         a.insert(
             id.clone(),
             Action {
+                kind,
                 created: Instant::now(),
                 finished: None,
                 created_at: now.clone(),
@@ -192,10 +212,10 @@ pub async fn bulk_async(State(st): State<Arc<AppState>>, body: Bytes) -> Respons
     let _ = st.jobs.send(Job {
         id: id.clone(),
         created: Instant::now(),
-        customers,
+        work,
         first,
     });
-    (StatusCode::ACCEPTED, Json(json!({"async_action_id": id}))).into_response()
+    id
 }
 
 fn set_status(st: &AppState, id: &str, status: &'static str, result: Option<Value>) {
@@ -215,7 +235,7 @@ fn set_status(st: &AppState, id: &str, status: &'static str, result: Option<Valu
 
 /// Apply a bulk upsert: validate each customer as Voucherify would, merge the
 /// valid ones into what the sandbox holds.
-fn process(st: &AppState, customers: Vec<Value>) -> Value {
+pub fn process(st: &AppState, customers: Vec<Value>) -> Value {
     let mut errors = Vec::new();
     let mut done = 0u64;
     let Ok(mut held) = st.customers.lock() else {
@@ -311,7 +331,7 @@ pub async fn async_action(State(st): State<Arc<AppState>>, Path(id): Path<String
             "not_found",
         );
     };
-    let nulls = st.opts.null_fields;
+    let nulls = st.opts.null_fields && a.kind == "CUSTOMERS.BULK_UPDATE";
     let progress = match a.status {
         "DONE" => json!(100),
         "IN_PROGRESS" => json!(50),
@@ -320,7 +340,7 @@ pub async fn async_action(State(st): State<Arc<AppState>>, Path(id): Path<String
     };
     let mut body = json!({
         "id": id,
-        "type": "CUSTOMERS.BULK_UPDATE",
+        "type": a.kind,
         "status": a.status,
         "created_at": a.created_at,
         "updated_at": a.updated_at,

@@ -70,6 +70,12 @@ pub enum LedgerEvent {
         at: String,
         target: String,
         async_action_id: String,
+        /// `import` for a CSV import (its file is `file`); bulk when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        method: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
+        /// In request order: for an import, row N of the file is customer N.
         customers: Vec<LedgerCustomer>,
     },
     Confirmed {
@@ -109,6 +115,8 @@ pub struct LedgerState {
     pub failed_customers: u64,
     /// Submitted, never confirmed: action id → customers, in submission order.
     pub pending: Vec<(String, Vec<LedgerCustomer>)>,
+    /// `source_id`s of confirmed customers: the project holds them.
+    pub confirmed_ids: HashSet<String>,
     pub batches: u64,
     /// Bytes of a torn last line (an interrupted write), not read.
     pub torn_tail: u64,
@@ -173,6 +181,8 @@ pub fn read(path: &Path, target: Option<&str>) -> Result<LedgerState> {
                 st.batches += 1;
                 st.confirmed
                     .extend(done.iter().filter_map(|c| content_key(&c.hash)));
+                st.confirmed_ids
+                    .extend(done.iter().map(|c| c.source_id.clone()));
                 st.confirmed_customers += done.len() as u64;
                 st.failed_customers += failed.len() as u64;
             }
@@ -250,6 +260,8 @@ mod tests {
             at: "x".into(),
             target: "t".into(),
             async_action_id: "aa_1".into(),
+            method: None,
+            file: None,
             customers: vec![customer("a")],
         })
         .unwrap();
@@ -294,6 +306,8 @@ mod tests {
                 at: "x".into(),
                 target: "t".into(),
                 async_action_id: id.into(),
+                method: None,
+                file: None,
                 customers: vec![customer(id)],
             })
             .unwrap();
