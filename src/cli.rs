@@ -163,6 +163,13 @@ pub struct SandboxArgs {
     /// (for benchmarks and experiments with big inputs), then exit
     #[arg(long = "write-profiles", value_name = "FILE")]
     pub write_profiles: Option<PathBuf>,
+    /// Instead of serving, write the synthetic space into DIR as a warehouse
+    /// unloads Segment's Profiles Sync tables (user_traits/, user_identifiers/), then exit
+    #[arg(long = "write-profiles-sync", value_name = "DIR")]
+    pub write_profiles_sync: Option<PathBuf>,
+    /// Part file format for --write-profiles-sync
+    #[arg(long = "sync-format", value_enum, default_value_t = crate::sandbox::profiles_sync::Format::Parquet)]
+    pub sync_format: crate::sandbox::profiles_sync::Format,
 }
 
 pub fn main() -> ExitCode {
@@ -240,6 +247,9 @@ async fn run_all(a: &RunArgs, data: &std::path::Path) -> anyhow::Result<u8> {
         "run: full extract"
     });
     let ex = extract::Args {
+        from: extract::Source::Api,
+        dir: None,
+        trait_values: None,
         out: None,
         concurrency: a.extract_concurrency,
         rate_limit: a.segment_rate_limit,
@@ -281,6 +291,20 @@ async fn run_all(a: &RunArgs, data: &std::path::Path) -> anyhow::Result<u8> {
 }
 
 async fn sandbox(a: SandboxArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &a.write_profiles_sync {
+        let ds = crate::sandbox::data::Dataset {
+            seed: a.seed,
+            n: a.profiles,
+            anonymous_percent: a.anonymous_percent,
+        };
+        let rows = crate::sandbox::profiles_sync::write(&ds, dir, a.sync_format)?;
+        ui::info(format!(
+            "sandbox: wrote {} profiles as a Profiles Sync unload ({rows} rows) in {}",
+            ds.n,
+            dir.display()
+        ));
+        return Ok(());
+    }
     if let Some(path) = &a.write_profiles {
         let ds = crate::sandbox::data::Dataset {
             seed: a.seed,

@@ -16,6 +16,7 @@ pub mod fetcher;
 pub mod journal;
 pub mod lister;
 pub mod previous;
+pub mod profiles_sync;
 
 use crate::config::{MappingArgs, SegmentArgs};
 use crate::error::{ApiError, UsageError};
@@ -46,8 +47,26 @@ pub fn concurrency_parser() -> clap::builder::RangedI64ValueParser<u32> {
 /// page needs the previous cursor), so at high rate limits it must run ahead.
 pub const LISTING_LOOKAHEAD: usize = 4;
 
+/// Where profiles come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// Segment's Profile API (100 requests a second per space)
+    Api,
+    /// Profiles Sync tables unloaded by a warehouse into DIR (user_traits/, user_identifiers/)
+    ProfilesSync,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
+    /// Where to read profiles: the Profile API, or Profiles Sync unloads in DIR
+    #[arg(long = "from", value_enum, default_value_t = Source::Api)]
+    pub from: Source,
+    /// The unload folder (with --from profiles-sync)
+    #[arg(value_name = "DIR", required_if_eq("from", "profiles-sync"))]
+    pub dir: Option<PathBuf>,
+    /// How Profiles Sync trait values are read [default: JSON when every value parses as JSON, else text]
+    #[arg(long = "trait-values", value_enum)]
+    pub trait_values: Option<profiles_sync::TraitValues>,
     /// Output file [default: DATA_DIR/profiles.ndjson]
     #[arg(long = "out", value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -103,6 +122,32 @@ struct PageState {
 pub const MAX_PASSES: u32 = 6;
 
 pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
+    if args.from == Source::ProfilesSync {
+        let mapping = args.mapping.resolve()?;
+        let wanted = fetcher::Wanted {
+            id_types: mapping.source_id_types.clone(),
+            traits: mapping.traits_read().into_iter().collect(),
+            everything: args.all_traits,
+        };
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| state::profiles(data_dir));
+        let dir = args
+            .dir
+            .clone()
+            .ok_or_else(|| UsageError::new("--from profiles-sync needs the unload folder: segsync extract --from profiles-sync DIR"))?;
+        let s = profiles_sync::run(&dir, &out, &wanted, args.trait_values)?;
+        return Ok(Summary {
+            profiles: s.profiles,
+            ..Default::default()
+        });
+    }
+    if args.dir.is_some() || args.trait_values.is_some() {
+        return Err(
+            UsageError::new("a folder and --trait-values go with --from profiles-sync").into(),
+        );
+    }
     let cfg = args.segment.resolve()?;
     let mapping = args.mapping.resolve()?;
     let wanted = Arc::new(fetcher::Wanted {

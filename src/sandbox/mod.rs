@@ -17,6 +17,7 @@ pub mod faults;
 pub mod imports;
 pub mod limits;
 pub mod metadata;
+pub mod profiles_sync;
 pub mod schema;
 pub mod segment;
 pub mod voucherify;
