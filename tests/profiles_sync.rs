@@ -7,8 +7,11 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+/// A profile's metadata, traits and (type, id) pairs.
+type Shared = (Value, Value, BTreeSet<(String, String)>);
+
 /// Profiles by id, external ids reduced to (type, id): what both paths share.
-fn by_id(file: &Path) -> BTreeMap<String, (Value, Value, BTreeSet<(String, String)>)> {
+fn by_id(file: &Path) -> BTreeMap<String, Shared> {
     read_lines(file)
         .into_iter()
         .map(|l| {
