@@ -79,7 +79,8 @@ measure "$W/e1000" "$BIN" --data-dir "$W/e1000" extract --rate-limit 1000 --conc
 REQ=$(seg_requests); T429=$(stats | jq .throttled.segment)
 MIN=$(minimal_requests "$N1000"); MRPP=$(calc "$MIN / $N1000" 3)
 FIG=$(calc "$N1000 / $SECS" 1); CEIL=$(calc "1000 / $MRPP" 1)
-row "extract, 1,000 req/s, 150 ms latency, $N1000 profiles, --concurrency 160" "$FIG profiles/s ($T429 of $REQ requests answered 429)" "$CEIL profiles/s (1000 / $MRPP)" "$(calc "$FIG / $CEIL")"
+LIST_CEIL=$(calc "$N1000 / (2 * ($N1000 / 100) * 0.150)" 1)
+row "extract, 1,000 req/s, 150 ms latency, $N1000 profiles, --concurrency 160" "$FIG profiles/s ($T429 of $REQ requests answered 429)" "$CEIL profiles/s (1000 / $MRPP); the listing's serial calls (two passes x $((N1000 / 100)) pages x 150 ms) allow $LIST_CEIL" "$(calc "$FIG / $CEIL") ($(calc "$FIG / ($CEIL < $LIST_CEIL ? $CEIL : $LIST_CEIL)") of the lower)"
 stop_sandbox
 
 say "== extract under churn: 100 profiles/s get activity while a $EXTRACT_N-profile space is listed at 100 req/s"
@@ -114,19 +115,55 @@ rm -f "$W/jq.csv"
 say "== load, Voucherify limit 2,000/min, batch 100, serial job queue (customers from $LOAD_N profiles)"
 "$BIN" -q sandbox --profiles "$LOAD_N" --write-profiles "$W/load/profiles.ndjson"
 "$BIN" -q --data-dir "$W/load" transform
+vf_calls() { jq '[.requests | to_entries[] | select(.key | startswith("voucherify.")) | .value] | add' <<<"$1"; }
+# Jobs of 200 ms run one at a time: 5 batches a second at most, whatever the rate limit.
+QCEIL=$(calc "1000 / 200 * 100" 0); RCEIL=$(calc "2000 / 60 * 100 / 2" 0)
+CEIL=$(( QCEIL < RCEIL ? QCEIL : RCEIL ))
 start_sandbox --profiles 10 --voucherify-rpm 2000 --processing-ms 200
 measure "$W/l100" "$BIN" --data-dir "$W/load" load --rate-limit 2000 --concurrency 8
 S=$(stats); SENT=$(jq .customers_received <<<"$S"); POSTS=$(jq '.requests["voucherify.customers_bulk_async"]' <<<"$S"); POLLS=$(jq '.requests["voucherify.async_action"]' <<<"$S"); T429=$(jq .throttled.voucherify <<<"$S")
-FIG=$(calc "$SENT / $SECS" 0); PPB=$(calc "$POLLS / $POSTS"); CEIL=$(calc "2000 / 60 * 100 / 2" 0)
-row "load, 2,000 requests/min, batch 100, jobs run one at a time (200 ms each), $SENT customers" "$FIG customers/s, $PPB polls per batch (goal 1.2), $T429 answered 429; $(calc "($POSTS + $POLLS) * 1000 / $SENT" 1) Voucherify calls per 1,000 customers" "$CEIL customers/s ((2000/60) x 100 / 2: a bulk call and at least one poll per batch)" "$(calc "$FIG / $CEIL")"
+FIG=$(calc "$SENT / $SECS" 0); PPB=$(calc "$POLLS / $POSTS")
+row "load --method bulk, 2,000 requests/min, jobs of 200 ms one at a time, $SENT customers" "$FIG customers/s, $PPB polls per batch (goal 1.2), $T429 answered 429; $(calc "$(vf_calls "$S") * 1000 / $SENT" 1) Voucherify calls per 1,000 customers" "$CEIL customers/s (the queue: 5 jobs of 100 a second; the rate limit would allow $RCEIL)" "$(calc "$FIG / $CEIL")"
+BULK_SECS=$SECS; BULK_CALLS=$(vf_calls "$S")
+stop_sandbox
+
+say "== the same customers with --method import, same sandbox settings"
+rm -f "$W/load/load.ledger.ndjson" "$W/load"/load.import.*.csv "$W/load"/load.export.*
+start_sandbox --profiles 10 --voucherify-rpm 2000 --processing-ms 200
+measure "$W/limp" "$BIN" --data-dir "$W/load" load --rate-limit 2000 --concurrency 8 --method import
+S=$(stats); HELD=$(jq .customers <<<"$S"); IMP=$(jq '.requests["voucherify.customers_import_csv"] // 0' <<<"$S"); POSTS=$(jq '.requests["voucherify.customers_bulk_async"] // 0' <<<"$S")
+BYIMP=$(grep -o '[0-9]* customers by import' "$W/limp.err" | grep -o '^[0-9]*' || echo 0)
+row "load --method import, same settings, $HELD customers ($BYIMP by $IMP import files; the $(( HELD - BYIMP )) with typed metadata by $POSTS bulk requests)" "$(calc "$HELD / $SECS" 0) customers/s; $(calc "$(vf_calls "$S") * 1000 / $HELD" 2) Voucherify calls per 1,000 customers (export included)" "--method bulk: $(calc "$HELD / $BULK_SECS" 0) customers/s, $(calc "$BULK_CALLS * 1000 / $HELD" 1) calls per 1,000" "$(calc "$BULK_SECS / $SECS" 1)x faster, $(calc "$BULK_CALLS / $(vf_calls "$S")" 1)x fewer calls"
 stop_sandbox
 
 say "== load under the same queue with explicit nulls in async actions"
 start_sandbox --profiles 10 --voucherify-rpm 0 --processing-ms 100 --null-fields
 measure "$W/lnull" "$BIN" --data-dir "$W/load" load --full --concurrency 8
 S=$(stats); POSTS=$(jq '.requests["voucherify.customers_bulk_async"]' <<<"$S"); POLLS=$(jq '.requests["voucherify.async_action"]' <<<"$S"); HELD=$(jq .customers <<<"$S")
-row "load, no rate limit, 100 ms jobs one at a time, null fields" "$(calc "$POLLS / $POSTS") polls per batch, $HELD customers held" "1 poll per batch; $(calc "$POSTS * 0.1" 1) s of queue time" "$(calc "$POSTS * 0.1 / $SECS") of the queue-bound speed"
+row "load, no rate limit, jobs of 100 ms one at a time, null fields" "$(calc "$POLLS / $POSTS") polls per batch, $HELD customers held" "$(calc "$POSTS * 0.1" 1) s of queue time (1 poll per batch)" "$(calc "$POSTS * 0.1 / $SECS") of the queue-bound speed"
 stop_sandbox
+
+SYNC_N=${BENCH_SYNC_PROFILES:-100000}
+say "== extract --from profiles-sync, $SYNC_N profiles from Parquet parts, against transform of the same file"
+"$BIN" -q sandbox --profiles "$SYNC_N" --write-profiles-sync "$W/sync/unload"
+measure "$W/sync-e" "$BIN" --data-dir "$W/sync" extract --from profiles-sync "$W/sync/unload"; SX_SECS=$SECS; SX_RSS=$RSS_MB
+measure "$W/sync-t" "$BIN" --data-dir "$W/sync" transform; ST_SECS=$SECS
+row "extract --from profiles-sync, $SYNC_N profiles, Parquet" "$(calc "$SYNC_N / $SX_SECS" 0) profiles/s, peak RSS $SX_RSS MB" "transform of that profiles.ndjson: $(calc "$SYNC_N / $ST_SECS" 0) profiles/s" "$(calc "$ST_SECS / $SX_SECS") of transform's speed (goal 0.5)"
+"$BIN" -q sandbox --profiles "$SYNC_N" --write-profiles-sync "$W/syncgz/unload" --sync-format csv-gz
+measure "$W/syncgz-e" "$BIN" --data-dir "$W/syncgz" extract --from profiles-sync "$W/syncgz/unload"
+SAME=$(cmp -s "$W/sync/profiles.ndjson" "$W/syncgz/profiles.ndjson" && echo "the same file" || echo "A DIFFERENT FILE")
+row "extract --from profiles-sync, $SYNC_N profiles, gzipped CSV parts" "$(calc "$SYNC_N / $SECS" 0) profiles/s, peak RSS $RSS_MB MB; $SAME as from Parquet" "Parquet: $(calc "$SYNC_N / $SX_SECS" 0) profiles/s" "$(calc "$SX_SECS / $SECS")"
+rm -rf "$W/sync" "$W/syncgz"
+
+BIG_N=${BENCH_SYNC_BIG_PROFILES:-1000000}
+say "== extract --from profiles-sync, $BIG_N profiles from Parquet parts"
+"$BIN" -q sandbox --profiles "$BIG_N" --write-profiles-sync "$W/big-sync/unload"
+UNLOAD_MB=$(du -sm "$W/big-sync/unload" | cut -f1)
+measure "$W/big-sync-e" "$BIN" --data-dir "$W/big-sync" extract --from profiles-sync "$W/big-sync/unload"
+ARPP=$(calc "$A_REQ / $EXTRACT_N" 3)
+API_H=$(calc "$BIG_N * $ARPP / 100 / 3600" 1)
+row "extract --from profiles-sync, $BIG_N profiles ($UNLOAD_MB MB of Parquet)" "$(calc "$BIG_N / $SECS" 0) profiles/s, $(calc "$SECS / 60" 1) min, peak RSS $RSS_MB MB" "the Profile API's rate limit alone (100 req/s) at the $ARPP requests/profile measured above for an 80%-anonymous space: $API_H h (computed, not run)" "$(calc "$API_H * 3600 / $SECS" 0)x faster"
+rm -rf "$W/big-sync"
 
 say "== micro-benchmarks of the hot paths (criterion, benches/hot_paths.rs)"
 MICRO=$(cargo bench -q --bench hot_paths -- --warm-up-time 1 --measurement-time 3 2>/dev/null | awk '
