@@ -240,65 +240,6 @@ pub fn identifier_types(value: &str) -> Result<Vec<String>, UsageError> {
     Ok(types)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn http_only_for_loopback() {
-        assert!(api_url("X", "http://127.0.0.1:8080").is_ok());
-        assert!(api_url("X", "http://localhost:1/").is_ok());
-        assert!(api_url("X", "http://[::1]:9").is_ok());
-        assert!(api_url("X", "https://profiles.euw1.segment.com").is_ok());
-        let err = api_url("X", "http://profiles.segment.com")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("loopback"), "{err}");
-        assert!(api_url("X", "http://10.0.0.1").is_err());
-        assert!(api_url("X", "ftp://localhost").is_err());
-        assert!(api_url("X", "https://user:pw@example.com").is_err());
-    }
-
-    #[test]
-    fn trailing_slash_is_dropped() {
-        let u = api_url("X", "https://api.voucherify.io/").unwrap();
-        assert_eq!(
-            u.as_str().trim_end_matches('/'),
-            "https://api.voucherify.io"
-        );
-    }
-
-    #[test]
-    fn secrets_never_display() {
-        let s = Secret::new("very-secret-value".into());
-        assert_eq!(format!("{s} {s:?}"), "*** ***");
-        assert_eq!(redact("token=very-secret-value!"), "token=***!");
-    }
-
-    #[test]
-    fn missing_credential_names_variable_and_source() {
-        let e = require(
-            "SEGMENT_ACCESS_TOKEN",
-            "--segment-token",
-            &Some("  ".into()),
-        )
-        .unwrap_err();
-        assert!(
-            e.0.contains("SEGMENT_ACCESS_TOKEN") && e.0.contains("API access"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn identifier_fallback_list() {
-        assert_eq!(
-            identifier_types("user_id, email").unwrap(),
-            vec!["user_id", "email"]
-        );
-        assert!(identifier_types(" , ").is_err());
-    }
-}
-
 /// Segment credentials and endpoint, as flags (each also read from its variable).
 #[derive(Debug, Clone, clap::Args, Default)]
 pub struct SegmentArgs {
@@ -408,5 +349,64 @@ impl MappingArgs {
             m.source_id_types = identifier_types(t)?;
         }
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_only_for_loopback() {
+        assert!(api_url("X", "http://127.0.0.1:8080").is_ok());
+        assert!(api_url("X", "http://localhost:1/").is_ok());
+        assert!(api_url("X", "http://[::1]:9").is_ok());
+        assert!(api_url("X", "https://profiles.euw1.segment.com").is_ok());
+        let err = api_url("X", "http://profiles.segment.com")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loopback"), "{err}");
+        assert!(api_url("X", "http://10.0.0.1").is_err());
+        assert!(api_url("X", "ftp://localhost").is_err());
+        assert!(api_url("X", "https://user:pw@example.com").is_err());
+    }
+
+    #[test]
+    fn trailing_slash_is_dropped() {
+        let u = api_url("X", "https://api.voucherify.io/").unwrap();
+        assert_eq!(
+            u.as_str().trim_end_matches('/'),
+            "https://api.voucherify.io"
+        );
+    }
+
+    #[test]
+    fn secrets_never_display() {
+        let s = Secret::new("very-secret-value".into());
+        assert_eq!(format!("{s} {s:?}"), "*** ***");
+        assert_eq!(redact("token=very-secret-value!"), "token=***!");
+    }
+
+    #[test]
+    fn missing_credential_names_variable_and_source() {
+        let e = require(
+            "SEGMENT_ACCESS_TOKEN",
+            "--segment-token",
+            &Some("  ".into()),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains("SEGMENT_ACCESS_TOKEN") && e.0.contains("API access"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn identifier_fallback_list() {
+        assert_eq!(
+            identifier_types("user_id, email").unwrap(),
+            vec!["user_id", "email"]
+        );
+        assert!(identifier_types(" , ").is_err());
     }
 }

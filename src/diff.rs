@@ -9,10 +9,10 @@
 //! leading zeros a spreadsheet stripped.
 
 use crate::config::MappingArgs;
+use crate::customers_csv::{open_csv, parse_row, read_layout, separator};
 use crate::edits::{classify, separator_name, Damage};
 use crate::error::UsageError;
 use crate::files::{self, AtomicFile};
-use crate::load::input::{open_csv, parse_row, read_layout, separator};
 use crate::mapping::Mapping;
 use crate::records::{guard_cell, COLUMNS};
 use crate::state;

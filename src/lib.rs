@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod customers_csv;
 pub mod dates;
 pub mod diff;
 pub mod edits;

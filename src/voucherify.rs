@@ -165,6 +165,8 @@ pub struct VoucherifyClient {
     http: HttpLayer,
     cfg: VoucherifyConfig,
     base: String,
+    /// The budget the last answer's headers revealed: (limit, remaining, type).
+    budget: std::sync::Mutex<Option<(u64, u64, String)>>,
 }
 
 impl VoucherifyClient {
@@ -174,6 +176,7 @@ impl VoucherifyClient {
             http: HttpLayer::new(settings)?,
             cfg,
             base,
+            budget: std::sync::Mutex::new(None),
         })
     }
 
@@ -181,27 +184,60 @@ impl VoucherifyClient {
         &self.http.stats
     }
 
+    /// What the last answer's `X-Rate-Limit-Limit` and `-Remaining` said
+    /// (and `X-Rate-Limit-Type`, "api_calls" when absent).
+    pub fn budget(&self) -> Option<(u64, u64, String)> {
+        self.budget.lock().ok().and_then(|b| b.clone())
+    }
+
+    /// Send a request with the application keys; the answer as JSON.
+    async fn call(
+        &self,
+        endpoint: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<Value, ApiError> {
+        let resp = self
+            .http
+            .send(endpoint, &VoucherifyLogic, |c| {
+                build(c)
+                    .header("X-App-Id", &self.cfg.app_id)
+                    .header("X-App-Token", self.cfg.secret_key.expose())
+            })
+            .await?;
+        let num = |h: &str| header_str(&resp.headers, h).and_then(|v| v.trim().parse::<u64>().ok());
+        if let (Some(limit), Some(remaining)) =
+            (num("x-rate-limit-limit"), num("x-rate-limit-remaining"))
+        {
+            let kind = header_str(&resp.headers, "x-rate-limit-type").unwrap_or("api_calls");
+            if let Ok(mut b) = self.budget.lock() {
+                *b = Some((limit, remaining, kind.to_string()));
+            }
+        }
+        serde_json::from_slice(&resp.body)
+            .map_err(|e| contract(endpoint, &format!("body is not JSON ({e})")))
+    }
+
+    /// A non-empty text field of an answer, or a contract error naming it.
+    fn field(v: &Value, endpoint: &str, name: &str) -> Result<String, ApiError> {
+        v.get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| contract(endpoint, &format!("no `{name}` in the answer")))
+    }
+
     /// POST a JSON array of customers; returns the async action id.
     pub async fn bulk_upsert(&self, body: bytes::Bytes) -> Result<String, ApiError> {
         let endpoint = "POST /v1/customers/bulk/async";
         let url = format!("{}/v1/customers/bulk/async", self.base);
-        let resp = self
-            .http
-            .send(endpoint, &VoucherifyLogic, |c| {
+        let v = self
+            .call(endpoint, |c| {
                 c.post(&url)
-                    .header("X-App-Id", &self.cfg.app_id)
-                    .header("X-App-Token", self.cfg.secret_key.expose())
                     .header("content-type", "application/json")
                     .body(body.clone())
             })
             .await?;
-        let v: Value = serde_json::from_slice(&resp.body)
-            .map_err(|e| contract(endpoint, &format!("body is not JSON ({e})")))?;
-        v.get("async_action_id")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| contract(endpoint, "no `async_action_id` in the answer"))
+        Self::field(&v, endpoint, "async_action_id")
     }
 
     /// `POST /v1/customers/importCSV`: one CSV file of customers as the
@@ -209,26 +245,17 @@ impl VoucherifyClient {
     pub async fn import_csv(&self, name: &str, csv: bytes::Bytes) -> Result<String, ApiError> {
         let endpoint = "POST /v1/customers/importCSV";
         let url = format!("{}/v1/customers/importCSV", self.base);
-        let resp = self
-            .http
-            .send(endpoint, &VoucherifyLogic, |c| {
+        let v = self
+            .call(endpoint, |c| {
                 let part = reqwest::multipart::Part::stream(csv.clone())
                     .file_name(name.to_string())
                     .mime_str("text/csv")
                     .unwrap_or_else(|_| reqwest::multipart::Part::stream(csv.clone()));
                 c.post(&url)
-                    .header("X-App-Id", &self.cfg.app_id)
-                    .header("X-App-Token", self.cfg.secret_key.expose())
                     .multipart(reqwest::multipart::Form::new().part("file", part))
             })
             .await?;
-        let v: Value = serde_json::from_slice(&resp.body)
-            .map_err(|e| contract(endpoint, &format!("body is not JSON ({e})")))?;
-        v.get("async_action_id")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| contract(endpoint, "no `async_action_id` in the answer"))
+        Self::field(&v, endpoint, "async_action_id")
     }
 
     /// `POST /v1/exports` of every customer's `source_id`; returns the export id.
@@ -236,38 +263,15 @@ impl VoucherifyClient {
         let endpoint = "POST /v1/exports";
         let url = format!("{}/v1/exports", self.base);
         let body = serde_json::json!({"exported_object": "customer", "parameters": {"fields": ["source_id"]}});
-        let resp = self
-            .http
-            .send(endpoint, &VoucherifyLogic, |c| {
-                c.post(&url)
-                    .header("X-App-Id", &self.cfg.app_id)
-                    .header("X-App-Token", self.cfg.secret_key.expose())
-                    .json(&body)
-            })
-            .await?;
-        let v: Value = serde_json::from_slice(&resp.body)
-            .map_err(|e| contract(endpoint, &format!("body is not JSON ({e})")))?;
-        v.get("id")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| contract(endpoint, "no export `id` in the answer"))
+        let v = self.call(endpoint, |c| c.post(&url).json(&body)).await?;
+        Self::field(&v, endpoint, "id")
     }
 
     /// `GET /v1/exports/{id}`: its status, and when DONE the file's URL.
     pub async fn export(&self, id: &str) -> Result<(String, Option<String>), ApiError> {
         let endpoint = format!("GET /v1/exports/{id}");
         let url = format!("{}/v1/exports/{}", self.base, path_segment(id));
-        let resp = self
-            .http
-            .send(&endpoint, &VoucherifyLogic, |c| {
-                c.get(&url)
-                    .header("X-App-Id", &self.cfg.app_id)
-                    .header("X-App-Token", self.cfg.secret_key.expose())
-            })
-            .await?;
-        let v: Value = serde_json::from_slice(&resp.body)
-            .map_err(|e| contract(&endpoint, &format!("body is not JSON ({e})")))?;
+        let v = self.call(&endpoint, |c| c.get(&url)).await?;
         let status = v
             .get("status")
             .and_then(Value::as_str)
@@ -310,16 +314,7 @@ impl VoucherifyClient {
     ) -> Result<crate::metadata_schema::CustomerSchema, ApiError> {
         let endpoint = "GET /v1/metadata-schemas";
         let url = format!("{}/v1/metadata-schemas", self.base);
-        let resp = self
-            .http
-            .send(endpoint, &VoucherifyLogic, |c| {
-                c.get(&url)
-                    .header("X-App-Id", &self.cfg.app_id)
-                    .header("X-App-Token", self.cfg.secret_key.expose())
-            })
-            .await?;
-        let v: Value = serde_json::from_slice(&resp.body)
-            .map_err(|e| contract(endpoint, &format!("body is not JSON ({e})")))?;
+        let v = self.call(endpoint, |c| c.get(&url)).await?;
         crate::metadata_schema::CustomerSchema::from_answer(&v).map_err(|e| contract(endpoint, &e))
     }
 
@@ -327,15 +322,8 @@ impl VoucherifyClient {
     pub async fn async_action(&self, id: &str) -> Result<AsyncAction, ApiError> {
         let endpoint = format!("GET /v1/async-actions/{id}");
         let url = format!("{}/v1/async-actions/{}", self.base, path_segment(id));
-        let resp = self
-            .http
-            .send(&endpoint, &VoucherifyLogic, |c| {
-                c.get(&url)
-                    .header("X-App-Id", &self.cfg.app_id)
-                    .header("X-App-Token", self.cfg.secret_key.expose())
-            })
-            .await?;
-        serde_json::from_slice(&resp.body)
+        let v = self.call(&endpoint, |c| c.get(&url)).await?;
+        serde_json::from_value(v)
             .map_err(|e| contract(&endpoint, &format!("unexpected async action body ({e})")))
     }
 }

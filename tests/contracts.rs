@@ -288,3 +288,33 @@ async fn a_second_run_extracts_incrementally_and_says_so() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("run: full extract"), "{}", r.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_states_the_calls_and_the_share_of_the_budget_the_headers_reveal() {
+    let sb = sandbox(SandboxOptions {
+        voucherify_rpm: 100,
+        ..opts(0)
+    })
+    .await;
+    let dir = tempdir();
+    let (_, r) = load_csv(dir.path(), &sb, &csv_of(1000), &["--dry-run"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("cost about 20 Voucherify API calls (10 bulk requests + about 10 polls)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("of 100 api_calls calls are left in the current window")
+            && r.stderr.contains("20.0% of one full window"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        stat(&sb, "customers_received"),
+        0,
+        "a dry run sends nothing"
+    );
+}

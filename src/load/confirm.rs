@@ -159,30 +159,41 @@ fn send_batch_inner<'a>(
         let n = batch.customers.len() as u64;
         s.sent.fetch_add(n, Ordering::Relaxed);
         s.batches.fetch_add(1, Ordering::Relaxed);
-        let customers: Vec<LedgerCustomer> = batch
-            .customers
-            .iter()
-            .map(|c| LedgerCustomer {
-                source_id: c.source_id.clone(),
-                hash: c.hash.clone(),
-                line: c.line,
-            })
-            .collect();
-        let place = s.enqueue(&id);
-        s.ledger.append(&LedgerEvent::Submitted {
-            at: now(),
-            target: s.ledger.target.clone(),
-            async_action_id: id.clone(),
-            method: None,
-            file: None,
-            customers: customers.clone(),
-        })?;
-        s.wait_turn(&id).await;
-        confirm(s, &id, customers, Duration::MAX).await?;
-        drop(place);
+        record_and_confirm(s, id, &batch.customers, None).await?;
         progress.inc(n);
         Ok(())
     })
+}
+
+/// After a submission was accepted: record it in the ledger, wait for the
+/// jobs submitted before it, and confirm it. `file` names an import file.
+async fn record_and_confirm(
+    s: &Session,
+    id: String,
+    sent: &[super::batch::Prepared],
+    file: Option<&str>,
+) -> Result<()> {
+    let customers: Vec<LedgerCustomer> = sent
+        .iter()
+        .map(|c| LedgerCustomer {
+            source_id: c.source_id.clone(),
+            hash: c.hash.clone(),
+            line: c.line,
+        })
+        .collect();
+    let place = s.enqueue(&id);
+    s.ledger.append(&LedgerEvent::Submitted {
+        at: now(),
+        target: s.ledger.target.clone(),
+        async_action_id: id.clone(),
+        method: file.map(|_| "import".to_string()),
+        file: file.map(str::to_string),
+        customers: customers.clone(),
+    })?;
+    s.wait_turn(&id).await;
+    confirm(s, &id, customers, Duration::MAX).await?;
+    drop(place);
+    Ok(())
 }
 
 /// Submit an import file, then wait for its confirmation. Rows count from
@@ -202,29 +213,9 @@ pub async fn send_import(
     let n = file.customers.len() as u64;
     s.imported.fetch_add(n, Ordering::Relaxed);
     s.import_files.fetch_add(1, Ordering::Relaxed);
-    let customers: Vec<LedgerCustomer> = file
-        .customers
-        .iter()
-        .map(|c| LedgerCustomer {
-            source_id: c.source_id.clone(),
-            hash: c.hash.clone(),
-            line: c.line,
-        })
-        .collect();
-    let place = s.enqueue(&id);
-    s.ledger.append(&LedgerEvent::Submitted {
-        at: now(),
-        target: s.ledger.target.clone(),
-        async_action_id: id.clone(),
-        method: Some("import".into()),
-        file: Some(file.name.clone()),
-        customers: customers.clone(),
-    })?;
     s.in_flight.fetch_add(1, Ordering::Relaxed);
-    s.wait_turn(&id).await;
-    let r = confirm(s, &id, customers, Duration::MAX).await;
+    let r = record_and_confirm(s, id, &file.customers, Some(&file.name)).await;
     s.in_flight.fetch_sub(1, Ordering::Relaxed);
-    drop(place);
     r?;
     progress.inc(n);
     Ok(())

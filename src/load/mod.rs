@@ -268,7 +268,8 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
             }
         }
         let b = make_batcher(Arc::new(ledger_state.confirmed))?;
-        summary.unchanged = dry_run(b, &validated)?;
+        let budget = client.as_ref().and_then(|c| c.budget());
+        summary.unchanged = dry_run(b, &validated, budget)?;
         if let Some(r) = &edits {
             ui::info(format!(
                 "load --dry-run: edits against what transform would write: {} (`segsync diff` lists them)",
@@ -501,7 +502,11 @@ fn refused_edits(
 }
 
 /// Show what a load would send; returns the rows already confirmed.
-fn dry_run(mut b: Batcher, validated: &Validated) -> Result<u64> {
+fn dry_run(
+    mut b: Batcher,
+    validated: &Validated,
+    budget: Option<(u64, u64, String)>,
+) -> Result<u64> {
     let (mut batches, mut customers, mut bytes, mut sample) = (0u64, 0u64, 0usize, None);
     for batch in b.by_ref() {
         batches += 1;
@@ -537,6 +542,13 @@ fn dry_run(mut b: Batcher, validated: &Validated) -> Result<u64> {
          a Business plan allows 100 a minute and 100,000 a month, an Organization plan 2,000 and 300,000",
         batches * 2
     ));
+    if let Some((limit, remaining, kind)) = budget {
+        ui::info(format!(
+            "load --dry-run: the project's headers say {remaining} of {limit} {kind} calls are left in the current window: the load needs {} windows' worth ({:.1}% of one full window)",
+            (batches * 2).div_ceil(limit.max(1)),
+            100.0 * (batches * 2) as f64 / limit.max(1) as f64
+        ));
+    }
     if let Some((s, n)) = sample {
         println!("First request body (first 2 of its {n} customers):\n{s}");
     }

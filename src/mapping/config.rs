@@ -321,7 +321,10 @@ impl Mapping {
         let _ = writeln!(
             s,
             "# The traits it reads (what extract asks Segment for): {}\n",
-            self.traits_read().into_iter().collect::<Vec<_>>().join(", ")
+            self.traits_read()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let _ = writeln!(s, "[source_id]\n# external-id types whose id becomes source_id, first present wins\ntypes = {}\n", toml_list(&self.source_id_types));
         let _ = writeln!(s, "[fields]\n# customer field = trait, or list of traits (first non-empty wins); a\n# dotted name reads inside an object trait (\"address.street\")");

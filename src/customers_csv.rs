@@ -1,0 +1,196 @@
+//! Reading a customers CSV: the one owner of how `customers.csv` (or a file
+//! written by hand) is read: its separator (`,` `;` or tab, as the header
+//! shows), the header mapped onto the documented columns, and each row
+//! parsed and checked. `load` validates with it and `diff` compares with it.
+
+use crate::error::InputErrors;
+use crate::records::{unguard_cell, CustomerRow, COLUMNS};
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::Path;
+
+/// The CSV's header mapped onto our columns.
+pub struct Layout {
+    /// For each CSV field: index into COLUMNS.
+    pub fields: Vec<usize>,
+}
+
+/// The separator of a customers CSV: `,`, `;` or tab, as its header shows
+/// (a spreadsheet in a European locale saves with `;`).
+pub fn separator(path: &Path) -> Result<u8> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut first = Vec::new();
+    std::io::BufReader::new(f)
+        .take(1 << 20)
+        .read_until(b'\n', &mut first)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    match crate::edits::detect_separator(&first) {
+        Ok(sep) => Ok(sep),
+        // No separator gives known columns: read with commas, and let the
+        // header check name the unknown columns.
+        Err(why) if why.is_empty() => Ok(b','),
+        Err(why) => Err(InputErrors {
+            problems: vec![format!("{}:1: {why}", path.display())],
+            hint: format!("{}: nothing was sent", path.display()),
+        }
+        .into()),
+    }
+}
+
+pub fn open_csv(path: &Path) -> Result<csv::Reader<std::fs::File>> {
+    let sep = separator(path)?;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .delimiter(sep)
+        .from_reader(f))
+}
+
+pub fn read_layout(
+    path: &Path,
+    rdr: &mut csv::Reader<std::fs::File>,
+) -> Result<Layout, Vec<String>> {
+    let file = path.display();
+    let header = match rdr.byte_headers() {
+        Ok(h) => h.clone(),
+        Err(e) => return Err(vec![format!("{file}:1: cannot read the header row: {e}")]),
+    };
+    if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
+        return Err(vec![format!("{file}:1: the file is empty; expected a header row naming the columns (source_id required)")]);
+    }
+    let mut problems = Vec::new();
+    let mut fields = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, raw) in header.iter().enumerate() {
+        let name = match std::str::from_utf8(raw) {
+            Ok(n) => n.trim_start_matches('\u{feff}'),
+            Err(_) => {
+                problems.push(format!(
+                    "{file}:1: column {}: header is not valid UTF-8",
+                    i + 1
+                ));
+                continue;
+            }
+        };
+        match COLUMNS.iter().position(|c| *c == name) {
+            Some(idx) => {
+                if !seen.insert(idx) {
+                    problems.push(format!(
+                        "{file}:1: column {name}: appears twice in the header"
+                    ));
+                }
+                fields.push(idx);
+            }
+            None => problems.push(format!(
+                "{file}:1: column {name:?}: unknown column; known columns are {} (separated by commas, semicolons or tabs, one kind per file)",
+                COLUMNS.join(", ")
+            )),
+        }
+    }
+    if !seen.contains(&0) && problems.is_empty() {
+        problems.push(format!(
+            "{file}:1: column source_id: required column is missing from the header"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(Layout { fields })
+    } else {
+        Err(problems)
+    }
+}
+
+pub fn plausible_email(e: &str) -> bool {
+    let Some((local, domain)) = e.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Build a row from a CSV record and check it; problems are column: message.
+pub fn parse_row(layout: &Layout, rec: &csv::ByteRecord) -> (CustomerRow, Vec<(String, String)>) {
+    let mut row = CustomerRow::default();
+    let mut problems = Vec::new();
+    for (field, raw) in layout.fields.iter().zip(rec.iter()) {
+        let col = COLUMNS[*field];
+        match std::str::from_utf8(raw) {
+            Ok(text) => {
+                let value = unguard_cell(text);
+                if let Some(cell) = row.cell_mut(*field) {
+                    *cell = (!value.is_empty()).then(|| value.to_string());
+                }
+            }
+            Err(_) => problems.push((
+                col.to_string(),
+                match crate::edits::as_windows_1252(raw) {
+                    Some(text) => format!("not UTF-8: it reads as Windows-1252 ({text:?}), as a spreadsheet's plain \"CSV\" save writes; re-save the file as \"CSV UTF-8\""),
+                    None => "not valid UTF-8".to_string(),
+                },
+            )),
+        }
+    }
+    match &row.source_id {
+        None => problems.push((
+            "source_id".into(),
+            "empty; every customer needs a source_id".into(),
+        )),
+        Some(s) if s.trim().is_empty() => problems.push((
+            "source_id".into(),
+            "only whitespace; every customer needs a source_id".into(),
+        )),
+        _ => {}
+    }
+    if let Some(b) = &row.birthdate {
+        if !crate::dates::is_real_date(b) {
+            problems.push((
+                "birthdate".into(),
+                match crate::edits::date_format_found(b) {
+                    Some(found) => format!("{b:?} is not a date in YYYY-MM-DD form: found {found}, as a spreadsheet writes dates in a locale format; format the column as text before editing, and write dates as YYYY-MM-DD"),
+                    None => format!("{b:?} is not a real date in YYYY-MM-DD form"),
+                },
+            ));
+        }
+    }
+    if let Some(m) = &row.metadata {
+        match serde_json::from_str::<Value>(m) {
+            Ok(Value::Object(_)) => {}
+            Ok(_) => problems.push((
+                "metadata".into(),
+                "must be a JSON object like {\"key\":\"value\"}".into(),
+            )),
+            Err(e) => problems.push(("metadata".into(), format!("not valid JSON ({e})"))),
+        }
+    }
+    if let Some(e) = &row.email {
+        if !plausible_email(e) {
+            problems.push((
+                "email".into(),
+                format!("{e:?} does not look like an email address"),
+            ));
+        }
+    }
+    (row, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_plausibility() {
+        for ok in ["a@b.co", "first.last+tag@example.com", "Zoë@exämple.de"] {
+            assert!(plausible_email(ok), "{ok}");
+        }
+        for bad in ["", "a", "a@", "@b.co", "a@b", "a b@c.de", "a@.de", "a@de."] {
+            assert!(!plausible_email(bad), "{bad}");
+        }
+    }
+}
