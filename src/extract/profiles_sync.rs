@@ -209,7 +209,39 @@ fn read_parquet(path: &Path, key: &str, each: &mut dyn FnMut(Row) -> Result<()>)
         .iter()
         .map(|f| f.name().to_string())
         .collect();
-    let c = columns(&names, key, path)?;
+    let all = columns(&names, key, path)?;
+    // Read only the columns needed, in the file's order.
+    let mut wanted: Vec<usize> = [
+        Some(all.id),
+        Some(all.key),
+        Some(all.value),
+        Some(all.seq),
+        all.ts,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let at = |i: usize| wanted.iter().position(|w| *w == i).unwrap_or(0);
+    let c = Columns {
+        id: at(all.id),
+        key: at(all.key),
+        value: at(all.value),
+        seq: at(all.seq),
+        ts: all.ts.map(at),
+    };
+    let fields = reader
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .root_schema()
+        .get_fields()
+        .to_vec();
+    let projection = parquet::schema::types::Type::group_type_builder("schema")
+        .with_fields(wanted.iter().map(|i| fields[*i].clone()).collect())
+        .build()
+        .map_err(|e| UsageError::new(format!("{}: {e}", path.display())))?;
     let text = |f: &Field| -> Option<String> {
         match f {
             Field::Null => None,
@@ -241,7 +273,7 @@ fn read_parquet(path: &Path, key: &str, each: &mut dyn FnMut(Row) -> Result<()>)
             _ => None,
         }
     };
-    let rows = reader.get_row_iter(None).map_err(|e| {
+    let rows = reader.get_row_iter(Some(projection)).map_err(|e| {
         UsageError::new(format!(
             "{}: not a readable Parquet file ({e})",
             path.display()
@@ -350,10 +382,20 @@ impl Partitions {
         Ok(Partitions { dir, files })
     }
 
-    fn write(&mut self, table: char, r: &Row) -> Result<()> {
-        let f = &mut self.files[partition_of(&r.id) as usize];
-        serde_json::to_writer(&mut *f, &(table, &r.id, &r.key, &r.value, r.seq, r.ts))?;
-        f.write_all(b"\n")?;
+    /// Write a window's profiles, each as one record in its partition.
+    fn write(&mut self, window: &mut HashMap<String, Acc>) -> Result<()> {
+        for (id, a) in window.drain() {
+            let f = &mut self.files[partition_of(&id) as usize];
+            let rec = Record {
+                id,
+                traits: a.traits.into_iter().map(|(k, (s, v))| (k, s, v)).collect(),
+                ids: a.ids,
+                first: a.first,
+                last: a.last,
+            };
+            serde_json::to_writer(&mut *f, &rec)?;
+            f.write_all(b"\n")?;
+        }
         Ok(())
     }
 
@@ -373,6 +415,48 @@ struct Acc {
     first: Option<i64>,
     last: Option<i64>,
 }
+
+impl Acc {
+    fn time(&mut self, ts: Option<i64>) {
+        if let Some(t) = ts {
+            self.first = Some(self.first.map_or(t, |f| f.min(t)));
+            self.last = Some(self.last.map_or(t, |l| l.max(t)));
+        }
+    }
+
+    /// A trait value, kept when its seq is the highest seen.
+    fn set_trait(&mut self, name: String, seq: i64, value: Option<String>) {
+        match self.traits.get(&name) {
+            Some((s, _)) if *s >= seq => {}
+            _ => {
+                self.traits.insert(name, (seq, value));
+            }
+        }
+    }
+
+    fn merge(&mut self, r: Record) {
+        self.time(r.first);
+        self.time(r.last);
+        for (name, seq, value) in r.traits {
+            self.set_trait(name, seq, value);
+        }
+        self.ids.extend(r.ids);
+    }
+}
+
+/// What a window of pass 1 knows of one profile: a line of a partition.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    id: String,
+    traits: Vec<(String, i64, Option<String>)>,
+    ids: Vec<(i64, String, String)>,
+    first: Option<i64>,
+    last: Option<i64>,
+}
+
+/// Rows aggregated in memory before they go to their partitions: a profile's
+/// rows in one window become one record. Bounds pass 1's memory.
+const WINDOW_ROWS: usize = 262_144;
 
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -403,7 +487,10 @@ pub fn run(
     let keep_trait = |name: &str| wanted.everything || wanted.traits.iter().any(|t| t == name);
     let keep_id = |ty: &str| wanted.everything || wanted.id_types.iter().any(|t| t == ty);
 
-    // Pass 1: every row once, into its partition.
+    // Pass 1: every row once, aggregated per profile in a bounded window,
+    // into its partition.
+    let mut window: HashMap<String, Acc> = HashMap::new();
+    let mut in_window = 0usize;
     for (table, key, list) in [('t', "name", &trait_parts), ('i', "type", &id_parts)] {
         for part in list.iter() {
             read_part(part, key, &mut |r: Row| {
@@ -427,23 +514,30 @@ pub fn run(
                         }
                     }
                 }
+                // A row not kept still says the profile exists, and dates it.
+                let a = match window.get_mut(&r.id) {
+                    Some(a) => a,
+                    None => window.entry(r.id.clone()).or_default(),
+                };
+                a.time(r.ts);
                 if keep {
-                    partitions.write(table, &r)?;
-                } else {
-                    // Not kept, but the profile exists and its time dates it.
-                    partitions.write(
-                        'x',
-                        &Row {
-                            value: None,
-                            key: String::new(),
-                            ..r
-                        },
-                    )?;
+                    if table == 't' {
+                        a.set_trait(r.key, r.seq, r.value);
+                    } else if let Some(v) = r.value {
+                        a.ids.push((r.seq, r.key, v));
+                    }
+                }
+                in_window += 1;
+                if in_window >= WINDOW_ROWS {
+                    partitions.write(&mut window)?;
+                    in_window = 0;
                 }
                 Ok(())
             })?;
         }
     }
+    partitions.write(&mut window)?;
+    drop(window);
     let tmp = partitions.finish()?;
     summary.json_values = match values {
         Some(TraitValues::Json) => true,
@@ -460,33 +554,16 @@ pub fn run(
         let mut accs: HashMap<String, Acc> = HashMap::new();
         for l in BufReader::with_capacity(1 << 20, f).lines() {
             let l = l?;
-            let (table, id, key, value, seq, ts): (
-                char,
-                String,
-                String,
-                Option<String>,
-                i64,
-                Option<i64>,
-            ) = serde_json::from_str(&l)
+            let r: Record = serde_json::from_str(&l)
                 .with_context(|| format!("{}: damaged temporary file", p.display()))?;
-            let a = accs.entry(id).or_default();
-            if let Some(t) = ts {
-                a.first = Some(a.first.map_or(t, |f| f.min(t)));
-                a.last = Some(a.last.map_or(t, |l| l.max(t)));
-            }
-            match table {
-                't' if !key.is_empty() => match a.traits.get(&key) {
-                    Some((s, _)) if *s >= seq => {}
-                    _ => {
-                        a.traits.insert(key, (seq, value));
-                    }
-                },
-                'i' => {
-                    if let Some(v) = value {
-                        a.ids.push((seq, key, v));
-                    }
+            match accs.get_mut(&r.id) {
+                Some(a) => a.merge(r),
+                None => {
+                    let mut a = Acc::default();
+                    let id = r.id.clone();
+                    a.merge(r);
+                    accs.insert(id, a);
                 }
-                _ => {}
             }
         }
         let mut ids: Vec<String> = accs.keys().cloned().collect();
