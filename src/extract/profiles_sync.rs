@@ -47,12 +47,13 @@ pub enum TraitValues {
 /// Temporary partitions: each holds about 1/PARTITIONS of the profiles.
 pub const PARTITIONS: u64 = 128;
 
-/// One row of either table, as read.
-struct Row {
-    id: String,
+/// One row of either table, as read, borrowed from the reader's buffers:
+/// only what is kept gets copied.
+struct Row<'a> {
+    id: &'a str,
     /// Trait name, or identifier type.
-    key: String,
-    value: Option<String>,
+    key: &'a str,
+    value: Option<&'a str>,
     seq: i64,
     /// Milliseconds since the epoch, when the part has a usable `timestamp`.
     ts: Option<i64>,
@@ -180,17 +181,200 @@ fn read_csv(
         let get = |i: usize| rec.get(i).unwrap_or("");
         let value = get(c.value);
         each(Row {
-            id: get(c.id).to_string(),
-            key: get(c.key).to_string(),
+            id: get(c.id),
+            key: get(c.key),
             // An unload writes NULL as an empty field (or \N).
-            value: (!value.is_empty() && value != "\\N").then(|| value.to_string()),
+            value: (!value.is_empty() && value != "\\N").then_some(value),
             seq: parse_seq(get(c.seq), path, n)?,
             ts: c.ts.and_then(|i| parse_ts_text(get(i))),
         })?;
     }
 }
 
+/// A column of a row group, decoded.
+enum Col {
+    Text(Vec<Option<parquet::data_type::ByteArray>>),
+    Int(Vec<Option<i64>>),
+}
+
+impl Col {
+    /// Cell `i` as text; numbers are spelled into `buf`.
+    fn text<'a>(&'a self, i: usize, buf: &'a mut String) -> Option<&'a str> {
+        match self {
+            Col::Text(v) => v[i]
+                .as_ref()
+                .map(|b| std::str::from_utf8(b.data()).unwrap_or("")),
+            Col::Int(v) => v[i].map(|n| {
+                buf.clear();
+                use std::fmt::Write as _;
+                let _ = write!(buf, "{n}");
+                buf.as_str()
+            }),
+        }
+    }
+}
+
+/// Read one column of a row group through the column reader: whole batches
+/// of values, no per-field allocation but the strings themselves. `scale`
+/// turns INT64 timestamps into milliseconds. None: a physical type this
+/// reader does not handle (the record API reads the file instead).
+fn read_column(
+    rg: &dyn parquet::file::reader::RowGroupReader,
+    col: usize,
+    rows: usize,
+) -> Result<Option<Col>> {
+    use parquet::column::reader::ColumnReader;
+    let spread = |defs: &[i16], n_values: usize| -> Option<Vec<bool>> {
+        // Which rows have a value: all of them when no levels were produced.
+        if defs.len() == rows {
+            Some(defs.iter().map(|d| *d > 0).collect())
+        } else if n_values == rows {
+            Some(vec![true; rows])
+        } else {
+            None
+        }
+    };
+    let mut defs: Vec<i16> = Vec::with_capacity(rows);
+    Ok(Some(match rg.get_column_reader(col)? {
+        ColumnReader::ByteArrayColumnReader(mut r) => {
+            let mut values = Vec::with_capacity(rows);
+            while r.read_records(rows, Some(&mut defs), None, &mut values)?.0 > 0 {}
+            let Some(present) = spread(&defs, values.len()) else {
+                return Ok(None);
+            };
+            let mut it = values.into_iter();
+            Col::Text(
+                present
+                    .into_iter()
+                    .map(|p| p.then(|| it.next()).flatten())
+                    .collect(),
+            )
+        }
+        ColumnReader::Int64ColumnReader(mut r) => {
+            let mut values = Vec::with_capacity(rows);
+            while r.read_records(rows, Some(&mut defs), None, &mut values)?.0 > 0 {}
+            let Some(present) = spread(&defs, values.len()) else {
+                return Ok(None);
+            };
+            let mut it = values.into_iter();
+            Col::Int(
+                present
+                    .into_iter()
+                    .map(|p| p.then(|| it.next()).flatten())
+                    .collect(),
+            )
+        }
+        ColumnReader::Int32ColumnReader(mut r) => {
+            let mut values = Vec::with_capacity(rows);
+            while r.read_records(rows, Some(&mut defs), None, &mut values)?.0 > 0 {}
+            let Some(present) = spread(&defs, values.len()) else {
+                return Ok(None);
+            };
+            let mut it = values.into_iter();
+            Col::Int(
+                present
+                    .into_iter()
+                    .map(|p| p.then(|| it.next()).flatten().map(i64::from))
+                    .collect(),
+            )
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// Milliseconds per unit of an INT64 timestamp column (by its logical or
+/// converted type); None for a plain number.
+fn timestamp_scale(d: &parquet::schema::types::ColumnDescriptor) -> Option<f64> {
+    use parquet::basic::{ConvertedType, LogicalType, TimeUnit};
+    match d.logical_type() {
+        Some(LogicalType::Timestamp { unit, .. }) => Some(match unit {
+            TimeUnit::MILLIS(_) => 1.0,
+            TimeUnit::MICROS(_) => 0.001,
+            TimeUnit::NANOS(_) => 0.000_001,
+        }),
+        _ => match d.converted_type() {
+            ConvertedType::TIMESTAMP_MILLIS => Some(1.0),
+            ConvertedType::TIMESTAMP_MICROS => Some(0.001),
+            _ => None,
+        },
+    }
+}
+
+/// Read a Parquet part column by column. Ok(false): a column's physical type
+/// is not one this reader handles; nothing was read.
+fn read_parquet_columns(
+    path: &Path,
+    key: &str,
+    each: &mut dyn FnMut(Row) -> Result<()>,
+) -> Result<bool> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let reader = SerializedFileReader::new(f).map_err(|e| {
+        UsageError::new(format!(
+            "{}: not a readable Parquet file ({e})",
+            path.display()
+        ))
+    })?;
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    if schema.num_columns() != schema.root_schema().get_fields().len() {
+        return Ok(false); // nested columns: the record API handles them
+    }
+    let names: Vec<String> = (0..schema.num_columns())
+        .map(|i| schema.column(i).name().to_string())
+        .collect();
+    let c = columns(&names, key, path)?;
+    let ts_scale = c.ts.and_then(|i| timestamp_scale(&schema.column(i)));
+    let mut row_no = 0u64;
+    let (mut b1, mut b2, mut b3) = (String::new(), String::new(), String::new());
+    for g in 0..reader.num_row_groups() {
+        let rg = reader.get_row_group(g)?;
+        let rows = rg.metadata().num_rows() as usize;
+        let read = |i: usize| read_column(rg.as_ref(), i, rows);
+        let (Some(ids), Some(keys), Some(values), Some(seqs)) =
+            (read(c.id)?, read(c.key)?, read(c.value)?, read(c.seq)?)
+        else {
+            return Ok(false);
+        };
+        let ts = match c.ts {
+            Some(i) => read(i)?,
+            None => None,
+        };
+        for r in 0..rows {
+            row_no += 1;
+            let seq = match &seqs {
+                Col::Int(v) => v[r].unwrap_or(0),
+                text => parse_seq(text.text(r, &mut b1).unwrap_or(""), path, row_no)?,
+            };
+            let t = match (&ts, ts_scale) {
+                (Some(Col::Int(v)), Some(scale)) => v[r].map(|n| (n as f64 * scale) as i64),
+                (Some(col), _) => col.text(r, &mut b1).and_then(parse_ts_text),
+                (None, _) => None,
+            };
+            each(Row {
+                id: ids.text(r, &mut b1).unwrap_or_default(),
+                key: keys.text(r, &mut b2).unwrap_or_default(),
+                value: values.text(r, &mut b3),
+                seq,
+                ts: t,
+            })?;
+        }
+    }
+    Ok(true)
+}
+
 fn read_parquet(path: &Path, key: &str, each: &mut dyn FnMut(Row) -> Result<()>) -> Result<()> {
+    if read_parquet_columns(path, key, each)? {
+        return Ok(());
+    }
+    read_parquet_rows(path, key, each)
+}
+
+/// The record API: any column types, one row at a time (slower).
+fn read_parquet_rows(
+    path: &Path,
+    key: &str,
+    each: &mut dyn FnMut(Row) -> Result<()>,
+) -> Result<()> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::Field;
     let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -296,10 +480,11 @@ fn read_parquet(path: &Path, key: &str, each: &mut dyn FnMut(Row) -> Result<()>)
             Field::ULong(n) => *n as i64,
             other => parse_seq(&text(other).unwrap_or_default(), path, n as u64 + 1)?,
         };
+        let (id, key, value) = (text(get(c.id)), text(get(c.key)), text(get(c.value)));
         each(Row {
-            id: text(get(c.id)).unwrap_or_default(),
-            key: text(get(c.key)).unwrap_or_default(),
-            value: text(get(c.value)),
+            id: id.as_deref().unwrap_or_default(),
+            key: key.as_deref().unwrap_or_default(),
+            value: value.as_deref(),
             seq,
             ts: c.ts.and_then(|i| ts(get(i))),
         })?;
@@ -480,105 +665,133 @@ pub fn run(
     let id_parts = parts(dir, "user_identifiers")?;
     files::ensure_dir(&files::parent_dir(out))?;
     let tmp = files::parent_dir(out).join(".profiles-sync.tmp");
-    let mut partitions = Partitions::create(tmp)?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    files::ensure_dir(&tmp)?;
     let progress = Progress::new("extract", "rows", None);
     let mut summary = Summary::default();
-    let mut all_json = true;
-    let keep_trait = |name: &str| wanted.everything || wanted.traits.iter().any(|t| t == name);
-    let keep_id = |ty: &str| wanted.everything || wanted.id_types.iter().any(|t| t == ty);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8);
 
-    // Pass 1: every row once, aggregated per profile in a bounded window,
-    // into its partition.
-    let mut window: HashMap<String, Acc> = HashMap::new();
-    let mut in_window = 0usize;
-    for (table, key, list) in [('t', "name", &trait_parts), ('i', "type", &id_parts)] {
-        for part in list.iter() {
+    // Pass 1: the part files shared out among the workers; each aggregates
+    // its rows per profile in a bounded window and writes its own set of
+    // partition files.
+    let jobs: Vec<(char, &str, &PathBuf)> = trait_parts
+        .iter()
+        .map(|p| ('t', "name", p))
+        .chain(id_parts.iter().map(|p| ('i', "type", p)))
+        .collect();
+    let next_job = std::sync::atomic::AtomicUsize::new(0);
+    let rows = std::sync::atomic::AtomicU64::new(0);
+    let non_json = std::sync::atomic::AtomicBool::new(false);
+    let check_json = values.is_none();
+    let worker = |w: usize| -> Result<()> {
+        let mut partitions = Partitions::create(tmp.join(format!("w{w}")))?;
+        let mut window: HashMap<String, Acc> = HashMap::new();
+        let mut in_window = 0usize;
+        loop {
+            let j = next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(&(table, key, part)) = jobs.get(j) else {
+                break;
+            };
             read_part(part, key, &mut |r: Row| {
-                summary.rows += 1;
-                if summary.rows % 65_536 == 0 {
-                    progress.set_position(summary.rows);
+                let n = rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if n % 65_536 == 0 {
+                    progress.set_position(n);
                     progress.tick(|| format!("reading {}", part.display()));
                 }
                 if r.id.is_empty() {
                     return Ok(());
                 }
                 let keep = if table == 't' {
-                    keep_trait(&r.key)
+                    wanted.everything || wanted.traits.iter().any(|t| t == r.key)
                 } else {
-                    keep_id(&r.key)
+                    wanted.everything || wanted.id_types.iter().any(|t| t == r.key)
                 };
-                if table == 't' {
-                    if let Some(v) = &r.value {
-                        if all_json && values.is_none() {
-                            all_json = serde_json::from_str::<serde::de::IgnoredAny>(v).is_ok();
+                if table == 't' && check_json {
+                    if let Some(v) = r.value {
+                        if !non_json.load(std::sync::atomic::Ordering::Relaxed)
+                            && serde_json::from_str::<serde::de::IgnoredAny>(v).is_err()
+                        {
+                            non_json.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
                 }
                 // A row not kept still says the profile exists, and dates it.
-                let a = match window.get_mut(&r.id) {
+                let a = match window.get_mut(r.id) {
                     Some(a) => a,
-                    None => window.entry(r.id.clone()).or_default(),
+                    None => window.entry(r.id.to_string()).or_default(),
                 };
                 a.time(r.ts);
                 if keep {
                     if table == 't' {
-                        a.set_trait(r.key, r.seq, r.value);
+                        if a.traits.get(r.key).is_none_or(|(s, _)| *s < r.seq) {
+                            a.traits
+                                .insert(r.key.to_string(), (r.seq, r.value.map(str::to_string)));
+                        }
                     } else if let Some(v) = r.value {
-                        a.ids.push((r.seq, r.key, v));
+                        a.ids.push((r.seq, r.key.to_string(), v.to_string()));
                     }
                 }
                 in_window += 1;
-                if in_window >= WINDOW_ROWS {
+                if in_window >= WINDOW_ROWS / workers {
                     partitions.write(&mut window)?;
                     in_window = 0;
                 }
                 Ok(())
             })?;
         }
-    }
-    partitions.write(&mut window)?;
-    drop(window);
-    let tmp = partitions.finish()?;
+        partitions.write(&mut window)?;
+        partitions.finish()?;
+        Ok(())
+    };
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..workers).map(|w| s.spawn(move || worker(w))).collect();
+        for h in handles {
+            h.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a reader thread panicked")))?;
+        }
+        Ok(())
+    })?;
+    summary.rows = rows.load(std::sync::atomic::Ordering::Relaxed);
+    ui::debug(format!(
+        "extract: pass 1 (read {} rows into {PARTITIONS} partitions on {workers} threads) took {:.1}s",
+        summary.rows,
+        started.elapsed().as_secs_f64()
+    ));
     summary.json_values = match values {
         Some(TraitValues::Json) => true,
         Some(TraitValues::Text) => false,
-        None => all_json,
+        None => !non_json.load(std::sync::atomic::Ordering::Relaxed),
     };
 
-    // Pass 2: a partition at a time, grouped by profile.
+    // Pass 2: partitions grouped by profile on every core, written in order.
     let mut output = AtomicFile::create(out)?;
-    let mut line = Vec::with_capacity(64 * 1024);
-    for i in 0..PARTITIONS {
-        let p = tmp.join(format!("part-{i:03}.ndjson"));
-        let f = File::open(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        let mut accs: HashMap<String, Acc> = HashMap::new();
-        for l in BufReader::with_capacity(1 << 20, f).lines() {
-            let l = l?;
-            let r: Record = serde_json::from_str(&l)
-                .with_context(|| format!("{}: damaged temporary file", p.display()))?;
-            match accs.get_mut(&r.id) {
-                Some(a) => a.merge(r),
-                None => {
-                    let mut a = Acc::default();
-                    let id = r.id.clone();
-                    a.merge(r);
-                    accs.insert(id, a);
-                }
+    let mut write_error = None;
+    let json_values = summary.json_values;
+    crate::transform::pool::ordered_map(
+        (0..PARTITIONS).map(Ok::<u64, anyhow::Error>),
+        workers,
+        |i| group_partition(&tmp, workers, i, wanted, json_values),
+        |r: Result<(Vec<u8>, u64)>| {
+            if write_error.is_some() {
+                return;
             }
-        }
-        let mut ids: Vec<String> = accs.keys().cloned().collect();
-        ids.sort();
-        for id in ids {
-            let Some(a) = accs.remove(&id) else { continue };
-            let rec = assemble(id, a, wanted, summary.json_values);
-            line.clear();
-            serde_json::to_writer(&mut line, &rec)?;
-            line.push(b'\n');
-            output.write_all(&line)?;
-            summary.profiles += 1;
-        }
-        progress.set_position(summary.rows);
-        progress.tick(|| format!("{} profiles written", summary.profiles));
+            match r.and_then(|(bytes, n)| {
+                output.write_all(&bytes)?;
+                Ok(n)
+            }) {
+                Ok(n) => {
+                    summary.profiles += n;
+                    progress.tick(|| format!("{} profiles written", summary.profiles));
+                }
+                Err(e) => write_error = Some(e),
+            }
+        },
+    )?;
+    if let Some(e) = write_error {
+        return Err(e);
     }
     output.commit()?;
     let _ = std::fs::remove_dir_all(&tmp);
@@ -620,6 +833,48 @@ pub fn run(
         summary.profiles as f64 / secs
     ));
     Ok(summary)
+}
+
+/// Group partition `i` (its file from every worker) by profile: the lines
+/// to write, sorted by profile id, and how many.
+fn group_partition(
+    tmp: &Path,
+    workers: usize,
+    i: u64,
+    wanted: &Wanted,
+    json_values: bool,
+) -> Result<(Vec<u8>, u64)> {
+    let mut accs: HashMap<String, Acc> = HashMap::new();
+    for w in 0..workers {
+        let p = tmp
+            .join(format!("w{w}"))
+            .join(format!("part-{i:03}.ndjson"));
+        let f = File::open(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        for l in BufReader::with_capacity(1 << 20, f).lines() {
+            let l = l?;
+            let r: Record = serde_json::from_str(&l)
+                .with_context(|| format!("{}: damaged temporary file", p.display()))?;
+            match accs.get_mut(&r.id) {
+                Some(a) => a.merge(r),
+                None => {
+                    let mut a = Acc::default();
+                    let id = r.id.clone();
+                    a.merge(r);
+                    accs.insert(id, a);
+                }
+            }
+        }
+    }
+    let mut ids: Vec<String> = accs.keys().cloned().collect();
+    ids.sort();
+    let mut out = Vec::new();
+    let n = ids.len() as u64;
+    for id in ids {
+        let Some(a) = accs.remove(&id) else { continue };
+        serde_json::to_writer(&mut out, &assemble(id, a, wanted, json_values))?;
+        out.push(b'\n');
+    }
+    Ok((out, n))
 }
 
 /// A profile line in `profiles.ndjson`'s format.
