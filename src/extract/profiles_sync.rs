@@ -28,7 +28,7 @@ use crate::state::{self, checkpoint, checkpoint::Checkpoint};
 use crate::ui::{self, Progress};
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -541,7 +541,7 @@ fn parts(dir: &Path, table: &str) -> Result<Vec<PathBuf>> {
 }
 
 fn partition_of(id: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = rustc_hash::FxHasher::default();
     id.hash(&mut h);
     h.finish() % PARTITIONS
 }
@@ -688,7 +688,7 @@ pub fn run(
     let check_json = values.is_none();
     let worker = |w: usize| -> Result<()> {
         let mut partitions = Partitions::create(tmp.join(format!("w{w}")))?;
-        let mut window: HashMap<String, Acc> = HashMap::new();
+        let mut window: HashMap<String, Acc> = HashMap::default();
         let mut in_window = 0usize;
         loop {
             let j = next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -844,7 +844,7 @@ fn group_partition(
     wanted: &Wanted,
     json_values: bool,
 ) -> Result<(Vec<u8>, u64)> {
-    let mut accs: HashMap<String, Acc> = HashMap::new();
+    let mut accs: HashMap<String, Acc> = HashMap::default();
     for w in 0..workers {
         let p = tmp
             .join(format!("w{w}"))
