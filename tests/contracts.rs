@@ -87,18 +87,7 @@ async fn a_spent_monthly_quota_stops_load_at_once_and_a_rerun_resumes() {
         r.stderr
     );
     assert!(r.stderr.contains("rerun `segsync load`"), "{}", r.stderr);
-    let confirmed: Vec<String> = read_lines(&dir.path().join("load.ledger.ndjson"))
-        .iter()
-        .filter(|l| l["event"] == "confirmed")
-        .flat_map(|l| {
-            l["done"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c["source_id"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let confirmed = confirmed_in_ledger(&dir.path().join("load.ledger.ndjson"));
     assert!(!confirmed.is_empty() && confirmed.len() < 400);
     // The next cycle: the rerun sends only what was not confirmed.
     sb.reset_quotas();

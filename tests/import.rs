@@ -221,16 +221,7 @@ async fn the_sandbox_import_follows_the_documented_format() {
         .unwrap()
         .to_string();
     let action = loop {
-        let a: Value = http
-            .get(format!("{url}/v1/async-actions/{id}"))
-            .header("X-App-Id", &sb.creds.app_id)
-            .header("X-App-Token", &sb.creds.secret_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let a = voucherify_get(&sb, &format!("/v1/async-actions/{id}")).await;
         if a["status"] == "DONE" {
             break a;
         }
@@ -262,16 +253,7 @@ async fn the_sandbox_import_follows_the_documented_format() {
     assert_eq!(e["status"], "SCHEDULED");
     let eid = e["id"].as_str().unwrap();
     let file_url = loop {
-        let s: Value = http
-            .get(format!("{url}/v1/exports/{eid}"))
-            .header("X-App-Id", &sb.creds.app_id)
-            .header("X-App-Token", &sb.creds.secret_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s = voucherify_get(&sb, &format!("/v1/exports/{eid}")).await;
         if s["status"] == "DONE" {
             break s["result"]["url"].as_str().unwrap().to_string();
         }

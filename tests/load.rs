@@ -111,18 +111,7 @@ async fn kill_9_during_load_then_rerun_confirms_everything_without_resending_con
     child.start_kill().unwrap();
     assert!(!child.wait().await.unwrap().success());
     // Which customers were confirmed before the kill.
-    let confirmed_before: Vec<String> = read_lines(&ledger)
-        .iter()
-        .filter(|l| l["event"] == "confirmed")
-        .flat_map(|l| {
-            l["done"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c["source_id"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let confirmed_before = confirmed_in_ledger(&ledger);
     assert!(confirmed_before.len() >= 80);
     let r = segsync(
         dir.path(),

@@ -100,6 +100,36 @@ pub fn read_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The `source_id`s a ledger shows confirmed, in ledger order.
+pub fn confirmed_in_ledger(ledger: &Path) -> Vec<String> {
+    read_lines(ledger)
+        .iter()
+        .filter(|l| l["event"] == "confirmed")
+        .flat_map(|l| {
+            l["done"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["source_id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// GET a Voucherify endpoint of `sb` with its application keys, as JSON.
+pub async fn voucherify_get(sb: &Sandbox, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}{path}", sb.url()))
+        .header("X-App-Id", &sb.creds.app_id)
+        .header("X-App-Token", &sb.creds.secret_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Rows of a CSV as maps column → cell.
 pub fn read_csv(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
     let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

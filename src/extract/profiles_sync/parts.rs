@@ -198,49 +198,29 @@ fn read_column(
         }
     };
     let mut defs: Vec<i16> = Vec::with_capacity(rows);
+    // Every physical type reads the same way: all records, then the values
+    // spread over the rows that have one.
+    macro_rules! column {
+        ($reader:expr, $wrap:path, $convert:expr) => {{
+            let mut r = $reader;
+            let mut values = Vec::with_capacity(rows);
+            while r.read_records(rows, Some(&mut defs), None, &mut values)?.0 > 0 {}
+            let Some(present) = spread(&defs, values.len()) else {
+                return Ok(None);
+            };
+            let mut it = values.into_iter();
+            $wrap(
+                present
+                    .into_iter()
+                    .map(|p| p.then(|| it.next()).flatten().map($convert))
+                    .collect(),
+            )
+        }};
+    }
     Ok(Some(match rg.get_column_reader(col)? {
-        ColumnReader::ByteArrayColumnReader(mut r) => {
-            let mut values = Vec::with_capacity(rows);
-            while r.read_records(rows, Some(&mut defs), None, &mut values)?.0 > 0 {}
-            let Some(present) = spread(&defs, values.len()) else {
-                return Ok(None);
-            };
-            let mut it = values.into_iter();
-            Col::Text(
-                present
-                    .into_iter()
-                    .map(|p| p.then(|| it.next()).flatten())
-                    .collect(),
-            )
-        }
-        ColumnReader::Int64ColumnReader(mut r) => {
-            let mut values = Vec::with_capacity(rows);
-            while r.read_records(rows, Some(&mut defs), None, &mut values)?.0 > 0 {}
-            let Some(present) = spread(&defs, values.len()) else {
-                return Ok(None);
-            };
-            let mut it = values.into_iter();
-            Col::Int(
-                present
-                    .into_iter()
-                    .map(|p| p.then(|| it.next()).flatten())
-                    .collect(),
-            )
-        }
-        ColumnReader::Int32ColumnReader(mut r) => {
-            let mut values = Vec::with_capacity(rows);
-            while r.read_records(rows, Some(&mut defs), None, &mut values)?.0 > 0 {}
-            let Some(present) = spread(&defs, values.len()) else {
-                return Ok(None);
-            };
-            let mut it = values.into_iter();
-            Col::Int(
-                present
-                    .into_iter()
-                    .map(|p| p.then(|| it.next()).flatten().map(i64::from))
-                    .collect(),
-            )
-        }
+        ColumnReader::ByteArrayColumnReader(r) => column!(r, Col::Text, |b| b),
+        ColumnReader::Int64ColumnReader(r) => column!(r, Col::Int, |n| n),
+        ColumnReader::Int32ColumnReader(r) => column!(r, Col::Int, i64::from),
         _ => return Ok(None),
     }))
 }
