@@ -8,14 +8,24 @@ BIN      := $(if $(TARGET_DIR),$(TARGET_DIR),target)/debug/segsync
 DEMO_DIR := data/demo
 PROFILES ?= 1000
 
-.PHONY: build test lint bench sandbox demo extract transform load status clean
+.PHONY: build test lint bench simulate sandbox demo extract transform load status clean
 
 build:
 	$(CARGO) build
 
-# Unit tests, then end-to-end tests that drive the binary against in-process sandboxes.
+# Unit tests, then end-to-end tests that drive the binary against in-process
+# sandboxes. Tests that need root (a tmpfs, chattr +i) are #[ignore]d and run
+# here only as root; otherwise they are reported as ignored, never as passed.
 test:
 	$(CARGO) test --all-targets
+	@if [ "$$(id -u)" = 0 ]; then $(CARGO) test --test chaos -- --ignored root_; \
+	else echo "make test: not root: the 2 root-only tests (tests/chaos.rs root_*) were not run"; fi
+
+# The simulation suite over seeds 1..WORLDS (CI runs 30 of them in `make test`).
+# A failing world prints its seed and the command that replays it.
+WORLDS ?= 100
+simulate:
+	SEGSYNC_WORLDS=$(WORLDS) $(CARGO) test --test simulate many_worlds -- --ignored --nocapture
 
 # Not part of `make test`: release build, then every stage against its ceiling.
 bench:

@@ -302,6 +302,25 @@ pub struct VoucherifyArgs {
     pub api_url: String,
 }
 
+/// The Voucherify project a ledger line belongs to: the API host and the
+/// application id, never the secret.
+pub fn project_target(api_url: &Url, app_id: &str) -> String {
+    format!("{}#{}", api_url.as_str().trim_end_matches('/'), app_id)
+}
+
+/// The project the environment points at (`VOUCHERIFY_API_URL`,
+/// `VOUCHERIFY_APPLICATION_ID`), for commands that only read; None when the
+/// application id is not set.
+pub fn configured_target() -> Option<String> {
+    let app_id = std::env::var("VOUCHERIFY_APPLICATION_ID")
+        .ok()
+        .filter(|v| !v.trim().is_empty())?;
+    let url = std::env::var("VOUCHERIFY_API_URL")
+        .unwrap_or_else(|_| DEFAULT_VOUCHERIFY_API_URL.to_string());
+    let url = api_url("VOUCHERIFY_API_URL", &url).ok()?;
+    Some(project_target(&url, &app_id))
+}
+
 impl VoucherifyArgs {
     pub fn resolve(&self) -> Result<VoucherifyConfig, UsageError> {
         let app_id = require("VOUCHERIFY_APPLICATION_ID", "--app-id", &self.app_id)?;
@@ -311,44 +330,6 @@ impl VoucherifyArgs {
             app_id,
             secret_key: Secret::new(key),
         })
-    }
-}
-
-/// The effective mapping: the mapping file (`--mapping`, `SEGSYNC_MAPPING`,
-/// else `segsync.toml` in the working directory when it exists) and the
-/// `source_id` shorthand. Shared by `extract` (which asks Segment only for
-/// what the mapping reads), `transform`, `diff`, `load` and `run`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct MappingArgs {
-    /// External-id type(s) used as source_id, a comma list as fallback order [default: the mapping file's [source_id] types, else user_id]
-    #[arg(
-        long = "source-id-type",
-        env = "IDENTIFIER_SAVED_AS_SOURCE_ID",
-        value_name = "TYPES"
-    )]
-    pub source_id_type: Option<String>,
-    /// Mapping file [default: segsync.toml in the working directory, when it exists]
-    #[arg(long = "mapping", env = "SEGSYNC_MAPPING", value_name = "FILE")]
-    pub mapping: Option<std::path::PathBuf>,
-}
-
-/// The mapping file used when none is named.
-pub const DEFAULT_MAPPING_FILE: &str = "segsync.toml";
-
-impl MappingArgs {
-    pub fn resolve(&self) -> Result<crate::mapping::Mapping, UsageError> {
-        let file = self.mapping.clone().or_else(|| {
-            let p = std::path::PathBuf::from(DEFAULT_MAPPING_FILE);
-            p.exists().then_some(p)
-        });
-        let mut m = match file {
-            Some(f) => crate::mapping::Mapping::from_file(&f)?,
-            None => crate::mapping::Mapping::default(),
-        };
-        if let Some(t) = &self.source_id_type {
-            m.source_id_types = identifier_types(t)?;
-        }
-        Ok(m)
     }
 }
 

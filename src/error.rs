@@ -50,6 +50,9 @@ pub enum ApiError {
         status: u16,
         message: String,
         request_id: Option<String>,
+        /// The API's machine-readable error key (Voucherify's `key`), when
+        /// it gives one: decisions match on it, never on the message text.
+        key: Option<String>,
     },
     #[error("{api} {endpoint}: gave up after {attempts} attempts; last error: {last}")]
     RetriesExhausted {
@@ -91,6 +94,23 @@ fn request_id_suffix(id: &Option<String>) -> String {
 }
 
 impl ApiError {
+    /// An answer that breaks `api`'s documented contract at `endpoint`.
+    pub fn contract(api: &'static str, endpoint: &str, message: &str) -> ApiError {
+        ApiError::Contract {
+            api,
+            endpoint: endpoint.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    /// The API's error key, for a status error that carries one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ApiError::Status { key, .. } => key.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             ApiError::Status { status, .. } => Some(*status),

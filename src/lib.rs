@@ -2,31 +2,36 @@
 //! Voucherify customers, as a staged pipeline of plain files.
 //!
 //! Stages (`extract`, `transform`, `load`, `status`) each own one module; the
-//! API clients (`segment`, `voucherify`) share one HTTP layer (`http`); the
-//! mapping is a pure function (`mapping`); the data directory's file names and
+//! API clients share one folder (`api`: the HTTP layer, the Segment and
+//! Voucherify clients, adaptive concurrency); the mapping is a pure function
+//! (`mapping`, with its file, its command and the project's metadata schema);
+//! the spreadsheet round trip (`spreadsheet`: reading customers CSVs, edits
+//! and damage, `diff`) lives together; the data directory's file names and
 //! state formats belong to `state`, the exchanged formats to `records`, file
-//! machinery to `files`, dates to `dates`. The emulator (`sandbox`) imports
-//! none of the clients. docs/DESIGN.md is the design document.
+//! machinery to `files`, the ordered worker pool to `pool`, dates to `dates`.
+//! The emulator (`sandbox`) imports none of the clients. docs/DESIGN.md is
+//! the design document.
 
+pub mod api;
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod customers_csv;
 pub mod dates;
-pub mod diff;
-pub mod edits;
 pub mod error;
 pub mod extract;
 pub mod files;
-pub mod http;
+pub mod keys;
 pub mod load;
 pub mod mapping;
-pub mod mapping_command;
-pub mod metadata_schema;
+pub mod pool;
 pub mod records;
+pub mod report;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
-pub mod segment;
+#[cfg(feature = "sandbox")]
+pub mod sandbox_command;
+pub mod spreadsheet;
 pub mod state;
 pub mod status;
 pub mod transform;
 pub mod ui;
-pub mod voucherify;

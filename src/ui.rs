@@ -7,6 +7,40 @@ use std::sync::atomic::{AtomicI8, Ordering};
 use std::time::{Duration, Instant};
 
 static VERBOSITY: AtomicI8 = AtomicI8::new(0);
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--json`: stdout carries one JSON document; every human line goes to stderr.
+pub fn set_json(on: bool) {
+    JSON.store(on, Ordering::Relaxed);
+}
+
+pub fn json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
+/// A command's own output (status, diff, mapping): stdout, or stderr under
+/// `--json`, where stdout is the document's alone.
+pub fn out(text: &str) {
+    use std::io::Write;
+    if json() {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// [`out`] with a line end.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::ui::out(&format!("{}\n", format_args!($($arg)*))) };
+}
+
+/// [`out`] without a line end.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::ui::out(&format!($($arg)*)) };
+}
 
 pub fn set_verbosity(v: i8) {
     VERBOSITY.store(v, Ordering::Relaxed);

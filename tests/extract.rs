@@ -315,13 +315,21 @@ async fn wrong_token_or_space_stops_at_once_with_what_to_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_exit_1_keep_the_checkpoint_and_the_rerun_resumes() {
-    let sb = sandbox(SandboxOptions {
-        fault_rate: 1.0,
-        ..opts(50)
-    })
-    .await;
+    let sb = sandbox(opts(50)).await;
     let dir = tempdir();
-    let r = segsync(dir.path(), Some(&sb), &["extract"]).await;
+    // Nothing listens on the port: every attempt fails, whatever the luck
+    // (a fault rate of 1.0 lets the sandbox's slow-but-fine answers through).
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{closed}");
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["extract", "--segment-api-url", &url],
+    )
+    .await;
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
         r.stderr.contains("gave up after")

@@ -257,9 +257,20 @@ async fn a_kill_9_leaves_nothing_a_rerun_trips_over() {
             break;
         }
     }
+    assert!(tmp.exists(), "extract started writing its partitions");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+    // The kill must land while extract runs: it has not exited on its own.
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "extract ended before the kill; the test proves nothing"
+    );
+    child.start_kill().unwrap();
+    let status = child.wait().await.unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "killed by SIGKILL"
+    );
     assert!(
         !data(dir.path()).join("profiles.ndjson").exists(),
         "no half-written output"

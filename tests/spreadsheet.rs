@@ -8,7 +8,17 @@ use std::path::Path;
 
 /// Rewrite `customers.csv` as a spreadsheet in a European locale saves it:
 /// `;`-separated, with `edit` applied to the rows.
-fn resave(path: &Path, sep: u8, mut edit: impl FnMut(&mut BTreeMap<String, String>)) {
+fn resave(path: &Path, sep: u8, edit: impl FnMut(&mut BTreeMap<String, String>)) {
+    resave_with(path, sep, csv::Terminator::Any(b'\n'), edit)
+}
+
+/// As [`resave`], with the line terminator a spreadsheet chose (CRLF on Windows).
+fn resave_with(
+    path: &Path,
+    sep: u8,
+    terminator: csv::Terminator,
+    mut edit: impl FnMut(&mut BTreeMap<String, String>),
+) {
     let mut r = csv::Reader::from_path(path).unwrap();
     let headers: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
     let rows: Vec<Vec<String>> = r
@@ -26,6 +36,7 @@ fn resave(path: &Path, sep: u8, mut edit: impl FnMut(&mut BTreeMap<String, Strin
         .collect();
     let mut w = csv::WriterBuilder::new()
         .delimiter(sep)
+        .terminator(terminator)
         .from_path(path)
         .unwrap();
     w.write_record(&headers).unwrap();
@@ -223,4 +234,85 @@ async fn a_file_written_from_scratch_has_nothing_to_compare_and_still_loads() {
     let r = segsync(dir.path(), Some(&sb), &["load"]).await;
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(sb.customers()["h1"]["name"], "Hand");
+}
+
+/// The file line (from 1) whose text starts with `sid` followed by `sep`.
+fn line_of(path: &Path, sid: &str, sep: char) -> usize {
+    let text = std::fs::read_to_string(path).unwrap();
+    1 + text
+        .split('\n')
+        .position(|l| l.starts_with(&format!("{sid}{sep}")))
+        .unwrap_or_else(|| panic!("{sid} not in {}", path.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crlf_resave_is_reported_on_the_lines_the_rows_are_on() {
+    let sb = sandbox(opts(90)).await;
+    let dir = tempdir();
+    let r = segsync(dir.path(), Some(&sb), &["run"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let csv = data(dir.path()).join("customers.csv");
+    let zeros: Vec<String> = read_csv(&csv)
+        .iter()
+        .filter(|r| {
+            let p = &r["address_postal_code"];
+            p.starts_with('0') && p.bytes().all(|b| b.is_ascii_digit())
+        })
+        .map(|r| r["source_id"].clone())
+        .take(2)
+        .collect();
+    assert_eq!(
+        zeros.len(),
+        2,
+        "the data set has postal codes with leading zeros"
+    );
+    resave_with(&csv, b',', csv::Terminator::CRLF, |row| {
+        if zeros.contains(&row["source_id"]) {
+            let p = row["address_postal_code"]
+                .trim_start_matches('0')
+                .to_string();
+            row.insert("address_postal_code".into(), p);
+        }
+    });
+    let r = segsync(dir.path(), None, &["diff"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    for sid in &zeros {
+        let want = format!("line {}: {sid} ", line_of(&csv, sid, ','));
+        assert!(r.stdout.contains(&want), "{want:?} in {}", r.stdout);
+    }
+    assert!(
+        r.stderr
+            .contains("2 changed values: each lost its leading zeros"),
+        "{}",
+        r.stderr
+    );
+    let r = segsync(dir.path(), Some(&sb), &["load"]).await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    for sid in &zeros {
+        let want = format!(
+            "customers.csv:{}: address_postal_code: ",
+            line_of(&csv, sid, ',')
+        );
+        assert!(r.stderr.contains(&want), "{want:?} in {}", r.stderr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_column_in_an_edited_customers_csv_is_exit_2() {
+    let sb = sandbox(opts(30)).await;
+    let dir = tempdir();
+    let r = segsync(dir.path(), Some(&sb), &["run"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let csv = data(dir.path()).join("customers.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    std::fs::write(&csv, text.replacen("name,", "nme,", 1)).unwrap();
+    for cmd in ["load", "diff"] {
+        let r = segsync(dir.path(), Some(&sb), &[cmd]).await;
+        assert_eq!(r.code, 2, "{cmd}: {}", r.all());
+        assert!(
+            r.stderr.contains("column \"nme\": unknown column"),
+            "{}",
+            r.stderr
+        );
+    }
 }

@@ -3,9 +3,24 @@
 
 mod common;
 use common::*;
-use segsync::records::unguard_cell;
 use segsync::sandbox::data::ExpectedCustomer;
 use std::collections::{BTreeMap, HashMap};
+
+/// The documented formula guard, undone: a value that starts with `= + - @`,
+/// tab or CR (after any apostrophes) was written with one more apostrophe.
+/// The test's own reading of the contract, not the crate's function.
+fn unguard_cell(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(after)
+            if after
+                .trim_start_matches('\'')
+                .starts_with(['=', '+', '-', '@', '\t', '\r']) =>
+        {
+            after
+        }
+        _ => cell,
+    }
+}
 
 fn cell(row: &BTreeMap<String, String>, col: &str) -> Option<String> {
     row.get(col)
@@ -79,7 +94,11 @@ async fn every_row_is_what_the_profile_implies_and_every_profile_is_accounted_fo
         .next()
         .unwrap()
         .to_string();
-    assert_eq!(header, segsync::records::COLUMNS.join(","));
+    // The contract's column list, written out (not the crate's constant).
+    assert_eq!(
+        header,
+        "source_id,name,email,phone,birthdate,description,address_line_1,address_line_2,address_city,address_state,address_postal_code,address_country,metadata,segment_id"
+    );
     // Reasons: every profile without user_id, and the losing duplicates.
     let ds = sb.dataset();
     let no_id: Vec<_> = (0..400)

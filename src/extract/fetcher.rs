@@ -5,9 +5,9 @@
 //! and no personal data that nothing uses is copied. `--all-traits` asks for
 //! everything, both lists together.
 
+use crate::api::segment::SegmentClient;
 use crate::error::ApiError;
 use crate::records::ProfileRecord;
-use crate::segment::SegmentClient;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use std::sync::Arc;

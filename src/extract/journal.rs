@@ -19,7 +19,6 @@ use crate::ui;
 use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::fs::File;
-use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
@@ -31,11 +30,7 @@ pub struct Seen(HashSet<u128>);
 
 impl Seen {
     fn key(id: &str) -> u128 {
-        let mut a = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut a);
-        let mut b = std::collections::hash_map::DefaultHasher::new();
-        (0x5E6u32, id).hash(&mut b);
-        ((a.finish() as u128) << 64) | b.finish() as u128
+        crate::keys::h128(id)
     }
 
     /// Mark `id` settled; false when it already was.

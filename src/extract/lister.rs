@@ -4,8 +4,8 @@
 //! forever when the API repeats a page or a cursor, or keeps answering empty
 //! pages that claim more.
 
+use crate::api::segment::{ProfilePage, SegmentClient};
 use crate::error::ApiError;
-use crate::segment::{ProfilePage, SegmentClient};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,11 +16,7 @@ use tokio::task::JoinHandle;
 pub type Listed = Result<(ProfilePage, Option<String>), ApiError>;
 
 fn contract(message: &str) -> ApiError {
-    ApiError::Contract {
-        api: "Segment",
-        endpoint: "GET profiles".into(),
-        message: message.into(),
-    }
+    ApiError::contract("Segment", "GET profiles", message)
 }
 
 /// Start listing at `cursor` (None: the first page).

@@ -17,25 +17,26 @@ pub mod journal;
 pub mod lister;
 pub mod previous;
 pub mod profiles_sync;
+pub mod scheduler;
 
-use crate::config::{MappingArgs, SegmentArgs};
+use crate::api::http::HttpSettings;
+use crate::api::segment::SegmentClient;
+use crate::config::SegmentArgs;
 use crate::error::{ApiError, UsageError};
-use crate::http::HttpSettings;
-use crate::segment::SegmentClient;
+use crate::mapping::MappingArgs;
 use crate::state;
-use crate::ui::{self, Progress};
+use crate::ui;
 use anyhow::Result;
-use fetcher::Fetched;
-use futures::stream::{FuturesUnordered, StreamExt};
 use journal::Journal;
 use previous::PreviousFile;
-use serde_json::{Map, Value};
-use std::collections::{BTreeMap, VecDeque};
+use scheduler::Scheduler;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const DEFAULT_CONCURRENCY: u32 = 16;
+/// The ceiling of profiles in flight; the adaptive controller keeps fewer
+/// when answers are fast (100 req/s × 600 ms answers needs about 60).
+pub const DEFAULT_CONCURRENCY: u32 = 128;
 pub const DEFAULT_RATE_LIMIT: u32 = 100;
 
 /// `--concurrency`: 1 to 512 profiles in flight.
@@ -52,17 +53,17 @@ pub const LISTING_LOOKAHEAD: usize = 4;
 pub enum Source {
     /// Segment's Profile API (100 requests a second per space)
     Api,
-    /// Profiles Sync tables unloaded by a warehouse into DIR (user_traits/, user_identifiers/)
+    /// Profiles Sync tables unloaded by a warehouse into UNLOAD_DIR (user_traits/, user_identifiers/)
     ProfilesSync,
 }
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Where to read profiles: the Profile API, or Profiles Sync unloads in DIR
+    /// Where to read profiles: the Profile API, or Profiles Sync unloads in UNLOAD_DIR
     #[arg(long = "from", value_enum, default_value_t = Source::Api)]
     pub from: Source,
     /// The unload folder (with --from profiles-sync)
-    #[arg(value_name = "DIR", required_if_eq("from", "profiles-sync"))]
+    #[arg(value_name = "UNLOAD_DIR", required_if_eq("from", "profiles-sync"))]
     pub dir: Option<PathBuf>,
     /// How Profiles Sync trait values are read [default: JSON when every value parses as JSON, else text]
     #[arg(long = "trait-values", value_enum)]
@@ -70,9 +71,12 @@ pub struct Args {
     /// Output file [default: DATA_DIR/profiles.ndjson]
     #[arg(long = "out", value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Profiles fetched at once (each has its traits and external ids requests in flight together)
+    /// Most profiles fetched at once: the ceiling of the adaptive concurrency, which keeps just enough in flight to use the rate limit whatever the answers take
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = concurrency_parser())]
     pub concurrency: u32,
+    /// Keep exactly --concurrency profiles in flight instead of adapting (for comparison)
+    #[arg(long = "fixed-concurrency")]
+    pub fixed_concurrency: bool,
     /// Segment requests per second, all endpoints together (Segment allows 100 per space); 0 = no limit
     #[arg(long = "rate-limit", default_value_t = DEFAULT_RATE_LIMIT, value_name = "PER_SECOND")]
     pub rate_limit: u32,
@@ -106,42 +110,20 @@ pub struct Summary {
     pub found_by_relisting: u64,
     /// Listing entries skipped because the profile was already settled.
     pub repeated: u64,
-}
-
-/// A listing page being worked on.
-struct PageState {
-    /// Cursor that lists the page after this one (None: this was the last).
-    next: Option<String>,
-    /// Profiles not yet written or found missing.
-    remaining: usize,
-    /// The listing pass the page belongs to.
-    pass: u32,
+    /// Requests Segment answered 429.
+    pub throttled: u64,
 }
 
 /// Listing passes at most: the first walk and up to five re-lists.
 pub const MAX_PASSES: u32 = 6;
 
 pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| state::profiles(data_dir));
     if args.from == Source::ProfilesSync {
-        let mapping = args.mapping.resolve()?;
-        let wanted = fetcher::Wanted {
-            id_types: mapping.source_id_types.clone(),
-            traits: mapping.traits_read().into_iter().collect(),
-            everything: args.all_traits,
-        };
-        let out = args
-            .out
-            .clone()
-            .unwrap_or_else(|| state::profiles(data_dir));
-        let dir = args
-            .dir
-            .clone()
-            .ok_or_else(|| UsageError::new("--from profiles-sync needs the unload folder: segsync extract --from profiles-sync DIR"))?;
-        let s = profiles_sync::run(&dir, &out, &wanted, args.trait_values)?;
-        return Ok(Summary {
-            profiles: s.profiles,
-            ..Default::default()
-        });
+        return from_profiles_sync(args, &out);
     }
     if args.dir.is_some() || args.trait_values.is_some() {
         return Err(
@@ -155,17 +137,12 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         traits: mapping.traits_read().into_iter().collect(),
         everything: args.all_traits,
     });
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| state::profiles(data_dir));
-    let (mut journal, mut seen) = Journal::open(&out, &cfg, args.fresh, args.incremental)?;
+    let (mut journal, seen) = Journal::open(&out, &cfg, args.fresh, args.incremental)?;
     let incremental = journal.cp.incremental || args.incremental;
     journal.cp.source_id_types = wanted.id_types.clone();
     journal.cp.all_traits = wanted.everything;
     journal.cp.traits = wanted.traits.clone();
-    let mut prev = open_previous(&out, incremental)?;
-
+    let prev = open_previous(&out, incremental)?;
     let settings = HttpSettings {
         concurrency: args.concurrency as usize * 2 + 2,
         rate: (args.rate_limit > 0).then_some(args.rate_limit),
@@ -176,132 +153,28 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         ..Default::default()
     };
     let client = Arc::new(SegmentClient::new(cfg.clone(), settings)?);
-    let requests = || client.stats().get(&client.stats().requests);
-
-    let progress = Progress::new("extract", "profiles", prev.as_ref().map(|p| p.len() as u64));
-    progress.set_position(journal.lines);
     let started = Instant::now();
-    let mut summary = Summary {
-        reused: journal.cp.reused,
-        missing: journal.cp.missing.len() as u64,
-        ..Default::default()
-    };
-    // The pass the lister is walking, and what it found that was not settled.
-    let mut listing_pass = journal.cp.pass.max(1);
-    // Resumed in the middle of a re-list: what it had found is unknown.
-    let mut found = if listing_pass > 1 { 1 } else { 0 };
-
-    let (mut lister, mut page_rx) =
-        lister::spawn(client.clone(), journal.cp.cursor.clone(), LISTING_LOOKAHEAD);
-    let mut in_flight = FuturesUnordered::new();
-    let mut queue: VecDeque<(u64, Map<String, Value>)> = VecDeque::new();
-    let mut pages: BTreeMap<u64, PageState> = BTreeMap::new();
-    let mut next_page_index = journal.cp.pages_committed;
-    let mut listing_done = false;
-    let concurrency = args.concurrency as usize;
-    let mut last_checkpoint = Instant::now();
-
-    let outcome: Result<()> = async {
-        loop {
-            while in_flight.len() < concurrency {
-                let Some((page, entry)) = queue.pop_front() else { break };
-                in_flight.push(fetcher::fetch(client.clone(), wanted.clone(), page, entry));
-            }
-            if listing_done && in_flight.is_empty() && queue.is_empty() {
-                commit_pages(&mut journal, &mut pages);
-                break;
-            }
-            // Keep a page's worth queued beyond what is in flight, so the
-            // fetches never wait for the (serial) listing.
-            let want_page = !listing_done
-                && queue.len() < concurrency + crate::segment::PROFILES_LIMIT as usize;
-            tokio::select! {
-                Some(Fetched { page, segment_id, outcome }) = in_flight.next(), if !in_flight.is_empty() => {
-                    match outcome? {
-                        Some(rec) => {
-                            journal.write_record(&rec)?;
-                            summary.fetched += 1;
-                            progress.inc(1);
-                        }
-                        None => {
-                            ui::debug(format!("extract: profile {segment_id} disappeared before it could be read (404); skipped"));
-                            journal.cp.missing.push(segment_id.clone());
-                            summary.missing += 1;
-                        }
-                    }
-                    if let Some(p) = pages.get_mut(&page) {
-                        p.remaining -= 1;
-                    }
-                }
-                msg = page_rx.recv(), if want_page => {
-                    match msg {
-                        None => listing_done = true,
-                        Some(Err(e)) => return Err(listing_error(e)),
-                        Some(Ok((page, next))) => {
-                            let index = next_page_index;
-                            next_page_index += 1;
-                            let mut state = PageState { next: next.clone(), remaining: 0, pass: listing_pass };
-                            for entry in page.profiles {
-                                let id = fetcher::segment_id(&entry).to_string();
-                                if !seen.insert(&id) {
-                                    summary.repeated += 1;
-                                    continue;
-                                }
-                                found += 1;
-                                if let Some(line) = prev.as_mut().and_then(|p| p.reusable(&id, fetcher::updated_at(&entry))) {
-                                    journal.write_line(line)?;
-                                    summary.reused += 1;
-                                    journal.cp.reused += 1;
-                                    progress.inc(1);
-                                    continue;
-                                }
-                                state.remaining += 1;
-                                queue.push_back((index, entry));
-                            }
-                            pages.insert(index, state);
-                            if next.is_none() {
-                                // The pass's listing is over. The list is sorted by
-                                // activity and its cursor works like an offset, so
-                                // profiles that moved while we listed were skipped:
-                                // list again (while this pass's last profiles are
-                                // still being fetched) until a pass finds nothing new.
-                                if listing_pass > 1 {
-                                    journal.cp.found_by_relisting += found;
-                                }
-                                if (listing_pass > 1 && found == 0) || listing_pass >= MAX_PASSES {
-                                    if listing_pass >= MAX_PASSES && found > 0 {
-                                        ui::warn(format!("extract: the re-list pass {listing_pass} still found {found} profiles not yet written (the space changes faster than it can be listed); some that moved may be missing: rerun `segsync extract --incremental` later"));
-                                    }
-                                    listing_done = true;
-                                } else {
-                                    ui::debug(format!("extract: pass {listing_pass} found {found} profiles; re-listing the space"));
-                                    listing_pass += 1;
-                                    found = 0;
-                                    lister.abort();
-                                    (lister, page_rx) = lister::spawn(client.clone(), None, LISTING_LOOKAHEAD);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            if commit_pages(&mut journal, &mut pages) && last_checkpoint.elapsed() >= Duration::from_millis(200) {
-                journal.commit(Vec::new(), requests())?;
-                last_checkpoint = Instant::now();
-            }
-            progress.tick(|| {
-                let s = client.stats();
-                format!("pass {}, {} in flight, {} requests, {} retries, {} answered 429", listing_pass, in_flight.len(), s.get(&s.requests), s.get(&s.retries), s.get(&s.throttled))
-            });
-        }
-        Ok(())
-    }
-    .await;
-    lister.abort();
-
+    let mut sched = Scheduler::new(
+        client.clone(),
+        wanted,
+        (journal, seen),
+        prev,
+        args.concurrency as usize,
+        !args.fixed_concurrency,
+    );
+    let outcome = sched.run().await;
+    sched.stop_listing();
+    let requests = client.stats().get(&client.stats().requests);
+    let Scheduler {
+        mut journal,
+        mut summary,
+        progress,
+        listing_pass,
+        ..
+    } = sched;
     if let Err(e) = outcome {
         // Keep what is written; the checkpoint already points at a safe resume point.
-        let _ = journal.commit(Vec::new(), requests());
+        let _ = journal.commit(Vec::new(), requests);
         progress.finish();
         return Err(e.context(format!(
             "extract stopped after writing {} profiles; rerun `segsync extract` to resume (checkpoint {})",
@@ -309,31 +182,35 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
             journal.checkpoint_path().display()
         )));
     }
-    drop(prev);
     summary.profiles = journal.lines;
     summary.passes = listing_pass;
     summary.found_by_relisting = journal.cp.found_by_relisting;
-    journal.finish(&out, requests())?;
+    journal.finish(&out, requests)?;
     progress.finish();
-    summary.requests = requests();
+    summary.requests = requests;
+    summary.throttled = client.stats().get(&client.stats().throttled);
     report(&summary, &out, &client, started);
     Ok(summary)
 }
 
-/// Commit every leading page whose profiles are all written; true if any.
-fn commit_pages(journal: &mut Journal, pages: &mut BTreeMap<u64, PageState>) -> bool {
-    let mut advanced = false;
-    while let Some(entry) = pages.first_entry() {
-        if entry.get().remaining > 0 {
-            break;
-        }
-        let state = entry.remove();
-        journal.cp.cursor = state.next;
-        journal.cp.pass = state.pass;
-        journal.cp.pages_committed += 1;
-        advanced = true;
-    }
-    advanced
+/// `extract --from profiles-sync DIR`: the warehouse unload instead of the API.
+fn from_profiles_sync(args: &Args, out: &Path) -> Result<Summary> {
+    let mapping = args.mapping.resolve()?;
+    let wanted = fetcher::Wanted {
+        id_types: mapping.source_id_types.clone(),
+        traits: mapping.traits_read().into_iter().collect(),
+        everything: args.all_traits,
+    };
+    let dir = args.dir.clone().ok_or_else(|| {
+        UsageError::new(
+            "--from profiles-sync needs the unload folder: segsync extract --from profiles-sync DIR",
+        )
+    })?;
+    let s = profiles_sync::run(&dir, out, &wanted, args.trait_values)?;
+    Ok(Summary {
+        profiles: s.profiles,
+        ..Default::default()
+    })
 }
 
 fn open_previous(out: &Path, incremental: bool) -> Result<Option<PreviousFile>> {
@@ -386,7 +263,7 @@ fn report(summary: &Summary, out: &Path, client: &SegmentClient, started: Instan
 
 /// 401/403/404 on the listing mean the token, space or region is wrong:
 /// a configuration error (exit 2) that says what to check.
-fn listing_error(e: ApiError) -> anyhow::Error {
+pub(crate) fn listing_error(e: ApiError) -> anyhow::Error {
     match e.status() {
         Some(401) | Some(403) | Some(404) => UsageError::new(format!(
             "{e}\ncheck SEGMENT_ACCESS_TOKEN (a Profile API token of this space), SEGMENT_SPACE_ID, and SEGMENT_API_URL \

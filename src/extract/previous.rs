@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fs::File;
-use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -17,11 +16,7 @@ pub struct PreviousFile {
     index: HashMap<u64, (u64, u64, u32)>,
 }
 
-fn h64(s: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
-}
+use crate::keys::h64;
 
 impl PreviousFile {
     pub fn open(path: &Path) -> Result<PreviousFile> {

@@ -3,8 +3,6 @@
 //! out rows the ledger shows as confirmed with the same content.
 
 use super::input::{open_csv, parse_row, read_layout, Layout};
-use crate::files;
-use crate::state::ledger::content_key;
 use anyhow::Result;
 use std::collections::HashSet;
 use std::path::Path;
@@ -50,10 +48,15 @@ impl Batch {
     }
 }
 
-/// Content hash of a customer's request body (hex, 128 bits).
-pub fn content_hash(body: &[u8]) -> String {
+/// The content key of a customer's request body: the first 128 bits of its
+/// SHA-256 (the ledger writes it as 32 hex digits, `state::ledger::content_key`
+/// reads them back).
+pub fn content_key_of(body: &[u8]) -> u128 {
     use sha2::{Digest, Sha256};
-    files::hex(&Sha256::digest(body)[..16])
+    let d = Sha256::digest(body);
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&d[..16]);
+    u128::from_be_bytes(first)
 }
 
 /// Which customers a batcher keeps.
@@ -71,8 +74,8 @@ pub struct Batcher {
     carry: Option<Prepared>,
     /// Rows left out because the ledger shows them confirmed as they are.
     pub unchanged: u64,
-    /// Set when reading stops on an error (the iterator then ends).
-    pub error: Option<anyhow::Error>,
+    /// Reading stopped on an error, which was yielded: nothing follows.
+    failed: bool,
     /// Only customers this accepts are batched (the others are someone
     /// else's: the import's, or the bulk's).
     pub only: Option<Keep>,
@@ -88,7 +91,11 @@ impl Batcher {
         max_bytes: usize,
     ) -> Result<Batcher> {
         let mut rdr = open_csv(input)?;
-        let layout = read_layout(input, &mut rdr).map_err(|p| anyhow::anyhow!(p.join("\n")))?;
+        let layout =
+            read_layout(input, &mut rdr).map_err(|problems| crate::error::InputErrors {
+                problems,
+                hint: format!("{}: fix the header; nothing was sent", input.display()),
+            })?;
         Ok(Batcher {
             rdr,
             layout,
@@ -99,7 +106,7 @@ impl Batcher {
             max_bytes,
             carry: None,
             unchanged: 0,
-            error: None,
+            failed: false,
             only: None,
         })
     }
@@ -110,25 +117,21 @@ impl Batcher {
         self
     }
 
-    /// Read one row into a [`Prepared`] customer; None at the end or on an error.
-    fn next_customer(&mut self) -> Option<Prepared> {
+    /// Read one row into a [`Prepared`] customer; None at the end.
+    fn next_customer(&mut self) -> Option<Result<Prepared>> {
         let mut rec = csv::ByteRecord::new();
         loop {
             match self.rdr.read_byte_record(&mut rec) {
                 Ok(false) => return None,
                 Ok(true) => {}
                 Err(e) => {
-                    if self
-                        .skip_lines
-                        .contains(&e.position().map(|p| p.line()).unwrap_or(0))
-                    {
+                    if self.skip_lines.contains(&self.layout.line(e.position())) {
                         continue;
                     }
-                    self.error = Some(e.into());
-                    return None;
+                    return Some(Err(e.into()));
                 }
             }
-            let line = rec.position().map(|p| p.line()).unwrap_or(0);
+            let line = self.layout.line(rec.position());
             if self.skip_lines.contains(&line) {
                 continue;
             }
@@ -139,33 +142,30 @@ impl Batcher {
                 .filter(|s| !s.trim().is_empty() && problems.is_empty())
             else {
                 // validated earlier; a file changed under us is an error, never an empty source_id sent
-                self.error = Some(anyhow::anyhow!(
+                return Some(Err(anyhow::anyhow!(
                     "line {line} changed since validation; rerun `segsync load`"
-                ));
-                return None;
+                )));
             };
             let body = match row
                 .to_request()
                 .and_then(|v| serde_json::to_vec(&v).map_err(|e| e.to_string()))
             {
                 Ok(b) => b,
-                Err(e) => {
-                    self.error = Some(anyhow::anyhow!("line {line}: {e}"));
-                    return None;
-                }
+                Err(e) => return Some(Err(anyhow::anyhow!("line {line}: {e}"))),
             };
-            let hash = content_hash(&body);
-            if !self.full && content_key(&hash).is_some_and(|k| self.confirmed.contains(&k)) {
+            let key = content_key_of(&body);
+            if !self.full && self.confirmed.contains(&key) {
                 self.unchanged += 1;
                 continue;
             }
+            // The hex form only for what may be sent (the ledger keeps it).
+            let hash = format!("{key:032x}");
             if body.len() + 2 > self.max_bytes {
-                self.error = Some(anyhow::anyhow!(
+                return Some(Err(anyhow::anyhow!(
                     "line {line}: this customer alone is {} bytes, over the request limit of {}",
                     body.len(),
                     self.max_bytes
-                ));
-                return None;
+                )));
             }
             let c = Prepared {
                 source_id,
@@ -176,14 +176,41 @@ impl Batcher {
             if self.only.as_ref().is_some_and(|keep| !keep(&c)) {
                 continue;
             }
-            return Some(c);
+            return Some(Ok(c));
         }
+    }
+
+    /// The customers one by one instead of in batches (for import files).
+    pub fn customers(mut self) -> impl Iterator<Item = Result<Prepared>> {
+        std::iter::from_fn(move || {
+            if self.failed {
+                return None;
+            }
+            let c = self.next_customer();
+            self.failed = matches!(c, Some(Err(_)));
+            c
+        })
+    }
+
+    /// Read to the end, counting the customers to send; the rows skipped
+    /// as confirmed are then in `unchanged`.
+    pub fn count_to_send(&mut self) -> Result<u64> {
+        let mut n = 0;
+        for b in self.by_ref() {
+            n += b?.customers.len() as u64;
+        }
+        Ok(n)
     }
 }
 
+/// Batches of customers to send; a read error is yielded once, then the
+/// iterator ends (the customers of that partial batch stay unsent).
 impl Iterator for Batcher {
-    type Item = Batch;
-    fn next(&mut self) -> Option<Batch> {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if self.failed {
+            return None;
+        }
         let mut batch = Batch {
             customers: Vec::new(),
         };
@@ -193,8 +220,13 @@ impl Iterator for Batcher {
             batch.customers.push(c);
         }
         while batch.customers.len() < self.batch_size {
-            let Some(c) = self.next_customer() else {
-                break;
+            let c = match self.next_customer() {
+                None => break,
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
             };
             if bytes + c.body.len() + 1 > self.max_bytes && !batch.customers.is_empty() {
                 self.carry = Some(c);
@@ -203,6 +235,6 @@ impl Iterator for Batcher {
             bytes += c.body.len() + 1;
             batch.customers.push(c);
         }
-        (!batch.customers.is_empty()).then_some(batch)
+        (!batch.customers.is_empty()).then_some(Ok(batch))
     }
 }

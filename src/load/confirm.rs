@@ -7,11 +7,11 @@
 
 use super::batch::Batch;
 use super::report::ReportRow;
+use crate::api::voucherify::{is_too_many_customers, AsyncAction, AsyncResult, VoucherifyClient};
 use crate::error::UsageError;
 use crate::state::ledger::{content_key, LedgerCustomer, LedgerEvent, LedgerWriter};
 use crate::state::now;
 use crate::ui::{self, Progress};
-use crate::voucherify::{is_too_many_customers, AsyncAction, AsyncResult, VoucherifyClient};
 use anyhow::Result;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -31,8 +31,10 @@ pub struct Session {
     pub batches: AtomicU64,
     pub polls: AtomicU64,
     pub in_flight: AtomicU64,
-    /// Set on the first fatal error: no further batch is submitted.
-    pub stop: AtomicBool,
+    /// Set on the first fatal error: no further batch is submitted, and
+    /// every task still waiting (a poll, a queue turn, a quota) lets go.
+    stop: AtomicBool,
+    halt: tokio::sync::watch::Sender<bool>,
     /// Average processing time of finished actions (ms), to time the first poll.
     pub processing_ms: AtomicU64,
     pub poll_timeout: Duration,
@@ -77,6 +79,7 @@ impl Session {
             polls: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            halt: tokio::sync::watch::Sender::new(false),
             processing_ms: AtomicU64::new(500),
             poll_timeout,
             imported: AtomicU64::new(0),
@@ -84,6 +87,52 @@ impl Session {
             queue: Mutex::new(VecDeque::new()),
             turn: tokio::sync::Notify::new(),
             last_finished: Mutex::new(None),
+        }
+    }
+
+    /// End the load: every task lets go of what it waits for. Actions
+    /// already submitted stay pending in the ledger for the next run.
+    pub fn halt(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.halt.send_replace(true);
+    }
+
+    pub fn is_halted(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once [`Session::halt`] was called.
+    pub async fn halted(&self) {
+        let mut rx = self.halt.subscribe();
+        let _ = rx.wait_for(|h| *h).await;
+    }
+
+    /// Run `work` to its end; its error halts the load. For work that must
+    /// not be cut short: a submission Voucherify may have accepted has to
+    /// reach the ledger.
+    pub async fn halt_on_error<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+        let r = work.await;
+        if r.is_err() {
+            self.halt();
+        }
+        r
+    }
+
+    /// Run a wait of the load (a poll, a queue turn): its error halts every
+    /// other task, and a halt ends it where it waits (None).
+    pub async fn task<T>(&self, work: impl Future<Output = Result<T>>) -> Option<Result<T>> {
+        if self.is_halted() {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            r = work => {
+                if r.is_err() {
+                    self.halt();
+                }
+                Some(r)
+            }
+            _ = self.halted() => None,
         }
     }
 
@@ -140,6 +189,9 @@ fn send_batch_inner<'a>(
     progress: &'a Progress,
 ) -> futures::future::BoxFuture<'a, Result<()>> {
     Box::pin(async move {
+        if s.is_halted() {
+            return Ok(());
+        }
         let id = match s.client.bulk_upsert(batch.body()).await {
             Ok(id) => id,
             Err(e)
@@ -190,19 +242,27 @@ async fn record_and_confirm(
         file: file.map(str::to_string),
         customers: customers.clone(),
     })?;
-    s.wait_turn(&id).await;
-    confirm(s, &id, customers, Duration::MAX).await?;
+    // Halted, the action stays pending in the ledger for the next run.
+    let waited = s
+        .task(async {
+            s.wait_turn(&id).await;
+            confirm(s, &id, customers, Duration::MAX).await
+        })
+        .await;
     drop(place);
-    Ok(())
+    waited.transpose().map(|_| ())
 }
 
 /// Submit an import file, then wait for its confirmation. Rows count from
 /// 1 after the header: row N is the file's Nth customer.
 pub async fn send_import(
     s: &Session,
-    file: super::import::ImportFile,
+    file: super::import_files::ImportFile,
     progress: &Progress,
 ) -> Result<()> {
+    if s.is_halted() {
+        return Ok(());
+    }
     let bytes = std::fs::read(&file.path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.path.display()))?;
     let id = s
@@ -351,8 +411,15 @@ fn settle(
     action: AsyncAction,
 ) -> Result<Vec<u128>> {
     let status = action.status().to_string();
-    if status == "FAILED" {
-        let why = format!("async action {id} FAILED as a whole");
+    if status == "FAILED" || action.operation_status.as_deref() == Some("FAILED") {
+        // Voucherify's own words, when it gives them.
+        let said = action
+            .result
+            .as_ref()
+            .and_then(|r| r.message.clone())
+            .unwrap_or_else(|| "Voucherify gave no message".into());
+        let why = format!("async action {id} FAILED as a whole: {said}");
+        ui::warn(format!("load: {why}; its customers are listed in load-report.csv and sent again by the next load"));
         return abandon(s, id, &customers, "async_action_failed", &why);
     }
     let result = match action.result {
@@ -454,7 +521,7 @@ pub fn abandon(
 /// The customer an import failure is about: by its row, else its
 /// source_id; None when they disagree or name nobody we sent.
 fn import_failure_customer<'a>(
-    f: &crate::voucherify::ImportFailure,
+    f: &crate::api::voucherify::ImportFailure,
     sent: &'a [LedgerCustomer],
 ) -> Option<&'a LedgerCustomer> {
     match (f.row, f.source_id.as_deref().filter(|s| !s.is_empty())) {
@@ -514,7 +581,7 @@ pub fn next_processing_estimate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::voucherify::CustomerError;
+    use crate::api::voucherify::CustomerError;
 
     #[test]
     fn processing_estimate_follows_the_server_and_never_feeds_on_its_own_wait() {
@@ -573,6 +640,7 @@ mod tests {
             failed_count: Some(failed),
             errors: Some(errors),
             failed: None,
+            message: None,
         };
         assert!(accounts_for_all(&result(2, 1, vec![err(Some("b"))]), &sent));
         assert!(!accounts_for_all(&result(2, 1, vec![err(None)]), &sent));
@@ -601,7 +669,7 @@ mod tests {
             failed_count: Some(rows.len() as u64),
             failed: Some(
                 rows.into_iter()
-                    .map(|(row, sid)| crate::voucherify::ImportFailure {
+                    .map(|(row, sid)| crate::api::voucherify::ImportFailure {
                         row,
                         source_id: sid.map(str::to_string),
                         reason: Some("bad".into()),

@@ -7,18 +7,15 @@
 //! cell can harm nothing: customers that do not exist yet. Existing ones are
 //! learned from a customer export (`POST /v1/exports`, saved as
 //! `load.export.csv`, the audit trail of what existed) plus the customers the
-//! ledger shows confirmed. A cell is text, so a customer whose metadata holds
-//! anything but strings, or a key a standard column would swallow, goes
-//! through the bulk upsert too: no metadata changes type because of the
-//! method. The files sent are kept as `load.import.NNN.csv`.
+//! ledger shows confirmed. Which new customers go by file, and the files
+//! themselves, are `load::import_files`'s. The files sent are kept as
+//! `load.import.NNN.csv`.
 
-use super::batch::Prepared;
-use crate::files::{self, AtomicFile};
+use crate::api::voucherify::VoucherifyClient;
+use crate::files;
 use crate::state;
 use crate::ui;
-use crate::voucherify::VoucherifyClient;
 use anyhow::{Context, Result};
-use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,17 +48,43 @@ pub const STANDARD: [(&str, &str); 12] = [
     ("Address_Country", "address.country"),
 ];
 
+/// The columns a customer fills: the standard ones (a bit each) and its
+/// metadata keys, sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Signature {
+    pub(super) standard: u16,
+    pub(super) keys: Vec<String>,
+}
+
 /// The source ids the project holds: an export's, plus the ledger's.
 pub struct Existing {
     ids: HashSet<String>,
     pub from_export: u64,
     /// API calls the export took (request, polls, download).
     pub calls: u64,
+    /// Why it is unknown which customers exist, when it is: then every
+    /// customer goes by the bulk upsert, which never overwrites a field it
+    /// does not carry.
+    pub unknown: Option<String>,
+    /// The column signatures whose customers go by file
+    /// (`import_files::choose`).
+    pub by_file: HashSet<Signature>,
 }
 
 impl Existing {
     pub fn contains(&self, sid: &str) -> bool {
         self.ids.contains(sid)
+    }
+
+    /// Customers known to exist; `by_file` the signatures that go by file.
+    pub fn known(ids: HashSet<String>, by_file: HashSet<Signature>) -> Existing {
+        Existing {
+            ids,
+            from_export: 0,
+            calls: 0,
+            unknown: None,
+            by_file,
+        }
     }
 }
 
@@ -71,57 +94,74 @@ fn export_paths(customers: &Path) -> (PathBuf, PathBuf) {
     (dir.join("load.export.csv"), dir.join("load.export.json"))
 }
 
-/// Learn which customers exist. A saved export made for this same
-/// `customers.csv` content (a rerun of the same load) is reused; otherwise
-/// the project is exported again.
+/// Learn which customers exist, from a new export on every run: an import
+/// fully overwrites a customer, so an export from an earlier run could miss
+/// one another writer created since. The export is polled until `deadline`.
 pub async fn existing(
     client: &VoucherifyClient,
     customers: &Path,
     confirmed_ids: HashSet<String>,
+    deadline: Duration,
 ) -> Result<Existing> {
     let (csv_path, meta_path) = export_paths(customers);
-    let sha = files::sha256_file(customers)?;
-    let saved: Option<Value> = std::fs::read(&meta_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let mut calls = 0;
-    let reuse = saved
-        .as_ref()
-        .is_some_and(|m| m["customers_sha256"] == sha.as_str())
-        && csv_path.exists();
-    if reuse {
-        ui::info(format!(
-            "load: reusing {} (made for this customers.csv by an earlier run of this load)",
-            csv_path.display()
-        ));
-    } else {
-        let id = client.export_customer_ids().await?;
+    let id = client.export_customer_ids().await?;
+    let mut calls = 1;
+    let started = tokio::time::Instant::now();
+    let mut wait = Duration::from_millis(200);
+    let state = loop {
+        if started.elapsed() >= deadline {
+            anyhow::bail!(
+                "Voucherify's customer export {id} did not finish within --export-timeout ({}s); nothing was sent: rerun `segsync load` (or use --method bulk)",
+                deadline.as_secs()
+            );
+        }
+        tokio::time::sleep(wait.min(deadline.saturating_sub(started.elapsed()))).await;
         calls += 1;
-        let mut wait = Duration::from_millis(200);
-        let url = loop {
-            tokio::time::sleep(wait).await;
+        let state = client.export(&id).await?;
+        match state.status.as_str() {
+            "DONE" | "ERROR" | "FAILED" => break state,
+            _ => wait = (wait * 2).min(Duration::from_secs(5)),
+        }
+    };
+    let unknown = |why: String, calls: u64| -> Result<Existing> {
+        ui::warn(format!("load: {why}; so every customer goes by the bulk upsert, which never overwrites a field it does not carry"));
+        Ok(Existing {
+            ids: HashSet::new(),
+            from_export: 0,
+            calls,
+            unknown: Some(why),
+            by_file: HashSet::new(),
+        })
+    };
+    let url = match (state.status.as_str(), state.url) {
+        ("DONE", Some(url)) => url,
+        ("DONE", None) => {
+            // No file: maybe an empty project (a first migration), maybe not.
             calls += 1;
-            let (status, url) = client.export(&id).await?;
-            match (status.as_str(), url) {
-                ("DONE", Some(u)) => break u,
-                ("FAILED" | "ERROR", _) => anyhow::bail!(
-                    "Voucherify's customer export {id} failed; the import needs it to know which customers exist: rerun `segsync load`, or use --method bulk"
-                ),
-                _ => wait = (wait * 2).min(Duration::from_secs(5)),
+            if client.holds_any_customer().await? != Some(false) {
+                return unknown(format!("Voucherify's customer export {id} is DONE without a file, and the project holds customers"), calls);
             }
-        };
-        let bytes = client.download(&url).await?;
-        calls += 1;
-        files::write_atomic(&csv_path, &bytes)?;
-        files::write_atomic(
-            &meta_path,
-            &serde_json::to_vec_pretty(&serde_json::json!({
-                "export_id": id,
-                "at": state::now(),
-                "customers_sha256": sha,
-            }))?,
-        )?;
-    }
+            ui::info(format!("load: Voucherify's customer export {id} has no file and the project holds no customer: every customer is new"));
+            write_export(&csv_path, &meta_path, &id, b"source_id\n")?;
+            return Ok(Existing {
+                ids: confirmed_ids,
+                from_export: 0,
+                calls,
+                unknown: None,
+                by_file: HashSet::new(),
+            });
+        }
+        (status, _) => {
+            let why = state.message.unwrap_or_else(|| "no message".into());
+            return unknown(
+                format!("Voucherify's customer export {id} ended {status}: {why}"),
+                calls,
+            );
+        }
+    };
+    let bytes = client.download(&url).await?;
+    calls += 1;
+    write_export(&csv_path, &meta_path, &id, &bytes)?;
     let exported = read_export(&csv_path)?;
     let from_export = exported.len() as u64;
     let mut ids = exported;
@@ -130,7 +170,18 @@ pub async fn existing(
         ids,
         from_export,
         calls,
+        unknown: None,
+        by_file: HashSet::new(),
     })
+}
+
+/// Keep the export (the audit trail of what existed) and when it was made.
+fn write_export(csv_path: &Path, meta_path: &Path, id: &str, bytes: &[u8]) -> Result<()> {
+    files::write_atomic(csv_path, bytes)?;
+    files::write_atomic(
+        meta_path,
+        &serde_json::to_vec_pretty(&serde_json::json!({"export_id": id, "at": state::now()}))?,
+    )
 }
 
 /// The source ids of an export file. Its headers are human-readable, so
@@ -165,217 +216,9 @@ pub fn read_export(path: &Path) -> Result<HashSet<String>> {
     Ok(out)
 }
 
-/// Whether a customer can go by file without loss: new to the project, its
-/// metadata all text, under keys no standard column would take.
-pub fn importable(c: &Prepared, existing: &Existing) -> bool {
-    if existing.contains(&c.source_id) {
-        return false;
-    }
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&c.body) else {
-        return false;
-    };
-    match body.get("metadata") {
-        None => true,
-        Some(Value::Object(m)) => m.iter().all(|(k, v)| {
-            v.is_string()
-                && !STANDARD.iter().any(|(col, _)| col.eq_ignore_ascii_case(k))
-                && !k.contains(['\n', '\r'])
-        }),
-        Some(_) => false,
-    }
-}
-
-/// An import file being filled.
-pub struct ImportFile {
-    pub name: String,
-    pub path: PathBuf,
-    /// Its customers in row order (request bodies dropped once written).
-    pub customers: Vec<Prepared>,
-    pub size: usize,
-}
-
-fn field<'a>(body: &'a Map<String, Value>, path: &str) -> &'a str {
-    let v = match path.split_once('.') {
-        Some((a, b)) => body.get(a).and_then(|o| o.get(b)),
-        None => body.get(path),
-    };
-    v.and_then(Value::as_str).unwrap_or("")
-}
-
-/// Write customers as Voucherify import files of at most `max_bytes` each,
-/// named `load.import.NNN.csv` from the first free number.
-pub fn write_files(
-    customers: &Path,
-    rows: impl IntoIterator<Item = Prepared>,
-    max_bytes: usize,
-) -> Result<Vec<ImportFile>> {
-    let dir = files::parent_dir(customers);
-    let mut next = (1..)
-        .find(|n| !dir.join(format!("load.import.{n:03}.csv")).exists())
-        .unwrap_or(1);
-    let mut out = Vec::new();
-    let mut group: Vec<(Prepared, Map<String, Value>)> = Vec::new();
-    let mut size = 0usize;
-    let flush = |group: &mut Vec<(Prepared, Map<String, Value>)>,
-                 out: &mut Vec<ImportFile>,
-                 next: &mut u32|
-     -> Result<()> {
-        if group.is_empty() {
-            return Ok(());
-        }
-        let name = format!("load.import.{:03}.csv", *next);
-        *next += 1;
-        let path = dir.join(&name);
-        let bytes = render(group)?;
-        let mut f = AtomicFile::create(&path)?;
-        std::io::Write::write_all(&mut f, &bytes)?;
-        f.commit()?;
-        out.push(ImportFile {
-            name,
-            path,
-            customers: std::mem::take(group)
-                .into_iter()
-                .map(|(mut p, _)| {
-                    p.body = Vec::new();
-                    p
-                })
-                .collect(),
-            size: bytes.len(),
-        });
-        Ok(())
-    };
-    for c in rows {
-        let body: Map<String, Value> = serde_json::from_slice(&c.body)?;
-        // Room for the row, its metadata columns, and the header.
-        let estimate = c.body.len() + 64;
-        if size + estimate > max_bytes && !group.is_empty() {
-            flush(&mut group, &mut out, &mut next)?;
-            size = 0;
-        }
-        size += estimate;
-        group.push((c, body));
-    }
-    flush(&mut group, &mut out, &mut next)?;
-    Ok(out)
-}
-
-/// One file: the standard columns, then one column per metadata key.
-fn render(group: &[(Prepared, Map<String, Value>)]) -> Result<Vec<u8>> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut seen = HashSet::new();
-    for (_, body) in group {
-        if let Some(Value::Object(m)) = body.get("metadata") {
-            for k in m.keys() {
-                if seen.insert(k.clone()) {
-                    keys.push(k.clone());
-                }
-            }
-        }
-    }
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header: Vec<&str> = STANDARD.iter().map(|(c, _)| *c).collect();
-    header.extend(keys.iter().map(String::as_str));
-    w.write_record(&header)?;
-    for (_, body) in group {
-        let mut row: Vec<&str> = STANDARD.iter().map(|(_, f)| field(body, f)).collect();
-        let meta = body.get("metadata").and_then(Value::as_object);
-        row.extend(keys.iter().map(|k| {
-            meta.and_then(|m| m.get(k))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-        }));
-        w.write_record(&row)?;
-    }
-    Ok(w.into_inner().map_err(|e| e.into_error())?)
-}
-
-/// Bulk calls a set of customers would take: a request and a poll per 100.
-pub fn bulk_calls(customers: u64) -> u64 {
-    customers.div_ceil(100) * 2
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn prepared(sid: &str, body: Value) -> Prepared {
-        Prepared {
-            source_id: sid.into(),
-            line: 2,
-            hash: "h".into(),
-            body: serde_json::to_vec(&body).unwrap(),
-        }
-    }
-
-    #[test]
-    fn only_new_customers_with_text_metadata_go_by_file() {
-        let existing = Existing {
-            ids: ["old".to_string()].into(),
-            from_export: 1,
-            calls: 0,
-        };
-        let ok = prepared(
-            "n1",
-            serde_json::json!({"source_id": "n1", "metadata": {"plan": "gold"}}),
-        );
-        assert!(importable(&ok, &existing));
-        let old = prepared("old", serde_json::json!({"source_id": "old"}));
-        assert!(
-            !importable(&old, &existing),
-            "existing customers go through bulk"
-        );
-        for meta in [
-            serde_json::json!({"vip": true}),
-            serde_json::json!({"ltv": 12}),
-            serde_json::json!({"tags": ["a"]}),
-            serde_json::json!({"nested": {"a": "b"}}),
-            serde_json::json!({"email": "x@y.z"}),
-            serde_json::json!({"NAME": "x"}),
-        ] {
-            let c = prepared(
-                "n2",
-                serde_json::json!({"source_id": "n2", "metadata": meta}),
-            );
-            assert!(!importable(&c, &existing), "{meta}");
-        }
-    }
-
-    #[test]
-    fn files_have_the_standard_columns_then_metadata_and_respect_the_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let customers = dir.path().join("customers.csv");
-        let rows: Vec<Prepared> = (0..50)
-            .map(|i| {
-                prepared(
-                    &format!("c{i}"),
-                    serde_json::json!({"source_id": format!("c{i}"), "name": "N", "address": {"city": "Oslo"},
-                        "metadata": {"plan": "gold", "note": "x".repeat(100)}}),
-                )
-            })
-            .collect();
-        let files = write_files(&customers, rows, 4_000).unwrap();
-        assert!(files.len() > 1);
-        assert_eq!(files[0].name, "load.import.001.csv");
-        assert_eq!(files.iter().map(|f| f.customers.len()).sum::<usize>(), 50);
-        for f in &files {
-            assert!(f.size <= 4_000 + 400, "{}", f.size);
-            let text = std::fs::read_to_string(&f.path).unwrap();
-            let header = text.lines().next().unwrap();
-            assert!(header.starts_with("Source_id,Name,Email,Phone,Birthdate,Description,Address_line_1,Address_line_2,Address_City,Address_State,Address_Postal_Code,Address_Country,plan,note"), "{header}");
-            assert!(text.lines().nth(1).unwrap().starts_with("c"));
-        }
-        // The next run numbers on.
-        let more = write_files(
-            &customers,
-            vec![prepared("z", serde_json::json!({"source_id": "z"}))],
-            4_000,
-        )
-        .unwrap();
-        assert_eq!(
-            more[0].name,
-            format!("load.import.{:03}.csv", files.len() + 1)
-        );
-    }
 
     #[test]
     fn the_export_column_is_found_by_a_human_readable_name() {

@@ -3,24 +3,17 @@
 //! schema applied. Nothing here sends or writes except the
 //! `--skip-invalid` rejects file, and only when asked for it.
 
-pub use crate::customers_csv::{open_csv, parse_row, read_layout, separator, Layout};
 use crate::error::InputErrors;
 use crate::files::AtomicFile;
 use crate::records::COLUMNS;
+pub use crate::spreadsheet::customers_csv::{open_csv, parse_row, read_layout, separator, Layout};
 use crate::ui;
 use anyhow::Result;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::path::Path;
 
-fn h128(s: &str) -> u128 {
-    let mut a = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut a);
-    let mut b = std::collections::hash_map::DefaultHasher::new();
-    (0xC0FFEEu32, s).hash(&mut b);
-    ((a.finish() as u128) << 64) | b.finish() as u128
-}
+use crate::keys::h128;
 
 /// Result of the validation pass.
 pub struct Validated {
@@ -64,8 +57,18 @@ pub fn validate(
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
-                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                let line = layout.line(e.position());
                 let msg = match e.kind() {
+                    // A quote never closed swallows the lines after it into
+                    // one cell: say so, not just that the count is off.
+                    csv::ErrorKind::UnequalLengths { .. }
+                        if rec.iter().any(|f| f.contains(&b'\n')) =>
+                    {
+                        format!(
+                            "{file}:{line}: a quoted cell is never closed: its opening quote (\") runs over {} more lines; close the quote (a quote inside a cell is written \"\")",
+                            rec.iter().map(|f| f.iter().filter(|&&b| b == b'\n').count()).sum::<usize>()
+                        )
+                    }
                     csv::ErrorKind::UnequalLengths {
                         expected_len, len, ..
                     } => {
@@ -90,7 +93,7 @@ pub fn validate(
             }
         }
         rows += 1;
-        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        let line = layout.line(rec.position());
         let (row, mut errs) = parse_row(&layout, &rec);
         if let Some(more) = extra.get(&line) {
             errs.extend(more.iter().cloned());
@@ -177,7 +180,7 @@ fn write_rejects(
 /// problems by line (`metadata.KEY: what is wrong`).
 pub fn schema_problems(
     path: &Path,
-    schema: &crate::metadata_schema::CustomerSchema,
+    schema: &crate::mapping::metadata_schema::CustomerSchema,
 ) -> Result<HashMap<u64, Vec<(String, String)>>> {
     let mut out: HashMap<u64, Vec<(String, String)>> = HashMap::new();
     if schema.properties.is_empty() && schema.allow_defined_only != Some(true) {
@@ -192,7 +195,7 @@ pub fn schema_problems(
         if !more {
             break;
         }
-        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        let line = layout.line(rec.position());
         let (row, _) = parse_row(&layout, &rec);
         let Some(Ok(Value::Object(m))) = row.metadata.as_deref().map(serde_json::from_str::<Value>)
         else {
@@ -202,6 +205,52 @@ pub fn schema_problems(
             out.entry(line)
                 .or_default()
                 .push((format!("metadata.{key}"), why));
+        }
+    }
+    Ok(out)
+}
+
+/// Rows of customers Voucherify does not hold yet (`is_new`) that lack a
+/// metadata key the project's schema requires (`optional: false`):
+/// "Voucherify rejects it with a validation error". By line.
+pub fn required_problems(
+    path: &Path,
+    schema: &crate::mapping::metadata_schema::CustomerSchema,
+    is_new: impl Fn(&str) -> bool,
+) -> Result<HashMap<u64, Vec<(String, String)>>> {
+    let mut out: HashMap<u64, Vec<(String, String)>> = HashMap::new();
+    let required = schema.required_keys();
+    if required.is_empty() {
+        return Ok(out);
+    }
+    let mut rdr = open_csv(path)?;
+    let Ok(layout) = read_layout(path, &mut rdr) else {
+        return Ok(out); // validation names the header's problems
+    };
+    let mut rec = csv::ByteRecord::new();
+    while let Ok(more) = rdr.read_byte_record(&mut rec) {
+        if !more {
+            break;
+        }
+        let (row, _) = parse_row(&layout, &rec);
+        let Some(sid) = row.source_id.as_deref().filter(|s| is_new(s)) else {
+            continue;
+        };
+        let meta = row
+            .metadata
+            .as_deref()
+            .and_then(|m| serde_json::from_str::<Value>(m).ok());
+        for key in &required {
+            if meta
+                .as_ref()
+                .and_then(|m| m.get(key))
+                .is_none_or(Value::is_null)
+            {
+                out.entry(layout.line(rec.position())).or_default().push((
+                    format!("metadata.{key}"),
+                    format!("missing, and the project's metadata schema requires it (optional: false): Voucherify rejects a new customer ({sid}) without it"),
+                ));
+            }
         }
     }
     Ok(out)

@@ -20,24 +20,27 @@
 //! unconfirmed work is sent, after a hand edit only edited rows.
 
 pub mod batch;
+pub mod by_file;
 pub mod confirm;
+pub mod dry_run;
 pub mod import;
+pub mod import_files;
 pub mod input;
 pub mod report;
+pub mod setup;
 
+use crate::api::voucherify::MAX_REQUEST_BYTES;
 use crate::config::VoucherifyArgs;
-use crate::error::{ApiError, UsageError};
-use crate::http::HttpSettings;
+use crate::error::ApiError;
+use crate::state;
 use crate::state::ledger::{self, LedgerEvent, LedgerWriter};
-use crate::state::{self, manifest};
 use crate::ui::{self, Progress};
-use crate::voucherify::{VoucherifyClient, MAX_REQUEST_BYTES};
 use anyhow::Result;
 use batch::Batcher;
 use confirm::Session;
 use futures::stream::{self, StreamExt};
-use input::{validate, OnInvalid, Validated};
-use serde_json::Value;
+use input::{validate, OnInvalid};
+use setup::Setup;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -48,10 +51,14 @@ pub const DEFAULT_BATCH_SIZE: u32 = 100;
 pub const DEFAULT_MAX_BATCH_BYTES: u64 = 5_000_000;
 pub const DEFAULT_CONCURRENCY: u32 = 4;
 pub const DEFAULT_POLL_TIMEOUT: u64 = 900;
+pub const DEFAULT_EXPORT_TIMEOUT: u64 = 900;
+/// The largest import file: under the 10 MB request limit, with room for
+/// the multipart envelope.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 9_000_000;
 
 /// `--batch-size`: 1 to 100 customers, Voucherify's cap for one bulk request.
 pub fn batch_size_parser() -> clap::builder::RangedI64ValueParser<u32> {
-    clap::value_parser!(u32).range(1..=crate::voucherify::MAX_BULK_CUSTOMERS as i64)
+    clap::value_parser!(u32).range(1..=crate::api::voucherify::MAX_BULK_CUSTOMERS as i64)
 }
 
 pub const DEFAULT_MAX_WAIT: u64 = 15;
@@ -81,6 +88,9 @@ pub struct Args {
     /// Longest wait for one async action to finish
     #[arg(long = "poll-timeout", default_value_t = DEFAULT_POLL_TIMEOUT, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub poll_timeout: u64,
+    /// Longest wait for Voucherify's customer export (--method import, auto) to finish
+    #[arg(long = "export-timeout", default_value_t = DEFAULT_EXPORT_TIMEOUT, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub export_timeout: u64,
     /// Longest wait for Voucherify's hourly bulk quota to refill before stopping (the monthly quota always stops at once)
     #[arg(long = "max-wait", default_value_t = DEFAULT_MAX_WAIT, value_name = "MINUTES")]
     pub max_wait: u64,
@@ -97,13 +107,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = import::Method::Bulk)]
     pub method: import::Method,
     /// Largest import file in bytes (Voucherify refuses requests over 10 MB)
-    #[arg(long = "max-file-bytes", default_value_t = 9_000_000, value_parser = clap::value_parser!(u64).range(10_000..=10_000_000))]
+    #[arg(long = "max-file-bytes", default_value_t = DEFAULT_MAX_FILE_BYTES, value_parser = clap::value_parser!(u64).range(10_000..=10_000_000))]
     pub max_file_bytes: u64,
     /// Load rows whose edits look like spreadsheet damage (leading zeros lost) as they are
     #[arg(long = "accept-edits")]
     pub accept_edits: bool,
     #[command(flatten)]
-    pub mapping: crate::config::MappingArgs,
+    pub mapping: crate::mapping::MappingArgs,
     #[command(flatten)]
     pub voucherify: VoucherifyArgs,
 }
@@ -117,8 +127,19 @@ pub struct Summary {
     pub confirmed: u64,
     pub failed: u64,
     pub batches: u64,
+    /// Polls of the batches this run sent (checks of earlier ones apart).
     pub polls: u64,
+    /// Rows confirmed by checking batches an earlier run left pending.
     pub recovered: u64,
+    /// Polls those checks took.
+    pub recovery_polls: u64,
+    /// Voucherify calls this load made (exports, imports, bulk, polls).
+    pub calls: u64,
+    /// The budget the last answer's `X-Rate-Limit-*` headers revealed:
+    /// (limit, remaining, type).
+    pub budget: Option<(u64, u64, String)>,
+    /// Customers the ledger shows confirmed in this project, after the load.
+    pub confirmed_total: u64,
     /// Of `sent`, the customers sent by import files.
     pub imported: u64,
 }
@@ -134,9 +155,9 @@ pub struct Plan {
 }
 
 /// Compare `customers` with the ledger without sending or writing anything.
-pub fn plan(customers: &Path) -> Result<Plan> {
+pub fn plan(customers: &Path, target: Option<&str>) -> Result<Plan> {
     let validated = validate(customers, OnInvalid::Count, &Default::default())?;
-    let ledger = ledger::read(&state::ledger(customers), None)?;
+    let ledger = ledger::read(&state::ledger(customers), target)?;
     let mut b = Batcher::new(
         customers,
         validated.invalid_lines.clone(),
@@ -145,7 +166,7 @@ pub fn plan(customers: &Path) -> Result<Plan> {
         1000,
         MAX_REQUEST_BYTES,
     )?;
-    let to_send: u64 = b.by_ref().map(|b| b.customers.len() as u64).sum();
+    let to_send = b.count_to_send()?;
     Ok(Plan {
         rows: validated.rows,
         invalid: validated.invalid_lines.len() as u64,
@@ -154,250 +175,156 @@ pub fn plan(customers: &Path) -> Result<Plan> {
     })
 }
 
+/// Check, then send what is not confirmed (by file where that is safe and
+/// saves calls, by bulk otherwise), then say what happened.
 pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
-    let input = args
-        .input
-        .clone()
-        .unwrap_or_else(|| state::customers(data_dir));
-    if !input.exists() {
-        return Err(UsageError::new(format!("{} not found: `segsync transform` writes it, or write one by hand (source_id column required), or pass --in FILE", input.display())).into());
-    }
-    let cfg = if args.dry_run {
-        args.voucherify.resolve().ok()
-    } else {
-        Some(args.voucherify.resolve()?)
-    };
-    let target = cfg
-        .as_ref()
-        .map(|c| format!("{}#{}", c.api_url.as_str().trim_end_matches('/'), c.app_id));
-
-    if matches!(manifest::edited_since_transform(&input), Ok(Some(true))) {
-        ui::info(format!("load: {} was edited after transform wrote it (or written by hand); loading it as it is", input.display()));
-    }
     let started = Instant::now();
-    let rejects = state::rejects(&input);
-    let edits = check_edits(&input, args)?;
-    let mut refused = refused_edits(edits.as_ref(), args.accept_edits);
-    let client = match cfg.clone() {
-        Some(cfg) => Some(VoucherifyClient::new(cfg, http_settings(args))?),
-        None => None,
-    };
-    if let Some(client) = &client {
-        // What Voucherify would reject one customer at a time after sending,
-        // found before anything is sent.
-        let schema = client.customer_metadata_schema().await.map_err(|e| {
-            confirm::api_error(e).context("cannot read the project's customer metadata schema, which load checks every row against before sending")
-        })?;
-        let problems = input::schema_problems(&input, &schema)?;
-        if !schema.properties.is_empty() || schema.allow_defined_only == Some(true) {
-            ui::info(format!(
-                "load: metadata checked against the project's customer schema ({} keys defined{}): {} rows with problems",
-                schema.properties.len(),
-                if schema.allow_defined_only == Some(true) { ", defined keys only" } else { "" },
-                problems.len()
-            ));
-        }
-        for (line, p) in problems {
-            refused.entry(line).or_default().extend(p);
-        }
-    }
-    let validated = if args.skip_invalid {
-        validate(&input, OnInvalid::SetAside(&rejects), &refused)?
-    } else {
-        let v = validate(&input, OnInvalid::Fail, &refused)?;
-        // A rejects file from an earlier --skip-invalid run no longer applies.
-        let _ = std::fs::remove_file(&rejects);
-        v
-    };
-    let ledger_file = state::ledger(&input);
-    if !args.dry_run {
-        let dropped = ledger::repair(&ledger_file)?;
-        if dropped > 0 {
-            ui::warn(format!(
-                "{}: discarded a torn last line ({dropped} bytes) left by an interrupted run",
-                ledger_file.display()
-            ));
-        }
-    }
-    let ledger_state = ledger::read(&ledger_file, target.as_deref())?;
+    let mut setup = setup::setup(args, data_dir).await?;
     let mut summary = Summary {
-        rows: validated.rows,
-        invalid: validated.invalid_lines.len() as u64,
+        rows: setup.validated.rows,
+        invalid: setup.validated.invalid_lines.len() as u64,
         ..Default::default()
     };
-    let make_batcher = |confirmed: Arc<HashSet<u128>>| -> Result<Batcher> {
-        Batcher::new(
-            &input,
-            validated.invalid_lines.clone(),
-            confirmed,
-            args.full,
-            args.batch_size as usize,
-            args.max_batch_bytes.min(MAX_REQUEST_BYTES as u64) as usize,
-        )
-    };
-
     if args.dry_run {
-        if args.method != import::Method::Bulk {
-            match &client {
-                Some(client) => {
-                    let existing = Arc::new(
-                        import::existing(client, &input, ledger_state.confirmed_ids.clone()).await?,
-                    );
-                    let ex = existing.clone();
-                    let confirmed = Arc::new(ledger_state.confirmed.clone());
-                    let by_file: u64 = make_batcher(confirmed.clone())?
-                        .only(move |c| import::importable(c, &ex))
-                        .map(|b| b.customers.len() as u64)
-                        .sum();
-                    let ex = existing.clone();
-                    let by_bulk: u64 = make_batcher(confirmed)?
-                        .only(move |c| !import::importable(c, &ex))
-                        .map(|b| b.customers.len() as u64)
-                        .sum();
-                    ui::info(format!(
-                        "load --dry-run --method {}: the project holds {} customers (export: {} calls); {by_file} new customers could go by import (about {} calls: a file of up to {} MB and a poll each), {by_bulk} by bulk (about {} calls)",
-                        if args.method == import::Method::Import { "import" } else { "auto" },
-                        existing.from_export,
-                        existing.calls,
-                        2 * by_file.div_ceil(20_000).max(u64::from(by_file > 0)),
-                        args.max_file_bytes / 1_000_000,
-                        import::bulk_calls(by_bulk)
-                    ));
-                }
-                None => ui::info("load --dry-run: without credentials the split between import and bulk is unknown (it needs the project's customer export)"),
-            }
-        }
-        let b = make_batcher(Arc::new(ledger_state.confirmed))?;
-        let budget = client.as_ref().and_then(|c| c.budget());
-        summary.unchanged = dry_run(b, &validated, budget)?;
-        if let Some(r) = &edits {
-            ui::info(format!(
-                "load --dry-run: edits against what transform would write: {} (`segsync diff` lists them)",
-                r.counts()
-            ));
-        }
+        summary.unchanged = dry_run::report(&mut setup, args)?;
         return Ok(summary);
     }
-
-    let client = client.ok_or_else(|| anyhow::anyhow!("credentials are required"))?;
-    let target = target.unwrap_or_default();
+    let client = setup
+        .client
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("credentials are required"))?;
     let session = Arc::new(Session::new(
         client,
-        LedgerWriter::open(&ledger_file, &target)?,
+        LedgerWriter::open(
+            &setup.ledger_file,
+            setup.target.as_deref().unwrap_or_default(),
+        )?,
         Duration::from_secs(args.poll_timeout),
     ));
-
-    let mut confirmed = ledger_state.confirmed;
-    let recovered = recover_pending(&session, ledger_state.pending, args.concurrency).await?;
-    summary.recovered = recovered.len() as u64;
-    confirmed.extend(recovered);
-    let confirmed = Arc::new(confirmed);
-
-    // Count what needs sending for the progress bar's total.
-    let mut counter = make_batcher(confirmed.clone())?;
-    let to_send: u64 = counter.by_ref().map(|b| b.customers.len() as u64).sum();
-    if let Some(e) = counter.error.take() {
-        return Err(e);
-    }
-    summary.unchanged = counter.unchanged;
-    drop(counter);
-
+    let (confirmed, before) = recover(&session, &mut setup, args, &mut summary).await?;
+    let to_send = setup.batcher(args, confirmed.clone())?.count_to_send()?;
     let progress = Arc::new(Progress::new("load", "customers", Some(to_send)));
     let mut results = Vec::new();
     let mut export_calls = 0;
-    let bulk_only: Option<Arc<import::Existing>> = if args.method != import::Method::Bulk
-        && to_send > 0
-    {
-        let existing = Arc::new(
-            import::existing(&session.client, &input, ledger_state.confirmed_ids.clone()).await?,
-        );
-        export_calls = existing.calls;
-        let ex = existing.clone();
-        let importable: u64 = make_batcher(confirmed.clone())?
-            .only(move |c| import::importable(c, &ex))
-            .map(|b| b.customers.len() as u64)
-            .sum();
-        // auto: the import when its calls (a file and a poll per file) are
-        // fewer than the bulk upserts of the same customers.
-        let worth = args.method == import::Method::Import
-            || import::bulk_calls(importable) > 2 * importable.div_ceil(20_000) + 2;
-        if worth && importable > 0 {
-            let ex = existing.clone();
-            let mut b = make_batcher(confirmed.clone())?.only(move |c| import::importable(c, &ex));
-            let files = import::write_files(
-                &input,
-                b.by_ref().flat_map(|batch| batch.customers),
-                args.max_file_bytes as usize,
-            )?;
-            if let Some(e) = b.error.take() {
-                return Err(e);
-            }
-            ui::info(format!(
-                "load: {importable} new customers go by import in {} files ({}); customers the project holds ({} exported) and typed metadata go by bulk",
-                files.len(),
-                files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", "),
-                existing.from_export
-            ));
-            results.extend(
-                stream::iter(files)
-                    .map(|f| {
-                        let session = session.clone();
-                        let progress = progress.clone();
-                        async move {
-                            if session.stop.load(Ordering::Relaxed) {
-                                return Ok(());
-                            }
-                            let r = confirm::send_import(&session, f, &progress).await;
-                            if r.is_err() {
-                                session.stop.store(true, Ordering::Relaxed);
-                            }
-                            r
-                        }
-                    })
-                    .buffer_unordered(args.concurrency as usize)
-                    .collect::<Vec<_>>()
-                    .await,
-            );
-            Some(existing)
-        } else {
-            None
+    let mut bulk_only = None;
+    if to_send > 0 {
+        if let Some(p) = by_file::plan(&mut setup, args, &confirmed)? {
+            export_calls = p.existing.calls;
+            results = by_file::send(&session, &setup, args, &confirmed, &p, &progress).await?;
+            bulk_only = Some(p.existing);
         }
-    } else {
-        None
+    }
+    let batcher = match bulk_only {
+        Some(ex) => setup
+            .batcher(args, confirmed)?
+            .only(move |c| !import_files::importable(c, &ex)),
+        None => setup.batcher(args, confirmed)?,
     };
-    let mut batcher = match bulk_only {
-        Some(ex) => make_batcher(confirmed)?.only(move |c| !import::importable(c, &ex)),
-        None => make_batcher(confirmed)?,
-    };
-    results.extend(send_all(&session, &progress, &mut batcher, args.concurrency).await);
+    results.extend(send_all(&session, &progress, batcher, args.concurrency).await);
     progress.finish();
-    let batch_error = batcher.error.take();
-
-    summary.imported = session.imported.load(Ordering::Relaxed);
-    summary.sent = session.sent.load(Ordering::Relaxed) + summary.imported;
-    summary.confirmed = session.confirmed.load(Ordering::Relaxed) + summary.recovered;
-    summary.failed = session.failed.load(Ordering::Relaxed);
-    summary.batches = session.batches.load(Ordering::Relaxed);
-    summary.polls = session.polls.load(Ordering::Relaxed);
-    let report_file = state::report(&input);
+    let report_file = state::report(&setup.input);
     report::write(
         &report_file,
-        &session.report.lock().map(|r| r.clone()).unwrap_or_default(),
+        &session
+            .report
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the report was lost to a panic; rerun `segsync load`"))?,
     )?;
+    fill(&mut summary, &session, before);
+    summary.calls = session.client.stats().get(&session.client.stats().requests);
+    summary.budget = session.client.budget();
+    summary.confirmed_total = ledger::read(&setup.ledger_file, setup.target.as_deref())
+        .map(|l| l.confirmed_ids.len() as u64)
+        .unwrap_or(0);
+    say(
+        &summary,
+        &session,
+        &setup,
+        &report_file,
+        export_calls,
+        started,
+    );
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return Err(e.context(format!(
+            "load stopped; confirmed work is in {}: rerun `segsync load` to send the rest",
+            setup.ledger_file.display()
+        )));
+    }
+    Ok(summary)
+}
 
-    let first_error = results.into_iter().find_map(Result::err).or(batch_error);
-    let secs = started.elapsed().as_secs_f64().max(0.001);
-    let s = session.client.stats();
+/// The session's counters when the checks of earlier batches were done.
+#[derive(Clone, Copy, Default)]
+struct Before {
+    polls: u64,
+    confirmed: u64,
+}
+
+/// Check what an earlier run left pending, then count the rows confirmed
+/// before this run and by those checks apart. Returns every confirmed key.
+async fn recover(
+    session: &Arc<Session>,
+    setup: &mut Setup,
+    args: &Args,
+    summary: &mut Summary,
+) -> Result<(Arc<HashSet<u128>>, Before)> {
+    let pending = std::mem::take(&mut setup.ledger.pending);
+    let recovered = recover_pending(session, pending, args.concurrency).await?;
+    let before = Before {
+        polls: session.polls.load(Ordering::Relaxed),
+        confirmed: session.confirmed.load(Ordering::Relaxed),
+    };
+    let mut confirmed = std::mem::take(&mut setup.ledger.confirmed);
+    let unchanged_before = if recovered.is_empty() {
+        None
+    } else {
+        let mut b = setup.batcher(args, Arc::new(confirmed.clone()))?;
+        b.count_to_send()?;
+        Some(b.unchanged)
+    };
+    confirmed.extend(recovered);
+    let confirmed = Arc::new(confirmed);
+    let mut b = setup.batcher(args, confirmed.clone())?;
+    b.count_to_send()?;
+    summary.unchanged = unchanged_before.unwrap_or(b.unchanged);
+    summary.recovered = b.unchanged - summary.unchanged;
+    Ok((confirmed, before))
+}
+
+fn fill(summary: &mut Summary, session: &Session, before: Before) {
+    summary.imported = session.imported.load(Ordering::Relaxed);
+    summary.sent = session.sent.load(Ordering::Relaxed) + summary.imported;
+    summary.confirmed = session.confirmed.load(Ordering::Relaxed) - before.confirmed;
+    summary.failed = session.failed.load(Ordering::Relaxed);
+    summary.batches = session.batches.load(Ordering::Relaxed);
+    summary.polls = session.polls.load(Ordering::Relaxed) - before.polls;
+    summary.recovery_polls = before.polls;
+}
+
+/// The summary lines: rows (each counted once), calls and speed.
+fn say(
+    summary: &Summary,
+    session: &Session,
+    setup: &Setup,
+    report_file: &Path,
+    export_calls: u64,
+    started: Instant,
+) {
     ui::info(format!(
-        "load: {} rows: {} unchanged since confirmed (skipped), {} sent in {} batches, {} confirmed, {} failed{}{}",
+        "load: {} rows: {} unchanged since confirmed (skipped), {}{} sent in {} batches, {} confirmed, {} failed{}{}",
         summary.rows,
         summary.unchanged,
+        if summary.recovered > 0 {
+            format!("{} confirmed by checking the batches an earlier run left pending ({} polls), ", summary.recovered, summary.recovery_polls)
+        } else {
+            String::new()
+        },
         summary.sent,
         summary.batches,
         summary.confirmed,
         summary.failed,
         if summary.failed > 0 { format!(" (see {})", report_file.display()) } else { String::new() },
-        if summary.invalid > 0 { format!(", {} invalid set aside in {}", summary.invalid, rejects.display()) } else { String::new() },
+        if summary.invalid > 0 { format!(", {} invalid set aside in {}", summary.invalid, setup.rejects.display()) } else { String::new() },
     ));
     if summary.imported > 0 || export_calls > 0 {
         let files = session.import_files.load(Ordering::Relaxed);
@@ -410,149 +337,15 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
             summary.polls
         ));
     }
+    let secs = started.elapsed().as_secs_f64().max(0.001);
     ui::info(format!(
         "load: {}; {} polls ({:.2} per batch); {:.1}s, {:.0} customers/s",
-        s.summary(),
+        session.client.stats().summary(),
         summary.polls,
         summary.polls as f64 / summary.batches.max(1) as f64,
         secs,
         summary.sent as f64 / secs
     ));
-    if let Some(e) = first_error {
-        return Err(e.context(format!(
-            "load stopped; confirmed work is in {}: rerun `segsync load` to send the rest",
-            ledger_file.display()
-        )));
-    }
-    Ok(summary)
-}
-
-fn http_settings(args: &Args) -> HttpSettings {
-    HttpSettings {
-        concurrency: args.concurrency as usize * 2,
-        rate: args.rate_limit.filter(|r| *r > 0),
-        rate_period: Duration::from_secs(60),
-        burst: Some(1),
-        timeout: Duration::from_secs(120),
-        policy: crate::http::RetryPolicy {
-            max_quota_wait: Duration::from_secs(args.max_wait * 60),
-            ..Default::default()
-        },
-    }
-}
-
-/// When `input` was edited after transform wrote it and the profiles it came
-/// from are beside it: what the edit changed (`segsync diff`).
-fn check_edits(input: &Path, args: &Args) -> Result<Option<crate::diff::EditReport>> {
-    if !matches!(manifest::edited_since_transform(input), Ok(Some(true))) {
-        return Ok(None);
-    }
-    let Some(profiles) = crate::diff::profiles_for(input, None) else {
-        return Ok(None);
-    };
-    let report = crate::diff::compare(input, &profiles, &args.mapping.resolve()?)?;
-    ui::info(format!(
-        "load: {} is {}-separated; edits against what transform would write from {}: {}",
-        input.display(),
-        crate::edits::separator_name(report.separator),
-        profiles.display(),
-        report.counts()
-    ));
-    for c in report
-        .damaged()
-        .filter(|c| !c.damage.is_some_and(|d| d.refused_by_default()))
-    {
-        ui::warn(format!(
-            "{}:{}: {}: {:?} (was {:?}) {}",
-            input.display(),
-            c.line,
-            c.column,
-            c.new,
-            c.old,
-            c.damage.map(|d| d.explain()).unwrap_or_default()
-        ));
-    }
-    Ok(Some(report))
-}
-
-/// The rows `load` refuses unless `--accept-edits`: values that lost their
-/// leading zeros (almost never intended), as validation problems by line.
-fn refused_edits(
-    report: Option<&crate::diff::EditReport>,
-    accept: bool,
-) -> std::collections::HashMap<u64, Vec<(String, String)>> {
-    let mut out: std::collections::HashMap<u64, Vec<(String, String)>> = Default::default();
-    if accept {
-        return out;
-    }
-    for c in report.iter().flat_map(|r| r.damaged()) {
-        if let Some(d) = c.damage.filter(|d| d.refused_by_default()) {
-            out.entry(c.line).or_default().push((
-                c.column.to_string(),
-                format!(
-                    "{:?} (was {:?} in profiles.ndjson) {}",
-                    c.new,
-                    c.old,
-                    d.explain()
-                ),
-            ));
-        }
-    }
-    out
-}
-
-/// Show what a load would send; returns the rows already confirmed.
-fn dry_run(
-    mut b: Batcher,
-    validated: &Validated,
-    budget: Option<(u64, u64, String)>,
-) -> Result<u64> {
-    let (mut batches, mut customers, mut bytes, mut sample) = (0u64, 0u64, 0usize, None);
-    for batch in b.by_ref() {
-        batches += 1;
-        customers += batch.customers.len() as u64;
-        bytes += batch.body().len();
-        if sample.is_none() {
-            let first: Vec<Value> = batch
-                .customers
-                .iter()
-                .take(2)
-                .filter_map(|c| serde_json::from_slice(&c.body).ok())
-                .collect();
-            sample = Some((serde_json::to_string_pretty(&first)?, batch.customers.len()));
-        }
-    }
-    if let Some(e) = b.error {
-        return Err(e);
-    }
-    let invalid = validated.invalid_lines.len() as u64;
-    ui::info(format!(
-        "load --dry-run: {} rows valid{}; {} already confirmed with this content (skipped); would send {} customers in {} batches ({:.1} KB); nothing was sent",
-        validated.rows - invalid,
-        if invalid > 0 { format!(", {invalid} invalid set aside") } else { String::new() },
-        b.unchanged,
-        customers,
-        batches,
-        bytes as f64 / 1024.0
-    ));
-    // Each batch is one bulk call and, as Voucherify runs bulk jobs one at a
-    // time and segsync polls only the oldest, about one poll.
-    ui::info(format!(
-        "load --dry-run: cost about {} Voucherify API calls ({batches} bulk requests + about {batches} polls); \
-         a Business plan allows 100 a minute and 100,000 a month, an Organization plan 2,000 and 300,000",
-        batches * 2
-    ));
-    if let Some((limit, remaining, kind)) = budget {
-        ui::info(format!(
-            "load --dry-run: the project's headers say {remaining} of {limit} {kind} calls are left in the current window: the load needs {} windows' worth ({:.1}% of one full window)",
-            (batches * 2).div_ceil(limit.max(1)),
-            100.0 * (batches * 2) as f64 / limit.max(1) as f64
-        ));
-    }
-    if let Some((s, n)) = sample {
-        println!("First request body (first 2 of its {n} customers):\n{s}");
-    }
-    Ok(b.unchanged)
 }
 
 /// Actions a killed run left pending: check them instead of resending.
@@ -573,38 +366,49 @@ async fn recover_pending(
     let checks = stream::iter(pending)
         .map(|(id, customers)| {
             let session = session.clone();
-            async move {
-                let r = confirm::confirm(&session, &id, customers, Duration::ZERO).await;
-                (id, r)
-            }
+            async move { session.task(recover_one(&session, id, customers)).await }
         })
         .buffer_unordered(concurrency as usize)
+        .filter_map(std::future::ready)
         .collect::<Vec<_>>()
         .await;
     let mut keys = Vec::new();
-    for (id, outcome) in checks {
-        match outcome {
-            Ok(done) => keys.extend(done),
-            Err(e) if e.downcast_ref::<ApiError>().and_then(ApiError::status) == Some(404) => {
-                ui::warn(format!("load: async action {id} is unknown to Voucherify (404); its customers are sent again"));
-                session.ledger.append(&LedgerEvent::Abandoned {
-                    at: state::now(),
-                    target: session.ledger.target.clone(),
-                    async_action_id: id,
-                    reason: "not found".into(),
-                })?;
-            }
-            Err(e) => return Err(e.context("rerun `segsync load` to check again")),
-        }
+    for outcome in checks {
+        keys.extend(outcome.map_err(|e| e.context("rerun `segsync load` to check again"))?);
     }
     Ok(keys)
 }
 
-/// Submit every batch with `concurrency` in flight, stopping at the first fatal error.
+/// Check one action an earlier run left pending. An action Voucherify does
+/// not know (404) is abandoned, so its customers are sent again.
+async fn recover_one(
+    session: &Session,
+    id: String,
+    customers: Vec<ledger::LedgerCustomer>,
+) -> Result<Vec<u128>> {
+    match confirm::confirm(session, &id, customers, Duration::ZERO).await {
+        Err(e) if e.downcast_ref::<ApiError>().and_then(ApiError::status) == Some(404) => {
+            ui::warn(format!(
+                "load: async action {id} is unknown to Voucherify (404); its customers are sent again"
+            ));
+            session.ledger.append(&LedgerEvent::Abandoned {
+                at: state::now(),
+                target: session.ledger.target.clone(),
+                async_action_id: id,
+                reason: "not found".into(),
+            })?;
+            Ok(vec![])
+        }
+        r => r,
+    }
+}
+
+/// Submit every batch with `concurrency` in flight; the first error (a
+/// batch, or reading the file) halts the load.
 async fn send_all(
     session: &Arc<Session>,
     progress: &Arc<Progress>,
-    batcher: &mut Batcher,
+    batcher: Batcher,
     concurrency: u32,
 ) -> Vec<Result<()>> {
     let ticker = {
@@ -627,19 +431,23 @@ async fn send_all(
             }
         })
     };
-    let r = stream::iter(batcher.by_ref())
+    let r = stream::iter(batcher)
+        .take_while(|_| std::future::ready(!session.is_halted()))
         .map(|batch| {
             let session = session.clone();
             let progress = progress.clone();
             async move {
-                if session.stop.load(Ordering::Relaxed) {
-                    return Ok(());
+                match batch {
+                    Ok(batch) => {
+                        session
+                            .halt_on_error(confirm::send_batch(&session, batch, &progress))
+                            .await
+                    }
+                    Err(e) => {
+                        session.halt();
+                        Err(e)
+                    }
                 }
-                let r = confirm::send_batch(&session, batch, &progress).await;
-                if r.is_err() {
-                    session.stop.store(true, Ordering::Relaxed);
-                }
-                r
             }
         })
         .buffer_unordered(concurrency as usize)

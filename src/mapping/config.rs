@@ -270,8 +270,29 @@ impl Mapping {
                 "fields" => {
                     m.fields = parse_fields(path, t)?;
                     m.fields.sort_by_key(|(f, _)| *f);
+                    if let Some(w) = m.fields.windows(2).find(|w| w[0].0 == w[1].0) {
+                        let key = w[0].0.key();
+                        return Err(err(
+                            path,
+                            format!(
+                                "line {}: [fields]: `{key}` is mapped twice (`\"{key}\"` and `{key}` name the same field); keep one",
+                                key_line(text, "fields", key, 2)
+                            ),
+                        ));
+                    }
                 }
-                "metadata" => m.metadata = parse_metadata(path, t)?,
+                "metadata" => {
+                    m.metadata = parse_metadata(path, t)?;
+                    if m.metadata.iter().any(|k| k.key.trim().is_empty()) {
+                        return Err(err(
+                            path,
+                            format!(
+                                "line {}: [metadata]: a metadata key is empty; name it",
+                                key_line(text, "metadata", "", 1)
+                            ),
+                        ));
+                    }
+                }
                 other => {
                     return Err(err(
                         path,
@@ -399,6 +420,35 @@ fn toml_list(items: &[String]) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     )
+}
+
+/// The line of the `nth` (from 1) key written as `key` in `[section]`,
+/// quoted or dotted; "?" when the text does not show it plainly.
+fn key_line(text: &str, section: &str, key: &str, nth: usize) -> String {
+    let mut inside = false;
+    let mut seen = 0;
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            inside = l.trim_start_matches('[').trim_end_matches(']').trim() == section;
+            continue;
+        }
+        let Some((k, _)) = l.split_once('=') else {
+            continue;
+        };
+        let k: String = k
+            .split('.')
+            .map(|p| p.trim().trim_matches('"'))
+            .collect::<Vec<_>>()
+            .join(".");
+        if inside && k == key {
+            seen += 1;
+            if seen == nth {
+                return (i + 1).to_string();
+            }
+        }
+    }
+    "?".into()
 }
 
 fn parse_fields(path: &Path, t: &toml::Table) -> Result<Vec<(Field, Vec<String>)>, UsageError> {
@@ -596,6 +646,14 @@ lifetime_value = { trait = "ltv", type = "number" }
             ),
             ("[source_id]\nkinds = [\"a\"]\n", "unknown key `kinds`"),
             ("[fields]\nname = \"a\"\nname = \"b\"\n", "line 3"),
+            (
+                "[fields]\n\"address.city\" = \"a\"\naddress.city = \"b\"\n",
+                "line 3: [fields]: `address.city` is mapped twice",
+            ),
+            (
+                "[metadata]\nplan = \"p\"\n\"\" = \"x\"\n",
+                "line 3: [metadata]: a metadata key is empty",
+            ),
             ("[fields\n", "line 1"),
         ] {
             let e = parse(text).unwrap_err();

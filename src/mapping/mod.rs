@@ -3,8 +3,13 @@
 //! default rules are below; a mapping file ([`config`]) replaces a field's
 //! sources and adds typed metadata keys ([`convert`]).
 
+pub mod args;
+pub mod command;
 pub mod config;
 pub mod convert;
+pub mod metadata_schema;
+
+pub use args::{MappingArgs, DEFAULT_MAPPING_FILE};
 
 pub use crate::records::MAPPED_TRAITS;
 use crate::records::{CustomerRow, ProfileRecord};
@@ -474,6 +479,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "sandbox")]
     fn the_slim_parse_maps_exactly_like_the_full_one() {
         let ds = crate::sandbox::data::Dataset::new(5, 400);
         for i in 0..ds.n {

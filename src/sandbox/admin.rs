@@ -55,6 +55,8 @@ fn endpoint_name(path: &str) -> &'static str {
         }
     } else if path.starts_with("/v1/customers/bulk") {
         "voucherify.customers_bulk_async"
+    } else if path == "/v1/customers" {
+        "voucherify.customers_list"
     } else if path.starts_with("/v1/customers/importCSV") {
         "voucherify.customers_import_csv"
     } else if path.starts_with("/v1/exports") {
@@ -98,6 +100,7 @@ impl Stats {
             "customers_without_source_id": get(&self.without_source_id),
             "customers_received": get(&self.customers_received),
             "bulk_requests_rejected": get(&self.bulk_rejected),
+            "async_actions_accepted": get(&self.bulk_accepted),
             "profiles": st.data.n,
             "activity": get(&self.activity),
             "identified_profiles": *st.identified.get_or_init(|| st.data.identified()),
@@ -167,6 +170,9 @@ pub fn start_churn(st: Arc<AppState>) {
         let mut owed = 0f64;
         loop {
             tick.tick().await;
+            if st.healed() {
+                return;
+            }
             owed += per_sec as f64 / 20.0;
             while owed >= 1.0 {
                 owed -= 1.0;

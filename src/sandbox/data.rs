@@ -172,7 +172,10 @@ impl Dataset {
 
     /// Generate profile `index` at `version`.
     pub fn profile(&self, index: u64, version: u32) -> GeneratedProfile {
-        let mut r = rng(self.seed, index, version as u64);
+        // Activity changes a profile's description and `updated_at`; every
+        // other trait stays, so a later version removes nothing (an upsert
+        // never clears a field, and the oracle must not expect it to).
+        let mut r = rng(self.seed, index, 0);
         let segment_id = self.segment_id(index);
         let user_id = self.user_id(index);
         let first = FIRST[r.gen_range(0..FIRST.len())];
@@ -190,190 +193,12 @@ impl Dataset {
             }
         }
 
-        match index % 6 {
-            0 => {
-                t.insert("name".into(), json!(format!("{first} {last}")));
-                t.insert("firstName".into(), json!("Ignored"));
-                e.name = Some(format!("{first} {last}"));
-            }
-            1 => {
-                t.insert("firstName".into(), json!(first));
-                t.insert("lastName".into(), json!(last));
-                e.name = Some(format!("{first} {last}"));
-            }
-            2 => {
-                t.insert("first_name".into(), json!(first));
-                t.insert("last_name".into(), json!(last));
-                e.name = Some(format!("{first} {last}"));
-            }
-            3 => {
-                t.insert("firstName".into(), json!(first));
-                e.name = Some(first.to_string());
-            }
-            4 => {
-                t.insert("last_name".into(), json!(last));
-                t.insert("name".into(), json!(""));
-                e.name = Some(last.to_string());
-            }
-            _ => {}
-        }
-
-        let email = format!("{}.{}{index}@example.com", ascii(first), ascii(last));
-        if index % 9 != 8 {
-            t.insert("email".into(), json!(email));
-            e.email = Some(email);
-        }
-        if index % 3 == 0 {
-            let phone = format!(
-                "+48 {:03} {:03} {:03}",
-                r.gen_range(500..900),
-                r.gen_range(0..1000),
-                r.gen_range(0..1000)
-            );
-            t.insert("phone".into(), json!(phone));
-            e.phone = Some(phone);
-        } else if index % 3 == 1 {
-            let phone = r.gen_range(100_000_000u64..999_999_999);
-            t.insert("phone".into(), json!(phone)); // a number, as some sources send it
-            e.phone = Some(phone.to_string());
-        }
-
-        let (y, m, d) = (
-            r.gen_range(1950..2006),
-            r.gen_range(1..13),
-            r.gen_range(1..29),
-        );
-        let mut bad_birthdate = false;
-        match index % 7 {
-            0 => {
-                t.insert("birthdate".into(), json!(format!("{y:04}-{m:02}-{d:02}")));
-                e.birthdate = Some(format!("{y:04}-{m:02}-{d:02}"));
-            }
-            1 => {
-                t.insert("birthday".into(), json!(format!("{y:04}-{m:02}-{d:02}")));
-                e.birthdate = Some(format!("{y:04}-{m:02}-{d:02}"));
-            }
-            2 => {
-                t.insert(
-                    "birthday".into(),
-                    json!(format!("{y:04}-{m:02}-{d:02}T23:30:00.000Z")),
-                );
-                e.birthdate = Some(format!("{y:04}-{m:02}-{d:02}"));
-            }
-            3 => {
-                t.insert("birthdate".into(), json!(format!("{d:02}/{m:02}/{y:04}")));
-                bad_birthdate = true;
-            }
-            4 => {
-                t.insert("birthday".into(), json!(format!("{y:04}-02-30")));
-                bad_birthdate = true;
-            }
-            _ => {}
-        }
-
-        let city = CITIES[(index as usize) % CITIES.len()];
-        let country = COUNTRIES[(index as usize) % COUNTRIES.len()];
-        let street = format!(
-            "ul. Długa {}, m. {}",
-            r.gen_range(1..200),
-            r.gen_range(1..50)
-        );
-        let (a, b) = (r.gen_range(0..100), r.gen_range(0..1000));
-        // Some postal codes are digits with leading zeros (as in Oslo, Rome
-        // or Boston): the values a spreadsheet damages.
-        let postal = if index % 3 == 0 {
-            format!("{:05}", a * 10 + b % 10)
-        } else {
-            format!("{a:02}-{b:03}")
-        };
-        match index % 5 {
-            0 => {
-                t.insert("address".into(), json!({"street": street, "city": city, "state": "Małopolska", "postalCode": postal, "country": country}));
-                (
-                    e.address_line_1,
-                    e.address_city,
-                    e.address_state,
-                    e.address_postal_code,
-                    e.address_country,
-                ) = (
-                    Some(street),
-                    Some(city.into()),
-                    Some("Małopolska".into()),
-                    Some(postal),
-                    Some(country.into()),
-                );
-            }
-            1 => {
-                t.insert("address".into(), json!({"line_1": street, "line_2": "Floor 2\nDoor \"B\"", "postal_code": postal, "city": city}));
-                (
-                    e.address_line_1,
-                    e.address_line_2,
-                    e.address_postal_code,
-                    e.address_city,
-                ) = (
-                    Some(street),
-                    Some("Floor 2\nDoor \"B\"".into()),
-                    Some(postal),
-                    Some(city.into()),
-                );
-            }
-            2 => {
-                t.insert("street".into(), json!(street));
-                t.insert("city".into(), json!(city));
-                t.insert("postal_code".into(), json!(postal));
-                t.insert("country".into(), json!(country));
-                (
-                    e.address_line_1,
-                    e.address_city,
-                    e.address_postal_code,
-                    e.address_country,
-                ) = (
-                    Some(street),
-                    Some(city.into()),
-                    Some(postal),
-                    Some(country.into()),
-                );
-            }
-            3 => {
-                t.insert("address".into(), json!("see line_1"));
-                t.insert("line_1".into(), json!(street));
-                t.insert("postalCode".into(), json!(postal));
-                (e.address_line_1, e.address_postal_code) = (Some(street), Some(postal));
-            }
-            _ => {}
-        }
-
-        match index % 4 {
-            0 => {
-                let tier = ["gold", "silver", "bronze"][index as usize % 3];
-                let m = json!({"tier": tier, "score": r.gen_range(0..1000), "tags": ["a", "b"], "nested": {"ok": true}});
-                t.insert("metadata".into(), m.clone());
-                e.metadata = Some(m);
-            }
-            1 => {
-                t.insert("metadata".into(), json!("not an object"));
-            }
-            _ => {}
-        }
-
-        let description = match index % 10 {
-            0 => Some("Said \"hi\", then left,\nand came back".to_string()),
-            1 => Some("=HYPERLINK(\"http://example.com\",\"click\")".to_string()),
-            2 => Some("+1 loyal".to_string()),
-            3 => Some("@twitter_handle".to_string()),
-            4 => Some("-5 points".to_string()),
-            5 => Some("Zoë Ångström — 東京 🎉".to_string()),
-            6 => Some("'quoted".to_string()),
-            _ => None,
-        };
-        let description = match (description, version) {
-            (d, 0) => d,
-            (_, v) => Some(format!("changed in version {v}")),
-        };
-        if let Some(d) = description {
-            t.insert("description".into(), json!(d));
-            e.description = Some(d);
-        }
+        names(index, first, last, &mut t, &mut e);
+        contact(index, first, last, &mut r, &mut t, &mut e);
+        let bad_birthdate = birthdate(index, &mut r, &mut t, &mut e);
+        address(index, &mut r, &mut t, &mut e);
+        metadata(index, &mut r, &mut t, &mut e);
+        description(index, version, &mut t, &mut e);
 
         let external_ids = self.external_ids(index, &mut r);
         custom_traits(index, &mut t);
@@ -464,13 +289,13 @@ fn ascii(s: &str) -> String {
 /// a metadata type losslessly (`"340"` → 340, `"true"` → true) and that do
 /// not (`"n/a"`, `"yes"`).
 fn custom_traits(index: u64, t: &mut Map<String, Value>) {
-    if index % 4 != 0 {
+    if !index.is_multiple_of(4) {
         t.insert(
             "bio".into(),
             json!(format!("Customer since {}", 2015 + index % 10)),
         );
     }
-    if index % 3 == 0 {
+    if index.is_multiple_of(3) {
         t.insert(
             "Campaign Name".into(),
             json!(format!("Spring {}", index % 5)),
@@ -489,7 +314,7 @@ fn custom_traits(index: u64, t: &mut Map<String, Value>) {
         2 => t.insert("ltv".into(), json!("n/a")),
         _ => None,
     };
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         t.insert("mobile".into(), json!(format!("+47 {index:08}")));
     }
 }
@@ -499,6 +324,227 @@ pub fn iso(epoch: i64) -> String {
     jiff::Timestamp::from_second(epoch.max(0))
         .map(|t| format!("{t:.3}"))
         .unwrap_or_default()
+}
+
+/// Each name style the mapping reads.
+fn names(
+    index: u64,
+    first: &str,
+    last: &str,
+    t: &mut Map<String, Value>,
+    e: &mut ExpectedCustomer,
+) {
+    match index % 6 {
+        0 => {
+            t.insert("name".into(), json!(format!("{first} {last}")));
+            t.insert("firstName".into(), json!("Ignored"));
+            e.name = Some(format!("{first} {last}"));
+        }
+        1 => {
+            t.insert("firstName".into(), json!(first));
+            t.insert("lastName".into(), json!(last));
+            e.name = Some(format!("{first} {last}"));
+        }
+        2 => {
+            t.insert("first_name".into(), json!(first));
+            t.insert("last_name".into(), json!(last));
+            e.name = Some(format!("{first} {last}"));
+        }
+        3 => {
+            t.insert("firstName".into(), json!(first));
+            e.name = Some(first.to_string());
+        }
+        4 => {
+            t.insert("last_name".into(), json!(last));
+            t.insert("name".into(), json!(""));
+            e.name = Some(last.to_string());
+        }
+        _ => {}
+    }
+}
+
+/// Email (most profiles) and phone (a string, or a number as some sources send it).
+fn contact(
+    index: u64,
+    first: &str,
+    last: &str,
+    r: &mut StdRng,
+    t: &mut Map<String, Value>,
+    e: &mut ExpectedCustomer,
+) {
+    let email = format!("{}.{}{index}@example.com", ascii(first), ascii(last));
+    if index % 9 != 8 {
+        t.insert("email".into(), json!(email));
+        e.email = Some(email);
+    }
+    if index.is_multiple_of(3) {
+        let phone = format!(
+            "+48 {:03} {:03} {:03}",
+            r.gen_range(500..900),
+            r.gen_range(0..1000),
+            r.gen_range(0..1000)
+        );
+        t.insert("phone".into(), json!(phone));
+        e.phone = Some(phone);
+    } else if index % 3 == 1 {
+        let phone = r.gen_range(100_000_000u64..999_999_999);
+        t.insert("phone".into(), json!(phone)); // a number, as some sources send it
+        e.phone = Some(phone.to_string());
+    }
+}
+
+/// `birthdate` or `birthday`, valid, as a date-time, or invalid; true when invalid.
+fn birthdate(
+    index: u64,
+    r: &mut StdRng,
+    t: &mut Map<String, Value>,
+    e: &mut ExpectedCustomer,
+) -> bool {
+    let (y, m, d) = (
+        r.gen_range(1950..2006),
+        r.gen_range(1..13),
+        r.gen_range(1..29),
+    );
+    match index % 7 {
+        0 => {
+            t.insert("birthdate".into(), json!(format!("{y:04}-{m:02}-{d:02}")));
+            e.birthdate = Some(format!("{y:04}-{m:02}-{d:02}"));
+        }
+        1 => {
+            t.insert("birthday".into(), json!(format!("{y:04}-{m:02}-{d:02}")));
+            e.birthdate = Some(format!("{y:04}-{m:02}-{d:02}"));
+        }
+        2 => {
+            t.insert(
+                "birthday".into(),
+                json!(format!("{y:04}-{m:02}-{d:02}T23:30:00.000Z")),
+            );
+            e.birthdate = Some(format!("{y:04}-{m:02}-{d:02}"));
+        }
+        3 => {
+            t.insert("birthdate".into(), json!(format!("{d:02}/{m:02}/{y:04}")));
+            return true;
+        }
+        4 => {
+            t.insert("birthday".into(), json!(format!("{y:04}-02-30")));
+            return true;
+        }
+        _ => {}
+    }
+    false
+}
+
+/// Nested and flat addresses, and an `address` that is not an object.
+fn address(index: u64, r: &mut StdRng, t: &mut Map<String, Value>, e: &mut ExpectedCustomer) {
+    let city = CITIES[(index as usize) % CITIES.len()];
+    let country = COUNTRIES[(index as usize) % COUNTRIES.len()];
+    let street = format!(
+        "ul. Długa {}, m. {}",
+        r.gen_range(1..200),
+        r.gen_range(1..50)
+    );
+    let (a, b) = (r.gen_range(0..100), r.gen_range(0..1000));
+    // Some postal codes are digits with leading zeros (as in Oslo, Rome
+    // or Boston): the values a spreadsheet damages.
+    let postal = if index.is_multiple_of(3) {
+        format!("{:05}", a * 10 + b % 10)
+    } else {
+        format!("{a:02}-{b:03}")
+    };
+    match index % 5 {
+        0 => {
+            t.insert("address".into(), json!({"street": street, "city": city, "state": "Małopolska", "postalCode": postal, "country": country}));
+            (
+                e.address_line_1,
+                e.address_city,
+                e.address_state,
+                e.address_postal_code,
+                e.address_country,
+            ) = (
+                Some(street),
+                Some(city.into()),
+                Some("Małopolska".into()),
+                Some(postal),
+                Some(country.into()),
+            );
+        }
+        1 => {
+            t.insert("address".into(), json!({"line_1": street, "line_2": "Floor 2\nDoor \"B\"", "postal_code": postal, "city": city}));
+            (
+                e.address_line_1,
+                e.address_line_2,
+                e.address_postal_code,
+                e.address_city,
+            ) = (
+                Some(street),
+                Some("Floor 2\nDoor \"B\"".into()),
+                Some(postal),
+                Some(city.into()),
+            );
+        }
+        2 => {
+            t.insert("street".into(), json!(street));
+            t.insert("city".into(), json!(city));
+            t.insert("postal_code".into(), json!(postal));
+            t.insert("country".into(), json!(country));
+            (
+                e.address_line_1,
+                e.address_city,
+                e.address_postal_code,
+                e.address_country,
+            ) = (
+                Some(street),
+                Some(city.into()),
+                Some(postal),
+                Some(country.into()),
+            );
+        }
+        3 => {
+            t.insert("address".into(), json!("see line_1"));
+            t.insert("line_1".into(), json!(street));
+            t.insert("postalCode".into(), json!(postal));
+            (e.address_line_1, e.address_postal_code) = (Some(street), Some(postal));
+        }
+        _ => {}
+    }
+}
+
+/// A `metadata` trait: an object, or not one.
+fn metadata(index: u64, r: &mut StdRng, t: &mut Map<String, Value>, e: &mut ExpectedCustomer) {
+    match index % 4 {
+        0 => {
+            let tier = ["gold", "silver", "bronze"][index as usize % 3];
+            let m = json!({"tier": tier, "score": r.gen_range(0..1000), "tags": ["a", "b"], "nested": {"ok": true}});
+            t.insert("metadata".into(), m.clone());
+            e.metadata = Some(m);
+        }
+        1 => {
+            t.insert("metadata".into(), json!("not an object"));
+        }
+        _ => {}
+    }
+}
+
+/// Descriptions hostile to CSV and spreadsheets; a new one per version.
+fn description(index: u64, version: u32, t: &mut Map<String, Value>, e: &mut ExpectedCustomer) {
+    let description = match index % 10 {
+        0 => Some("Said \"hi\", then left,\nand came back".to_string()),
+        1 => Some("=HYPERLINK(\"http://example.com\",\"click\")".to_string()),
+        2 => Some("+1 loyal".to_string()),
+        3 => Some("@twitter_handle".to_string()),
+        4 => Some("-5 points".to_string()),
+        5 => Some("Zoë Ångström — 東京 🎉".to_string()),
+        6 => Some("'quoted".to_string()),
+        _ => None,
+    };
+    let description = match (description, version) {
+        (d, 0) => d,
+        (_, v) => Some(format!("changed in version {v}")),
+    };
+    if let Some(d) = description {
+        t.insert("description".into(), json!(d));
+        e.description = Some(d);
+    }
 }
 
 #[cfg(test)]

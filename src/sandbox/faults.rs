@@ -22,12 +22,33 @@ impl Faults {
         }
     }
 
+    /// How long this answer takes.
+    fn latency(&self, o: &SandboxOptions) -> Duration {
+        let Some(l) = o.latency else {
+            return Duration::from_millis(o.latency_ms);
+        };
+        let Ok(mut r) = self.rng.lock() else {
+            return Duration::from_millis(l.median_ms);
+        };
+        let spread = if l.jitter > 0.0 {
+            r.gen_range(-l.jitter..l.jitter)
+        } else {
+            0.0
+        };
+        let mut ms = l.median_ms as f64 * (1.0 + spread);
+        if l.tail_share > 0.0 && r.gen_bool(l.tail_share.min(1.0)) {
+            ms = l.median_ms as f64 * f64::from(l.tail_factor);
+        }
+        Duration::from_millis(ms.max(0.0) as u64)
+    }
+
     /// Delay the request, and maybe answer it with a fault instead.
     pub async fn inject(&self, st: &AppState, api: Api) -> Option<Response> {
-        if st.opts.latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(st.opts.latency_ms)).await;
+        let latency = self.latency(&st.opts);
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
         }
-        if st.opts.fault_rate <= 0.0 {
+        if st.opts.fault_rate <= 0.0 || st.healed() {
             return None;
         }
         let (fault, kind) = match self.rng.lock() {
@@ -73,7 +94,7 @@ impl Faults {
                         "server_error",
                         "injected fault",
                     ),
-                    Api::Voucherify => super::voucherify::error(
+                    Api::Voucherify => super::checks::error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "Service Unavailable",
                         "injected fault",

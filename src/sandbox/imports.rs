@@ -10,13 +10,19 @@
 //!   whose headers are matched to the standard fields case-insensitively;
 //!   any other column becomes a metadata key, as text. The job runs on the
 //!   same one-at-a-time queue as bulk upserts (`CUSTOMERS.IMPORT_CSV`).
-//!   Silent in the docs, so pessimistic: **an empty cell clears** the field
-//!   (or metadata key) of a customer that has it. A row without `Source_id`,
+//!   An existing customer is **fully overwritten** (standard attributes and
+//!   metadata: what the row does not give is gone). Silent in the docs, so
+//!   pessimistic: an empty standard cell leaves the field unset, and an empty
+//!   metadata cell is stored as `""` (undefined metadata "is stored as
+//!   unknown metadata and treated as a string"). A header with a space fails
+//!   the whole file ("No spaces allowed in field names"); `Id` and the
+//!   template's `City`, `State`, `Country`, `Postal_Code` are never metadata. A row without `Source_id`,
 //!   or with an invalid email or birthdate, fails alone, reported as
 //!   `{source_id, row, reason}` with rows counted from 1 after the header.
 //!   Over the body limit: 413.
 
-use super::voucherify::{enqueue, error, valid_date, Work};
+use super::checks::{error, valid_date};
+use super::queue::{enqueue, Work};
 use super::AppState;
 use axum::body::Bytes;
 use axum::extract::{Multipart, Path, Query, State};
@@ -44,7 +50,16 @@ pub struct ImportCsv {
     rows: Vec<Vec<String>>,
 }
 
-const STANDARD: [(&str, &str); 12] = [
+/// Header names (compared case-insensitively) and the field each fills.
+/// Besides the standard columns: `Id` is Voucherify's own customer id, and
+/// the dashboard template's `City`, `State`, `Country`, `Postal_Code` are
+/// address fields: such a column is never metadata.
+const STANDARD: [(&str, &str); 17] = [
+    ("id", "id"),
+    ("city", "city"),
+    ("state", "state"),
+    ("country", "country"),
+    ("postal_code", "postal_code"),
     ("source_id", "source_id"),
     ("name", "name"),
     ("email", "email"),
@@ -125,9 +140,12 @@ pub async fn get_export(
         .get("host")
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1");
-    let result = if done {
+    let file = !st.opts.export_without_file || st.healed();
+    let result = if done && file {
         json!({"url": format!("http://{host}/_sandbox/downloads/{id}?token={}", e.token)})
     } else {
+        // Both `result` and `result.url` are nullable: a DONE export may
+        // come without a file.
         Value::Null
     };
     Json(
@@ -137,13 +155,40 @@ pub async fn get_export(
     .into_response()
 }
 
-/// The export's file: no application keys, the token in the URL instead.
+/// `GET /v1/customers?limit=N`: the first customers the project holds
+/// (`{object: "list", data_ref: "customers", customers, total}`).
+pub async fn list_customers(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(10)
+        .clamp(1, 100);
+    let Ok(held) = st.customers.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let first: Vec<Value> = held.values().take(limit).cloned().collect();
+    Json(
+        json!({"object": "list", "data_ref": "customers", "customers": first, "total": held.len()}),
+    )
+    .into_response()
+}
+
+/// The export's file, downloaded "together with authentication headers"
+/// (the export guide): the application keys are required, as well as the
+/// URL's own token.
 pub async fn download(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     st.stats.count("voucherify.export_download");
+    if !super::checks::authorized(&st, &headers) {
+        return super::checks::unauthorized();
+    }
     let Ok(exports) = st.exports.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
@@ -254,12 +299,34 @@ pub async fn import_csv(State(st): State<Arc<AppState>>, mut form: Multipart) ->
             }
         }
     }
-    let id = enqueue(
-        &st,
-        "CUSTOMERS.IMPORT_CSV",
-        Work::Import(ImportCsv { header, rows }),
-    );
+    let csv = ImportCsv { header, rows };
+    let work: Work = Box::new(move |st: &AppState| run(st, csv));
+    let id = enqueue(&st, "CUSTOMERS.IMPORT_CSV", work);
     (StatusCode::ACCEPTED, Json(json!({"async_action_id": id}))).into_response()
+}
+
+/// An import's turn in the queue: a whole-file failure (the world's
+/// reading, or a header with a space), else the file applied.
+fn run(st: &AppState, csv: ImportCsv) -> Result<Value, Value> {
+    let failed =
+        |why: String| json!({"message": why, "done_count": 0, "failed_count": 0, "failed": []});
+    if st.opts.import_fails_whole && !st.healed() {
+        return Err(failed(
+            "Import failed: the file could not be processed".into(),
+        ));
+    }
+    if let Some(why) = refused(&csv) {
+        return Err(failed(why));
+    }
+    Ok(process(st, csv))
+}
+
+/// Why a whole file is refused, if it is: "No spaces allowed in field names".
+pub fn refused(csv: &ImportCsv) -> Option<String> {
+    csv.header
+        .iter()
+        .find(|h| h.chars().any(char::is_whitespace))
+        .map(|h| format!("Import failed: invalid header {h:?}: no spaces allowed in field names"))
 }
 
 /// Apply an import file to what the project holds.
@@ -306,21 +373,43 @@ pub fn process(st: &AppState, csv: ImportCsv) -> Value {
         } else {
             None
         };
+        let problem = problem.or_else(|| {
+            let new = !held.contains_key(&sid);
+            let meta: Map<String, Value> = csv
+                .header
+                .iter()
+                .zip(&columns)
+                .zip(row)
+                .filter(|((_, c), _)| c.is_none())
+                .map(|((h, _), v)| (h.clone(), json!(v)))
+                .collect();
+            super::metadata::missing_required(st, new, Some(&Value::Object(meta)))
+        });
         if let Some(reason) = problem {
             failed.push(json!({"source_id": if sid.is_empty() { Value::Null } else { json!(sid) }, "row": row_no, "reason": reason}));
             continue;
         }
         done += 1;
+        st.note_applied(&sid, &row.join("\u{1f}"));
         let c = held.entry(sid.clone()).or_insert_with(
             || json!({"id": format!("cust_{sid}"), "source_id": sid, "object": "customer"}),
         );
         let Some(obj) = c.as_object_mut() else {
             continue;
         };
+        // "fully overwritten": an existing customer keeps nothing of its
+        // standard attributes and metadata but what the row gives.
+        for (_, f) in STANDARD {
+            if !matches!(f, "id" | "source_id") {
+                obj.remove(f);
+            }
+        }
+        obj.remove("address");
+        obj.remove("metadata");
         for (p, (h, col)) in csv.header.iter().zip(&columns).enumerate() {
             let v = row.get(p).map(String::as_str).unwrap_or("");
             match col {
-                Some("source_id") => {}
+                Some("source_id" | "id") => {}
                 Some(f @ ("line_1" | "line_2" | "city" | "state" | "postal_code" | "country")) => {
                     let addr = obj.entry("address").or_insert_with(|| json!({}));
                     if let Some(a) = addr.as_object_mut() {
@@ -329,9 +418,12 @@ pub fn process(st: &AppState, csv: ImportCsv) -> Value {
                 }
                 Some(f) => set_or_clear(obj, f, v),
                 None => {
+                    // Metadata the schema does not define "is stored as
+                    // unknown metadata and treated as a string": an empty
+                    // cell is stored as "" (the pessimistic reading).
                     let meta = obj.entry("metadata").or_insert_with(|| json!({}));
                     if let Some(m) = meta.as_object_mut() {
-                        set_or_clear(m, h, v);
+                        m.insert(h.clone(), json!(v));
                     }
                 }
             }

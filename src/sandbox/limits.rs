@@ -104,8 +104,14 @@ impl Limits {
     /// The monthly cycle and the hourly bulk bucket. Err: the 429 to answer.
     #[allow(clippy::result_large_err)]
     pub fn voucherify_quotas(&self, st: &AppState, bulk: bool) -> Result<(), Response> {
+        if st.healed() {
+            return Ok(());
+        }
         if let Some(quota) = st.opts.cycle_quota {
             if self.cycle_used.fetch_add(1, Ordering::Relaxed) >= quota {
+                if let Ok(mut t) = st.quota_spent_at.lock() {
+                    t.get_or_insert_with(Instant::now);
+                }
                 st.stats
                     .throttled_voucherify
                     .fetch_add(1, Ordering::Relaxed);

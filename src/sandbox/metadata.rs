@@ -38,11 +38,22 @@ fn fits(def: &Map<String, Value>, v: &Value) -> bool {
         "string" | "image_url" => v.is_string(),
         "number" => v.is_number(),
         "boolean" => v.is_boolean(),
-        "date" => v.as_str().is_some_and(super::voucherify::valid_date),
+        "date" => v
+            .as_str()
+            .is_some_and(|s| super::checks::valid_date(s) || s.parse::<jiff::Timestamp>().is_ok()),
         "datetime" => v
             .as_str()
             .is_some_and(|s| s.len() > 10 && s.parse::<jiff::Timestamp>().is_ok()),
-        "object" | "geopoint" => v.is_object(),
+        "object" => v.is_object(),
+        // An object, or the documented string "37.786971, -122.399677".
+        "geopoint" => {
+            v.is_object()
+                || v.as_str().is_some_and(|s| {
+                    s.split_once(',').is_some_and(|(a, b)| {
+                        a.trim().parse::<f64>().is_ok() && b.trim().parse::<f64>().is_ok()
+                    })
+                })
+        }
         _ => true,
     };
     if !ok_type {
@@ -116,4 +127,27 @@ pub fn violation(st: &AppState, metadata: &Value) -> Option<String> {
         }
     }
     None
+}
+
+/// A new customer without a key the schema requires (`optional: false`):
+/// "If you do not include required metadata when sending a request,
+/// Voucherify rejects it with a validation error." Existing customers keep
+/// what they have, so only new ones are held to it.
+pub fn missing_required(st: &AppState, new: bool, metadata: Option<&Value>) -> Option<String> {
+    if !new {
+        return None;
+    }
+    let schema = st.metadata_schema.read().ok()?.clone()?;
+    let props = schema.get("properties").and_then(Value::as_object)?;
+    props
+        .iter()
+        .filter(|(_, d)| {
+            d.get("optional") == Some(&json!(false)) && d.get("deleted") != Some(&json!(true))
+        })
+        .find(|(k, _)| {
+            metadata
+                .and_then(|m| m.get(k.as_str()))
+                .is_none_or(Value::is_null)
+        })
+        .map(|(k, _)| format!("metadata property {k:?} is required"))
 }

@@ -12,15 +12,18 @@
 
 pub mod activity;
 pub mod admin;
+pub mod checks;
 pub mod data;
 pub mod faults;
 pub mod imports;
 pub mod limits;
 pub mod metadata;
 pub mod profiles_sync;
+pub mod queue;
 pub mod schema;
 pub mod segment;
 pub mod voucherify;
+pub mod world;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
@@ -72,6 +75,22 @@ pub struct SandboxOptions {
     pub metadata_schema: Option<Value>,
     /// Break the API contract in one way, to test the client's defences.
     pub misbehave: Option<Misbehave>,
+    /// A latency distribution around `latency_ms` (None: exactly `latency_ms`).
+    pub latency: Option<Latency>,
+    /// Exports end `DONE` with `result: null`: no file (both are nullable).
+    pub export_without_file: bool,
+    /// CSV imports end `FAILED` as a whole, with `operation_status` and a message.
+    pub import_fails_whole: bool,
+}
+
+/// How long answers take: `median_ms`, spread by ±`jitter` (a share of the
+/// median), and a `tail_share` of answers `tail_factor` times slower.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    pub median_ms: u64,
+    pub jitter: f64,
+    pub tail_share: f64,
+    pub tail_factor: u32,
 }
 
 /// Ways the sandbox can break the API contract on purpose.
@@ -119,6 +138,9 @@ impl Default for SandboxOptions {
             anonymous_percent: 0,
             metadata_schema: None,
             misbehave: None,
+            latency: None,
+            export_without_file: false,
+            import_fails_whole: false,
         }
     }
 }
@@ -149,7 +171,7 @@ pub struct AppState {
     pub customers: Mutex<BTreeMap<String, Value>>,
     /// How often each `source_id` arrived in a bulk request.
     pub receipts: Mutex<HashMap<String, u64>>,
-    pub actions: Mutex<HashMap<String, voucherify::Action>>,
+    pub actions: Mutex<HashMap<String, queue::Action>>,
     pub exports: Mutex<HashMap<String, imports::Export>>,
     pub stats: admin::Stats,
     pub faults: faults::Faults,
@@ -159,7 +181,31 @@ pub struct AppState {
     /// Profiles with a `user_id`, counted once when first asked.
     pub identified: std::sync::OnceLock<u64>,
     /// The project's bulk job queue.
-    pub jobs: tokio::sync::mpsc::UnboundedSender<voucherify::Job>,
+    pub jobs: tokio::sync::mpsc::UnboundedSender<queue::Job>,
+    /// Faults off, quotas refilled, churn stopped, the kind readings again
+    /// ([`Sandbox::heal`]).
+    pub healed: std::sync::atomic::AtomicBool,
+    /// When the monthly quota first answered 429.
+    pub quota_spent_at: Mutex<Option<std::time::Instant>>,
+    /// Each customer content applied (a hash of source_id and content), and
+    /// how often: a content applied twice was sent again after it was done.
+    pub applied: Mutex<HashMap<u64, u32>>,
+}
+
+impl AppState {
+    pub fn healed(&self) -> bool {
+        self.healed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Count one application of `content` to customer `sid`.
+    pub fn note_applied(&self, sid: &str, content: &str) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (sid, content).hash(&mut h);
+        if let Ok(mut a) = self.applied.lock() {
+            *a.entry(h.finish()).or_default() += 1;
+        }
+    }
 }
 
 /// Seconds since the epoch, by the sandbox's own clock.
@@ -194,7 +240,7 @@ impl Sandbox {
             app_id: format!("sbx-app-{}", hex(8)),
             secret_key: format!("sbx_key_{}", hex(24)),
         };
-        let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
+        let (jobs, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
         let state = Arc::new(AppState {
             jobs,
             identified: std::sync::OnceLock::new(),
@@ -216,9 +262,12 @@ impl Sandbox {
             faults: faults::Faults::new(&opts),
             limits: limits::Limits::new(&opts),
             seq: AtomicU64::new(0),
+            healed: Default::default(),
+            quota_spent_at: Mutex::default(),
+            applied: Mutex::default(),
             opts,
         });
-        voucherify::start_queue(state.clone(), queue);
+        queue::start(state.clone(), jobs_rx);
         admin::start_churn(state.clone());
         let base = "/v1/spaces/{space}/collections/users/profiles";
         let app = Router::new()
@@ -229,11 +278,12 @@ impl Sandbox {
                 get(segment::external_ids),
             )
             .route("/v1/customers/bulk/async", post(voucherify::bulk_async))
-            .route("/v1/async-actions/{id}", get(voucherify::async_action))
+            .route("/v1/async-actions/{id}", get(queue::get))
             .route("/v1/metadata-schemas", get(metadata::list))
             .route("/v1/exports", post(imports::create_export))
             .route("/v1/exports/{id}", get(imports::get_export))
             .route("/v1/customers/importCSV", post(imports::import_csv))
+            .route("/v1/customers", get(imports::list_customers))
             .route("/_sandbox/downloads/{id}", get(imports::download))
             .route("/_sandbox/customers", get(admin::customers))
             .route("/_sandbox/stats", get(admin::stats))
@@ -344,6 +394,29 @@ impl Sandbox {
         self.state.limits.reset_quotas();
     }
 
+    /// End the world's trouble: faults and quotas off, churn stopped, exports
+    /// with files and imports that work (latency and rate limits stay).
+    pub fn heal(&self) {
+        self.state
+            .healed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.state.limits.reset_quotas();
+    }
+
+    /// When the monthly quota first answered 429, if it did.
+    pub fn quota_spent_at(&self) -> Option<std::time::Instant> {
+        self.state.quota_spent_at.lock().ok().and_then(|t| *t)
+    }
+
+    /// Customer contents applied more than once (each extra time counts).
+    pub fn repeated_applications(&self) -> u64 {
+        self.state
+            .applied
+            .lock()
+            .map(|a| a.values().map(|&n| u64::from(n.saturating_sub(1))).sum())
+            .unwrap_or(0)
+    }
+
     pub fn stats(&self) -> Value {
         self.state.stats.to_json(&self.state)
     }
@@ -401,8 +474,8 @@ async fn gate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
             segment::with_request_id(&st, next.run(req).await)
         }
         Api::Voucherify => {
-            if !voucherify::authorized(&st, req.headers()) {
-                return voucherify::unauthorized();
+            if !checks::authorized(&st, req.headers()) {
+                return checks::unauthorized();
             }
             let bulk =
                 path.starts_with("/v1/customers/bulk") && req.method() == axum::http::Method::POST;

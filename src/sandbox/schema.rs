@@ -44,7 +44,7 @@ fn check(schema: &Value, value: &Value, path: &str, formats: bool, errors: &mut 
     }
     if formats && s.get("format").and_then(Value::as_str) == Some("date") {
         if let Some(text) = value.as_str() {
-            if !super::voucherify::valid_date(text) {
+            if !super::checks::valid_date(text) {
                 errors.push(format!("{path}: {text:?} is not a date (YYYY-MM-DD)"));
             }
         }

@@ -5,120 +5,20 @@
 //! upsert by `source_id` that merges what a request gives into what the
 //! project holds. Auth by `X-App-Id` and `X-App-Token`.
 
+use super::checks::{error, valid_date};
 use super::{schema, AppState, Misbehave};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rand::Rng;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Customers one bulk request may carry (a Voucherify maintainer, in
 /// voucherify-java-sdk PR #113; the seed's README: "a maximum of 100 records").
 pub const MAX_CUSTOMERS: usize = 100;
-
-/// An async action the project holds.
-pub struct Action {
-    /// `CUSTOMERS.BULK_UPDATE` or `CUSTOMERS.IMPORT_CSV`.
-    kind: &'static str,
-    created: Instant,
-    finished: Option<Instant>,
-    created_at: String,
-    /// When the status last changed (the vendor's example: `updated_at` is
-    /// the finish time of a DONE action, `processing_time` the time from
-    /// creation to it, queue wait included).
-    updated_at: String,
-    status: &'static str,
-    result: Option<Value>,
-}
-
-/// A bulk job waiting in the project's queue.
-pub struct Job {
-    id: String,
-    created: Instant,
-    work: Work,
-    first: bool,
-}
-
-/// What a queued job does.
-pub enum Work {
-    /// A bulk upsert of these customers.
-    Bulk(Vec<Value>),
-    /// A CSV import: its header and rows.
-    Import(super::imports::ImportCsv),
-}
-
-/// Voucherify's documented queue: "the request is put into a queue and
-/// processed once every other bulk request placed in the queue prior to this
-/// request is finished". One worker, one job at a time, in submission order,
-/// each taking `--processing-ms`.
-pub fn start_queue(st: Arc<AppState>, mut jobs: tokio::sync::mpsc::UnboundedReceiver<Job>) {
-    tokio::spawn(async move {
-        while let Some(job) = jobs.recv().await {
-            // A job is picked up from the queue a moment after it arrives:
-            // a client always sees it ENQUEUED first.
-            let pickup = job.created + Duration::from_millis(st.opts.processing_ms / 4);
-            tokio::time::sleep_until(pickup.into()).await;
-            set_status(&st, &job.id, "IN_PROGRESS", None);
-            if st.opts.misbehave == Some(Misbehave::StuckAction) {
-                // The job never finishes, and the queue behind it never moves.
-                std::future::pending::<()>().await;
-            }
-            tokio::time::sleep(Duration::from_millis(st.opts.processing_ms)).await;
-            if st.opts.misbehave == Some(Misbehave::FailFirstAction) && job.first {
-                set_status(&st, &job.id, "FAILED", None);
-                continue;
-            }
-            let result = match job.work {
-                Work::Bulk(customers) => process(&st, customers),
-                Work::Import(csv) => super::imports::process(&st, csv),
-            };
-            set_status(&st, &job.id, "DONE", Some(result));
-        }
-    });
-}
-
-/// Now as RFC 3339 with milliseconds.
-fn now_text() -> String {
-    format!("{:.3}", jiff::Timestamp::now())
-}
-
-pub fn error(status: StatusCode, message: &str, details: &str, key: &str) -> Response {
-    (
-        status,
-        Json(json!({"code": status.as_u16(), "message": message, "details": details, "key": key})),
-    )
-        .into_response()
-}
-
-pub fn authorized(st: &AppState, h: &HeaderMap) -> bool {
-    let id_ok = h.get("x-app-id").and_then(|v| v.to_str().ok()) == Some(st.creds.app_id.as_str());
-    let token_ok =
-        h.get("x-app-token").and_then(|v| v.to_str().ok()) == Some(st.creds.secret_key.as_str());
-    id_ok && token_ok
-}
-
-pub fn unauthorized() -> Response {
-    error(
-        StatusCode::UNAUTHORIZED,
-        "Unauthorized",
-        "invalid X-App-Id or X-App-Token",
-        "unauthorized",
-    )
-}
-
-/// Voucherify's date format for `birthdate`: `YYYY-MM-DD` naming a real day.
-/// The sandbox's own check, deliberately not segsync's.
-pub fn valid_date(s: &str) -> bool {
-    s.len() == 10
-        && jiff::fmt::strtime::parse("%Y-%m-%d", s)
-            .and_then(|t| t.to_date())
-            .is_ok_and(|d| d.year() >= 1)
-}
 
 pub async fn bulk_async(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
     let max = st.opts.max_body_bytes;
@@ -181,56 +81,12 @@ pub async fn bulk_async(State(st): State<Arc<AppState>>, body: Bytes) -> Respons
             *r.entry(sid).or_default() += 1;
         }
     }
-    let id = enqueue(&st, "CUSTOMERS.BULK_UPDATE", Work::Bulk(customers));
-    (StatusCode::ACCEPTED, Json(json!({"async_action_id": id}))).into_response()
-}
-
-/// Put a job in the project's queue as a new async action; returns its id.
-pub fn enqueue(st: &AppState, kind: &'static str, work: Work) -> String {
-    let seq = st.seq.fetch_add(1, Ordering::Relaxed);
-    let first = st.stats.bulk_accepted.fetch_add(1, Ordering::Relaxed) == 0;
-    let id = format!(
-        "aa_{:014x}{:04x}",
-        rand::thread_rng().gen::<u64>() >> 8,
-        seq & 0xffff
+    let id = super::queue::enqueue(
+        &st,
+        "CUSTOMERS.BULK_UPDATE",
+        Box::new(move |st: &AppState| Ok(process(st, customers))),
     );
-    if let Ok(mut a) = st.actions.lock() {
-        let now = now_text();
-        a.insert(
-            id.clone(),
-            Action {
-                kind,
-                created: Instant::now(),
-                finished: None,
-                created_at: now.clone(),
-                updated_at: now,
-                status: "ENQUEUED",
-                result: None,
-            },
-        );
-    }
-    let _ = st.jobs.send(Job {
-        id: id.clone(),
-        created: Instant::now(),
-        work,
-        first,
-    });
-    id
-}
-
-fn set_status(st: &AppState, id: &str, status: &'static str, result: Option<Value>) {
-    if let Ok(mut a) = st.actions.lock() {
-        if let Some(action) = a.get_mut(id) {
-            action.status = status;
-            action.updated_at = now_text();
-            if status == "DONE" || status == "FAILED" {
-                action.finished = Some(Instant::now());
-            }
-            if result.is_some() {
-                action.result = result;
-            }
-        }
-    }
+    (StatusCode::ACCEPTED, Json(json!({"async_action_id": id}))).into_response()
 }
 
 /// Apply a bulk upsert: validate each customer as Voucherify would, merge the
@@ -269,9 +125,11 @@ pub fn process(st: &AppState, customers: Vec<Value>) -> Value {
                 ));
             }
         }
+        let new = sid.as_ref().is_none_or(|s| !held.contains_key(s));
         if let Some(why) = c
             .get("metadata")
             .and_then(|m| super::metadata::violation(st, m))
+            .or_else(|| super::metadata::missing_required(st, new, c.get("metadata")))
         {
             problem = Some(("Invalid metadata".into(), why, "invalid_metadata".into()));
         }
@@ -291,6 +149,7 @@ pub fn process(st: &AppState, customers: Vec<Value>) -> Value {
             st.stats.without_source_id.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        st.note_applied(&sid, &c.to_string());
         let entry = held.entry(sid.clone()).or_insert_with(
             || json!({"id": format!("cust_{}", sid), "source_id": sid, "object": "customer"}),
         );
@@ -317,57 +176,4 @@ fn merge(into: &mut Value, from: &Value) {
             }
         }
     }
-}
-
-pub async fn async_action(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    let Ok(actions) = st.actions.lock() else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    };
-    let Some(a) = actions.get(&id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "Resource not found",
-            &format!("Cannot find async_action with id {id}"),
-            "not_found",
-        );
-    };
-    let nulls = st.opts.null_fields && a.kind == "CUSTOMERS.BULK_UPDATE";
-    let progress = match a.status {
-        "DONE" => json!(100),
-        "IN_PROGRESS" => json!(50),
-        _ if nulls => Value::Null,
-        _ => json!(0),
-    };
-    let mut body = json!({
-        "id": id,
-        "type": a.kind,
-        "status": a.status,
-        "created_at": a.created_at,
-        "updated_at": a.updated_at,
-        "request_id": format!("v-{id}"),
-        "progress": progress,
-        "processing_time": a.finished.map(|f| f.duration_since(a.created).as_millis() as u64),
-        "result": Value::Null,
-        "object": "async_action",
-    });
-    if let Some(r) = &a.result {
-        let failed = r["failed_count"].as_u64().unwrap_or(0);
-        body["operation_status"] = json!(if failed == 0 {
-            "SUCCESS"
-        } else {
-            "PARTIAL_SUCCESS"
-        });
-        let mut r = r.clone();
-        if nulls && failed == 0 {
-            // The OpenAPI description marks these nullable: null means absent.
-            r["errors"] = Value::Null;
-            r["failed_count"] = Value::Null;
-        }
-        body["result"] = r;
-    } else if !nulls {
-        if let Some(o) = body.as_object_mut() {
-            o.remove("result");
-        }
-    }
-    Json(body).into_response()
 }

@@ -57,11 +57,12 @@ fn one() -> u32 {
 /// Read a checkpoint; None when there is none.
 pub fn read(path: &Path) -> Result<Option<Checkpoint>> {
     match std::fs::read(path) {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
-            format!(
-                "{}: not a segsync checkpoint; delete it or run `segsync extract --fresh`",
+        // A damaged checkpoint is no rerun's to fix: exit 2.
+        Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| {
+            crate::error::UsageError::new(format!(
+                "{}: not a segsync checkpoint ({e}); run `segsync extract --fresh` (or delete it)",
                 path.display()
-            )
+            ))
         })?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),

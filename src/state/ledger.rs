@@ -120,6 +120,20 @@ pub struct LedgerState {
     pub batches: u64,
     /// Bytes of a torn last line (an interrupted write), not read.
     pub torn_tail: u64,
+    /// Every project (API host and application id) the ledger has lines for.
+    pub targets: std::collections::BTreeSet<String>,
+    /// Outcomes of import files in order: None confirmed, Some(why) abandoned.
+    pub import_outcomes: Vec<Option<String>>,
+}
+
+impl LedgerState {
+    /// Why the last two import files failed, when both failed the same way.
+    pub fn repeated_import_failure(&self) -> Option<&str> {
+        match self.import_outcomes.as_slice() {
+            [.., Some(a), Some(b)] if a == b => Some(a),
+            _ => None,
+        }
+    }
 }
 
 /// The 128-bit key of a content hash, as kept in memory.
@@ -143,13 +157,20 @@ pub fn read(path: &Path, target: Option<&str>) -> Result<LedgerState> {
     let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
     st.torn_tail = (bytes.len() - complete) as u64;
     let mut pending: HashMap<String, (usize, Vec<LedgerCustomer>)> = HashMap::new();
+    let mut imports: std::collections::HashSet<String> = Default::default();
     for (i, line) in bytes[..complete].lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let ev: LedgerEvent = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: not a ledger line", path.display(), i + 1))?;
+        let ev: LedgerEvent = serde_json::from_str(&line).map_err(|e| {
+            crate::error::UsageError::new(format!(
+                "{}:{}: not a ledger line ({e}); the ledger was damaged (it is written by segsync only): restore it from a backup, or move it aside, in which case the next `segsync load` sends every row again",
+                path.display(),
+                i + 1
+            ))
+        })?;
+        st.targets.insert(ev.target().to_string());
         if let LedgerEvent::Opened { version, .. } = &ev {
             if *version > VERSION {
                 anyhow::bail!(
@@ -167,8 +188,12 @@ pub fn read(path: &Path, target: Option<&str>) -> Result<LedgerState> {
             LedgerEvent::Submitted {
                 async_action_id,
                 customers,
+                method,
                 ..
             } => {
+                if method.as_deref() == Some("import") {
+                    imports.insert(async_action_id.clone());
+                }
                 pending.insert(async_action_id, (i, customers));
             }
             LedgerEvent::Confirmed {
@@ -178,6 +203,9 @@ pub fn read(path: &Path, target: Option<&str>) -> Result<LedgerState> {
                 ..
             } => {
                 pending.remove(&async_action_id);
+                if imports.contains(&async_action_id) {
+                    st.import_outcomes.push(None);
+                }
                 st.batches += 1;
                 st.confirmed
                     .extend(done.iter().filter_map(|c| content_key(&c.hash)));
@@ -187,9 +215,19 @@ pub fn read(path: &Path, target: Option<&str>) -> Result<LedgerState> {
                 st.failed_customers += failed.len() as u64;
             }
             LedgerEvent::Abandoned {
-                async_action_id, ..
+                async_action_id,
+                reason,
+                ..
             } => {
                 pending.remove(&async_action_id);
+                if imports.contains(&async_action_id) {
+                    // The message without the action's own id, to compare.
+                    let why = reason
+                        .split_once(": ")
+                        .map_or(reason.as_str(), |(_, m)| m)
+                        .to_string();
+                    st.import_outcomes.push(Some(why));
+                }
             }
         }
     }

@@ -2,7 +2,7 @@
 //! `customers.csv` can be told from transform's own output.
 
 use crate::files;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -51,9 +51,19 @@ pub fn edited_since_transform(customers: &Path) -> Result<Option<bool>> {
     if !customers.exists() {
         return Ok(None);
     }
-    let Some(m) = read(customers) else {
-        return Ok(Some(true));
+    let path = super::manifest(customers);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(true)),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        crate::error::UsageError::new(format!(
+            "{} is damaged ({e}), so it cannot tell whether {} was edited by hand: `segsync transform --force` writes both again (overwriting any edit), or delete it to treat the file as written by hand",
+            path.display(),
+            customers.display()
+        ))
+    })?;
     let sha = files::sha256_file(customers)?;
     Ok(Some(!m.customers_sha256.contains(&sha)))
 }

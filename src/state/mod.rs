@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod ledger;
+pub mod lock;
 pub mod manifest;
 
 use crate::files::parent_dir;
@@ -67,6 +68,11 @@ pub fn report(customers: &Path) -> PathBuf {
 /// `load.rejects.csv` beside a customers file.
 pub fn rejects(customers: &Path) -> PathBuf {
     parent_dir(customers).join("load.rejects.csv")
+}
+
+/// `runs.ndjson` in the data directory: a line per run of a writing command.
+pub fn runs(data_dir: &Path) -> PathBuf {
+    data_dir.join("runs.ndjson")
 }
 
 /// Now as RFC 3339 (seconds), for the timestamps state files carry.

@@ -8,7 +8,6 @@ pub type TraitSet = std::collections::HashSet<String>;
 use crate::records::{guard_cell, ProfileRecord};
 use crate::ui;
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 
 /// Input read per chunk handed to a worker.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -141,11 +140,7 @@ impl Chunk {
     }
 }
 
-pub fn h64(s: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
-}
+pub use crate::keys::h64;
 
 /// `updated_at` as milliseconds since the epoch, for ordering duplicates.
 fn updated_millis(p: &ProfileRecord) -> i64 {

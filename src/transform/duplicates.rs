@@ -12,6 +12,14 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 
+/// The one rule for two rows with the same `source_id`, the earlier kept
+/// so far: the later one wins only when it was updated more recently (the
+/// first listed wins a tie). `diff` and `load` apply it too (through
+/// `transform::expected_rows`), so they can never report edits nobody made.
+pub fn later_wins(kept_updated: i64, later_updated: i64) -> bool {
+    later_updated > kept_updated
+}
+
 /// Decide which rows lose to another row with the same `source_id`: the one
 /// updated most recently wins, the first listed on a tie. Losers are written
 /// to `rejected`; returns their row indices.
@@ -54,19 +62,14 @@ pub fn find_duplicates<W: Write>(
         if rows.len() < 2 {
             continue;
         }
-        let winner = rows
-            .iter()
-            .enumerate()
-            .max_by(|(ai, a), (bi, b)| {
-                keys[a.0 as usize]
-                    .1
-                    .cmp(&keys[b.0 as usize].1)
-                    .then(bi.cmp(ai))
-            })
-            .map(|(_, r)| r.clone());
-        let Some((win_row, win_seg)) = winner else {
-            continue;
-        };
+        // Rows are in file order: each later one takes over only by the rule.
+        let mut winner = &rows[0];
+        for r in &rows[1..] {
+            if later_wins(keys[winner.0 as usize].1, keys[r.0 as usize].1) {
+                winner = r;
+            }
+        }
+        let (win_row, win_seg) = winner.clone();
         for (row, seg) in rows {
             if row == win_row {
                 continue;

@@ -22,7 +22,7 @@
 
 mod chunk;
 mod duplicates;
-pub mod pool;
+use crate::pool;
 
 use crate::error::{InputErrors, UsageError};
 use crate::files::{self, AtomicFile};
@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long = "rejected", value_name = "FILE")]
     pub rejected: Option<PathBuf>,
     #[command(flatten)]
-    pub mapping: crate::config::MappingArgs,
+    pub mapping: crate::mapping::MappingArgs,
     /// Overwrite customers.csv even if it was edited after transform wrote it
     #[arg(long)]
     pub force: bool,
@@ -115,6 +115,15 @@ impl Outputs {
 }
 
 /// Chunks of whole lines from the input.
+/// The chunks of `file`, read errors naming it.
+fn read_chunks<'a>(
+    file: std::fs::File,
+    path: &'a Path,
+) -> impl Iterator<Item = Result<Chunk>> + Send + 'a {
+    chunks(BufReader::with_capacity(1 << 20, file))
+        .map(move |c| c.with_context(|| format!("cannot read {}", path.display())))
+}
+
 fn chunks(mut reader: impl BufRead) -> impl Iterator<Item = std::io::Result<Chunk>> {
     let mut line_no = 0u64;
     std::iter::from_fn(move || {
@@ -176,7 +185,11 @@ fn check_extracted_for(input: &Path, mapping: &crate::mapping::Mapping) -> Resul
 /// Refuse to overwrite a hand-edited `out`; returns the hash of the file
 /// being replaced, if any.
 fn check_not_edited(out: &Path, force: bool) -> Result<Option<String>> {
-    match manifest::edited_since_transform(out)? {
+    let edited = match manifest::edited_since_transform(out) {
+        Err(_) if force => Some(true),
+        r => r?,
+    };
+    match edited {
         Some(true) if !force => Err(UsageError::new(format!(
             "{} was changed after transform wrote it (its content differs from the hash in {}). \
              To keep your edits, load it as it is with `segsync load`, or move it aside first; \
@@ -225,28 +238,20 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     let mut summary = Summary::default();
     let mut keys: Vec<(u64, i64)> = Vec::new();
     let mut invalid = Vec::new();
-    let mut write_error: Option<std::io::Error> = None;
     let progress = ui::Progress::new("transform", "profiles", None);
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(1, 8);
+    let workers = crate::pool::workers();
     let input_name = input.display().to_string();
     pool::ordered_map(
-        chunks(BufReader::with_capacity(1 << 20, file)),
+        read_chunks(file, &input),
         workers,
         |chunk| chunk.process(&mapping, &wanted, &input_name, args.skip_invalid),
         |r| {
-            if write_error.is_some() {
-                return;
-            }
             for msg in &r.debug {
                 ui::debug(msg);
             }
-            if let Err(e) = outputs.append(&r) {
-                write_error = Some(e);
-                return;
-            }
+            outputs
+                .append(&r)
+                .with_context(|| format!("cannot write {}", out.display()))?;
             keys.extend_from_slice(&r.keys);
             summary.add(&r);
             if invalid.len() < 20 {
@@ -260,12 +265,9 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
                     summary.rejected_total()
                 )
             });
+            Ok(())
         },
-    )
-    .with_context(|| format!("cannot read {}", input.display()))?;
-    if let Some(e) = write_error {
-        return Err(anyhow::Error::new(e).context(format!("cannot write {}", out.display())));
-    }
+    )?;
     progress.finish();
     invalid.truncate(20);
     if !invalid.is_empty() {
@@ -398,35 +400,36 @@ pub fn expected_rows(
     let wanted: chunk::TraitSet = mapping.traits_read().into_iter().collect();
     let file =
         std::fs::File::open(input).with_context(|| format!("cannot read {}", input.display()))?;
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(1, 8);
+    let workers = crate::pool::workers();
     let mut rows: std::collections::HashMap<String, (i64, Vec<Option<String>>)> =
         std::collections::HashMap::new();
     let mut invalid = None;
     pool::ordered_map(
-        chunks(BufReader::with_capacity(1 << 20, file)),
+        read_chunks(file, input),
         workers,
         |c: Chunk| c.rows(mapping, &wanted),
-        |r| match r {
-            Ok(list) => {
-                for (updated, row) in list {
-                    let Some(sid) = row[0].clone() else { continue };
-                    match rows.get(&sid) {
-                        Some((kept, _)) if *kept >= updated => {}
-                        _ => {
+        |r| {
+            match r {
+                Ok(list) => {
+                    for (updated, row) in list {
+                        let Some(sid) = row[0].clone() else { continue };
+                        // The rule transform's duplicates follow: the most
+                        // recently updated wins, the first read on a tie.
+                        let wins = rows
+                            .get(&sid)
+                            .is_none_or(|(kept, _)| duplicates::later_wins(*kept, updated));
+                        if wins {
                             rows.insert(sid, (updated, row));
                         }
                     }
                 }
+                Err(e) => {
+                    invalid.get_or_insert(e);
+                }
             }
-            Err(e) => {
-                invalid.get_or_insert(e);
-            }
+            Ok(())
         },
-    )
-    .with_context(|| format!("cannot read {}", input.display()))?;
+    )?;
     if let Some(e) = invalid {
         anyhow::bail!(
             "{}:{e}; `segsync transform` names every problem",

@@ -35,6 +35,7 @@ use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// How trait values are read.
@@ -177,93 +178,17 @@ pub fn run(
     let _ = std::fs::remove_dir_all(&tmp);
     files::ensure_dir(&tmp)?;
     let progress = Progress::new("extract", "rows", None);
-    let mut summary = Summary::default();
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(1, 8);
-
-    // Pass 1: the part files shared out among the workers; each aggregates
-    // its rows per profile in a bounded window and writes its own set of
-    // partition files.
-    let jobs: Vec<(char, &str, &PathBuf)> = trait_parts
+    let workers = crate::pool::workers();
+    let jobs: Vec<(Table, &PathBuf)> = trait_parts
         .iter()
-        .map(|p| ('t', "name", p))
-        .chain(id_parts.iter().map(|p| ('i', "type", p)))
+        .map(|p| (Table::Traits, p))
+        .chain(id_parts.iter().map(|p| (Table::Identifiers, p)))
         .collect();
-    let next_job = std::sync::atomic::AtomicUsize::new(0);
-    let rows = std::sync::atomic::AtomicU64::new(0);
-    let non_json = std::sync::atomic::AtomicBool::new(false);
-    let check_json = values.is_none();
-    let worker = |w: usize| -> Result<()> {
-        let mut partitions = Partitions::create(tmp.join(format!("w{w}")))?;
-        let mut window: HashMap<String, Acc> = HashMap::default();
-        let mut in_window = 0usize;
-        loop {
-            let j = next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(&(table, key, part)) = jobs.get(j) else {
-                break;
-            };
-            read_part(part, key, &mut |r: Row| {
-                let n = rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if n % 65_536 == 0 {
-                    progress.set_position(n);
-                    progress.tick(|| format!("reading {}", part.display()));
-                }
-                if r.id.is_empty() {
-                    return Ok(());
-                }
-                let keep = if table == 't' {
-                    wanted.everything || wanted.traits.iter().any(|t| t == r.key)
-                } else {
-                    wanted.everything || wanted.id_types.iter().any(|t| t == r.key)
-                };
-                if table == 't' && check_json {
-                    if let Some(v) = r.value {
-                        if !non_json.load(std::sync::atomic::Ordering::Relaxed)
-                            && serde_json::from_str::<serde::de::IgnoredAny>(v).is_err()
-                        {
-                            non_json.store(true, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                }
-                // A row not kept still says the profile exists, and dates it.
-                let a = match window.get_mut(r.id) {
-                    Some(a) => a,
-                    None => window.entry(r.id.to_string()).or_default(),
-                };
-                a.time(r.ts);
-                if keep {
-                    if table == 't' {
-                        if a.traits.get(r.key).is_none_or(|(s, _)| *s < r.seq) {
-                            a.traits
-                                .insert(r.key.to_string(), (r.seq, r.value.map(str::to_string)));
-                        }
-                    } else if let Some(v) = r.value {
-                        a.ids.push((r.seq, r.key.to_string(), v.to_string()));
-                    }
-                }
-                in_window += 1;
-                if in_window >= WINDOW_ROWS / workers {
-                    partitions.write(&mut window)?;
-                    in_window = 0;
-                }
-                Ok(())
-            })?;
-        }
-        partitions.write(&mut window)?;
-        partitions.finish()?;
-        Ok(())
+    let read = pass1(&tmp, &jobs, workers, wanted, values.is_none(), &progress)?;
+    let mut summary = Summary {
+        rows: read.rows,
+        ..Default::default()
     };
-    std::thread::scope(|s| -> Result<()> {
-        let handles: Vec<_> = (0..workers).map(|w| s.spawn(move || worker(w))).collect();
-        for h in handles {
-            h.join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("a reader thread panicked")))?;
-        }
-        Ok(())
-    })?;
-    summary.rows = rows.load(std::sync::atomic::Ordering::Relaxed);
     ui::debug(format!(
         "extract: pass 1 (read {} rows into {PARTITIONS} partitions on {workers} threads) took {:.1}s",
         summary.rows,
@@ -272,60 +197,12 @@ pub fn run(
     summary.json_values = match values {
         Some(TraitValues::Json) => true,
         Some(TraitValues::Text) => false,
-        None => !non_json.load(std::sync::atomic::Ordering::Relaxed),
+        None => !read.non_json,
     };
-
-    // Pass 2: partitions grouped by profile on every core, written in order.
-    let mut output = AtomicFile::create(out)?;
-    let mut write_error = None;
-    let json_values = summary.json_values;
-    crate::transform::pool::ordered_map(
-        (0..PARTITIONS).map(Ok::<u64, anyhow::Error>),
-        workers,
-        |i| group_partition(&tmp, workers, i, wanted, json_values),
-        |r: Result<(Vec<u8>, u64)>| {
-            if write_error.is_some() {
-                return;
-            }
-            match r.and_then(|(bytes, n)| {
-                output.write_all(&bytes)?;
-                Ok(n)
-            }) {
-                Ok(n) => {
-                    summary.profiles += n;
-                    progress.tick(|| format!("{} profiles written", summary.profiles));
-                }
-                Err(e) => write_error = Some(e),
-            }
-        },
-    )?;
-    if let Some(e) = write_error {
-        return Err(e);
-    }
-    output.commit()?;
+    summary.profiles = pass2(&tmp, out, workers, wanted, summary.json_values, &progress)?;
     let _ = std::fs::remove_dir_all(&tmp);
     progress.finish();
-
-    // A complete checkpoint, so transform and status know what was read.
-    let mut cp = Checkpoint {
-        version: checkpoint::VERSION,
-        space_id: format!("profiles-sync:{}", dir.display()),
-        api_url: String::new(),
-        started_at: state::now(),
-        complete: true,
-        lines: summary.profiles,
-        pass: 1,
-        source_id_types: wanted.id_types.clone(),
-        traits: if wanted.everything {
-            vec![]
-        } else {
-            wanted.traits.clone()
-        },
-        all_traits: wanted.everything,
-        ..Default::default()
-    };
-    cp.offset = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    checkpoint::save(&state::checkpoint(out), &mut cp)?;
+    save_checkpoint(dir, out, wanted, summary.profiles)?;
     let secs = started.elapsed().as_secs_f64().max(0.001);
     ui::info(format!(
         "extract: {} profiles in {} from {} rows of Profiles Sync ({} trait parts, {} identifier parts); trait values read as {}",
@@ -342,6 +219,195 @@ pub fn run(
         summary.profiles as f64 / secs
     ));
     Ok(summary)
+}
+
+/// Which table a part file belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    /// `user_traits`: a row per trait value.
+    Traits,
+    /// `user_identifiers`: a row per external id.
+    Identifiers,
+}
+
+impl Table {
+    /// The column that names the trait or the identifier type.
+    fn key_column(self) -> &'static str {
+        match self {
+            Table::Traits => "name",
+            Table::Identifiers => "type",
+        }
+    }
+}
+
+/// What pass 1 read.
+struct Read {
+    rows: u64,
+    /// A trait value that is not JSON text was seen.
+    non_json: bool,
+}
+
+/// Pass 1: the part files shared out among the workers; each aggregates its
+/// rows per profile in a bounded window and writes its own set of partition
+/// files.
+fn pass1(
+    tmp: &Path,
+    jobs: &[(Table, &PathBuf)],
+    workers: usize,
+    wanted: &Wanted,
+    check_json: bool,
+    progress: &Progress,
+) -> Result<Read> {
+    let next_job = AtomicUsize::new(0);
+    let rows = AtomicU64::new(0);
+    let non_json = AtomicBool::new(false);
+    let worker = |w: usize| -> Result<()> {
+        let mut agg = Window {
+            partitions: Partitions::create(tmp.join(format!("w{w}")))?,
+            profiles: HashMap::default(),
+            rows: 0,
+            limit: WINDOW_ROWS / workers,
+        };
+        while let Some(&(table, part)) = jobs.get(next_job.fetch_add(1, Ordering::Relaxed)) {
+            let mut row_no = 0u64;
+            read_part(part, table.key_column(), &mut |r: Row| {
+                row_no += 1;
+                let n = rows.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_multiple_of(65_536) {
+                    progress.set_position(n);
+                    progress.tick(|| format!("reading {}", part.display()));
+                }
+                if r.id.is_empty() {
+                    // Dropping it could change which value of a trait wins.
+                    return Err(crate::error::UsageError::new(format!(
+                        "{}: row {row_no}: canonical_segment_id is empty; every row of a Profiles Sync table names its profile, so the unload is damaged: unload the table again",
+                        part.display()
+                    ))
+                    .into());
+                }
+                if table == Table::Traits && check_json && !non_json.load(Ordering::Relaxed) {
+                    let not_json = r
+                        .value
+                        .is_some_and(|v| serde_json::from_str::<serde::de::IgnoredAny>(v).is_err());
+                    if not_json {
+                        non_json.store(true, Ordering::Relaxed);
+                    }
+                }
+                agg.take(table, &r, wanted)
+            })?;
+        }
+        agg.partitions.write(&mut agg.profiles)?;
+        agg.partitions.finish()?;
+        Ok(())
+    };
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..workers).map(|w| s.spawn(move || worker(w))).collect();
+        for h in handles {
+            h.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a reader thread panicked")))?;
+        }
+        Ok(())
+    })?;
+    Ok(Read {
+        rows: rows.load(Ordering::Relaxed),
+        non_json: non_json.load(Ordering::Relaxed),
+    })
+}
+
+/// A worker's window: rows aggregated per profile until `limit` rows, then
+/// one record per profile written to its partition.
+struct Window {
+    partitions: Partitions,
+    profiles: HashMap<String, Acc>,
+    rows: usize,
+    limit: usize,
+}
+
+impl Window {
+    fn take(&mut self, table: Table, r: &Row, wanted: &Wanted) -> Result<()> {
+        let keep = match table {
+            Table::Traits => wanted.everything || wanted.traits.iter().any(|t| t == r.key),
+            Table::Identifiers => wanted.everything || wanted.id_types.iter().any(|t| t == r.key),
+        };
+        // A row not kept still says the profile exists, and dates it.
+        let a = match self.profiles.get_mut(r.id) {
+            Some(a) => a,
+            None => self.profiles.entry(r.id.to_string()).or_default(),
+        };
+        a.time(r.ts);
+        if keep {
+            match table {
+                Table::Traits => {
+                    if a.traits.get(r.key).is_none_or(|(s, _)| *s < r.seq) {
+                        a.traits
+                            .insert(r.key.to_string(), (r.seq, r.value.map(str::to_string)));
+                    }
+                }
+                Table::Identifiers => {
+                    if let Some(v) = r.value {
+                        a.ids.push((r.seq, r.key.to_string(), v.to_string()));
+                    }
+                }
+            }
+        }
+        self.rows += 1;
+        if self.rows >= self.limit {
+            self.partitions.write(&mut self.profiles)?;
+            self.rows = 0;
+        }
+        Ok(())
+    }
+}
+
+/// Pass 2: partitions grouped by profile on every core, written in order.
+/// Returns the profiles written.
+fn pass2(
+    tmp: &Path,
+    out: &Path,
+    workers: usize,
+    wanted: &Wanted,
+    json_values: bool,
+    progress: &Progress,
+) -> Result<u64> {
+    let mut output = AtomicFile::create(out)?;
+    let mut profiles = 0u64;
+    crate::pool::ordered_map(
+        (0..PARTITIONS).map(Ok::<u64, anyhow::Error>),
+        workers,
+        |i| group_partition(tmp, workers, i, wanted, json_values),
+        |r: Result<(Vec<u8>, u64)>| {
+            let (bytes, n) = r?;
+            output.write_all(&bytes)?;
+            profiles += n;
+            progress.tick(|| format!("{profiles} profiles written"));
+            Ok(())
+        },
+    )?;
+    output.commit()?;
+    Ok(profiles)
+}
+
+/// A complete checkpoint, so transform and status know what was read.
+fn save_checkpoint(dir: &Path, out: &Path, wanted: &Wanted, profiles: u64) -> Result<()> {
+    let mut cp = Checkpoint {
+        version: checkpoint::VERSION,
+        space_id: format!("profiles-sync:{}", dir.display()),
+        api_url: String::new(),
+        started_at: state::now(),
+        complete: true,
+        lines: profiles,
+        pass: 1,
+        source_id_types: wanted.id_types.clone(),
+        traits: if wanted.everything {
+            vec![]
+        } else {
+            wanted.traits.clone()
+        },
+        all_traits: wanted.everything,
+        ..Default::default()
+    };
+    cp.offset = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    checkpoint::save(&state::checkpoint(out), &mut cp)
 }
 
 /// Group partition `i` (its file from every worker) by profile: the lines

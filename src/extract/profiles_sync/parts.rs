@@ -98,13 +98,28 @@ pub fn read_part(path: &Path, key: &str, each: &mut dyn FnMut(Row) -> Result<()>
         .unwrap_or("")
         .to_ascii_lowercase();
     if name.ends_with(".parquet") {
-        read_parquet(path, key, each)
-    } else if name.ends_with(".csv.gz") || name.ends_with(".gz") {
-        let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-        read_csv(path, flate2::read::MultiGzDecoder::new(f), key, each)
-    } else {
-        let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-        read_csv(path, f, key, each)
+        return read_parquet(path, key, each);
+    }
+    let mut f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut magic = [0u8; 2];
+    let n = f
+        .read(&mut magic)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    std::io::Seek::rewind(&mut f).with_context(|| format!("cannot read {}", path.display()))?;
+    let gzip = n == 2 && magic == [0x1f, 0x8b];
+    match (name.ends_with(".gz"), gzip) {
+        (true, true) => read_csv(path, flate2::read::MultiGzDecoder::new(f), key, each),
+        (false, false) => read_csv(path, f, key, each),
+        (true, false) => Err(UsageError::new(format!(
+            "{}: named .gz but not gzip-compressed; rename it (.csv) or compress it",
+            path.display()
+        ))
+        .into()),
+        (false, true) => Err(UsageError::new(format!(
+            "{}: gzip-compressed but not named .gz; rename it .csv.gz",
+            path.display()
+        ))
+        .into()),
     }
 }
 

@@ -1,42 +1,18 @@
-//! The one HTTP layer both API clients share.
-//!
-//! It owns the pooled reqwest client, the concurrency bound, the token-bucket
-//! rate limiter (governor) and the single retry loop of the project. Each API
-//! client describes its service through [`RetryLogic`]: which answers are worth
-//! retrying, how to read the server's wait hints, and how to find the API's own
-//! error message in a body. [`RetryPolicy`] decides how long to wait between
-//! attempts: capped exponential backoff with full jitter, overridden by the
-//! server's hint when it gives one.
+//! The one retry loop of the project, and what decides it: each API says
+//! through [`RetryLogic`] which answers are worth retrying and how to read
+//! the server's hints; [`RetryPolicy`] says how long to wait (capped
+//! exponential backoff with full jitter, a doubling floor under 429 hints)
+//! and for how long to try. Generic over how an attempt is made, so tests
+//! script the answers and pause tokio's clock.
 
+use super::answer::{epoch_text, now_epoch, rate_limit_reset, retry_after, HttpStats, RawResponse};
 use crate::config::redact;
 use crate::error::ApiError;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::HeaderMap;
-use reqwest::{RequestBuilder, StatusCode};
+use reqwest::StatusCode;
 use std::future::Future;
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::Semaphore;
-
-pub const USER_AGENT: &str = concat!("segsync/", env!("CARGO_PKG_VERSION"));
-
-/// A response the layer accepted: a 2xx status and its whole body.
-#[derive(Debug, Clone)]
-pub struct RawResponse {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: bytes::Bytes,
-}
-
-impl RawResponse {
-    pub fn request_id(&self) -> Option<String> {
-        header_str(&self.headers, "request-id")
-            .or_else(|| header_str(&self.headers, "x-request-id"))
-            .map(str::to_string)
-    }
-}
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// What one attempt produced, before the retry decision.
 #[derive(Debug)]
@@ -71,6 +47,11 @@ pub trait RetryLogic: Send + Sync {
     /// The API's own error message from an error body.
     fn error_message(&self, body: &[u8]) -> Option<String>;
 
+    /// The machine-readable key of an error body, when the API has one.
+    fn error_key(&self, _body: &[u8]) -> Option<String> {
+        None
+    }
+
     /// What a 429 means: a short throttle to wait out (the default), or a
     /// quota that may take long to refill.
     fn throttle(&self, _headers: &HeaderMap, _now_epoch: u64) -> Throttle {
@@ -92,49 +73,6 @@ pub enum Throttle {
     },
 }
 
-/// Path-segment encoding per RFC 3986: every byte but the unreserved
-/// characters `A-Z a-z 0-9 - . _ ~` is percent-encoded (so `+` is `%2B`).
-pub const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-/// One path segment, encoded.
-pub fn path_segment(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string()
-}
-
-/// An epoch second as RFC 3339, for messages.
-pub fn epoch_text(epoch: u64) -> String {
-    jiff::Timestamp::from_second(epoch as i64)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| format!("epoch {epoch}"))
-}
-
-/// `Retry-After` in seconds.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = header_str(headers, "retry-after")?;
-    v.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| *s >= 0.0)
-        .map(Duration::from_secs_f64)
-}
-
-/// Voucherify's `X-Rate-Limit-Retry`: the epoch second when the budget refills.
-pub fn rate_limit_reset(headers: &HeaderMap, now_epoch: u64) -> Option<Duration> {
-    let at: u64 = header_str(headers, "x-rate-limit-retry")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(at.saturating_sub(now_epoch)))
-}
-
-pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Jitter {
     /// Uniform in [0, ceiling]: spreads a herd of clients (AWS "full jitter").
@@ -150,8 +88,10 @@ pub struct RetryPolicy {
     pub cap: Duration,
     /// Retries for 5xx and transport errors.
     pub max_retries: u32,
-    /// Retries for 429 answers, counted apart: a throttled run is slow, not broken.
-    pub max_throttled: u32,
+    /// How long one request may stay throttled (429s in a row) before it
+    /// gives up: a time budget, counted apart from `max_retries`, since a
+    /// throttled run is slow, not broken.
+    pub throttle_budget: Duration,
     /// Longest server hint honoured as given; longer ones are clipped.
     pub max_hint: Duration,
     /// Longest wait for a named quota to refill ([`Throttle::Quota`]);
@@ -166,7 +106,7 @@ impl Default for RetryPolicy {
             base: Duration::from_millis(250),
             cap: Duration::from_secs(30),
             max_retries: 8,
-            max_throttled: 60,
+            throttle_budget: Duration::from_secs(10 * 60),
             max_hint: Duration::from_secs(15 * 60),
             max_quota_wait: Duration::from_secs(15 * 60),
             jitter: Jitter::Full,
@@ -175,6 +115,28 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The least wait after the `n`th 429 in a row (0-based), whatever the
+    /// server's hint says (a hint of 4 ms must not become 60 retries in a
+    /// second): half of min(cap, base·2^n) plus up to as much again, jittered.
+    pub fn throttle_floor(&self, n: u32) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32.checked_shl(n.min(20)).unwrap_or(u32::MAX))
+            .min(self.cap);
+        match self.jitter {
+            Jitter::None => ceiling,
+            Jitter::Full => {
+                let half = ceiling / 2;
+                let extra = half.as_nanos() as u64;
+                half + Duration::from_nanos(if extra == 0 {
+                    0
+                } else {
+                    rand::Rng::gen_range(&mut rand::thread_rng(), 0..=extra)
+                })
+            }
+        }
+    }
+
     /// The wait before retry number `retry` (0-based): min(cap, base·2^retry), jittered.
     pub fn backoff(&self, retry: u32) -> Duration {
         let exp = self
@@ -195,228 +157,6 @@ impl RetryPolicy {
     }
 }
 
-/// Counters for progress lines and summaries.
-#[derive(Debug, Default)]
-pub struct HttpStats {
-    pub requests: AtomicU64,
-    pub retries: AtomicU64,
-    pub throttled: AtomicU64,
-    pub server_errors: AtomicU64,
-    pub transport_errors: AtomicU64,
-}
-
-impl HttpStats {
-    pub fn get(&self, c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-    pub fn summary(&self) -> String {
-        format!(
-            "{} requests, {} retries ({} answered 429, {} 5xx, {} connection errors)",
-            self.get(&self.requests),
-            self.get(&self.retries),
-            self.get(&self.throttled),
-            self.get(&self.server_errors),
-            self.get(&self.transport_errors)
-        )
-    }
-}
-
-/// Settings of one HTTP layer instance (one per API).
-#[derive(Debug, Clone)]
-pub struct HttpSettings {
-    pub concurrency: usize,
-    /// Requests allowed per `rate_period`; None = unlimited.
-    pub rate: Option<u32>,
-    pub rate_period: Duration,
-    /// Requests that may go at once before the pacing starts.
-    pub burst: Option<u32>,
-    pub timeout: Duration,
-    pub policy: RetryPolicy,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        HttpSettings {
-            concurrency: 16,
-            rate: None,
-            rate_period: Duration::from_secs(1),
-            burst: None,
-            timeout: Duration::from_secs(60),
-            policy: RetryPolicy::default(),
-        }
-    }
-}
-
-/// Shared HTTP machinery: pooled client, concurrency bound, rate limiter, retries.
-pub struct HttpLayer {
-    client: reqwest::Client,
-    limiter: Option<DefaultDirectRateLimiter>,
-    concurrency: Semaphore,
-    policy: RetryPolicy,
-    /// Until when the server told us to send nothing (budget spent).
-    paused_until: Mutex<Option<tokio::time::Instant>>,
-    pub stats: Arc<HttpStats>,
-}
-
-impl HttpLayer {
-    pub fn new(settings: HttpSettings) -> anyhow::Result<HttpLayer> {
-        let client = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .gzip(true)
-            .https_only(false) // http:// is admitted only for loopback by config::api_url
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(settings.timeout)
-            .pool_max_idle_per_host(settings.concurrency.max(1))
-            .build()?;
-        let limiter = match settings.rate {
-            Some(n) if n > 0 => {
-                let per = settings.rate_period / n;
-                let per = if per.is_zero() {
-                    Duration::from_nanos(1)
-                } else {
-                    per
-                };
-                let burst = settings.burst.unwrap_or(1).max(1);
-                let quota = Quota::with_period(per)
-                    .ok_or_else(|| anyhow::anyhow!("invalid rate limit"))?
-                    .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
-                Some(RateLimiter::direct(quota))
-            }
-            _ => None,
-        };
-        Ok(HttpLayer {
-            client,
-            limiter,
-            concurrency: Semaphore::new(settings.concurrency.max(1)),
-            policy: settings.policy,
-            paused_until: Mutex::new(None),
-            stats: Arc::new(HttpStats::default()),
-        })
-    }
-
-    /// Send a request built by `build`, retrying per `logic` and the policy.
-    /// Returns the first 2xx answer; any other outcome is an [`ApiError`].
-    /// `endpoint` names the call in messages (method and path, no secrets).
-    pub async fn send(
-        &self,
-        endpoint: &str,
-        logic: &dyn RetryLogic,
-        build: impl Fn(&reqwest::Client) -> RequestBuilder,
-    ) -> Result<RawResponse, ApiError> {
-        run_with_retries(&self.policy, logic, endpoint, &self.stats, || async {
-            self.wait_for_pause().await;
-            let _permit = self.concurrency.acquire().await.ok();
-            if let Some(l) = &self.limiter {
-                l.until_ready().await;
-            }
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let started = std::time::Instant::now();
-            let attempt = match build(&self.client).send().await {
-                Err(e) => Attempt::Transport(describe_transport(&e)),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let headers = resp.headers().clone();
-                    match resp.bytes().await {
-                        Ok(body) => Attempt::Response(RawResponse {
-                            status,
-                            headers,
-                            body,
-                        }),
-                        Err(e) => Attempt::Transport(describe_transport(&e)),
-                    }
-                }
-            };
-            if let Attempt::Response(r) = &attempt {
-                crate::ui::trace(format!(
-                    "{} {} -> {} in {:?}",
-                    logic.api(),
-                    endpoint,
-                    r.status.as_u16(),
-                    started.elapsed()
-                ));
-                if let Some(p) = logic.pause_hint(&r.headers, now_epoch()) {
-                    self.pause_for(p.min(self.policy.max_hint));
-                }
-            } else if let Attempt::Transport(e) = &attempt {
-                crate::ui::trace(format!("{} {} -> {e}", logic.api(), endpoint));
-            }
-            attempt
-        })
-        .await
-    }
-
-    fn pause_for(&self, d: Duration) {
-        if d.is_zero() {
-            return;
-        }
-        let until = tokio::time::Instant::now() + d;
-        if let Ok(mut p) = self.paused_until.lock() {
-            if p.map(|cur| cur < until).unwrap_or(true) {
-                *p = Some(until);
-            }
-        }
-    }
-
-    async fn wait_for_pause(&self) {
-        let until = self.paused_until.lock().ok().and_then(|p| *p);
-        if let Some(until) = until {
-            if until > tokio::time::Instant::now() {
-                tokio::time::sleep_until(until).await;
-            }
-        }
-    }
-}
-
-fn describe_transport(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else if e.is_body() || e.is_decode() {
-        "connection dropped while reading the response"
-    } else {
-        "request failed"
-    };
-    // reqwest's text may include the URL. Ours hold no credentials, but an
-    // export's download URL carries a token in its query: drop queries.
-    let mut detail = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        src = s.source();
-    }
-    redact(&strip_queries(&format!("{kind} ({detail})")))
-}
-
-/// `?…` of every URL in `s` replaced by `?…`.
-fn strip_queries(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut in_query = false;
-    for c in s.chars() {
-        if in_query {
-            if c.is_whitespace() || c == ')' || c == '"' {
-                in_query = false;
-                out.push(c);
-            }
-            continue;
-        }
-        out.push(c);
-        if c == '?' {
-            out.push('…');
-            in_query = true;
-        }
-    }
-    out
-}
-
-pub fn now_epoch() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The retry loop. Generic over how an attempt is made so it can be tested
 /// with a paused clock and scripted answers.
 pub async fn run_with_retries<F, Fut>(
@@ -432,6 +172,7 @@ where
 {
     let mut retries = 0u32;
     let mut throttled = 0u32;
+    let mut throttled_since: Option<tokio::time::Instant> = None;
     let mut attempts = 0u32;
     loop {
         attempts += 1;
@@ -450,6 +191,7 @@ where
                         status: status.as_u16(),
                         message: redact(&message),
                         request_id: r.request_id(),
+                        key: logic.error_key(&r.body),
                     });
                 }
                 let last = format!(
@@ -462,48 +204,33 @@ where
                 );
                 if status == StatusCode::TOO_MANY_REQUESTS {
                     stats.throttled.fetch_add(1, Ordering::Relaxed);
-                    let now = now_epoch();
-                    if let Throttle::Quota {
-                        name,
-                        resets_epoch,
-                        always_stop,
-                    } = logic.throttle(&r.headers, now)
-                    {
-                        let wait = resets_epoch
-                            .map(|at| Duration::from_secs(at.saturating_sub(now)))
-                            .or_else(|| logic.retry_hint(&r.headers, now));
-                        match wait {
-                            Some(w) if !always_stop && w <= policy.max_quota_wait => {
-                                wait_for_quota(logic.api(), &name, w).await;
-                                stats.retries.fetch_add(1, Ordering::Relaxed);
-                                continue;
-                            }
-                            _ => {
-                                return Err(ApiError::Quota {
-                                    api: logic.api(),
-                                    endpoint: endpoint.to_string(),
-                                    quota: format!("{} ({})", redact(&message), name),
-                                    resets_at: resets_epoch.map(epoch_text),
-                                    advice: if always_stop {
-                                        "nothing more can be sent until then (or until the plan is raised)".into()
-                                    } else {
-                                        format!(
-                                            "that is past --max-wait ({} min)",
-                                            policy.max_quota_wait.as_secs() / 60
-                                        )
-                                    },
-                                });
-                            }
+                    match named_quota(policy, logic, endpoint, &r.headers, &message) {
+                        Some(Ok(w)) => {
+                            wait_for_quota(logic.api(), &quota_name(logic, &r.headers), w).await;
+                            stats.retries.fetch_add(1, Ordering::Relaxed);
+                            continue;
                         }
+                        Some(Err(e)) => return Err(e),
+                        None => {}
                     }
                     throttled += 1;
-                    if throttled > policy.max_throttled {
-                        return Err(exhausted(logic, endpoint, attempts, last));
+                    let since = *throttled_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= policy.throttle_budget {
+                        return Err(exhausted(
+                            logic,
+                            endpoint,
+                            attempts,
+                            format!(
+                                "{last} (throttled for {}s, the budget of one request)",
+                                since.elapsed().as_secs()
+                            ),
+                        ));
                     }
+                    let floor = policy.throttle_floor(throttled - 1);
                     let wait = logic
                         .retry_hint(&r.headers, now_epoch())
                         .map(|h| h.min(policy.max_hint))
-                        .unwrap_or_else(|| policy.backoff(throttled - 1));
+                        .map_or(floor, |h| h.max(floor));
                     (wait, last)
                 } else {
                     stats.server_errors.fetch_add(1, Ordering::Relaxed);
@@ -534,6 +261,55 @@ where
         ));
         tokio::time::sleep(wait).await;
     }
+}
+
+/// The name of the quota a 429 is about ("" when it names none).
+fn quota_name(logic: &dyn RetryLogic, headers: &HeaderMap) -> String {
+    match logic.throttle(headers, now_epoch()) {
+        Throttle::Quota { name, .. } => name,
+        Throttle::Wait => String::new(),
+    }
+}
+
+/// A 429 about a named quota: Ok(how long to wait for it to refill), or
+/// the error that stops the run (a quota that never refills in time, or
+/// must not be waited for). None: no named quota, an ordinary throttle.
+fn named_quota(
+    policy: &RetryPolicy,
+    logic: &dyn RetryLogic,
+    endpoint: &str,
+    headers: &HeaderMap,
+    message: &str,
+) -> Option<Result<Duration, ApiError>> {
+    let now = now_epoch();
+    let Throttle::Quota {
+        name,
+        resets_epoch,
+        always_stop,
+    } = logic.throttle(headers, now)
+    else {
+        return None;
+    };
+    let wait = resets_epoch
+        .map(|at| Duration::from_secs(at.saturating_sub(now)))
+        .or_else(|| logic.retry_hint(headers, now));
+    Some(match wait {
+        Some(w) if !always_stop && w <= policy.max_quota_wait => Ok(w),
+        _ => Err(ApiError::Quota {
+            api: logic.api(),
+            endpoint: endpoint.to_string(),
+            quota: format!("{} ({})", redact(message), name),
+            resets_at: resets_epoch.map(epoch_text),
+            advice: if always_stop {
+                "nothing more can be sent until then (or until the plan is raised)".into()
+            } else {
+                format!(
+                    "that is past --max-wait ({} min)",
+                    policy.max_quota_wait.as_secs() / 60
+                )
+            },
+        }),
+    })
 }
 
 /// Wait out a quota, saying how long is left once a minute.
@@ -706,6 +482,25 @@ mod tests {
         let (r, times) = script(&p, answers).await;
         assert!(r.is_ok());
         assert_eq!(times.last().copied(), Some(Duration::from_secs(7)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tiny_retry_after_still_backs_off_and_give_up_is_a_time_budget() {
+        let p = RetryPolicy {
+            throttle_budget: Duration::from_secs(60),
+            ..exact_policy()
+        };
+        // Retry-After 4 ms: the waits still grow 100, 200, 400, 800 ms, then
+        // the 1 s cap, until a minute of throttling has passed.
+        let answers = (0..200)
+            .map(|_| resp(429, &[("retry-after", "0.004")], "{}"))
+            .collect();
+        let (r, times) = script(&p, answers).await;
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("throttled for 60s"), "{e}");
+        let ms: Vec<u128> = times.iter().take(6).map(|d| d.as_millis()).collect();
+        assert_eq!(ms, vec![0, 100, 300, 700, 1500, 2500]);
+        assert!(times.len() < 70, "{} attempts in a minute", times.len());
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! through the shared [`HttpLayer`]; Voucherify's rate-limit headers pause all
 //! requests when the budget is spent, so we never knowingly send into a 429.
 
-use crate::config::VoucherifyConfig;
-use crate::error::ApiError;
-use crate::http::{
+use crate::api::http::{
     header_str, path_segment, rate_limit_reset, HttpLayer, HttpSettings, RetryLogic, Throttle,
 };
+use crate::config::VoucherifyConfig;
+use crate::error::ApiError;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
@@ -25,13 +25,21 @@ impl RetryLogic for VoucherifyLogic {
         "Voucherify"
     }
 
+    /// Only the per-minute window pauses every request: the hourly bulk
+    /// bucket holds back bulk calls alone (a poll is no bulk call), and a
+    /// spent monthly cycle is an error that ends the run, not a pause. A
+    /// reset further off than two windows is no per-minute window either.
     fn pause_hint(&self, headers: &HeaderMap, now_epoch: u64) -> Option<Duration> {
+        match header_str(headers, "x-rate-limit-type").map(str::trim) {
+            None | Some("api_calls") => {}
+            Some(_) => return None,
+        }
         let remaining: u64 = header_str(headers, "x-rate-limit-remaining")?
             .trim()
             .parse()
             .ok()?;
         if remaining == 0 {
-            rate_limit_reset(headers, now_epoch)
+            rate_limit_reset(headers, now_epoch).filter(|w| *w <= Duration::from_secs(120))
         } else {
             None
         }
@@ -67,6 +75,11 @@ impl RetryLogic for VoucherifyLogic {
         }
     }
 
+    fn error_key(&self, body: &[u8]) -> Option<String> {
+        let v: Value = serde_json::from_slice(body).ok()?;
+        v.get("key").and_then(Value::as_str).map(str::to_string)
+    }
+
     fn error_message(&self, body: &[u8]) -> Option<String> {
         let v: Value = serde_json::from_slice(body).ok()?;
         let message = v.get("message").and_then(Value::as_str)?;
@@ -97,6 +110,9 @@ pub struct AsyncAction {
     /// When the status last changed: for a finished action, when it finished.
     #[serde(default)]
     pub updated_at: Option<String>,
+    /// SUCCESS, PARTIAL_SUCCESS, FAILED or UNKNOWN (nullable).
+    #[serde(default)]
+    pub operation_status: Option<String>,
 }
 
 impl AsyncAction {
@@ -122,6 +138,9 @@ pub struct AsyncResult {
     /// Per-row failures of a CSV import (`row` counts data rows from 1).
     #[serde(default)]
     pub failed: Option<Vec<ImportFailure>>,
+    /// An import's own words about the file (nullable).
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -161,6 +180,31 @@ pub struct CustomerError {
     pub source_id: Option<String>,
 }
 
+/// What `GET /v1/exports/{id}` says: `status`, and the file's URL and a
+/// message when there are (`result` and `result.url` are both nullable).
+#[derive(Debug, Clone)]
+pub struct ExportState {
+    pub status: String,
+    pub url: Option<String>,
+    pub message: Option<String>,
+}
+
+/// Whether the application keys may go with a request to `url`: the same
+/// scheme, host and port as the configured API, or a Voucherify host over https.
+pub fn keys_go_to(api: &reqwest::Url, url: &reqwest::Url) -> bool {
+    let same = url.scheme() == api.scheme()
+        && url.host_str() == api.host_str()
+        && url.port_or_known_default() == api.port_or_known_default();
+    let voucherify = url.scheme() == "https"
+        && url
+            .host_str()
+            .is_some_and(|h| h == "voucherify.io" || h.ends_with(".voucherify.io"));
+    same || voucherify
+}
+
+/// The endpoint of the metadata schemas, as messages name it.
+pub const METADATA_SCHEMAS: &str = "GET /v1/metadata-schemas";
+
 pub struct VoucherifyClient {
     http: HttpLayer,
     cfg: VoucherifyConfig,
@@ -180,7 +224,7 @@ impl VoucherifyClient {
         })
     }
 
-    pub fn stats(&self) -> &crate::http::HttpStats {
+    pub fn stats(&self) -> &crate::api::http::HttpStats {
         &self.http.stats
     }
 
@@ -196,6 +240,16 @@ impl VoucherifyClient {
         endpoint: &str,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<Value, ApiError> {
+        self.call_as(endpoint, build).await
+    }
+
+    /// Send with the application keys, note the budget the headers reveal,
+    /// and read the body straight into `T` (one parse, no `Value` between).
+    async fn call_as<T: serde::de::DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<T, ApiError> {
         let resp = self
             .http
             .send(endpoint, &VoucherifyLogic, |c| {
@@ -213,8 +267,9 @@ impl VoucherifyClient {
                 *b = Some((limit, remaining, kind.to_string()));
             }
         }
-        serde_json::from_slice(&resp.body)
-            .map_err(|e| contract(endpoint, &format!("body is not JSON ({e})")))
+        serde_json::from_slice(&resp.body).map_err(|e| {
+            ApiError::contract("Voucherify", endpoint, &format!("unexpected body ({e})"))
+        })
     }
 
     /// A non-empty text field of an answer, or a contract error naming it.
@@ -223,7 +278,13 @@ impl VoucherifyClient {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_string)
-            .ok_or_else(|| contract(endpoint, &format!("no `{name}` in the answer")))
+            .ok_or_else(|| {
+                ApiError::contract(
+                    "Voucherify",
+                    endpoint,
+                    &format!("no `{name}` in the answer"),
+                )
+            })
     }
 
     /// POST a JSON array of customers; returns the async action id.
@@ -267,78 +328,88 @@ impl VoucherifyClient {
         Self::field(&v, endpoint, "id")
     }
 
-    /// `GET /v1/exports/{id}`: its status, and when DONE the file's URL.
-    pub async fn export(&self, id: &str) -> Result<(String, Option<String>), ApiError> {
+    /// `GET /v1/exports/{id}`: where the export stands.
+    pub async fn export(&self, id: &str) -> Result<ExportState, ApiError> {
         let endpoint = format!("GET /v1/exports/{id}");
         let url = format!("{}/v1/exports/{}", self.base, path_segment(id));
         let v = self.call(&endpoint, |c| c.get(&url)).await?;
-        let status = v
-            .get("status")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let file = v
-            .get("result")
-            .and_then(|r| r.get("url"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        Ok((status, file))
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+        let result = v.get("result").filter(|r| !r.is_null());
+        Ok(ExportState {
+            status: text(v.get("status")).unwrap_or_default(),
+            url: text(result.and_then(|r| r.get("url"))),
+            message: text(result.and_then(|r| r.get("message"))).or_else(|| text(v.get("message"))),
+        })
     }
 
-    /// Download an export's file. The URL carries its own token: our
-    /// application keys are not sent to it, and it must be https (or
-    /// loopback http, for the sandbox).
+    /// `GET /v1/customers?limit=1`: whether the project holds any customer.
+    /// None when the answer does not say (no `customers` list).
+    pub async fn holds_any_customer(&self) -> Result<Option<bool>, ApiError> {
+        let endpoint = "GET /v1/customers";
+        let url = format!("{}/v1/customers?limit=1", self.base);
+        let v = self.call(endpoint, |c| c.get(&url)).await?;
+        Ok(v.get("customers")
+            .and_then(Value::as_array)
+            .map(|c| !c.is_empty()))
+    }
+
+    /// Download an export's file "together with authentication headers"
+    /// (Voucherify's export guide), which go only to the configured API host
+    /// or a Voucherify host over https, never anywhere else. The URL must be
+    /// https (or loopback http, for the sandbox).
     pub async fn download(&self, file_url: &str) -> Result<bytes::Bytes, ApiError> {
         let endpoint = "GET export file";
-        let parsed = reqwest::Url::parse(file_url)
-            .map_err(|e| contract(endpoint, &format!("the export's URL is not a URL ({e})")))?;
+        let parsed = reqwest::Url::parse(file_url).map_err(|e| {
+            ApiError::contract(
+                "Voucherify",
+                endpoint,
+                &format!("the export's URL is not a URL ({e})"),
+            )
+        })?;
         let host = parsed.host_str().unwrap_or("").to_string();
         if parsed.scheme() != "https"
             && !(parsed.scheme() == "http" && crate::config::is_loopback(&host))
         {
-            return Err(contract(
+            return Err(ApiError::contract(
+                "Voucherify",
                 endpoint,
                 &format!("the export's URL is not https ({host}); not downloading it"),
             ));
         }
+        let with_keys = keys_go_to(&self.cfg.api_url, &parsed);
         let resp = self
             .http
-            .send(endpoint, &VoucherifyLogic, |c| c.get(parsed.clone()))
+            .send(endpoint, &VoucherifyLogic, |c| {
+                let req = c.get(parsed.clone());
+                if with_keys {
+                    req.header("X-App-Id", &self.cfg.app_id)
+                        .header("X-App-Token", self.cfg.secret_key.expose())
+                } else {
+                    req
+                }
+            })
             .await?;
         Ok(resp.body)
     }
 
-    /// The project's customer metadata schema (`GET /v1/metadata-schemas`).
-    pub async fn customer_metadata_schema(
-        &self,
-    ) -> Result<crate::metadata_schema::CustomerSchema, ApiError> {
-        let endpoint = "GET /v1/metadata-schemas";
+    /// The project's metadata schemas (`GET /v1/metadata-schemas`), as
+    /// answered; `mapping::metadata_schema` reads the customer's.
+    pub async fn metadata_schemas(&self) -> Result<Value, ApiError> {
         let url = format!("{}/v1/metadata-schemas", self.base);
-        let v = self.call(endpoint, |c| c.get(&url)).await?;
-        crate::metadata_schema::CustomerSchema::from_answer(&v).map_err(|e| contract(endpoint, &e))
+        self.call(METADATA_SCHEMAS, |c| c.get(&url)).await
     }
 
     /// The state of an async action.
     pub async fn async_action(&self, id: &str) -> Result<AsyncAction, ApiError> {
         let endpoint = format!("GET /v1/async-actions/{id}");
         let url = format!("{}/v1/async-actions/{}", self.base, path_segment(id));
-        let v = self.call(&endpoint, |c| c.get(&url)).await?;
-        serde_json::from_value(v)
-            .map_err(|e| contract(&endpoint, &format!("unexpected async action body ({e})")))
-    }
-}
-
-fn contract(endpoint: &str, message: &str) -> ApiError {
-    ApiError::Contract {
-        api: "Voucherify",
-        endpoint: endpoint.to_string(),
-        message: message.to_string(),
+        self.call_as(&endpoint, |c| c.get(&url)).await
     }
 }
 
 /// Whether an error is Voucherify's `too_many_customers` (over the bulk cap).
 pub fn is_too_many_customers(e: &ApiError) -> bool {
-    matches!(e, ApiError::Status { status: 400, message, .. } if message.contains("too_many_customers"))
+    e.status() == Some(400) && e.key() == Some("too_many_customers")
 }
 
 #[cfg(test)]
@@ -363,6 +434,34 @@ mod tests {
             !a.is_finished(),
             "an absent status is not a finished action"
         );
+    }
+
+    #[test]
+    fn only_the_per_minute_window_pauses_every_request() {
+        let h = |pairs: &[(&'static str, String)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, v.parse().unwrap());
+            }
+            m
+        };
+        let now = 1_000_000;
+        let spent = |kind: Option<&str>, reset_in: u64| {
+            let mut p = vec![
+                ("x-rate-limit-remaining", "0".to_string()),
+                ("x-rate-limit-retry", (now + reset_in).to_string()),
+            ];
+            if let Some(k) = kind {
+                p.push(("x-rate-limit-type", k.to_string()));
+            }
+            VoucherifyLogic.pause_hint(&h(&p), now)
+        };
+        assert_eq!(spent(None, 30), Some(Duration::from_secs(30)));
+        assert_eq!(spent(Some("api_calls"), 30), Some(Duration::from_secs(30)));
+        // A month away, or another quota: no pause (the run stops instead).
+        assert_eq!(spent(Some("api_calls_cycle"), 30 * 86_400), None);
+        assert_eq!(spent(Some("bulk_api_calls"), 1_800), None);
+        assert_eq!(spent(None, 30 * 86_400), None);
     }
 
     #[test]

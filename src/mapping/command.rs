@@ -3,11 +3,12 @@
 //! (`segsync mapping > segsync.toml`). `--check` compares the mapping's
 //! metadata keys with the project's customer metadata schema.
 
-use crate::config::{MappingArgs, VoucherifyArgs};
-use crate::http::HttpSettings;
+use super::MappingArgs;
+use crate::api::http::HttpSettings;
+use crate::api::voucherify::VoucherifyClient;
+use crate::config::VoucherifyArgs;
 use crate::mapping::config::BaseType;
 use crate::ui;
-use crate::voucherify::VoucherifyClient;
 use anyhow::Result;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -25,14 +26,14 @@ pub struct Args {
 pub async fn run(args: &Args) -> Result<u8> {
     let m = args.mapping.resolve()?;
     if !args.check {
-        print!("{}", m.to_toml());
+        crate::out!("{}", m.to_toml());
         return Ok(0);
     }
     let cfg = args.voucherify.resolve()?;
     let client = VoucherifyClient::new(cfg, HttpSettings::default())?;
-    let schema = client.customer_metadata_schema().await?;
+    let schema = crate::mapping::metadata_schema::read(&client).await?;
     let strict = schema.allow_defined_only == Some(true);
-    println!(
+    crate::outln!(
         "the project's customer metadata schema defines {} keys{}",
         schema.properties.len(),
         if strict {
@@ -51,9 +52,9 @@ pub async fn run(args: &Args) -> Result<u8> {
         match def {
             None if strict => {
                 problems += 1;
-                println!("  {}: NOT DEFINED: the project allows defined keys only, so every customer carrying it is rejected; define it ({mapped}) or remove it from the mapping", k.key);
+                crate::outln!("  {}: NOT DEFINED: the project allows defined keys only, so every customer carrying it is rejected; define it ({mapped}) or remove it from the mapping", k.key);
             }
-            None => println!(
+            None => crate::outln!(
                 "  {}: not defined in the project (accepted as it is; defining it as {mapped} lets Voucherify check it)",
                 k.key
             ),
@@ -69,10 +70,10 @@ pub async fn run(args: &Args) -> Result<u8> {
                     }
                 };
                 if agrees {
-                    println!("  {}: defined as {want_name}; the mapping sends {mapped}", k.key);
+                    crate::outln!("  {}: defined as {want_name}; the mapping sends {mapped}", k.key);
                 } else {
                     problems += 1;
-                    println!("  {}: TYPE MISMATCH: defined as {want_name}, the mapping sends {mapped}; change the mapping's type", k.key);
+                    crate::outln!("  {}: TYPE MISMATCH: defined as {want_name}, the mapping sends {mapped}; change the mapping's type", k.key);
                 }
             }
         }
@@ -82,7 +83,7 @@ pub async fn run(args: &Args) -> Result<u8> {
             && d.deleted != Some(true)
             && !m.metadata.iter().any(|k| &k.key == key)
         {
-            println!("  {key}: required by the schema but not mapped (new customers without it in their `metadata` trait are rejected)");
+            crate::outln!("  {key}: required by the schema but not mapped (new customers without it in their `metadata` trait are rejected)");
         }
     }
     if problems > 0 {
@@ -91,6 +92,6 @@ pub async fn run(args: &Args) -> Result<u8> {
         ));
         return Ok(2);
     }
-    println!("every mapped metadata key fits the project's schema");
+    crate::outln!("every mapped metadata key fits the project's schema");
     Ok(0)
 }

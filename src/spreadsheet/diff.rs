@@ -8,13 +8,13 @@
 //! FILE` writes the full list. `load` uses [`compare`] to refuse rows whose
 //! leading zeros a spreadsheet stripped.
 
-use crate::config::MappingArgs;
-use crate::customers_csv::{open_csv, parse_row, read_layout, separator};
-use crate::edits::{classify, separator_name, Damage};
 use crate::error::UsageError;
 use crate::files::{self, AtomicFile};
 use crate::mapping::Mapping;
+use crate::mapping::MappingArgs;
 use crate::records::{guard_cell, COLUMNS};
+use crate::spreadsheet::customers_csv::{open_csv, parse_row, read_layout, separator};
+use crate::spreadsheet::edits::{classify, separator_name, Damage};
 use crate::state;
 use crate::ui;
 use anyhow::Result;
@@ -114,7 +114,11 @@ pub fn compare(customers: &Path, profiles: &Path, mapping: &Mapping) -> Result<E
         ..Default::default()
     };
     let mut rdr = open_csv(customers)?;
-    let layout = read_layout(customers, &mut rdr).map_err(|p| anyhow::anyhow!(p.join("\n")))?;
+    let layout =
+        read_layout(customers, &mut rdr).map_err(|problems| crate::error::InputErrors {
+            problems,
+            hint: format!("{}: fix the header; nothing was sent", customers.display()),
+        })?;
     let mut seen = HashSet::new();
     let mut rec = csv::ByteRecord::new();
     loop {
@@ -125,7 +129,7 @@ pub fn compare(customers: &Path, profiles: &Path, mapping: &Mapping) -> Result<E
             Err(_) => continue,
         }
         report.rows += 1;
-        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        let line = layout.line(rec.position());
         let (row, _) = parse_row(&layout, &rec);
         let Some(sid) = row.source_id.clone() else {
             continue;
@@ -182,14 +186,14 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<()> {
         .into());
     }
     let Some(profiles) = profiles_for(&customers, args.profiles.as_deref()) else {
-        println!(
+        crate::outln!(
             "{}: no profiles.ndjson beside it to compare with (a file written by hand from scratch); nothing to compare",
             customers.display()
         );
         return Ok(());
     };
     let r = compare(&customers, &profiles, &args.mapping.resolve()?)?;
-    println!(
+    crate::outln!(
         "{} ({} rows, {}-separated) against what `segsync transform` would write from {}:",
         customers.display(),
         r.rows,
@@ -197,13 +201,13 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<()> {
         profiles.display()
     );
     for (line, sid) in r.added.iter().take(args.show) {
-        println!("  line {line}: {sid}  added (not a customer of profiles.ndjson)");
+        crate::outln!("  line {line}: {sid}  added (not a customer of profiles.ndjson)");
     }
     for sid in r.removed.iter().take(args.show) {
-        println!("  {sid}  removed");
+        crate::outln!("  {sid}  removed");
     }
     for c in r.changes.iter().take(args.show) {
-        println!(
+        crate::outln!(
             "  line {}: {}  {}  {:?} → {:?}{}",
             c.line,
             c.source_id,
@@ -220,20 +224,24 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<()> {
         + r.changes.len().min(args.show);
     let total = r.added.len() + r.removed.len() + r.changes.len();
     if total > shown {
-        println!("  … and {} more (--csv FILE lists them all)", total - shown);
+        crate::outln!("  … and {} more (--csv FILE lists them all)", total - shown);
     }
-    println!("{}", r.counts());
+    crate::outln!("{}", r.counts());
     let mut kinds: Vec<Damage> = r.damaged().filter_map(|c| c.damage).collect();
     kinds.dedup();
     kinds.sort_by_key(|d| *d as u8);
     kinds.dedup();
     for d in kinds {
         let n = r.damaged().filter(|c| c.damage == Some(d)).count();
-        ui::warn(format!("{n} changed values {}", d.explain()));
+        ui::warn(format!(
+            "{n} changed {}: each {}",
+            if n == 1 { "value" } else { "values" },
+            d.explain()
+        ));
     }
     if let Some(out) = &args.csv {
         write_csv(out, &r)?;
-        println!("every change: {}", out.display());
+        crate::outln!("every change: {}", out.display());
     }
     Ok(())
 }

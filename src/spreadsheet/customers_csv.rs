@@ -15,6 +15,17 @@ use std::path::Path;
 pub struct Layout {
     /// For each CSV field: index into COLUMNS.
     pub fields: Vec<usize>,
+    /// What to add to the csv crate's line count to get the file's line:
+    /// after a header ended by CRLF (a spreadsheet's save) it counts one
+    /// line short, so the first data row, on line 2, would be called line 1.
+    line_offset: u64,
+}
+
+impl Layout {
+    /// The file line a record (or a record's error) starts on, counted from 1.
+    pub fn line(&self, pos: Option<&csv::Position>) -> u64 {
+        pos.map(|p| p.line() + self.line_offset).unwrap_or(0)
+    }
 }
 
 /// The separator of a customers CSV: `,`, `;` or tab, as its header shows
@@ -27,7 +38,7 @@ pub fn separator(path: &Path) -> Result<u8> {
         .take(1 << 20)
         .read_until(b'\n', &mut first)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    match crate::edits::detect_separator(&first) {
+    match crate::spreadsheet::edits::detect_separator(&first) {
         Ok(sep) => Ok(sep),
         // No separator gives known columns: read with commas, and let the
         // header check name the unknown columns.
@@ -97,7 +108,12 @@ pub fn read_layout(
         ));
     }
     if problems.is_empty() {
-        Ok(Layout { fields })
+        // The header is one line, so the first data row starts on line 2.
+        let line_offset = 2u64.saturating_sub(rdr.position().line());
+        Ok(Layout {
+            fields,
+            line_offset,
+        })
     } else {
         Err(problems)
     }
@@ -130,14 +146,17 @@ pub fn parse_row(layout: &Layout, rec: &csv::ByteRecord) -> (CustomerRow, Vec<(S
             }
             Err(_) => problems.push((
                 col.to_string(),
-                match crate::edits::as_windows_1252(raw) {
+                match crate::spreadsheet::edits::as_windows_1252(raw) {
                     Some(text) => format!("not UTF-8: it reads as Windows-1252 ({text:?}), as a spreadsheet's plain \"CSV\" save writes; re-save the file as \"CSV UTF-8\""),
                     None => "not valid UTF-8".to_string(),
                 },
             )),
         }
     }
+    let unreadable_id = problems.iter().any(|(c, _)| c == "source_id");
     match &row.source_id {
+        // Not UTF-8 is the problem already named, not an empty cell.
+        None if unreadable_id => {}
         None => problems.push((
             "source_id".into(),
             "empty; every customer needs a source_id".into(),
@@ -152,7 +171,7 @@ pub fn parse_row(layout: &Layout, rec: &csv::ByteRecord) -> (CustomerRow, Vec<(S
         if !crate::dates::is_real_date(b) {
             problems.push((
                 "birthdate".into(),
-                match crate::edits::date_format_found(b) {
+                match crate::spreadsheet::edits::date_format_found(b) {
                     Some(found) => format!("{b:?} is not a date in YYYY-MM-DD form: found {found}, as a spreadsheet writes dates in a locale format; format the column as text before editing, and write dates as YYYY-MM-DD"),
                     None => format!("{b:?} is not a real date in YYYY-MM-DD form"),
                 },

@@ -2,9 +2,9 @@
 //! a profile's traits and external ids. All requests go through the shared
 //! [`HttpLayer`], so one token bucket covers every Segment request.
 
+use crate::api::http::{path_segment, HttpLayer, HttpSettings, RawResponse, RetryLogic};
 use crate::config::SegmentConfig;
 use crate::error::ApiError;
-use crate::http::{path_segment, HttpLayer, HttpSettings, RawResponse, RetryLogic};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 
@@ -69,7 +69,7 @@ impl SegmentClient {
         })
     }
 
-    pub fn stats(&self) -> &crate::http::HttpStats {
+    pub fn stats(&self) -> &crate::api::http::HttpStats {
         &self.http.stats
     }
 
@@ -117,15 +117,21 @@ impl SegmentClient {
         let data = v
             .get("data")
             .and_then(Value::as_array)
-            .ok_or_else(|| contract(endpoint, "no `data` array"))?;
+            .ok_or_else(|| ApiError::contract("Segment", endpoint, "no `data` array"))?;
         let mut profiles = Vec::with_capacity(data.len());
         for p in data {
-            let obj = p
-                .as_object()
-                .ok_or_else(|| contract(endpoint, "a `data` entry is not an object"))?;
+            let obj = p.as_object().ok_or_else(|| {
+                ApiError::contract("Segment", endpoint, "a `data` entry is not an object")
+            })?;
             match obj.get("segment_id") {
                 Some(Value::String(s)) if !s.is_empty() => {}
-                _ => return Err(contract(endpoint, "a profile has no `segment_id`")),
+                _ => {
+                    return Err(ApiError::contract(
+                        "Segment",
+                        endpoint,
+                        "a profile has no `segment_id`",
+                    ))
+                }
             }
             profiles.push(obj.clone());
         }
@@ -146,14 +152,15 @@ impl SegmentClient {
         let path = format!("/segment_id:{}/traits", path_segment(segment_id));
         let mut traits = Map::new();
         let found = self
-            .each_page(&path, TRAITS_LIMIT, include, |v, endpoint| {
-                let page = v
-                    .get("traits")
-                    .and_then(Value::as_object)
-                    .ok_or_else(|| contract(endpoint, "no `traits` object"))?;
-                for (k, val) in page {
-                    traits.insert(k.clone(), val.clone());
-                }
+            .each_page(&path, TRAITS_LIMIT, include, |mut v, endpoint| {
+                let Some(Value::Object(page)) = v.get_mut("traits").map(Value::take) else {
+                    return Err(ApiError::contract(
+                        "Segment",
+                        endpoint,
+                        "no `traits` object",
+                    ));
+                };
+                traits.extend(page);
                 Ok(())
             })
             .await?;
@@ -170,26 +177,26 @@ impl SegmentClient {
         let path = format!("/segment_id:{}/external_ids", path_segment(segment_id));
         let mut ids = Vec::new();
         let found = self
-            .each_page(&path, EXTERNAL_IDS_LIMIT, include, |v, endpoint| {
-                let page = v
-                    .get("data")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| contract(endpoint, "no `data` array"))?;
-                ids.extend(page.iter().cloned());
+            .each_page(&path, EXTERNAL_IDS_LIMIT, include, |mut v, endpoint| {
+                let Some(Value::Array(page)) = v.get_mut("data").map(Value::take) else {
+                    return Err(ApiError::contract("Segment", endpoint, "no `data` array"));
+                };
+                ids.extend(page);
                 Ok(())
             })
             .await?;
         Ok(found.then_some(ids))
     }
 
-    /// Follow a list's cursor to its end, handing each page to `take`.
+    /// Follow a list's cursor to its end, handing each page to `take` (by
+    /// value: its traits and ids move out, nothing is copied).
     /// Returns false if the first page is a 404 (the profile is gone).
     async fn each_page(
         &self,
         path: &str,
         limit: u32,
         include: Option<&str>,
-        mut take: impl FnMut(&Value, &str) -> Result<(), ApiError>,
+        mut take: impl FnMut(Value, &str) -> Result<(), ApiError>,
     ) -> Result<bool, ApiError> {
         let mut next: Option<String> = None;
         let mut seen = HashSet::new();
@@ -199,34 +206,28 @@ impl SegmentClient {
                 Err(e) if e.status() == Some(404) && page == 0 => return Ok(false),
                 Err(e) => return Err(e),
             };
-            take(&v, path)?;
             let c = cursor(&v, path)?;
+            take(v, path)?;
             if !c.has_more {
                 return Ok(true);
             }
-            let n = c
-                .next
-                .ok_or_else(|| contract(path, "`has_more` is true but `next` is empty"))?;
+            let n = c.next.ok_or_else(|| {
+                ApiError::contract("Segment", path, "`has_more` is true but `next` is empty")
+            })?;
             if !seen.insert(n.clone()) {
-                return Err(contract(
+                return Err(ApiError::contract(
+                    "Segment",
                     path,
                     "the cursor repeats a page already read (the list would never end)",
                 ));
             }
             next = Some(n);
         }
-        Err(contract(
+        Err(ApiError::contract(
+            "Segment",
             path,
             &format!("the list did not end after {MAX_PAGES} pages"),
         ))
-    }
-}
-
-fn contract(endpoint: &str, message: &str) -> ApiError {
-    ApiError::Contract {
-        api: "Segment",
-        endpoint: endpoint.to_string(),
-        message: message.to_string(),
     }
 }
 
@@ -235,18 +236,21 @@ pub fn cursor(v: &Value, endpoint: &str) -> Result<Cursor, ApiError> {
     let c = v
         .get("cursor")
         .and_then(Value::as_object)
-        .ok_or_else(|| contract(endpoint, "no `cursor` object"))?;
-    let has_more = c
-        .get("has_more")
-        .and_then(Value::as_bool)
-        .ok_or_else(|| contract(endpoint, "`cursor.has_more` is not a boolean"))?;
+        .ok_or_else(|| ApiError::contract("Segment", endpoint, "no `cursor` object"))?;
+    let has_more = c.get("has_more").and_then(Value::as_bool).ok_or_else(|| {
+        ApiError::contract("Segment", endpoint, "`cursor.has_more` is not a boolean")
+    })?;
     let next = c
         .get("next")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .map(str::to_string);
     if has_more && next.is_none() {
-        return Err(contract(endpoint, "`has_more` is true but `next` is empty"));
+        return Err(ApiError::contract(
+            "Segment",
+            endpoint,
+            "`has_more` is true but `next` is empty",
+        ));
     }
     Ok(Cursor { has_more, next })
 }

@@ -38,14 +38,31 @@ pub struct Definition {
     pub exact_length: Option<u64>,
 }
 
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Definition>, D::Error> {
+    Ok(Option::<BTreeMap<String, Definition>>::deserialize(d)?.unwrap_or_default())
+}
+
 /// The customer metadata schema of a project.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct CustomerSchema {
-    #[serde(default)]
+    /// `properties` may be null: no keys defined.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub properties: BTreeMap<String, Definition>,
     /// Only defined keys are accepted.
     #[serde(default)]
     pub allow_defined_only: Option<bool>,
+}
+
+/// Read the project's customer schema from Voucherify.
+pub async fn read(
+    client: &crate::api::voucherify::VoucherifyClient,
+) -> Result<CustomerSchema, crate::error::ApiError> {
+    let v = client.metadata_schemas().await?;
+    CustomerSchema::from_answer(&v).map_err(|e| {
+        crate::error::ApiError::contract("Voucherify", crate::api::voucherify::METADATA_SCHEMAS, &e)
+    })
 }
 
 impl CustomerSchema {
@@ -62,6 +79,15 @@ impl CustomerSchema {
             }
         }
         Ok(CustomerSchema::default())
+    }
+
+    /// The keys the schema requires (`optional: false`, not deleted).
+    pub fn required_keys(&self) -> Vec<String> {
+        self.properties
+            .iter()
+            .filter(|(_, d)| d.optional == Some(false) && d.deleted != Some(true))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     fn defined(&self, key: &str) -> Option<&Definition> {
@@ -120,18 +146,34 @@ pub fn check_value(d: &Definition, v: &Value) -> Option<String> {
     check_one(d, v)
 }
 
+/// "latitude, longitude" as two numbers in range.
+fn geopoint_text(s: &str) -> bool {
+    let Some((lat, lng)) = s.split_once(',') else {
+        return false;
+    };
+    match (lat.trim().parse::<f64>(), lng.trim().parse::<f64>()) {
+        (Ok(lat), Ok(lng)) => lat.abs() <= 90.0 && lng.abs() <= 180.0,
+        _ => false,
+    }
+}
+
 fn check_one(d: &Definition, v: &Value) -> Option<String> {
     let ty = d.ty.as_deref().unwrap_or("");
     let type_ok = match ty {
         "string" | "image_url" => v.is_string(),
         "number" => v.is_number(),
         "boolean" => v.is_boolean(),
-        "date" => v.as_str().is_some_and(crate::dates::is_real_date),
+        // `YYYY-MM-DD`, or a date-time as the docs' own example
+        // (`2020-03-11T09:00:00.000Z`).
+        "date" => v.as_str().is_some_and(|s| {
+            crate::dates::is_real_date(s) || crate::dates::parse_timestamp(s).is_some()
+        }),
         "datetime" => v
             .as_str()
             .is_some_and(|s| s.len() > 10 && crate::dates::parse_timestamp(s).is_some()),
         "object" => v.is_object(),
-        "geopoint" => v.is_object(),
+        // An object, or the documented string form "37.786971, -122.399677".
+        "geopoint" => v.is_object() || v.as_str().is_some_and(geopoint_text),
         _ => true,
     };
     if !type_ok {
@@ -211,6 +253,23 @@ mod tests {
             v
         ]}))
         .unwrap()
+    }
+
+    #[test]
+    fn null_properties_geopoint_text_datetime_dates_and_required_keys() {
+        let s = schema(json!({"related_object": "customer", "properties": null}));
+        assert!(s.properties.is_empty());
+        let s = schema(json!({"related_object": "customer", "properties": {
+            "where": {"type": "geopoint"},
+            "since": {"type": "date"},
+            "plan": {"type": "string", "optional": false},
+            "gone": {"type": "string", "optional": false, "deleted": true}
+        }}));
+        let ok = json!({"where": "37.786971, -122.399677", "since": "2020-03-11T09:00:00.000Z"});
+        assert!(s.check(ok.as_object().unwrap()).is_empty());
+        let bad = json!({"where": "somewhere", "since": "2020-02-30"});
+        assert_eq!(s.check(bad.as_object().unwrap()).len(), 2);
+        assert_eq!(s.required_keys(), vec!["plan".to_string()]);
     }
 
     #[test]

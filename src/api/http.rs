@@ -1,0 +1,231 @@
+//! The one HTTP layer both API clients share.
+//!
+//! It owns the pooled reqwest client, the concurrency bound, the token-bucket
+//! rate limiter (governor) and the single retry loop of the project. Each API
+//! client describes its service through [`RetryLogic`]: which answers are worth
+//! retrying, how to read the server's wait hints, and how to find the API's own
+//! error message in a body. [`RetryPolicy`] decides how long to wait between
+//! attempts: capped exponential backoff with full jitter, overridden by the
+//! server's hint when it gives one.
+
+pub use super::answer::{
+    epoch_text, header_str, now_epoch, rate_limit_reset, retry_after, HttpStats, RawResponse,
+};
+pub use super::retry::{run_with_retries, Attempt, Jitter, RetryLogic, RetryPolicy, Throttle};
+use crate::config::redact;
+use crate::error::ApiError;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::RequestBuilder;
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+pub const USER_AGENT: &str = concat!("segsync/", env!("CARGO_PKG_VERSION"));
+
+/// Path-segment encoding per RFC 3986: every byte but the unreserved
+/// characters `A-Z a-z 0-9 - . _ ~` is percent-encoded (so `+` is `%2B`).
+pub const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// One path segment, encoded.
+pub fn path_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string()
+}
+
+/// Settings of one HTTP layer instance (one per API).
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub concurrency: usize,
+    /// Requests allowed per `rate_period`; None = unlimited.
+    pub rate: Option<u32>,
+    pub rate_period: Duration,
+    /// Requests that may go at once before the pacing starts.
+    pub burst: Option<u32>,
+    pub timeout: Duration,
+    pub policy: RetryPolicy,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            concurrency: 16,
+            rate: None,
+            rate_period: Duration::from_secs(1),
+            burst: None,
+            timeout: Duration::from_secs(60),
+            policy: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Shared HTTP machinery: pooled client, concurrency bound, rate limiter, retries.
+pub struct HttpLayer {
+    client: reqwest::Client,
+    limiter: Option<DefaultDirectRateLimiter>,
+    concurrency: Semaphore,
+    policy: RetryPolicy,
+    /// Until when the server told us to send nothing (budget spent).
+    paused_until: Mutex<Option<tokio::time::Instant>>,
+    pub stats: Arc<HttpStats>,
+}
+
+impl HttpLayer {
+    pub fn new(settings: HttpSettings) -> anyhow::Result<HttpLayer> {
+        let client = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .gzip(true)
+            .https_only(false) // http:// is admitted only for loopback by config::api_url
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(settings.timeout)
+            .pool_max_idle_per_host(settings.concurrency.max(1))
+            .build()?;
+        let limiter = match settings.rate {
+            Some(n) if n > 0 => {
+                let per = settings.rate_period / n;
+                let per = if per.is_zero() {
+                    Duration::from_nanos(1)
+                } else {
+                    per
+                };
+                let burst = settings.burst.unwrap_or(1).max(1);
+                let quota = Quota::with_period(per)
+                    .ok_or_else(|| anyhow::anyhow!("invalid rate limit"))?
+                    .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+                Some(RateLimiter::direct(quota))
+            }
+            _ => None,
+        };
+        Ok(HttpLayer {
+            client,
+            limiter,
+            concurrency: Semaphore::new(settings.concurrency.max(1)),
+            policy: settings.policy,
+            paused_until: Mutex::new(None),
+            stats: Arc::new(HttpStats::default()),
+        })
+    }
+
+    /// Send a request built by `build`, retrying per `logic` and the policy.
+    /// Returns the first 2xx answer; any other outcome is an [`ApiError`].
+    /// `endpoint` names the call in messages (method and path, no secrets).
+    pub async fn send(
+        &self,
+        endpoint: &str,
+        logic: &dyn RetryLogic,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<RawResponse, ApiError> {
+        run_with_retries(&self.policy, logic, endpoint, &self.stats, || async {
+            self.wait_for_pause().await;
+            let _permit = self.concurrency.acquire().await.ok();
+            if let Some(l) = &self.limiter {
+                l.until_ready().await;
+            }
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            let attempt = match build(&self.client).send().await {
+                Err(e) => Attempt::Transport(describe_transport(&e)),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    match resp.bytes().await {
+                        Ok(body) => Attempt::Response(RawResponse {
+                            status,
+                            headers,
+                            body,
+                        }),
+                        Err(e) => Attempt::Transport(describe_transport(&e)),
+                    }
+                }
+            };
+            if let Attempt::Response(r) = &attempt {
+                self.stats.answers.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .answer_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                crate::ui::trace(format!(
+                    "{} {} -> {} in {:?}",
+                    logic.api(),
+                    endpoint,
+                    r.status.as_u16(),
+                    started.elapsed()
+                ));
+                if let Some(p) = logic.pause_hint(&r.headers, now_epoch()) {
+                    self.pause_for(p.min(self.policy.max_hint));
+                }
+            } else if let Attempt::Transport(e) = &attempt {
+                crate::ui::trace(format!("{} {} -> {e}", logic.api(), endpoint));
+            }
+            attempt
+        })
+        .await
+    }
+
+    fn pause_for(&self, d: Duration) {
+        if d.is_zero() {
+            return;
+        }
+        let until = tokio::time::Instant::now() + d;
+        if let Ok(mut p) = self.paused_until.lock() {
+            if p.map(|cur| cur < until).unwrap_or(true) {
+                *p = Some(until);
+            }
+        }
+    }
+
+    async fn wait_for_pause(&self) {
+        let until = self.paused_until.lock().ok().and_then(|p| *p);
+        if let Some(until) = until {
+            if until > tokio::time::Instant::now() {
+                tokio::time::sleep_until(until).await;
+            }
+        }
+    }
+}
+
+fn describe_transport(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "connection dropped while reading the response"
+    } else {
+        "request failed"
+    };
+    // reqwest's text may include the URL. Ours hold no credentials, but an
+    // export's download URL carries a token in its query: drop queries.
+    let mut detail = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        src = s.source();
+    }
+    redact(&strip_queries(&format!("{kind} ({detail})")))
+}
+
+/// `?…` of every URL in `s` replaced by `?…`.
+fn strip_queries(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_query = false;
+    for c in s.chars() {
+        if in_query {
+            if c.is_whitespace() || c == ')' || c == '"' {
+                in_query = false;
+                out.push(c);
+            }
+            continue;
+        }
+        out.push(c);
+        if c == '?' {
+            out.push('…');
+            in_query = true;
+        }
+    }
+    out
+}

@@ -1,0 +1,222 @@
+//! Running one command: take the data directory's lock when the command
+//! writes, run it, and make its JSON document (`report`), which a run that
+//! held the lock also appends to `runs.ndjson`. Errors become the document's
+//! error and the exit status (docs/DESIGN.md, "Exit codes").
+
+use crate::cli::{Cli, Command, RunArgs};
+use crate::error::exit_code_for;
+use crate::{config, extract, load, report, state, status, transform, ui};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+
+/// The directory whose state a writing command changes (where its files
+/// and journals live), or None for a command that only reads.
+fn written_dir(command: &Command, data: &Path) -> Option<(PathBuf, &'static str)> {
+    let beside = |f: &Option<PathBuf>| {
+        f.as_deref()
+            .map(crate::files::parent_dir)
+            .unwrap_or_else(|| data.to_path_buf())
+    };
+    match command {
+        Command::Extract(a) => Some((beside(&a.out), "extract")),
+        Command::Transform(a) => Some((beside(&a.out), "transform")),
+        Command::Load(a) if !a.dry_run => Some((beside(&a.input), "load")),
+        Command::Run(_) => Some((data.to_path_buf(), "run")),
+        _ => None,
+    }
+}
+
+/// Run `cli`'s command; returns its exit status and its document.
+pub async fn execute(cli: Cli) -> (u8, Value) {
+    let name = cli.command.name();
+    let data = cli.data_dir.clone();
+    let mut body = Map::new();
+    let lock = match written_dir(&cli.command, &data) {
+        Some((dir, what)) => match state::lock::acquire(&dir, what) {
+            Ok(l) => Some((l, dir)),
+            Err(e) => return finish(name, Err(e), body),
+        },
+        None => match state::lock::check_dir(&data) {
+            Ok(()) => None,
+            Err(e) => return finish(name, Err(e), body),
+        },
+    };
+    let r = dispatch(cli.command, &data, &mut body).await;
+    let (code, doc) = finish(name, r, body);
+    if let Some((_held, dir)) = &lock {
+        if let Err(e) = report::remember(dir, &doc) {
+            ui::warn(format!(
+                "cannot append to {}: {e}",
+                state::runs(dir).display()
+            ));
+        }
+    }
+    (code, doc)
+}
+
+/// The exit status and document of a command's outcome; an error is also
+/// said on stderr.
+fn finish(name: &str, r: anyhow::Result<u8>, body: Map<String, Value>) -> (u8, Value) {
+    match r {
+        Ok(code) => (code, report::document(name, code, body)),
+        Err(e) => {
+            let text = config::redact(&format!("{e:#}"));
+            eprintln!("error: {text}");
+            let code = exit_code_for(&e);
+            let mut doc = report::failure(name, code, &text);
+            if let Value::Object(m) = &mut doc {
+                m.extend(body);
+            }
+            (code, doc)
+        }
+    }
+}
+
+async fn dispatch(
+    command: Command,
+    data: &Path,
+    body: &mut Map<String, Value>,
+) -> anyhow::Result<u8> {
+    match command {
+        Command::Extract(a) => {
+            let s = extract::run(&a, data).await?;
+            let out = a.out.clone().unwrap_or_else(|| state::profiles(data));
+            body.extend(report::extract(&s, data, &out));
+            Ok(0)
+        }
+        Command::Transform(a) => {
+            let s = transform::run(&a, data)?;
+            body.extend(report::transform(&s, data));
+            Ok(0)
+        }
+        Command::Load(a) => {
+            let s = load::run(&a, data).await?;
+            body.extend(report::load(&s, data));
+            Ok(if s.failed > 0 { 3 } else { 0 })
+        }
+        Command::Run(a) => run_all(&a, data, body).await,
+        Command::Status(m) => {
+            if ui::json() {
+                body.extend(status::json(data, &m)?);
+            } else {
+                status::run(data, &m)?;
+            }
+            Ok(0)
+        }
+        Command::Diff(a) => crate::spreadsheet::diff::run(&a, data).map(|_| 0),
+        Command::Mapping(a) => crate::mapping::command::run(&a).await,
+        #[cfg(feature = "sandbox")]
+        Command::Sandbox(a) => crate::sandbox_command::run(a).await.map(|_| 0),
+        Command::Completions(a) => {
+            let mut out = Vec::new();
+            clap_complete::generate(a.shell, &mut cli_command(), "segsync", &mut out);
+            emit_text(body, "script", out);
+            Ok(0)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cli_command()).render(&mut out)?;
+            emit_text(body, "man", out);
+            Ok(0)
+        }
+    }
+}
+
+fn cli_command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// Generated text: on stdout, or under `--json` in the document.
+fn emit_text(body: &mut Map<String, Value>, key: &str, text: Vec<u8>) {
+    let text = String::from_utf8_lossy(&text).into_owned();
+    if ui::json() {
+        body.insert(key.into(), json!(text));
+    } else {
+        ui::out(&text);
+    }
+}
+
+/// extract, transform and load in a row; each stage's summary goes under
+/// `stages` as soon as it is done, so a failure's document shows them too.
+async fn run_all(a: &RunArgs, data: &Path, body: &mut Map<String, Value>) -> anyhow::Result<u8> {
+    // Check every credential before doing any work.
+    a.segment.resolve()?;
+    a.voucherify.resolve()?;
+    // A rerun brings Voucherify up to date at the lowest cost: when a
+    // complete extract is there, only list calls and changed profiles.
+    let profiles = state::profiles(data);
+    let complete = state::checkpoint::read(&state::checkpoint(&profiles))
+        .ok()
+        .flatten()
+        .is_some_and(|cp| cp.complete)
+        && profiles.exists();
+    let incremental = a.incremental || (complete && !a.fresh);
+    ui::info(if incremental {
+        "run: incremental extract (list calls plus the profiles that changed since the last extract; --fresh for a full one)"
+    } else {
+        "run: full extract"
+    });
+    let mut stages = Map::new();
+    let s = extract::run(&extract_args(a, incremental), data).await?;
+    stages.insert(
+        "extract".into(),
+        Value::Object(report::extract(&s, data, &profiles)),
+    );
+    body.insert("stages".into(), Value::Object(stages.clone()));
+    let tr = transform::Args {
+        input: None,
+        out: None,
+        rejected: None,
+        mapping: a.mapping.clone(),
+        force: a.force,
+        skip_invalid: false,
+    };
+    let s = transform::run(&tr, data)?;
+    stages.insert(
+        "transform".into(),
+        Value::Object(report::transform(&s, data)),
+    );
+    body.insert("stages".into(), Value::Object(stages.clone()));
+    let s = load::run(&load_args(a), data).await?;
+    stages.insert("load".into(), Value::Object(report::load(&s, data)));
+    body.insert("stages".into(), Value::Object(stages));
+    Ok(if s.failed > 0 { 3 } else { 0 })
+}
+
+fn extract_args(a: &RunArgs, incremental: bool) -> extract::Args {
+    extract::Args {
+        from: extract::Source::Api,
+        dir: None,
+        trait_values: None,
+        out: None,
+        concurrency: a.extract_concurrency,
+        fixed_concurrency: false,
+        rate_limit: a.segment_rate_limit,
+        fresh: a.fresh,
+        incremental,
+        all_traits: false,
+        mapping: a.mapping.clone(),
+        segment: a.segment.clone(),
+    }
+}
+
+fn load_args(a: &RunArgs) -> load::Args {
+    load::Args {
+        input: None,
+        batch_size: a.batch_size,
+        max_batch_bytes: load::DEFAULT_MAX_BATCH_BYTES,
+        concurrency: a.load_concurrency,
+        rate_limit: a.voucherify_rate_limit,
+        poll_timeout: load::DEFAULT_POLL_TIMEOUT,
+        max_wait: load::DEFAULT_MAX_WAIT,
+        dry_run: false,
+        skip_invalid: false,
+        full: a.full,
+        accept_edits: false,
+        method: a.method,
+        export_timeout: load::DEFAULT_EXPORT_TIMEOUT,
+        max_file_bytes: load::DEFAULT_MAX_FILE_BYTES,
+        mapping: a.mapping.clone(),
+        voucherify: a.voucherify.clone(),
+    }
+}

@@ -1,0 +1,322 @@
+//! The API path's scheduler: the listing runs ahead in a task of its own
+//! ([`super::lister`]); listed profiles queue up; as many are fetched at once
+//! as the adaptive controller allows ([`crate::api::adaptive`]), so the rate
+//! limit's budget stays busy whatever the answers take; written profiles are
+//! journaled ([`super::journal`]) and a page is committed to the checkpoint
+//! once all its profiles are written. At the end of a listing pass the list
+//! is walked again (it is sorted by activity) until a pass finds nothing new.
+
+use super::fetcher::{self, Fetched, Wanted};
+use super::journal::{Journal, Seen};
+use super::lister::{self, Listed};
+use super::previous::PreviousFile;
+use super::{Summary, LISTING_LOOKAHEAD, MAX_PASSES};
+use crate::api::adaptive::{Controller, Window};
+use crate::api::segment::SegmentClient;
+use crate::ui::{self, Progress};
+use anyhow::Result;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::Receiver;
+use tokio::task::JoinHandle;
+
+/// How often the controller looks at the answers of the last moments.
+const ADAPT_EVERY: Duration = Duration::from_millis(250);
+
+/// A listing page being worked on.
+struct PageState {
+    /// Cursor that lists the page after this one (None: this was the last).
+    next: Option<String>,
+    /// Profiles not yet written or found missing.
+    remaining: usize,
+    /// The listing pass the page belongs to.
+    pass: u32,
+}
+
+/// Counters of the HTTP layer at the start of the current window.
+#[derive(Default, Clone, Copy)]
+struct Mark {
+    answers: u64,
+    micros: u64,
+    throttled: u64,
+}
+
+pub struct Scheduler {
+    client: Arc<SegmentClient>,
+    wanted: Arc<Wanted>,
+    pub journal: Journal,
+    seen: Seen,
+    prev: Option<PreviousFile>,
+    pub summary: Summary,
+    pub progress: Progress,
+    in_flight: FuturesUnordered<BoxFuture<'static, Fetched>>,
+    queue: VecDeque<(u64, Map<String, Value>)>,
+    pages: BTreeMap<u64, PageState>,
+    next_page_index: u64,
+    /// The pass the lister is walking, and what it found that was not settled.
+    pub listing_pass: u32,
+    found: u64,
+    listing_done: bool,
+    lister: JoinHandle<()>,
+    page_rx: Receiver<Listed>,
+    control: Controller,
+    /// Adapt (false: keep the ceiling, for comparison).
+    adaptive: bool,
+    mark: Mark,
+    marked_at: Instant,
+    last_checkpoint: Instant,
+}
+
+impl Scheduler {
+    /// Start listing where the journal's checkpoint says.
+    pub fn new(
+        client: Arc<SegmentClient>,
+        wanted: Arc<Wanted>,
+        (journal, seen): (Journal, Seen),
+        prev: Option<PreviousFile>,
+        ceiling: usize,
+        adaptive: bool,
+    ) -> Scheduler {
+        let progress = Progress::new("extract", "profiles", prev.as_ref().map(|p| p.len() as u64));
+        progress.set_position(journal.lines);
+        let summary = Summary {
+            reused: journal.cp.reused,
+            missing: journal.cp.missing.len() as u64,
+            ..Default::default()
+        };
+        let listing_pass = journal.cp.pass.max(1);
+        let (lister, page_rx) =
+            lister::spawn(client.clone(), journal.cp.cursor.clone(), LISTING_LOOKAHEAD);
+        let initial = if adaptive { ceiling.min(16) } else { ceiling };
+        Scheduler {
+            client,
+            wanted,
+            next_page_index: journal.cp.pages_committed,
+            journal,
+            seen,
+            prev,
+            summary,
+            progress,
+            in_flight: FuturesUnordered::new(),
+            queue: VecDeque::new(),
+            pages: BTreeMap::new(),
+            listing_pass,
+            // Resumed in the middle of a re-list: what it had found is unknown.
+            found: u64::from(listing_pass > 1),
+            listing_done: false,
+            lister,
+            page_rx,
+            control: Controller::new(initial, ceiling),
+            adaptive,
+            mark: Mark::default(),
+            marked_at: Instant::now(),
+            last_checkpoint: Instant::now(),
+        }
+    }
+
+    /// Profiles in flight the controller allows now.
+    pub fn concurrency(&self) -> usize {
+        self.control.limit()
+    }
+
+    fn requests(&self) -> u64 {
+        let s = self.client.stats();
+        s.get(&s.requests)
+    }
+
+    /// Fetch, list and write until every pass is done or something fails.
+    pub async fn run(&mut self) -> Result<()> {
+        loop {
+            while self.in_flight.len() < self.control.limit() {
+                let Some((page, entry)) = self.queue.pop_front() else {
+                    break;
+                };
+                self.in_flight.push(fetcher::fetch(
+                    self.client.clone(),
+                    self.wanted.clone(),
+                    page,
+                    entry,
+                ));
+            }
+            if self.listing_done && self.in_flight.is_empty() && self.queue.is_empty() {
+                self.commit_pages();
+                return Ok(());
+            }
+            // Keep more queued than can be in flight, so the fetches never
+            // wait for the (serial) listing.
+            let want_page = !self.listing_done
+                && self.queue.len()
+                    < self.control.limit() + crate::api::segment::PROFILES_LIMIT as usize;
+            tokio::select! {
+                Some(f) = self.in_flight.next(), if !self.in_flight.is_empty() => self.on_fetched(f)?,
+                msg = self.page_rx.recv(), if want_page => self.on_listed(msg)?,
+            }
+            if self.commit_pages() && self.last_checkpoint.elapsed() >= Duration::from_millis(200) {
+                let requests = self.requests();
+                self.journal.commit(Vec::new(), requests)?;
+                self.last_checkpoint = Instant::now();
+            }
+            self.adapt();
+            self.progress.tick(|| {
+                let s = self.client.stats();
+                format!(
+                    "pass {}, {} in flight (concurrency {} of {}), {} requests, {} retries, {} answered 429",
+                    self.listing_pass,
+                    self.in_flight.len(),
+                    self.control.limit(),
+                    self.control.ceiling(),
+                    s.get(&s.requests),
+                    s.get(&s.retries),
+                    s.get(&s.throttled)
+                )
+            });
+        }
+    }
+
+    /// Stop the listing task (at the end, or on an error).
+    pub fn stop_listing(&self) {
+        self.lister.abort();
+    }
+
+    /// Hand the controller the answers since the last look.
+    fn adapt(&mut self) {
+        if !self.adaptive || self.marked_at.elapsed() < ADAPT_EVERY {
+            return;
+        }
+        let s = self.client.stats();
+        let now = Mark {
+            answers: s.get(&s.answers),
+            micros: s.get(&s.answer_micros),
+            throttled: s.get(&s.throttled),
+        };
+        let answers = now.answers - self.mark.answers;
+        let window = Window {
+            answers,
+            mean: Duration::from_micros((now.micros - self.mark.micros) / answers.max(1)),
+            throttled: now.throttled - self.mark.throttled,
+        };
+        let before = self.control.limit();
+        let after = self.control.observe(window);
+        if before != after {
+            ui::trace(format!(
+                "extract: concurrency {before} -> {after} ({answers} answers, mean {:?}, {} answered 429)",
+                window.mean, window.throttled
+            ));
+        }
+        self.mark = now;
+        self.marked_at = Instant::now();
+    }
+
+    fn on_fetched(&mut self, f: Fetched) -> Result<()> {
+        let Fetched {
+            page,
+            segment_id,
+            outcome,
+        } = f;
+        match outcome? {
+            Some(rec) => {
+                self.journal.write_record(&rec)?;
+                self.summary.fetched += 1;
+                self.progress.inc(1);
+            }
+            None => {
+                ui::debug(format!("extract: profile {segment_id} disappeared before it could be read (404); skipped"));
+                self.journal.cp.missing.push(segment_id);
+                self.summary.missing += 1;
+            }
+        }
+        if let Some(p) = self.pages.get_mut(&page) {
+            p.remaining -= 1;
+        }
+        Ok(())
+    }
+
+    fn on_listed(&mut self, msg: Option<Listed>) -> Result<()> {
+        let (page, next) = match msg {
+            None => {
+                self.listing_done = true;
+                return Ok(());
+            }
+            Some(Err(e)) => return Err(super::listing_error(e)),
+            Some(Ok(listed)) => listed,
+        };
+        let index = self.next_page_index;
+        self.next_page_index += 1;
+        let mut state = PageState {
+            next: next.clone(),
+            remaining: 0,
+            pass: self.listing_pass,
+        };
+        for entry in page.profiles {
+            let id = fetcher::segment_id(&entry).to_string();
+            if !self.seen.insert(&id) {
+                self.summary.repeated += 1;
+                continue;
+            }
+            self.found += 1;
+            let reusable = self
+                .prev
+                .as_mut()
+                .and_then(|p| p.reusable(&id, fetcher::updated_at(&entry)));
+            if let Some(line) = reusable {
+                self.journal.write_line(line)?;
+                self.summary.reused += 1;
+                self.journal.cp.reused += 1;
+                self.progress.inc(1);
+                continue;
+            }
+            state.remaining += 1;
+            self.queue.push_back((index, entry));
+        }
+        self.pages.insert(index, state);
+        if next.is_none() {
+            self.end_of_pass();
+        }
+        Ok(())
+    }
+
+    /// The pass's listing is over. The list is sorted by activity and its
+    /// cursor works like an offset, so profiles that moved while we listed
+    /// were skipped: list again (while this pass's last profiles are still
+    /// being fetched) until a pass finds nothing new.
+    fn end_of_pass(&mut self) {
+        let (pass, found) = (self.listing_pass, self.found);
+        if pass > 1 {
+            self.journal.cp.found_by_relisting += found;
+        }
+        if (pass > 1 && found == 0) || pass >= MAX_PASSES {
+            if pass >= MAX_PASSES && found > 0 {
+                ui::warn(format!("extract: the re-list pass {pass} still found {found} profiles not yet written (the space changes faster than it can be listed); some that moved may be missing: rerun `segsync extract --incremental` later"));
+            }
+            self.listing_done = true;
+            return;
+        }
+        ui::debug(format!(
+            "extract: pass {pass} found {found} profiles; re-listing the space"
+        ));
+        self.listing_pass += 1;
+        self.found = 0;
+        self.lister.abort();
+        (self.lister, self.page_rx) = lister::spawn(self.client.clone(), None, LISTING_LOOKAHEAD);
+    }
+
+    /// Commit every leading page whose profiles are all written; true if any.
+    fn commit_pages(&mut self) -> bool {
+        let mut advanced = false;
+        while let Some(entry) = self.pages.first_entry() {
+            if entry.get().remaining > 0 {
+                break;
+            }
+            let state = entry.remove();
+            self.journal.cp.cursor = state.next;
+            self.journal.cp.pass = state.pass;
+            self.journal.cp.pages_committed += 1;
+            advanced = true;
+        }
+        advanced
+    }
+}

@@ -1,0 +1,183 @@
+//! Seeded worlds: one seed draws a whole shape of the world the vendors'
+//! documentation allows, so a simulation can run the pipeline in many of
+//! them and replay any one from its seed (FoundationDB's simulation testing,
+//! Jepsen's generated histories).
+//!
+//! What a world draws, and what each dimension stands for in the documents
+//! (docs/DESIGN.md, "Worlds"):
+//! - latency: a median from 5 to 600 ms (log-uniform), a jitter around it
+//!   and a slow tail (a share of answers several times the median);
+//! - Segment's rate limit (100 req/s per space, *shared with every other
+//!   consumer*, so any share of it may be ours) and Voucherify's per-window
+//!   limit (per minute in production, compressed to seconds here);
+//! - the call at which Voucherify's monthly quota (`api_calls_cycle`) runs
+//!   out, on whichever endpoint that call is, and the hourly bulk bucket;
+//! - 5xx answers, cut connections and slow answers at random calls;
+//! - listing churn (the list is sorted by recent activity);
+//! - the space: its size, its generator seed (trait counts and id pages vary
+//!   per profile), its anonymous share;
+//! - the pessimistic readings: nullable async-action fields as nulls, the
+//!   100-customer cap lower than the client's batch, exports `DONE` without
+//!   a file, whole-file import failures;
+//! - on the client's side: the load method, batch size and concurrency, and
+//!   a second command started on the same data directory.
+//!
+//! A world is healed ([`super::Sandbox::heal`]) to see that a rerun ends
+//! exact: faults off, quotas refilled, churn stopped, readings kind again.
+
+use super::{Latency, SandboxOptions};
+use rand::{Rng, SeedableRng};
+use std::time::Duration;
+
+/// A world: the sandbox's options and the client's flags, from one seed.
+#[derive(Debug, Clone)]
+pub struct World {
+    pub seed: u64,
+    pub sandbox: SandboxOptions,
+    /// Flags for `segsync run` in this world.
+    pub client_args: Vec<String>,
+    /// A second `segsync run` on the same data directory this many ms after
+    /// the first (a hurried person, or two cron entries): it must wait for
+    /// nothing and exit 2 naming the first, or run after it has ended.
+    pub concurrent_after_ms: Option<u64>,
+}
+
+impl World {
+    pub fn from_seed(seed: u64) -> World {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed ^ 0x05EE_D0F3_011D);
+        let median_ms = (5f64.ln() + r.gen::<f64>() * (600f64.ln() - 5f64.ln())).exp() as u64;
+        let latency = Latency {
+            median_ms,
+            jitter: r.gen_range(0.0..0.5),
+            tail_share: if r.gen_bool(0.5) {
+                r.gen_range(0.0..0.02)
+            } else {
+                0.0
+            },
+            tail_factor: r.gen_range(3..=10),
+        };
+        // Keep a world's extract to a few seconds of requests: a slow world
+        // gets a smaller space (about two requests a profile, 16 in flight).
+        let cap = (8_000 / median_ms.max(1)).clamp(20, 250);
+        let profiles = r.gen_range(10..=cap);
+        let window_secs = r.gen_range(1..=5u64);
+        let batch_size = *pick(&mut r, &[10u32, 25, 50, 100]);
+        let batches = profiles.div_ceil(batch_size as u64);
+        let method = *pick(&mut r, &["bulk", "import", "auto"]);
+        // About a schema read, two calls a batch, and an export's few calls.
+        let expected_calls = 1 + 2 * batches + if method == "bulk" { 0 } else { 5 };
+        let sandbox = SandboxOptions {
+            seed,
+            profiles,
+            latency_ms: median_ms,
+            latency: Some(latency),
+            fault_rate: if r.gen_bool(0.5) {
+                r.gen_range(0.0..0.08)
+            } else {
+                0.0
+            },
+            segment_rps: *pick(&mut r, &[0, 20, 50, 100, 200]),
+            voucherify_rpm: r.gen_range(5..=60),
+            voucherify_window: Duration::from_secs(window_secs),
+            processing_ms: r.gen_range(20..=300),
+            max_customers: if r.gen_bool(0.2) {
+                r.gen_range(20..100)
+            } else {
+                super::voucherify::MAX_CUSTOMERS
+            },
+            null_fields: r.gen_bool(0.3),
+            cycle_quota: r.gen_bool(0.35).then(|| r.gen_range(0..=expected_calls)),
+            bulk_quota: r.gen_bool(0.2).then(|| r.gen_range(1..=3)),
+            bulk_window: Duration::from_secs(r.gen_range(2..=5)),
+            churn: if r.gen_bool(0.3) {
+                r.gen_range(1..=20)
+            } else {
+                0
+            },
+            anonymous_percent: r.gen_range(0..=60),
+            export_without_file: r.gen_bool(0.3),
+            import_fails_whole: r.gen_bool(0.2),
+            ..Default::default()
+        };
+        let client_args = vec![
+            "--method".into(),
+            method.into(),
+            "--batch-size".into(),
+            batch_size.to_string(),
+            "--load-concurrency".into(),
+            r.gen_range(1..=8u32).to_string(),
+        ];
+        let concurrent_after_ms = r.gen_bool(0.25).then(|| r.gen_range(0..1_500));
+        World {
+            seed,
+            sandbox,
+            client_args,
+            concurrent_after_ms,
+        }
+    }
+
+    /// One line naming what was drawn, for a failing world's report.
+    pub fn describe(&self) -> String {
+        let o = &self.sandbox;
+        format!(
+            "world {}: {} profiles ({}% anonymous), latency {:?}, fault rate {:.3}, segment {} req/s, voucherify {} per {}s, processing {} ms, cap {}, cycle quota {:?}, bulk quota {:?} per {}s, churn {}/s, nulls {}, export without file {}, import fails whole {}; client {}; a second run after {:?} ms",
+            self.seed,
+            o.profiles,
+            o.anonymous_percent,
+            o.latency,
+            o.fault_rate,
+            o.segment_rps,
+            o.voucherify_rpm,
+            o.voucherify_window.as_secs(),
+            o.processing_ms,
+            o.max_customers,
+            o.cycle_quota,
+            o.bulk_quota,
+            o.bulk_window.as_secs(),
+            o.churn,
+            o.null_fields,
+            o.export_without_file,
+            o.import_fails_whole,
+            self.client_args.join(" "),
+            self.concurrent_after_ms
+        )
+    }
+}
+
+fn pick<'a, T>(r: &mut impl Rng, from: &'a [T]) -> &'a T {
+    &from[r.gen_range(0..from.len())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_replays_the_same_world_and_seeds_differ() {
+        assert_eq!(
+            World::from_seed(7).describe(),
+            World::from_seed(7).describe()
+        );
+        let shapes: std::collections::HashSet<String> =
+            (0..50).map(|s| World::from_seed(s).describe()).collect();
+        assert_eq!(shapes.len(), 50);
+    }
+
+    #[test]
+    fn the_worlds_cover_every_dimension() {
+        let worlds: Vec<World> = (0..200).map(World::from_seed).collect();
+        let any = |f: &dyn Fn(&World) -> bool| worlds.iter().any(f);
+        assert!(any(&|w| w.sandbox.latency_ms < 15));
+        assert!(any(&|w| w.sandbox.latency_ms > 400));
+        assert!(any(&|w| w.sandbox.cycle_quota == Some(0)));
+        assert!(any(&|w| w.sandbox.bulk_quota.is_some()));
+        assert!(any(&|w| w.sandbox.churn > 0));
+        assert!(any(&|w| w.sandbox.export_without_file));
+        assert!(any(&|w| w.sandbox.import_fails_whole));
+        assert!(any(&|w| w.sandbox.max_customers < 100));
+        assert!(any(&|w| w.concurrent_after_ms.is_some()));
+        for m in ["bulk", "import", "auto"] {
+            assert!(any(&|w| w.client_args.iter().any(|a| a == m)), "{m}");
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! One writer per data directory: every command that writes holds an
+//! advisory lock on `DIR/.segsync.lock` for its whole run (the kernel
+//! releases it when the process ends, a crash or `kill -9` included). The
+//! file names the holder (command, pid, start time) so that a second command
+//! can say who holds it. Commands that only read never take it.
+
+use crate::error::UsageError;
+use anyhow::{Context, Result};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+
+pub const LOCK: &str = ".segsync.lock";
+
+/// Held while the command runs; dropping it (or exiting) releases the lock.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// A clear error when `dir` exists and is not a directory: no rerun fixes
+/// that (exit 2). Reads only.
+pub fn check_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(UsageError::new(format!(
+            "{} is not a directory: --data-dir (or SEGSYNC_DATA_DIR) must name a directory",
+            dir.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// [`check_dir`], then create the directory if it is missing.
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    check_dir(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// Take the lock on `dir` for `command`, or exit 2 naming its holder.
+pub fn acquire(dir: &Path, command: &str) -> Result<DirLock> {
+    ensure_dir(dir)?;
+    let path = dir.join(LOCK);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| {
+            format!(
+                "{} is not writable (cannot create its lock file {LOCK}): make it writable, or choose another --data-dir",
+                dir.display()
+            )
+        })?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(UsageError::new(format!(
+                "{} is in use by {}; one command at a time writes to a data directory: wait for it to end (or stop it), then run this again",
+                dir.display(),
+                describe(&holder)
+            ))
+            .into());
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    let holder = serde_json::json!({
+        "command": command,
+        "pid": std::process::id(),
+        "started_at": super::now(),
+    });
+    file.set_len(0)?;
+    file.rewind()?;
+    file.write_all(format!("{holder}\n").as_bytes())?;
+    file.flush()?;
+    Ok(DirLock { _file: file })
+}
+
+/// The holder as a person reads it.
+fn describe(holder: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(holder.trim()) {
+        Ok(h) => format!(
+            "`segsync {}` (pid {}, started at {})",
+            h["command"].as_str().unwrap_or("?"),
+            h["pid"],
+            h["started_at"].as_str().unwrap_or("?")
+        ),
+        Err(_) => "another segsync command".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_naming_the_first_and_a_release_frees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = acquire(dir.path(), "load").unwrap();
+        let e = acquire(dir.path(), "extract").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("`segsync load` (pid "), "{text}");
+        assert_eq!(crate::error::exit_code_for(&e), 2);
+        drop(first);
+        acquire(dir.path(), "extract").unwrap();
+    }
+
+    #[test]
+    fn a_file_as_the_data_directory_is_a_usage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("file");
+        std::fs::write(&f, "x").unwrap();
+        let e = acquire(&f, "load").unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+        assert_eq!(crate::error::exit_code_for(&e), 2);
+    }
+}

@@ -1,0 +1,139 @@
+//! Never hang, never lose: a spent monthly quota on any call ends `load`
+//! within moments with every submitted action kept pending, and an export
+//! that is DONE without a file is never polled again.
+
+mod common;
+use common::*;
+use segsync::sandbox::SandboxOptions;
+use std::time::{Duration, Instant};
+
+fn csv_of(n: usize) -> String {
+    let mut s = String::from("source_id,name,email\n");
+    for i in 0..n {
+        s.push_str(&format!("h{i:04},Name {i},h{i}@example.com\n"));
+    }
+    s
+}
+
+/// A guard against a hang, not a speed assertion.
+const GUARD: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monthly_quota_spent_on_a_poll_ends_load_and_a_rerun_sends_nothing_twice() {
+    // The schema read is call 1, then submits and polls interleave: quotas of
+    // 3 to 7 calls run out on a submit or on a poll with batches in flight.
+    for quota in 3..=7 {
+        let sb = sandbox(SandboxOptions {
+            cycle_quota: Some(quota),
+            processing_ms: 400,
+            ..opts(0)
+        })
+        .await;
+        let dir = tempdir();
+        let csv = dir.path().join("c.csv");
+        std::fs::write(&csv, csv_of(300)).unwrap();
+        let args = ["load", "--in", csv.to_str().unwrap(), "--batch-size", "50"];
+        let r = tokio::time::timeout(GUARD, segsync(dir.path(), Some(&sb), &args))
+            .await
+            .unwrap_or_else(|_| panic!("quota {quota}: load hung after the quota was spent"));
+        let exited = Instant::now();
+        assert_eq!(r.code, 1, "quota {quota}: {}", r.all());
+        assert!(r.stderr.contains("api_calls_cycle"), "{}", r.stderr);
+        assert!(r.stderr.contains("rerun `segsync load`"), "{}", r.stderr);
+        let spent = sb.quota_spent_at().expect("the quota ran out");
+        eprintln!(
+            "quota {quota}: exit {:?} after the quota ran out",
+            exited - spent
+        );
+        // Every submitted action is confirmed or still pending in the ledger.
+        let ledger = read_lines(&dir.path().join("load.ledger.ndjson"));
+        let submitted = ledger.iter().filter(|l| l["event"] == "submitted").count();
+        let received = stat(&sb, "async_actions_accepted") as usize;
+        assert_eq!(
+            submitted, received,
+            "quota {quota}: every accepted batch is in the ledger"
+        );
+        sb.heal();
+        let r = segsync(dir.path(), Some(&sb), &args).await;
+        assert_eq!(r.code, 0, "quota {quota}: {}", r.all());
+        assert_eq!(sb.customers().len(), 300);
+        assert_eq!(sb.repeated_applications(), 0, "quota {quota}: sent twice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_without_a_file_into_an_empty_project_imports_everyone() {
+    let sb = sandbox(SandboxOptions {
+        export_without_file: true,
+        ..opts(0)
+    })
+    .await;
+    let dir = tempdir();
+    let csv = dir.path().join("c.csv");
+    std::fs::write(&csv, csv_of(250)).unwrap();
+    let args = ["load", "--in", csv.to_str().unwrap(), "--method", "import"];
+    let r = tokio::time::timeout(GUARD, segsync(dir.path(), Some(&sb), &args))
+        .await
+        .expect("an export without a file must not be polled forever");
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("holds no customer"), "{}", r.stderr);
+    assert_eq!(requests(&sb, "voucherify.customers_list"), 1);
+    assert!(requests(&sb, "voucherify.exports") <= 6, "{}", sb.stats());
+    assert_eq!(requests(&sb, "voucherify.customers_import_csv"), 1);
+    assert_eq!(requests(&sb, "voucherify.customers_bulk_async"), 0);
+    assert_eq!(sb.customers().len(), 250);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_without_a_file_of_a_project_with_customers_sends_everyone_by_bulk() {
+    let sb = sandbox(SandboxOptions {
+        export_without_file: true,
+        ..opts(0)
+    })
+    .await;
+    // Another writer's customer, with a field the file does not carry.
+    sb.seed_customers([serde_json::json!({"source_id": "h0001", "phone": "+48 600 000 000"})]);
+    let dir = tempdir();
+    let csv = dir.path().join("c.csv");
+    std::fs::write(&csv, csv_of(120)).unwrap();
+    let args = ["load", "--in", csv.to_str().unwrap(), "--method", "import"];
+    let r = tokio::time::timeout(GUARD, segsync(dir.path(), Some(&sb), &args))
+        .await
+        .expect("no hang");
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("every customer goes by the bulk upsert"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(requests(&sb, "voucherify.customers_import_csv"), 0);
+    assert_eq!(sb.customers().len(), 120);
+    assert_eq!(sb.customers()["h0001"]["phone"], "+48 600 000 000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_that_never_finishes_ends_at_its_deadline_with_nothing_sent() {
+    let sb = sandbox(SandboxOptions {
+        processing_ms: 60_000,
+        ..opts(0)
+    })
+    .await;
+    let dir = tempdir();
+    let csv = dir.path().join("c.csv");
+    std::fs::write(&csv, csv_of(20)).unwrap();
+    let args = [
+        "load",
+        "--in",
+        csv.to_str().unwrap(),
+        "--method",
+        "import",
+        "--export-timeout",
+        "2",
+    ];
+    let r = tokio::time::timeout(GUARD, segsync(dir.path(), Some(&sb), &args))
+        .await
+        .expect("the export's deadline ends the wait");
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("--export-timeout"), "{}", r.stderr);
+    assert_eq!(stat(&sb, "customers_received"), 0);
+}

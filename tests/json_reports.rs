@@ -1,0 +1,147 @@
+//! Unattended runs: `--json` prints exactly one document on stdout, which
+//! validates against docs/report.schema.json for every command, a failure
+//! included; every writing run appends to runs.ndjson; completions load in
+//! bash; `--version` names the commit.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+
+fn schema() -> jsonschema::Validator {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/report.schema.json"),
+    )
+    .expect("docs/report.schema.json");
+    let v: Value = serde_json::from_str(&text).expect("the schema is JSON");
+    jsonschema::validator_for(&v).expect("a valid JSON Schema")
+}
+
+/// stdout is exactly one JSON document, valid against the schema.
+fn document(r: &Run, schema: &jsonschema::Validator) -> Value {
+    let lines: Vec<&str> = r.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one document on stdout, nothing else: {}",
+        r.all()
+    );
+    let doc: Value = serde_json::from_str(lines[0]).expect("stdout is JSON");
+    let errors: Vec<String> = schema.iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{doc:#}");
+    doc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_prints_one_document_the_schema_accepts() {
+    let schema = schema();
+    let sb = sandbox(opts(80)).await;
+    let dir = tempdir();
+    // An empty data directory first.
+    let r = segsync(dir.path(), Some(&sb), &["--json", "status"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc = document(&r, &schema);
+    assert_eq!(doc["stages"]["extract"]["state"], "absent");
+    assert_eq!(doc["next"], "segsync extract");
+
+    let r = segsync(dir.path(), Some(&sb), &["--json", "run"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc = document(&r, &schema);
+    assert_eq!(doc["command"], "run");
+    let held = sb.customers().len() as u64;
+    assert_eq!(doc["stages"]["load"]["counts"]["confirmed_total"], held);
+    assert_eq!(doc["stages"]["load"]["counts"]["sent"], held);
+    assert_eq!(doc["stages"]["extract"]["counts"]["profiles"], 80);
+    assert_eq!(
+        doc["stages"]["transform"]["files"]["customers"],
+        "customers.csv"
+    );
+    eprintln!("run --json: {doc}");
+
+    let r = segsync(dir.path(), Some(&sb), &["--json", "status"]).await;
+    let doc = document(&r, &schema);
+    for stage in ["extract", "transform", "load"] {
+        assert_eq!(doc["stages"][stage]["state"], "complete", "{doc:#}");
+    }
+    assert_eq!(doc["next"], Value::Null);
+
+    for args in [
+        &["--json", "extract"][..],
+        &["--json", "transform", "--force"],
+        &["--json", "load"],
+        &["--json", "diff"],
+        &["--json", "mapping"],
+        &["--json", "load", "--dry-run"],
+        &["--json", "completions", "bash"],
+        &["--json", "man"],
+    ] {
+        let r = segsync(dir.path(), Some(&sb), args).await;
+        assert_eq!(r.code, 0, "{args:?}: {}", r.all());
+        let doc = document(&r, &schema);
+        assert_eq!(doc["ok"], true);
+    }
+    // A failure still writes its document: the error, the status, what next.
+    let r = segsync(dir.path(), None, &["--json", "load"]).await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    let doc = document(&r, &schema);
+    assert_eq!(
+        (doc["ok"].clone(), doc["exit"].clone()),
+        (Value::Bool(false), 2.into())
+    );
+    assert!(
+        doc["error"].as_str().unwrap().contains("VOUCHERIFY_"),
+        "{doc}"
+    );
+
+    // Every writing run left a line in runs.ndjson, the failure included.
+    let runs = read_lines(&data(dir.path()).join("runs.ndjson"));
+    let commands: Vec<&str> = runs
+        .iter()
+        .map(|r| r["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        commands,
+        ["run", "extract", "transform", "load", "load"],
+        "{runs:?}"
+    );
+    for run in &runs {
+        let errors: Vec<String> = schema.iter_errors(run).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_load_in_bash_and_the_version_names_the_commit() {
+    let dir = tempdir();
+    let r = segsync(dir.path(), None, &["completions", "bash"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let script = dir.path().join("segsync.bash");
+    std::fs::write(&script, &r.stdout).unwrap();
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!("source {} && complete -p segsync", script.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("segsync"));
+    let r = segsync(dir.path(), None, &["man"]).await;
+    assert!(
+        r.stdout.starts_with(".ie") || r.stdout.contains(".TH segsync"),
+        "{}",
+        &r.stdout[..200.min(r.stdout.len())]
+    );
+    let r = segsync(dir.path(), None, &["--version"]).await;
+    assert_eq!(r.code, 0);
+    // "segsync 0.1.0 (0123abcd4567)": the commit, or "unknown commit" out of git.
+    assert!(
+        r.stdout.contains(" (") && r.stdout.trim_end().ends_with(')'),
+        "{}",
+        r.stdout
+    );
+}

@@ -1,0 +1,179 @@
+//! The simulation suite: the whole pipeline (`segsync run`, the real binary
+//! over loopback HTTP) in many seeded worlds (`segsync::sandbox::world`).
+//! In each world the run must end under a watchdog, either exact against the
+//! sandbox's own oracle or stopped with a documented exit status (1: rerun
+//! resumes, 3: some customers rejected); then the world is healed and a
+//! rerun must end exact. No world may hang, apply a customer's content twice
+//! (a confirmed customer sent again) or lose a row.
+//!
+//! CI runs `ci_worlds` (the first 30 seeds and every seed that once failed);
+//! `make simulate WORLDS=N` runs `many_worlds` over seeds 1..=N; a failing
+//! world prints the one command that replays it (`replay_world`).
+
+mod common;
+use common::*;
+use segsync::sandbox::world::World;
+use std::time::{Duration, Instant};
+
+/// Seeds that once failed, kept as regression tests (each with what it found).
+const REGRESSIONS: &[u64] = &[];
+
+/// No world's run may take longer than this (a hang is a failure).
+const WATCHDOG: Duration = Duration::from_secs(150);
+
+/// What a world showed, for the suite's figures.
+#[derive(Debug, Default)]
+struct Outcome {
+    seed: u64,
+    first_exit: i32,
+    /// From the monthly quota's first 429 to the run's exit.
+    quota_to_exit: Option<Duration>,
+    total: Duration,
+}
+
+async fn run_once(
+    dir: &std::path::Path,
+    sb: &segsync::sandbox::Sandbox,
+    w: &World,
+) -> Result<(common::Run, Instant), String> {
+    let mut args = vec!["run"];
+    args.extend(w.client_args.iter().map(String::as_str));
+    let child = command(dir, Some(sb), &args).output();
+    match tokio::time::timeout(WATCHDOG, child).await {
+        Ok(out) => Ok((out.map_err(|e| e.to_string())?.into(), Instant::now())),
+        Err(_) => Err(format!(
+            "hang: `segsync run` did not end within {WATCHDOG:?}"
+        )),
+    }
+}
+
+/// Run one world to its end state; Err says what went wrong.
+async fn world(seed: u64) -> Result<Outcome, String> {
+    let started = Instant::now();
+    let w = World::from_seed(seed);
+    let sb = sandbox(w.sandbox.clone()).await;
+    let dir = tempdir();
+    let second = async {
+        let after = w.concurrent_after_ms?;
+        tokio::time::sleep(Duration::from_millis(after)).await;
+        Some(run_once(dir.path(), &sb, &w).await)
+    };
+    let (first, second) = tokio::join!(run_once(dir.path(), &sb, &w), second);
+    let (first, first_end) = first?;
+    if let Some(r) = second {
+        let (r, _) = r?;
+        // Refused while the first holds the data directory, else a rerun.
+        let refused = r.code == 2 && r.stderr.contains("in use by `segsync run`");
+        if !refused && ![0, 1, 3].contains(&r.code) {
+            return Err(format!("the concurrent run exited {}: {}", r.code, r.all()));
+        }
+    }
+    if ![0, 1, 3].contains(&first.code) {
+        return Err(format!("first run exited {}: {}", first.code, first.all()));
+    }
+    let quota_to_exit = sb.quota_spent_at().map(|t| first_end.duration_since(t));
+    sb.heal();
+    let (second, _) = run_once(dir.path(), &sb, &w).await?;
+    if ![0, 3].contains(&second.code) {
+        return Err(format!(
+            "rerun in the healed world exited {} (first run: {}): {}\n--- first run:\n{}",
+            second.code,
+            first.code,
+            second.all(),
+            first.all()
+        ));
+    }
+    let versions = sb.versions();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_end_state_with(&sb, &versions, w.sandbox.churn > 0)
+    }))
+    .map_err(|e| {
+        let why = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        format!(
+            "not exact after the rerun: {why}\n--- first run:\n{}\n--- rerun:\n{}",
+            first.all(),
+            second.all()
+        )
+    })?;
+    let repeated = sb.repeated_applications();
+    if repeated > 0 {
+        return Err(format!(
+            "{repeated} customer contents were applied more than once (a confirmed customer sent again)\n--- first run:\n{}\n--- rerun:\n{}",
+            first.all(),
+            second.all()
+        ));
+    }
+    Ok(Outcome {
+        seed,
+        first_exit: first.code,
+        quota_to_exit,
+        total: started.elapsed(),
+    })
+}
+
+/// Run `seeds`, a few worlds at a time; panics naming every failing seed.
+async fn worlds(seeds: Vec<u64>) {
+    use futures::StreamExt;
+    let n = seeds.len();
+    let results: Vec<(u64, Result<Outcome, String>)> = futures::stream::iter(seeds)
+        .map(|seed| async move { (seed, world(seed).await) })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let mut failures = Vec::new();
+    let (mut longest, mut quota) = (Duration::ZERO, Duration::ZERO);
+    let mut stopped = 0;
+    for (seed, r) in &results {
+        match r {
+            Ok(o) => {
+                longest = longest.max(o.total);
+                quota = quota.max(o.quota_to_exit.unwrap_or_default());
+                stopped += u32::from(o.first_exit == 1);
+                let _ = o.seed;
+            }
+            Err(why) => failures.push(format!(
+                "{}\n{why}\nreplay: SEGSYNC_WORLD={seed} cargo test --test simulate replay_world -- --ignored --nocapture",
+                World::from_seed(*seed).describe()
+            )),
+        }
+    }
+    eprintln!(
+        "simulation: {n} worlds, {} failed; {stopped} stopped once (exit 1) and ended exact after the rerun; longest world {:.1}s; longest spent-quota-to-exit {:.2}s",
+        failures.len(),
+        longest.as_secs_f64(),
+        quota.as_secs_f64()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_worlds() {
+    let mut seeds: Vec<u64> = (1..=30).collect();
+    seeds.extend(REGRESSIONS);
+    worlds(seeds).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: `make simulate WORLDS=N` runs it"]
+async fn many_worlds() {
+    let n: u64 = std::env::var("SEGSYNC_WORLDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    worlds((1..=n).collect()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "replays one world: SEGSYNC_WORLD=SEED"]
+async fn replay_world() {
+    let seed: u64 = std::env::var("SEGSYNC_WORLD")
+        .expect("SEGSYNC_WORLD=SEED names the world")
+        .parse()
+        .expect("a seed is a number");
+    eprintln!("{}", World::from_seed(seed).describe());
+    worlds(vec![seed]).await;
+}
