@@ -177,14 +177,21 @@ row "extract --from profiles-sync, $SYNC_N profiles, gzipped CSV parts" "$(calc 
 rm -rf "$W/sync" "$W/syncgz"
 
 BIG_N=${BENCH_SYNC_BIG_PROFILES:-1000000}
-say "== extract --from profiles-sync, $BIG_N profiles from Parquet parts"
-"$BIN" -q sandbox --profiles "$BIG_N" --write-profiles-sync "$W/big-sync/unload"
-UNLOAD_MB=$(du -sm "$W/big-sync/unload" | cut -f1)
-measure "$W/big-sync-e" "$BIN" --data-dir "$W/big-sync" extract --from profiles-sync "$W/big-sync/unload"
-ARPP=$(calc "$A_REQ / $EXTRACT_N" 3)
-API_H=$(calc "$BIG_N * $ARPP / 100 / 3600" 1)
-row "extract --from profiles-sync, $BIG_N profiles ($UNLOAD_MB MB of Parquet)" "$(calc "$BIG_N / $SECS" 0) profiles/s, $(calc "$SECS / 60" 1) min, peak RSS $RSS_MB MB" "the Profile API's rate limit alone (100 req/s) at the $ARPP requests/profile measured above for an 80%-anonymous space: $API_H h (computed, not run)" "$(calc "$API_H * 3600 / $SECS" 0)x faster"
-rm -rf "$W/big-sync"
+say "== extract --from profiles-sync against DuckDB on the same unloads (bench/duckdb_profiles.sql), two shapes"
+python3 -c 'import duckdb' 2>/dev/null || { say "installing duckdb (a bench dependency) with pip"; pip install -q duckdb; }
+for N in "$SYNC_N" "$BIG_N"; do
+  for shape in "one huge row group a part|100000000" "row groups of 5,000 rows|5000"; do
+    IFS='|' read -r SHAPE GROUP <<< "$shape"
+    rm -rf "$W/ps" && mkdir -p "$W/ps"
+    "$BIN" -q sandbox --profiles "$N" --write-profiles-sync "$W/ps/unload" --sync-row-group "$GROUP"
+    ROWS_N=$(du -sm "$W/ps/unload" | cut -f1)
+    measure "$W/ps-seg" "$BIN" --data-dir "$W/ps" extract --from profiles-sync "$W/ps/unload"; S_SECS=$SECS; S_RSS=$RSS_MB
+    measure "$W/ps-duck" python3 bench/duckdb_run.py "$W/ps/unload" "$W/ps/duck.ndjson"; D_SECS=$SECS; D_RSS=$RSS_MB
+    SEGL=$(wc -l < "$W/ps/profiles.ndjson"); IDL=$(jq -c 'select(.external_ids | length > 0) | .segment_id' "$W/ps/profiles.ndjson" | wc -l); DUCKL=$(wc -l < "$W/ps/duck.ndjson")
+    row "profiles-sync, $N profiles ($ROWS_N MB of Parquet), $SHAPE" "segsync: $S_SECS s, peak RSS $S_RSS MB ($SEGL profiles, $IDL with a user_id)" "DuckDB: $D_SECS s, peak RSS $D_RSS MB ($DUCKL profiles with a user_id)" "$(calc "$D_SECS / $S_SECS")x DuckDB's speed, $(calc "$S_RSS / $D_RSS") of its memory"
+    rm -rf "$W/ps"
+  done
+done
 
 say "== micro-benchmarks of the hot paths (criterion, benches/hot_paths.rs)"
 MICRO=$(cargo bench -q --bench hot_paths -- --warm-up-time 1 --measurement-time 3 2>/dev/null | awk '

@@ -84,6 +84,9 @@ pub struct Args {
     /// unloads Segment's Profiles Sync tables (user_traits/, user_identifiers/), then exit
     #[arg(long = "write-profiles-sync", value_name = "DIR")]
     pub write_profiles_sync: Option<PathBuf>,
+    /// Rows per Parquet row group for --write-profiles-sync (a warehouse may write one huge group per part)
+    #[arg(long = "sync-row-group", default_value_t = crate::sandbox::profiles_sync::GROUP as u64, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sync_row_group: u64,
     /// Part file format for --write-profiles-sync
     #[arg(long = "sync-format", value_enum, default_value_t = crate::sandbox::profiles_sync::Format::Parquet)]
     pub sync_format: crate::sandbox::profiles_sync::Format,
@@ -96,7 +99,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             n: a.profiles,
             anonymous_percent: a.anonymous_percent,
         };
-        let rows = crate::sandbox::profiles_sync::write(&ds, dir, a.sync_format)?;
+        let rows = crate::sandbox::profiles_sync::write(
+            &ds,
+            dir,
+            a.sync_format,
+            a.sync_row_group as usize,
+        )?;
         ui::info(format!(
             "sandbox: wrote {} profiles as a Profiles Sync unload ({rows} rows) in {}",
             ds.n,

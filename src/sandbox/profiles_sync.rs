@@ -30,8 +30,8 @@ pub enum Format {
 
 /// Part files per table.
 const PARTS: usize = 4;
-/// Rows per Parquet row group.
-const GROUP: usize = 50_000;
+/// Rows per Parquet row group, unless told otherwise.
+pub const GROUP: usize = 50_000;
 
 /// One table row: profile, name or type, value, seq, timestamp (µs).
 struct Row(String, String, Option<String>, i64, i64);
@@ -48,12 +48,13 @@ enum Part {
     Parquet {
         writer: SerializedFileWriter<File>,
         rows: Vec<Row>,
+        group: usize,
     },
     CsvGz(csv::Writer<flate2::write::GzEncoder<File>>),
 }
 
 impl Part {
-    fn create(path: &Path, format: Format, key: &str, upper: bool) -> Result<Part> {
+    fn create(path: &Path, format: Format, key: &str, upper: bool, group: usize) -> Result<Part> {
         let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         let name = |n: &str| {
             if upper {
@@ -88,6 +89,7 @@ impl Part {
                 Part::Parquet {
                     writer: SerializedFileWriter::new(f, Arc::new(schema), Arc::new(props))?,
                     rows: Vec::new(),
+                    group: group.max(1),
                 }
             }
             Format::CsvGz => {
@@ -111,9 +113,9 @@ impl Part {
 
     fn push(&mut self, r: Row) -> Result<()> {
         match self {
-            Part::Parquet { rows, .. } => {
+            Part::Parquet { rows, group, .. } => {
                 rows.push(r);
-                if rows.len() >= GROUP {
+                if rows.len() >= *group {
                     self.flush_group()?;
                 }
             }
@@ -136,7 +138,7 @@ impl Part {
     }
 
     fn flush_group(&mut self) -> Result<()> {
-        let Part::Parquet { writer, rows } = self else {
+        let Part::Parquet { writer, rows, .. } = self else {
             return Ok(());
         };
         if rows.is_empty() {
@@ -207,8 +209,9 @@ fn part_of(key: &(u64, &str, i64)) -> usize {
     (h.finish() % PARTS as u64) as usize
 }
 
-/// Write the space `ds` as a Profiles Sync unload in `dir`.
-pub fn write(ds: &Dataset, dir: &Path, format: Format) -> Result<u64> {
+/// Write the space `ds` as a Profiles Sync unload in `dir`, Parquet row
+/// groups of `group` rows.
+pub fn write(ds: &Dataset, dir: &Path, format: Format, group: usize) -> Result<u64> {
     let ext = match format {
         Format::Parquet => "parquet",
         Format::CsvGz => "csv.gz",
@@ -232,6 +235,7 @@ pub fn write(ds: &Dataset, dir: &Path, format: Format) -> Result<u64> {
                     format,
                     key,
                     upper,
+                    group,
                 )
             })
             .collect::<Result<Vec<_>>>()?;

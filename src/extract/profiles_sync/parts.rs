@@ -169,75 +169,106 @@ fn read_csv(
     }
 }
 
-/// A column of a row group, decoded.
+/// Rows decoded at a time: memory follows this, never a row group's size.
+const BATCH_ROWS: usize = 8192;
+
+/// A batch of one column, decoded.
 enum Col {
     Text(Vec<Option<parquet::data_type::ByteArray>>),
     Int(Vec<Option<i64>>),
 }
 
 impl Col {
-    /// Cell `i` as text; numbers are spelled into `buf`.
-    fn text<'a>(&'a self, i: usize, buf: &'a mut String) -> Option<&'a str> {
+    fn len(&self) -> usize {
+        match self {
+            Col::Text(v) => v.len(),
+            Col::Int(v) => v.len(),
+        }
+    }
+
+    /// Cell `i` as text; numbers are spelled into `buf`. Err: bytes that
+    /// are not UTF-8 (never read as "").
+    fn text<'a>(
+        &'a self,
+        i: usize,
+        buf: &'a mut String,
+    ) -> Result<Option<&'a str>, std::str::Utf8Error> {
         match self {
             Col::Text(v) => v[i]
                 .as_ref()
-                .map(|b| std::str::from_utf8(b.data()).unwrap_or("")),
-            Col::Int(v) => v[i].map(|n| {
+                .map(|b| std::str::from_utf8(b.data()))
+                .transpose(),
+            Col::Int(v) => Ok(v[i].map(|n| {
                 buf.clear();
                 use std::fmt::Write as _;
                 let _ = write!(buf, "{n}");
                 buf.as_str()
-            }),
+            })),
         }
     }
 }
 
-/// Read one column of a row group through the column reader: whole batches
-/// of values, no per-field allocation but the strings themselves. `scale`
-/// turns INT64 timestamps into milliseconds. None: a physical type this
-/// reader does not handle (the record API reads the file instead).
-fn read_column(
-    rg: &dyn parquet::file::reader::RowGroupReader,
-    col: usize,
-    rows: usize,
-) -> Result<Option<Col>> {
-    use parquet::column::reader::ColumnReader;
-    let spread = |defs: &[i16], n_values: usize| -> Option<Vec<bool>> {
-        // Which rows have a value: all of them when no levels were produced.
-        if defs.len() == rows {
-            Some(defs.iter().map(|d| *d > 0).collect())
-        } else if n_values == rows {
-            Some(vec![true; rows])
-        } else {
-            None
-        }
-    };
-    let mut defs: Vec<i16> = Vec::with_capacity(rows);
-    // Every physical type reads the same way: all records, then the values
-    // spread over the rows that have one.
-    macro_rules! column {
-        ($reader:expr, $wrap:path, $convert:expr) => {{
-            let mut r = $reader;
-            let mut values = Vec::with_capacity(rows);
-            while r.read_records(rows, Some(&mut defs), None, &mut values)?.0 > 0 {}
-            let Some(present) = spread(&defs, values.len()) else {
-                return Ok(None);
-            };
-            let mut it = values.into_iter();
-            $wrap(
-                present
-                    .into_iter()
-                    .map(|p| p.then(|| it.next()).flatten().map($convert))
-                    .collect(),
-            )
-        }};
+/// One column of a row group, read batch by batch through the column
+/// reader: no per-field allocation but the strings themselves.
+struct ColumnBatches {
+    reader: parquet::column::reader::ColumnReader,
+    defs: Vec<i16>,
+}
+
+impl ColumnBatches {
+    /// None: a physical type this reader does not handle (the record API
+    /// reads the file instead).
+    fn open(rg: &dyn parquet::file::reader::RowGroupReader, col: usize) -> Result<Option<Self>> {
+        use parquet::column::reader::ColumnReader;
+        let reader = rg.get_column_reader(col)?;
+        Ok(match reader {
+            ColumnReader::ByteArrayColumnReader(_)
+            | ColumnReader::Int64ColumnReader(_)
+            | ColumnReader::Int32ColumnReader(_) => Some(ColumnBatches {
+                reader,
+                defs: Vec::with_capacity(BATCH_ROWS),
+            }),
+            _ => None,
+        })
     }
-    Ok(Some(match rg.get_column_reader(col)? {
-        ColumnReader::ByteArrayColumnReader(r) => column!(r, Col::Text, |b| b),
-        ColumnReader::Int64ColumnReader(r) => column!(r, Col::Int, |n| n),
-        ColumnReader::Int32ColumnReader(r) => column!(r, Col::Int, i64::from),
-        _ => return Ok(None),
-    }))
+
+    /// The next up to `BATCH_ROWS` rows; an empty batch at the end.
+    fn next(&mut self) -> Result<Col> {
+        use parquet::column::reader::ColumnReader;
+        let defs = &mut self.defs;
+        defs.clear();
+        // Every physical type reads the same way: the records, then the
+        // values spread over the rows that have one.
+        macro_rules! batch {
+            ($r:expr, $wrap:path, $convert:expr) => {{
+                let mut values = Vec::with_capacity(BATCH_ROWS);
+                let (rows, n_values, _) =
+                    $r.read_records(BATCH_ROWS, Some(defs), None, &mut values)?;
+                let present: Vec<bool> = if defs.len() == rows {
+                    defs.iter().map(|d| *d > 0).collect()
+                } else if n_values == rows {
+                    vec![true; rows]
+                } else {
+                    anyhow::bail!(
+                        "a column with repeated values, which Profiles Sync tables do not have"
+                    );
+                };
+                let mut it = values.into_iter();
+                $wrap(
+                    present
+                        .into_iter()
+                        .map(|p| p.then(|| it.next()).flatten().map($convert))
+                        .collect(),
+                )
+            }};
+        }
+        Ok(match &mut self.reader {
+            ColumnReader::ByteArrayColumnReader(r) => batch!(r, Col::Text, |b| b),
+            ColumnReader::Int64ColumnReader(r) => batch!(r, Col::Int, |n| n),
+            ColumnReader::Int32ColumnReader(r) => batch!(r, Col::Int, i64::from),
+            _ => anyhow::bail!("a column type this reader does not handle"),
+        })
+    }
 }
 
 /// Milliseconds per unit of an INT64 timestamp column (by its logical or
@@ -286,35 +317,65 @@ fn read_parquet_columns(
     let (mut b1, mut b2, mut b3) = (String::new(), String::new(), String::new());
     for g in 0..reader.num_row_groups() {
         let rg = reader.get_row_group(g)?;
-        let rows = rg.metadata().num_rows() as usize;
-        let read = |i: usize| read_column(rg.as_ref(), i, rows);
-        let (Some(ids), Some(keys), Some(values), Some(seqs)) =
-            (read(c.id)?, read(c.key)?, read(c.value)?, read(c.seq)?)
+        let open = |i: usize| ColumnBatches::open(rg.as_ref(), i);
+        let (Some(mut ids), Some(mut keys), Some(mut values), Some(mut seqs)) =
+            (open(c.id)?, open(c.key)?, open(c.value)?, open(c.seq)?)
         else {
             return Ok(false);
         };
-        let ts = match c.ts {
-            Some(i) => read(i)?,
+        let mut ts = match c.ts {
+            Some(i) => open(i)?,
             None => None,
         };
-        for r in 0..rows {
-            row_no += 1;
-            let seq = match &seqs {
-                Col::Int(v) => v[r].unwrap_or(0),
-                text => parse_seq(text.text(r, &mut b1).unwrap_or(""), path, row_no)?,
-            };
-            let t = match (&ts, ts_scale) {
-                (Some(Col::Int(v)), Some(scale)) => v[r].map(|n| (n as f64 * scale) as i64),
-                (Some(col), _) => col.text(r, &mut b1).and_then(parse_ts_text),
-                (None, _) => None,
-            };
-            each(Row {
-                id: ids.text(r, &mut b1).unwrap_or_default(),
-                key: keys.text(r, &mut b2).unwrap_or_default(),
-                value: values.text(r, &mut b3),
-                seq,
-                ts: t,
-            })?;
+        loop {
+            let batch = [ids.next()?, keys.next()?, values.next()?, seqs.next()?];
+            let ts_batch = ts.as_mut().map(ColumnBatches::next).transpose()?;
+            let rows = batch[0].len();
+            if rows == 0 {
+                break;
+            }
+            if batch.iter().any(|b| b.len() != rows)
+                || ts_batch.as_ref().is_some_and(|b| b.len() != rows)
+            {
+                anyhow::bail!(
+                    "{}: row group {g}: its columns have different row counts",
+                    path.display()
+                );
+            }
+            let [ids_b, keys_b, values_b, seqs_b] = &batch;
+            for r in 0..rows {
+                row_no += 1;
+                let utf8 = |what: &str, e: std::str::Utf8Error| {
+                    UsageError::new(format!(
+                        "{}: row {row_no}: {what} is not UTF-8 text ({e})",
+                        path.display()
+                    ))
+                };
+                let seq = match seqs_b {
+                    Col::Int(v) => v[r].ok_or_else(|| {
+                        UsageError::new(format!("{}: row {row_no}: seq is null; every row needs one to tell the latest value", path.display()))
+                    })?,
+                    text => parse_seq(text.text(r, &mut b1).map_err(|e| utf8("seq", e))?.unwrap_or(""), path, row_no)?,
+                };
+                let t = match (&ts_batch, ts_scale) {
+                    (Some(Col::Int(v)), Some(scale)) => v[r].map(|n| (n as f64 * scale) as i64),
+                    (Some(col), _) => col.text(r, &mut b1).ok().flatten().and_then(parse_ts_text),
+                    (None, _) => None,
+                };
+                each(Row {
+                    id: ids_b
+                        .text(r, &mut b1)
+                        .map_err(|e| utf8("canonical_segment_id", e))?
+                        .unwrap_or_default(),
+                    key: keys_b
+                        .text(r, &mut b2)
+                        .map_err(|e| utf8(key, e))?
+                        .unwrap_or_default(),
+                    value: values_b.text(r, &mut b3).map_err(|e| utf8("value", e))?,
+                    seq,
+                    ts: t,
+                })?;
+            }
         }
     }
     Ok(true)

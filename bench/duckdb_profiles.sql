@@ -1,0 +1,28 @@
+-- The peer of `segsync extract --from profiles-sync`: one profile a line
+-- from a Profiles Sync unload, by DuckDB. The same work: the traits the
+-- default mapping reads, latest by seq (a latest null means unset), values
+-- parsed as JSON, and the ids of the source_id type (user_id), for the
+-- profiles that have one. bench/duckdb_run.py fills in {unload} and {out}:
+--   python3 bench/duckdb_run.py UNLOAD_DIR OUT.ndjson
+COPY (
+  WITH latest AS (
+    SELECT canonical_segment_id AS id, name, value
+    FROM read_parquet('{unload}/user_traits/*.parquet')
+    WHERE name IN ('name', 'firstName', 'first_name', 'lastName', 'last_name', 'email',
+                   'phone', 'description', 'birthdate', 'birthday', 'address', 'street',
+                   'line_1', 'line_2', 'city', 'state', 'postalCode', 'postal_code',
+                   'country', 'metadata')
+    QUALIFY row_number() OVER (PARTITION BY canonical_segment_id, name ORDER BY seq DESC) = 1
+  ),
+  traits AS (
+    SELECT id, json_group_object(name, json(value)) AS traits
+    FROM latest WHERE value IS NOT NULL GROUP BY id
+  ),
+  ids AS (
+    SELECT canonical_segment_id AS id, list(value ORDER BY seq) AS user_ids
+    FROM read_parquet('{unload}/user_identifiers/*.parquet')
+    WHERE type = 'user_id' GROUP BY id
+  )
+  SELECT ids.id AS segment_id, coalesce(traits.traits, json_object()) AS traits, ids.user_ids
+  FROM ids LEFT JOIN traits USING (id)
+) TO '{out}' (FORMAT JSON);

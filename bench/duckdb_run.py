@@ -1,0 +1,14 @@
+"""Run bench/duckdb_profiles.sql on an unload: python3 duckdb_run.py UNLOAD OUT.
+DuckDB is a bench dependency only (bench/run.sh installs it with pip)."""
+import pathlib
+import sys
+
+import duckdb
+
+unload, out = sys.argv[1], sys.argv[2]
+# Folder names as the warehouse wrote them (Snowflake upper-cases them).
+sql = (pathlib.Path(__file__).parent / "duckdb_profiles.sql").read_text()
+traits = next(d for d in pathlib.Path(unload).iterdir() if d.name.lower() == "user_traits")
+ids = next(d for d in pathlib.Path(unload).iterdir() if d.name.lower() == "user_identifiers")
+sql = sql.replace("{unload}/user_traits", str(traits)).replace("{unload}/user_identifiers", str(ids))
+duckdb.sql(sql.replace("{out}", out))
