@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/segsync}
 W=${W:-bench/work}
-N=${BENCH_CONCURRENCY_PROFILES:-1000}
+N=${BENCH_CONCURRENCY_PROFILES:-${BENCH_EXTRACT_PROFILES:-2000}}
 mkdir -p "$W"
 calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
 say() { printf '%s\n' "$*" >&2; }
@@ -28,7 +28,7 @@ for l in "${LATENCIES[@]}"; do
       --slow-tail-share 0.01 --slow-tail-factor 5 --segment-rps 100 > "$W/c.env" 2> "$W/c.log" &
     SB=$!
     for _ in $(seq 1 100); do grep -q VOUCHERIFY_SECRET_KEY "$W/c.env" 2>/dev/null && break; sleep 0.1; done
-    set -a; . "./$W/c.env"; set +a
+    set -a; . "$W/c.env"; set +a
     flags=()
     [[ $strategy == fixed-16 ]] && flags=(--concurrency 16 --fixed-concurrency)
     rm -rf "$W/c"
@@ -41,7 +41,7 @@ for l in "${LATENCIES[@]}"; do
     lines=$(wc -l < "$W/c/profiles.ndjson")
     [[ $lines -eq $N ]] || { say "extract wrote $lines of $N profiles"; exit 1; }
     # The concurrency the controller settled on: its last change.
-    conc=$(grep -o 'concurrency [0-9]* -> [0-9]*' "$W/c.err" | tail -1 | awk '{print $4}')
+    conc=$(grep -o 'concurrency [0-9]* -> [0-9]*' "$W/c.err" | tail -1 | awk '{print $4}' || true)
     [[ $strategy == fixed-16 ]] && conc=16
     [[ -n $conc ]] || conc=16
     rps=$(calc "$req / $secs" 1); pps=$(calc "$N / $secs" 1); share=$(calc "$t429 / $req" 4)

@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::Receiver;
 use tokio::task::JoinHandle;
 
+/// Listed profiles queued ahead of the fetches at most.
+pub const QUEUE_AHEAD: usize = 10_000;
+
 /// How often the controller looks at the answers of the last moments.
 const ADAPT_EVERY: Duration = Duration::from_millis(250);
 
@@ -91,7 +94,9 @@ impl Scheduler {
         let listing_pass = journal.cp.pass.max(1);
         let (lister, page_rx) =
             lister::spawn(client.clone(), journal.cp.cursor.clone(), LISTING_LOOKAHEAD);
-        let initial = if adaptive { ceiling.min(16) } else { ceiling };
+        // Start high enough for a slow API (the bucket paces what is
+        // sent; a 429 or rising answer times bring it down).
+        let initial = if adaptive { ceiling.min(64) } else { ceiling };
         Scheduler {
             client,
             wanted,
@@ -146,11 +151,11 @@ impl Scheduler {
                 self.commit_pages();
                 return Ok(());
             }
-            // Keep more queued than can be in flight, so the fetches never
-            // wait for the (serial) listing.
-            let want_page = !self.listing_done
-                && self.queue.len()
-                    < self.control.limit() + crate::api::segment::PROFILES_LIMIT as usize;
+            // Keep far more queued than can be in flight (a few hundred
+            // bytes an entry): the fetches never wait for the serial
+            // listing, and a pass's listing ends early, so the re-list walk
+            // overlaps the fetches still queued instead of following them.
+            let want_page = !self.listing_done && self.queue.len() < QUEUE_AHEAD;
             tokio::select! {
                 Some(f) = self.in_flight.next(), if !self.in_flight.is_empty() => self.on_fetched(f)?,
                 msg = self.page_rx.recv(), if want_page => self.on_listed(msg)?,

@@ -258,6 +258,12 @@ fn pass1(
     check_json: bool,
     progress: &Progress,
 ) -> Result<Read> {
+    let keeps = Keeps {
+        everything: wanted.everything,
+        traits: wanted.traits.iter().cloned().collect(),
+        ids: wanted.id_types.iter().cloned().collect(),
+    };
+    let keeps = &keeps;
     let next_job = AtomicUsize::new(0);
     let rows = AtomicU64::new(0);
     let non_json = AtomicBool::new(false);
@@ -285,7 +291,10 @@ fn pass1(
                     ))
                     .into());
                 }
-                if table == Table::Traits && check_json && !non_json.load(Ordering::Relaxed) {
+                let keep = keeps.keeps(table, r.key);
+                // Only the values written out decide how values are read.
+                if keep && table == Table::Traits && check_json && !non_json.load(Ordering::Relaxed)
+                {
                     let not_json = r
                         .value
                         .is_some_and(|v| serde_json::from_str::<serde::de::IgnoredAny>(v).is_err());
@@ -293,7 +302,7 @@ fn pass1(
                         non_json.store(true, Ordering::Relaxed);
                     }
                 }
-                agg.take(table, &r, wanted)
+                agg.take(table, &r, keep)
             })?;
         }
         agg.partitions.write(&mut agg.profiles)?;
@@ -314,6 +323,23 @@ fn pass1(
     })
 }
 
+/// Which rows are kept: a set lookup per row, not a scan of the names.
+struct Keeps {
+    everything: bool,
+    traits: rustc_hash::FxHashSet<String>,
+    ids: rustc_hash::FxHashSet<String>,
+}
+
+impl Keeps {
+    fn keeps(&self, table: Table, key: &str) -> bool {
+        self.everything
+            || match table {
+                Table::Traits => self.traits.contains(key),
+                Table::Identifiers => self.ids.contains(key),
+            }
+    }
+}
+
 /// A worker's window: rows aggregated per profile until `limit` rows, then
 /// one record per profile written to its partition.
 struct Window {
@@ -324,11 +350,7 @@ struct Window {
 }
 
 impl Window {
-    fn take(&mut self, table: Table, r: &Row, wanted: &Wanted) -> Result<()> {
-        let keep = match table {
-            Table::Traits => wanted.everything || wanted.traits.iter().any(|t| t == r.key),
-            Table::Identifiers => wanted.everything || wanted.id_types.iter().any(|t| t == r.key),
-        };
+    fn take(&mut self, table: Table, r: &Row, keep: bool) -> Result<()> {
         // A row not kept still says the profile exists, and dates it.
         let a = match self.profiles.get_mut(r.id) {
             Some(a) => a,
@@ -425,9 +447,15 @@ fn group_partition(
             .join(format!("w{w}"))
             .join(format!("part-{i:03}.ndjson"));
         let f = File::open(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        for l in BufReader::with_capacity(1 << 20, f).lines() {
-            let l = l?;
-            let r: Record = serde_json::from_str(&l)
+        let mut rdr = BufReader::with_capacity(1 << 20, f);
+        let mut l = Vec::with_capacity(4096);
+        loop {
+            l.clear();
+            if rdr.read_until(b'\n', &mut l)? == 0 {
+                break;
+            }
+            // serde_json checks the UTF-8 of what it reads: no second pass.
+            let r: Record = serde_json::from_slice(&l)
                 .with_context(|| format!("{}: damaged temporary file", p.display()))?;
             match accs.get_mut(&r.id) {
                 Some(a) => a.merge(r),
