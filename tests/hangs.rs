@@ -8,11 +8,7 @@ use segsync::sandbox::SandboxOptions;
 use std::time::{Duration, Instant};
 
 fn csv_of(n: usize) -> String {
-    let mut s = String::from("source_id,name,email\n");
-    for i in 0..n {
-        s.push_str(&format!("h{i:04},Name {i},h{i}@example.com\n"));
-    }
-    s
+    simple_customers("h", n)
 }
 
 /// A guard against a hang, not a speed assertion.

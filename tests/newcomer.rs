@@ -9,11 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 fn csv_of(n: usize) -> String {
-    let mut s = String::from("source_id,name,email\n");
-    for i in 0..n {
-        s.push_str(&format!("n{i:04},Name {i},n{i}@example.com\n"));
-    }
-    s
+    simple_customers("n", n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

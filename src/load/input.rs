@@ -176,7 +176,37 @@ fn write_rejects(
     Ok(())
 }
 
-/// Every row's metadata checked against the project's customer schema, as
+/// Every row of `path` with its line, its `source_id` and its metadata
+/// object (None when empty or not an object), to `each`. A file whose header
+/// does not read is left to validation, which names its problems.
+fn each_metadata(
+    path: &Path,
+    mut each: impl FnMut(u64, Option<&str>, Option<&serde_json::Map<String, Value>>),
+) -> Result<()> {
+    let mut rdr = open_csv(path)?;
+    let Ok(layout) = read_layout(path, &mut rdr) else {
+        return Ok(());
+    };
+    let mut rec = csv::ByteRecord::new();
+    while let Ok(more) = rdr.read_byte_record(&mut rec) {
+        if !more {
+            break;
+        }
+        let (row, _) = parse_row(&layout, &rec);
+        let meta = row
+            .metadata
+            .as_deref()
+            .and_then(|m| serde_json::from_str::<Value>(m).ok());
+        each(
+            layout.line(rec.position()),
+            row.source_id.as_deref(),
+            meta.as_ref().and_then(Value::as_object),
+        );
+    }
+    Ok(())
+}
+
+/// Every row's metadata checked against the project's customer schema:
 /// problems by line (`metadata.KEY: what is wrong`).
 pub fn schema_problems(
     path: &Path,
@@ -186,27 +216,13 @@ pub fn schema_problems(
     if schema.properties.is_empty() && schema.allow_defined_only != Some(true) {
         return Ok(out);
     }
-    let mut rdr = open_csv(path)?;
-    let Ok(layout) = read_layout(path, &mut rdr) else {
-        return Ok(out); // validation names the header's problems
-    };
-    let mut rec = csv::ByteRecord::new();
-    while let Ok(more) = rdr.read_byte_record(&mut rec) {
-        if !more {
-            break;
-        }
-        let line = layout.line(rec.position());
-        let (row, _) = parse_row(&layout, &rec);
-        let Some(Ok(Value::Object(m))) = row.metadata.as_deref().map(serde_json::from_str::<Value>)
-        else {
-            continue;
-        };
-        for (key, why) in schema.check(&m) {
+    each_metadata(path, |line, _, meta| {
+        for (key, why) in meta.map(|m| schema.check(m)).unwrap_or_default() {
             out.entry(line)
                 .or_default()
                 .push((format!("metadata.{key}"), why));
         }
-    }
+    })?;
     Ok(out)
 }
 
@@ -223,35 +239,18 @@ pub fn required_problems(
     if required.is_empty() {
         return Ok(out);
     }
-    let mut rdr = open_csv(path)?;
-    let Ok(layout) = read_layout(path, &mut rdr) else {
-        return Ok(out); // validation names the header's problems
-    };
-    let mut rec = csv::ByteRecord::new();
-    while let Ok(more) = rdr.read_byte_record(&mut rec) {
-        if !more {
-            break;
-        }
-        let (row, _) = parse_row(&layout, &rec);
-        let Some(sid) = row.source_id.as_deref().filter(|s| is_new(s)) else {
-            continue;
+    each_metadata(path, |line, sid, meta| {
+        let Some(sid) = sid.filter(|s| is_new(s)) else {
+            return;
         };
-        let meta = row
-            .metadata
-            .as_deref()
-            .and_then(|m| serde_json::from_str::<Value>(m).ok());
         for key in &required {
-            if meta
-                .as_ref()
-                .and_then(|m| m.get(key))
-                .is_none_or(Value::is_null)
-            {
-                out.entry(layout.line(rec.position())).or_default().push((
+            if meta.and_then(|m| m.get(key)).is_none_or(Value::is_null) {
+                out.entry(line).or_default().push((
                     format!("metadata.{key}"),
                     format!("missing, and the project's metadata schema requires it (optional: false): Voucherify rejects a new customer ({sid}) without it"),
                 ));
             }
         }
-    }
+    })?;
     Ok(out)
 }

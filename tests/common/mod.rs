@@ -322,3 +322,15 @@ pub async fn load_csv(dir: &Path, sb: &Sandbox, content: &str, extra: &[&str]) -
     let r = segsync(dir, Some(sb), &args).await;
     (csv, r)
 }
+
+/// A hand-written customers CSV of `n` customers `{prefix}0000`…: a
+/// `source_id`, a name and an email each.
+pub fn simple_customers(prefix: &str, n: usize) -> String {
+    let mut s = String::from("source_id,name,email\n");
+    for i in 0..n {
+        s.push_str(&format!(
+            "{prefix}{i:04},Name {i},{prefix}{i}@example.com\n"
+        ));
+    }
+    s
+}
