@@ -1,10 +1,9 @@
 //! The command line (docs/DESIGN.md): global options, subcommands, exit statuses.
 
-use crate::config::{self, SegmentArgs, VoucherifyArgs};
-use crate::{extract, load, transform, ui};
+use crate::config::{SegmentArgs, VoucherifyArgs};
+use crate::{extract, load, transform};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 /// The version, with the commit it was built from (`build.rs`).
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SEGSYNC_COMMIT"), ")");
@@ -137,56 +136,6 @@ pub struct RunArgs {
     pub segment: SegmentArgs,
     #[command(flatten)]
     pub voucherify: VoucherifyArgs,
-}
-
-pub fn main() -> ExitCode {
-    // A panic message goes through the same redaction as every error.
-    std::panic::set_hook(Box::new(|info| {
-        // A reader that went away (`segsync status | head -1`): stop quietly,
-        // as cat and ripgrep do. println! panics on a closed pipe.
-        let msg = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
-            std::process::exit(0);
-        }
-        eprintln!(
-            "segsync crashed (a bug; please report it): {}",
-            config::redact(&info.to_string())
-        );
-    }));
-    if let Err(e) = config::prepare_environment() {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
-    };
-    ui::set_verbosity(cli.verbose as i8 - cli.quiet as i8);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let json = cli.json;
-    ui::set_json(json);
-    let (code, doc) = rt.block_on(crate::commands::execute(cli));
-    if json {
-        crate::report::print(&doc);
-    }
-    ExitCode::from(code)
 }
 
 #[cfg(test)]

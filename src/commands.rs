@@ -1,4 +1,4 @@
-//! Running one command: take the data directory's lock when the command
+//! The program's entry and running one command: take the data directory's lock when the command
 //! writes, run it, and make its JSON document (`report`), which a run that
 //! held the lock also appends to `runs.ndjson`. Errors become the document's
 //! error and the exit status (docs/DESIGN.md, "Exit codes").
@@ -6,8 +6,62 @@
 use crate::cli::{Cli, Command, RunArgs};
 use crate::error::exit_code_for;
 use crate::{config, extract, load, report, state, status, transform, ui};
+use clap::Parser;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The program: parse the command line, run the command, print its
+/// document under `--json`, exit with its status.
+pub fn main() -> ExitCode {
+    // A panic message goes through the same redaction as every error.
+    std::panic::set_hook(Box::new(|info| {
+        // A reader that went away (`segsync status | head -1`): stop quietly,
+        // as cat and ripgrep do. println! panics on a closed pipe.
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        eprintln!(
+            "segsync crashed (a bug; please report it): {}",
+            config::redact(&info.to_string())
+        );
+    }));
+    if let Err(e) = config::prepare_environment() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    ui::set_verbosity(cli.verbose as i8 - cli.quiet as i8);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let json = cli.json;
+    ui::set_json(json);
+    let (code, doc) = rt.block_on(execute(cli));
+    if json {
+        crate::report::print(&doc);
+    }
+    ExitCode::from(code)
+}
 
 /// The directory whose state a writing command changes (where its files
 /// and journals live), or None for a command that only reads.

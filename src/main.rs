@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    segsync::cli::main()
+    segsync::commands::main()
 }
