@@ -24,8 +24,9 @@ test:
 # The simulation suite over seeds 1..WORLDS (CI runs 30 of them in `make test`).
 # A failing world prints its seed and the command that replays it.
 WORLDS ?= 100
+FROM ?= 1
 simulate:
-	SEGSYNC_WORLDS=$(WORLDS) $(CARGO) test --test simulate many_worlds -- --ignored --nocapture
+	SEGSYNC_WORLDS=$(WORLDS) SEGSYNC_WORLDS_FROM=$(FROM) $(CARGO) test --test simulate many_worlds -- --ignored --nocapture
 
 # Not part of `make test`: release build, then every stage against its ceiling.
 bench:

@@ -164,7 +164,12 @@ async fn many_worlds() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    worlds((1..=n).collect()).await;
+    // SEGSYNC_WORLDS_FROM: the first seed (1), to run other worlds than last time.
+    let from: u64 = std::env::var("SEGSYNC_WORLDS_FROM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    worlds((from..from + n).collect()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
