@@ -6,6 +6,19 @@ use common::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The `source_id`s of two rows whose postal code is digits with leading
+/// zeros: the values a spreadsheet damages.
+fn with_leading_zeros(rows: &[BTreeMap<String, String>]) -> Vec<String> {
+    rows.iter()
+        .filter(|r| {
+            let p = &r["address_postal_code"];
+            p.starts_with('0') && p.bytes().all(|b| b.is_ascii_digit())
+        })
+        .map(|r| r["source_id"].clone())
+        .take(2)
+        .collect()
+}
+
 /// Rewrite `customers.csv` as a spreadsheet in a European locale saves it:
 /// `;`-separated, with `edit` applied to the rows.
 fn resave(path: &Path, sep: u8, edit: impl FnMut(&mut BTreeMap<String, String>)) {
@@ -54,15 +67,7 @@ async fn a_semicolon_resave_with_stripped_zeros_and_one_edit_is_named_refused_th
     assert_eq!(r.code, 0, "{}", r.all());
     let csv = data(dir.path()).join("customers.csv");
     let rows = read_csv(&csv);
-    let zeros: Vec<String> = rows
-        .iter()
-        .filter(|r| {
-            let p = &r["address_postal_code"];
-            p.starts_with('0') && p.bytes().all(|b| b.is_ascii_digit())
-        })
-        .map(|r| r["source_id"].clone())
-        .take(2)
-        .collect();
+    let zeros = with_leading_zeros(&rows);
     assert_eq!(
         zeros.len(),
         2,
@@ -252,15 +257,7 @@ async fn a_crlf_resave_is_reported_on_the_lines_the_rows_are_on() {
     let r = segsync(dir.path(), Some(&sb), &["run"]).await;
     assert_eq!(r.code, 0, "{}", r.all());
     let csv = data(dir.path()).join("customers.csv");
-    let zeros: Vec<String> = read_csv(&csv)
-        .iter()
-        .filter(|r| {
-            let p = &r["address_postal_code"];
-            p.starts_with('0') && p.bytes().all(|b| b.is_ascii_digit())
-        })
-        .map(|r| r["source_id"].clone())
-        .take(2)
-        .collect();
+    let zeros = with_leading_zeros(&read_csv(&csv));
     assert_eq!(
         zeros.len(),
         2,
