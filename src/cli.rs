@@ -50,7 +50,9 @@ pub enum Command {
     Extract(extract::Args),
     /// Map profiles.ndjson to customers.csv and rejected.csv
     Transform(transform::Args),
-    /// Validate customers.csv and upsert it into Voucherify, confirming every batch
+    /// Compare customers.csv with what Voucherify holds now: load.plan.csv lists what load would change, field by field
+    Plan(crate::plan::Args),
+    /// Validate customers.csv and upsert it into Voucherify (by a fresh plan, or by the ledger), confirming every batch
     Load(load::Args),
     /// Run extract, transform and load in a row, stopping at the first failure
     Run(RunArgs),
@@ -82,6 +84,7 @@ impl Command {
         match self {
             Command::Extract(_) => "extract",
             Command::Transform(_) => "transform",
+            Command::Plan(_) => "plan",
             Command::Load(_) => "load",
             Command::Run(_) => "run",
             Command::Status(_) => "status",

@@ -75,6 +75,7 @@ fn written_dir(command: &Command, data: &Path) -> Option<(PathBuf, &'static str)
         Command::Extract(a) => Some((beside(&a.out), "extract")),
         Command::Transform(a) => Some((beside(&a.out), "transform")),
         Command::Load(a) if !a.dry_run => Some((beside(&a.input), "load")),
+        Command::Plan(a) => Some((beside(&a.input), "plan")),
         Command::Run(_) => Some((data.to_path_buf(), "run")),
         _ => None,
     }
@@ -141,6 +142,11 @@ async fn dispatch(
         Command::Transform(a) => {
             let s = transform::run(&a, data)?;
             body.extend(report::transform(&s, data));
+            Ok(0)
+        }
+        Command::Plan(a) => {
+            let m = crate::plan::run(&a, data).await?;
+            body.extend(report::plan(&m));
             Ok(0)
         }
         Command::Load(a) => {
@@ -266,6 +272,11 @@ fn load_args(a: &RunArgs) -> load::Args {
         dry_run: false,
         skip_invalid: false,
         full: a.full,
+        plan: false,
+        from_ledger: false,
+        plan_max_age: crate::plan::DEFAULT_MAX_AGE,
+        clear_removed: false,
+        keep_newer: false,
         accept_edits: false,
         method: a.method,
         export_timeout: load::DEFAULT_EXPORT_TIMEOUT,

@@ -1,7 +1,7 @@
 //! segsync: copy customer profiles from Segment (Unify Profile API) into
 //! Voucherify customers, as a staged pipeline of plain files.
 //!
-//! Stages (`extract`, `transform`, `load`, `status`) each own one module; the
+//! Stages (`extract`, `transform`, `plan`, `load`, `status`) each own one module; the
 //! API clients share one folder (`api`: the HTTP layer, the Segment and
 //! Voucherify clients, adaptive concurrency); the mapping is a pure function
 //! (`mapping`, with its file, its command and the project's metadata schema);
@@ -23,6 +23,7 @@ pub mod files;
 pub mod keys;
 pub mod load;
 pub mod mapping;
+pub mod plan;
 pub mod pool;
 pub mod records;
 pub mod report;

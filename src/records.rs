@@ -171,6 +171,22 @@ impl CustomerRow {
     }
 }
 
+/// The fields a request body gives, as the ledger and the plan name them:
+/// `name`, `address.city`, `metadata.KEY` (`source_id` apart).
+pub fn field_names(body: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in body.as_object().into_iter().flatten() {
+        match (k.as_str(), v) {
+            ("source_id", _) => {}
+            ("address" | "metadata", Value::Object(inner)) => {
+                out.extend(inner.keys().map(|ik| format!("{k}.{ik}")));
+            }
+            _ => out.push(k.clone()),
+        }
+    }
+    out
+}
+
 /// Characters that make a spreadsheet treat a cell as a formula.
 fn is_formula_trigger(c: char) -> bool {
     matches!(c, '=' | '+' | '-' | '@' | '\t' | '\r')

@@ -115,6 +115,31 @@ pub fn load(s: &crate::load::Summary, data_dir: &Path) -> Map<String, Value> {
     m
 }
 
+pub fn plan(m: &crate::plan::file::Meta) -> Map<String, Value> {
+    let c = &m.counts;
+    let (plan, meta, orphans) = crate::plan::paths(&m.customers);
+    obj(json!({
+        "counts": {
+            "rows": c.rows,
+            "unchanged": c.unchanged,
+            "create": c.create,
+            "update": c.update,
+            "clear": c.clear,
+            "changed_elsewhere": c.elsewhere,
+            "skipped": c.skipped,
+            "orphans": c.orphans,
+            "exported": c.exported,
+            "calls": m.export_calls,
+        },
+        "fields": c.fields,
+        "files": {
+            "plan": plan.display().to_string(),
+            "meta": meta.display().to_string(),
+            "orphans": orphans.display().to_string(),
+        },
+    }))
+}
+
 fn obj(v: Value) -> Map<String, Value> {
     match v {
         Value::Object(m) => m,

@@ -189,6 +189,9 @@ fn load_section(customers: &Path, next: &mut Option<String>) -> Result<()> {
         ),
         plural(state.pending.len() as u64, "batch", "batches")
     );
+    if let Some(m) = crate::plan::file::Meta::read(&crate::plan::paths(customers).1) {
+        crate::outln!("           {}", plan_line(&m));
+    }
     if all.torn_tail > 0 {
         crate::outln!(
             "           its last line is incomplete ({} bytes): a load was interrupted mid-write, or is writing now; the next `segsync load` discards it",
@@ -207,6 +210,35 @@ fn load_section(customers: &Path, next: &mut Option<String>) -> Result<()> {
         next.get_or_insert_with(|| "segsync load".into());
     }
     Ok(())
+}
+
+/// The newest plan: its age, counts, and whether a load executed it.
+fn plan_line(m: &crate::plan::file::Meta) -> String {
+    let c = &m.counts;
+    format!(
+        "plan {} ({}s old{}): {} unchanged, {} to create, {} to update, {} to clear, {} changed in Voucherify since confirmed, {} skipped, {} orphans",
+        crate::plan::paths(&m.customers).0.display(),
+        m.age().as_secs(),
+        if m.executed_at.is_some() { ", executed" } else { "" },
+        c.unchanged,
+        c.create,
+        c.update,
+        c.clear,
+        c.elsewhere,
+        c.skipped,
+        c.orphans
+    )
+}
+
+fn plan_json(customers: &Path) -> serde_json::Value {
+    match crate::plan::file::Meta::read(&crate::plan::paths(customers).1) {
+        None => serde_json::Value::Null,
+        Some(m) => serde_json::json!({"made_at": m.made_at, "age_seconds": m.age().as_secs(),
+            "executed": m.executed_at.is_some(), "unchanged": m.counts.unchanged,
+            "create": m.counts.create, "update": m.counts.update, "clear": m.counts.clear,
+            "changed_elsewhere": m.counts.elsewhere, "skipped": m.counts.skipped,
+            "orphans": m.counts.orphans}),
+    }
 }
 
 /// Bytes after the last newline of `path` (a torn last line), if any.
@@ -363,7 +395,7 @@ pub fn json(
                     json!({"state": st, "rows": p.rows, "confirmed": p.confirmed,
                            "to_send": p.to_send, "invalid": p.invalid,
                            "pending_batches": l.pending.len(), "project": target,
-                           "ledger": rel(&ledger_file)}),
+                           "ledger": rel(&ledger_file), "plan": plan_json(&customers)}),
                     st,
                 )
             }

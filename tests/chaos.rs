@@ -628,13 +628,24 @@ async fn failures_voucherify_does_not_attribute_leave_the_batch_unconfirmed() {
         "every customer of the batch is reported unconfirmed"
     );
     assert!(report.iter().all(|r| r["key"] == "unconfirmed"));
-    // Nothing was recorded as confirmed: the next load sends all three again.
+    // Nothing was recorded as confirmed: by the ledger alone, the next load
+    // sends all three again.
     let r = segsync(
         dir.path(),
         Some(&sb),
-        &["load", "--in", csv.to_str().unwrap()],
+        &["load", "--in", csv.to_str().unwrap(), "--from-ledger"],
     )
     .await;
     assert_eq!(r.code, 3);
     assert_eq!(sb.receipts()["u1"], 2);
+    // A plan sees that Voucherify holds u1 and u3 as they are: only u2 goes.
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["load", "--in", csv.to_str().unwrap(), "--plan"],
+    )
+    .await;
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert_eq!(sb.receipts()["u1"], 2, "{}", r.all());
+    assert_eq!(sb.receipts()["u2"], 3, "{}", r.all());
 }

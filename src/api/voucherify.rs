@@ -320,10 +320,11 @@ impl VoucherifyClient {
     }
 
     /// `POST /v1/exports` of every customer's `source_id`; returns the export id.
-    pub async fn export_customer_ids(&self) -> Result<String, ApiError> {
+    pub async fn export_customers(&self, fields: &[&str]) -> Result<String, ApiError> {
         let endpoint = "POST /v1/exports";
         let url = format!("{}/v1/exports", self.base);
-        let body = serde_json::json!({"exported_object": "customer", "parameters": {"fields": ["source_id"]}});
+        let body =
+            serde_json::json!({"exported_object": "customer", "parameters": {"fields": fields}});
         let v = self.call(endpoint, |c| c.post(&url).json(&body)).await?;
         Self::field(&v, endpoint, "id")
     }

@@ -14,6 +14,10 @@ pub struct Prepared {
     pub line: u64,
     pub hash: String,
     pub body: Vec<u8>,
+    /// The profile the row came from, when the file says.
+    pub segment_id: Option<String>,
+    /// The fields the row gives (`crate::records::field_names`).
+    pub fields: Vec<String>,
 }
 
 /// A batch: customers and the request body holding them.
@@ -62,6 +66,10 @@ pub fn content_key_of(body: &[u8]) -> u128 {
 /// Which customers a batcher keeps.
 pub type Keep = Box<dyn Fn(&Prepared) -> bool + Send>;
 
+/// What a batcher sends instead of a row's whole body (a plan's update):
+/// None keeps the body.
+pub type Rewrite = Box<dyn Fn(&Prepared) -> Result<Option<Vec<u8>>> + Send>;
+
 /// Reads the valid rows that still need sending and groups them in batches.
 pub struct Batcher {
     rdr: csv::Reader<std::fs::File>,
@@ -79,6 +87,9 @@ pub struct Batcher {
     /// Only customers this accepts are batched (the others are someone
     /// else's: the import's, or the bulk's).
     pub only: Option<Keep>,
+    /// The body to send, when not the row's (the ledger still records the
+    /// row's content key and fields: after the update Voucherify holds it).
+    pub rewrite: Option<Rewrite>,
 }
 
 impl Batcher {
@@ -108,12 +119,25 @@ impl Batcher {
             unchanged: 0,
             failed: false,
             only: None,
+            rewrite: None,
         })
     }
 
-    /// Batch only the customers `keep` accepts.
+    /// Batch only the customers `keep` accepts (and any earlier `only`).
     pub fn only(mut self, keep: impl Fn(&Prepared) -> bool + Send + 'static) -> Batcher {
-        self.only = Some(Box::new(keep));
+        self.only = Some(match self.only.take() {
+            Some(before) => Box::new(move |c| before(c) && keep(c)),
+            None => Box::new(keep),
+        });
+        self
+    }
+
+    /// Send what `f` gives instead of a row's body.
+    pub fn rewrite(
+        mut self,
+        f: impl Fn(&Prepared) -> Result<Option<Vec<u8>>> + Send + 'static,
+    ) -> Batcher {
+        self.rewrite = Some(Box::new(f));
         self
     }
 
@@ -146,10 +170,11 @@ impl Batcher {
                     "line {line} changed since validation; rerun `segsync load`"
                 )));
             };
-            let body = match row
-                .to_request()
-                .and_then(|v| serde_json::to_vec(&v).map_err(|e| e.to_string()))
-            {
+            let (body, fields) = match row.to_request().and_then(|v| {
+                serde_json::to_vec(&v)
+                    .map(|b| (b, crate::records::field_names(&v)))
+                    .map_err(|e| e.to_string())
+            }) {
                 Ok(b) => b,
                 Err(e) => return Some(Err(anyhow::anyhow!("line {line}: {e}"))),
             };
@@ -172,9 +197,19 @@ impl Batcher {
                 line,
                 hash,
                 body,
+                segment_id: row.segment_id,
+                fields,
             };
             if self.only.as_ref().is_some_and(|keep| !keep(&c)) {
                 continue;
+            }
+            let mut c = c;
+            if let Some(rewrite) = &self.rewrite {
+                match rewrite(&c) {
+                    Ok(Some(body)) => c.body = body,
+                    Ok(None) => {}
+                    Err(e) => return Some(Err(e)),
+                }
             }
             return Some(Ok(c));
         }

@@ -231,6 +231,8 @@ async fn record_and_confirm(
             source_id: c.source_id.clone(),
             hash: c.hash.clone(),
             line: c.line,
+            segment_id: c.segment_id.clone(),
+            fields: Some(c.fields.clone()),
         })
         .collect();
     let place = s.enqueue(&id);
@@ -481,7 +483,7 @@ fn settle(
     s.confirmed.fetch_add(done.len() as u64, Ordering::Relaxed);
     let keys = done.iter().filter_map(|c| content_key(&c.hash)).collect();
     s.ledger.append(&LedgerEvent::Confirmed {
-        at: now(),
+        at: crate::state::now_ms(),
         target: s.ledger.target.clone(),
         async_action_id: id.to_string(),
         status,
@@ -629,6 +631,8 @@ mod tests {
                 source_id: s.to_string(),
                 hash: "h".into(),
                 line: 2,
+                segment_id: None,
+                fields: None,
             })
             .collect();
         let err = |s: Option<&str>| CustomerError {

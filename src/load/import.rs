@@ -89,22 +89,31 @@ impl Existing {
 }
 
 /// The export file, with the content hash of the customers file it serves.
-fn export_paths(customers: &Path) -> (PathBuf, PathBuf) {
+pub fn export_paths(customers: &Path) -> (PathBuf, PathBuf) {
     let dir = files::parent_dir(customers);
     (dir.join("load.export.csv"), dir.join("load.export.json"))
 }
 
-/// Learn which customers exist, from a new export on every run: an import
-/// fully overwrites a customer, so an export from an earlier run could miss
-/// one another writer created since. The export is polled until `deadline`.
-pub async fn existing(
+/// How a customer export ended.
+pub enum Exported {
+    /// The file, saved as `load.export.csv`.
+    File(PathBuf),
+    /// `DONE` without a file, and the project holds no customer.
+    Empty,
+    /// Who exists is unknown, and why.
+    Unknown(String),
+}
+
+/// Export the customers' `fields` (`POST /v1/exports`), poll it until
+/// `deadline`, and download its file; also returns the calls it took.
+pub async fn export(
     client: &VoucherifyClient,
     customers: &Path,
-    confirmed_ids: HashSet<String>,
+    fields: &[&str],
     deadline: Duration,
-) -> Result<Existing> {
+) -> Result<(Exported, u64)> {
     let (csv_path, meta_path) = export_paths(customers);
-    let id = client.export_customer_ids().await?;
+    let id = client.export_customers(fields).await?;
     let mut calls = 1;
     let started = tokio::time::Instant::now();
     let mut wait = Duration::from_millis(200);
@@ -123,56 +132,81 @@ pub async fn existing(
             _ => wait = (wait * 2).min(Duration::from_secs(5)),
         }
     };
-    let unknown = |why: String, calls: u64| -> Result<Existing> {
-        ui::warn(format!("load: {why}; so every customer goes by the bulk upsert, which never overwrites a field it does not carry"));
-        Ok(Existing {
-            ids: HashSet::new(),
-            from_export: 0,
-            calls,
-            unknown: Some(why),
-            by_file: HashSet::new(),
-        })
-    };
     let url = match (state.status.as_str(), state.url) {
         ("DONE", Some(url)) => url,
         ("DONE", None) => {
             // No file: maybe an empty project (a first migration), maybe not.
             calls += 1;
             if client.holds_any_customer().await? != Some(false) {
-                return unknown(format!("Voucherify's customer export {id} is DONE without a file, and the project holds customers"), calls);
+                return Ok((Exported::Unknown(format!("Voucherify's customer export {id} is DONE without a file, and the project holds customers")), calls));
             }
-            ui::info(format!("load: Voucherify's customer export {id} has no file and the project holds no customer: every customer is new"));
+            ui::info(format!("Voucherify's customer export {id} has no file and the project holds no customer: every customer is new"));
             write_export(&csv_path, &meta_path, &id, b"source_id\n")?;
-            return Ok(Existing {
-                ids: confirmed_ids,
-                from_export: 0,
-                calls,
-                unknown: None,
-                by_file: HashSet::new(),
-            });
+            return Ok((Exported::Empty, calls));
         }
         (status, _) => {
             let why = state.message.unwrap_or_else(|| "no message".into());
-            return unknown(
-                format!("Voucherify's customer export {id} ended {status}: {why}"),
+            return Ok((
+                Exported::Unknown(format!(
+                    "Voucherify's customer export {id} ended {status}: {why}"
+                )),
                 calls,
-            );
+            ));
         }
     };
     let bytes = client.download(&url).await?;
     calls += 1;
     write_export(&csv_path, &meta_path, &id, &bytes)?;
-    let exported = read_export(&csv_path)?;
-    let from_export = exported.len() as u64;
-    let mut ids = exported;
-    ids.extend(confirmed_ids);
-    Ok(Existing {
-        ids,
-        from_export,
-        calls,
-        unknown: None,
-        by_file: HashSet::new(),
-    })
+    Ok((Exported::File(csv_path), calls))
+}
+
+/// Learn which customers exist, from a new export on every run: an import
+/// fully overwrites a customer, so an export from an earlier run could miss
+/// one another writer created since. The export is polled until `deadline`.
+pub async fn existing(
+    client: &VoucherifyClient,
+    customers: &Path,
+    confirmed_ids: HashSet<String>,
+    deadline: Duration,
+) -> Result<Existing> {
+    let (outcome, calls) = export(client, customers, &["source_id"], deadline).await?;
+    Existing::from_export(outcome, calls, confirmed_ids)
+}
+
+impl Existing {
+    /// Who exists after an export: its source ids and the ledger's.
+    pub fn from_export(
+        outcome: Exported,
+        calls: u64,
+        confirmed_ids: HashSet<String>,
+    ) -> Result<Existing> {
+        let (mut ids, from_export) = match outcome {
+            Exported::Unknown(why) => {
+                ui::warn(format!("load: {why}; so every customer goes by the bulk upsert, which never overwrites a field it does not carry"));
+                return Ok(Existing {
+                    ids: HashSet::new(),
+                    from_export: 0,
+                    calls,
+                    unknown: Some(why),
+                    by_file: HashSet::new(),
+                });
+            }
+            Exported::Empty => (HashSet::new(), 0),
+            Exported::File(path) => {
+                let ids = read_export(&path)?;
+                let n = ids.len() as u64;
+                (ids, n)
+            }
+        };
+        ids.extend(confirmed_ids);
+        Ok(Existing {
+            ids,
+            from_export,
+            calls,
+            unknown: None,
+            by_file: HashSet::new(),
+        })
+    }
 }
 
 /// Keep the export (the audit trail of what existed) and when it was made.

@@ -265,6 +265,8 @@ mod tests {
             line: 2,
             hash: "h".into(),
             body: serde_json::to_vec(&body).unwrap(),
+            segment_id: None,
+            fields: vec![],
         }
     }
 

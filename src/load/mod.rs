@@ -21,6 +21,7 @@
 
 pub mod batch;
 pub mod by_file;
+pub mod by_plan;
 pub mod confirm;
 pub mod dry_run;
 pub mod import;
@@ -100,9 +101,24 @@ pub struct Args {
     /// Load the valid rows; write the invalid ones with their errors to load.rejects.csv
     #[arg(long = "skip-invalid")]
     pub skip_invalid: bool,
-    /// Resend every row, even those the ledger shows as already confirmed
+    /// Resend every row, even those the ledger shows as already confirmed (implies --from-ledger)
     #[arg(long)]
     pub full: bool,
+    /// Make a plan (an export of what Voucherify holds, compared field by field) and send only what differs; without it, load executes a plan `segsync plan` made, if one is fresh, else decides by the ledger
+    #[arg(long = "plan", conflicts_with_all = ["from_ledger", "full"])]
+    pub plan: bool,
+    /// Decide what to send by the ledger alone (what segsync confirmed before), even when a fresh plan exists: no export, and changes other writers made are not seen
+    #[arg(long = "from-ledger")]
+    pub from_ledger: bool,
+    /// Make a new plan when the newest is older than this
+    #[arg(long = "plan-max-age", default_value_t = crate::plan::DEFAULT_MAX_AGE, value_name = "SECONDS")]
+    pub plan_max_age: u64,
+    /// Send null for mapped fields the source no longer has and segsync itself set before
+    #[arg(long = "clear-removed")]
+    pub clear_removed: bool,
+    /// Skip customers Voucherify changed after segsync last confirmed them (by default Segment wins)
+    #[arg(long = "keep-newer")]
+    pub keep_newer: bool,
     /// How to send: bulk (every customer through the bulk upsert), import (new customers by CSV import, existing ones by bulk), auto (import when it saves calls)
     #[arg(long, value_enum, default_value_t = import::Method::Bulk)]
     pub method: import::Method,
@@ -186,6 +202,16 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         ..Default::default()
     };
     if args.dry_run {
+        if by_plan::wanted(&setup, args) {
+            if let Some(client) = setup.client.take() {
+                let n = by_plan::dry_run(&mut setup, args, &client).await?;
+                setup.client = Some(client);
+                if let Some(n) = n {
+                    summary.unchanged = n;
+                    return Ok(summary);
+                }
+            }
+        }
         summary.unchanged = dry_run::report(&mut setup, args)?;
         return Ok(summary);
     }
@@ -202,10 +228,17 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         Duration::from_secs(args.poll_timeout),
     ));
     let (confirmed, before) = recover(&session, &mut setup, args, &mut summary).await?;
+    let mut export_calls = 0;
+    if by_plan::wanted(&setup, args) {
+        let ids = ledger::read(&setup.ledger_file, setup.target.as_deref())?.confirmed_ids;
+        if let Some(meta) = by_plan::prepare(&mut setup, args, &session.client, ids).await? {
+            summary.unchanged = meta.counts.unchanged + meta.counts.skipped;
+            export_calls = meta.export_calls;
+        }
+    }
     let to_send = setup.batcher(args, confirmed.clone())?.count_to_send()?;
     let progress = Arc::new(Progress::new("load", "customers", Some(to_send)));
     let mut results = Vec::new();
-    let mut export_calls = 0;
     let mut bulk_only = None;
     if to_send > 0 {
         if let Some(p) = by_file::plan(&mut setup, args, &confirmed)? {

@@ -36,19 +36,41 @@ pub struct Setup {
     pub edits: Option<crate::spreadsheet::diff::EditReport>,
     /// Who exists, for `--method import` and `auto` (from a new export).
     pub existing: Option<Existing>,
+    /// The project's customer metadata schema (None for a dry run without keys).
+    pub schema: Option<CustomerSchema>,
+    /// The plan being executed (`super::by_plan`); None: the ledger decides.
+    pub plan: Option<Arc<crate::plan::file::PlanIndex>>,
+    /// The ledger's size before this load wrote to it.
+    pub ledger_bytes: u64,
 }
 
 impl Setup {
     /// The valid rows still to send, in batches, given what is `confirmed`.
     pub fn batcher(&self, args: &Args, confirmed: Arc<HashSet<u128>>) -> Result<Batcher> {
-        Batcher::new(
+        let b = Batcher::new(
             &self.input,
             self.validated.invalid_lines.clone(),
             confirmed,
-            args.full,
+            args.full || self.plan.is_some(),
             args.batch_size as usize,
             args.max_batch_bytes.min(MAX_REQUEST_BYTES as u64) as usize,
-        )
+        )?;
+        Ok(match &self.plan {
+            Some(p) => super::by_plan::apply(b, p),
+            None => b,
+        })
+    }
+}
+
+/// The HTTP settings of a command that makes a few calls (`plan`).
+pub fn http_settings_default() -> HttpSettings {
+    HttpSettings {
+        concurrency: 2,
+        rate: None,
+        rate_period: Duration::from_secs(60),
+        burst: Some(1),
+        timeout: Duration::from_secs(120),
+        policy: crate::api::http::RetryPolicy::default(),
     }
 }
 
@@ -103,12 +125,16 @@ pub async fn setup(args: &Args, data_dir: &Path) -> Result<Setup> {
             ));
         }
     }
+    let ledger_bytes = crate::plan::file::size(&ledger_file);
     let ledger = ledger::read(&ledger_file, target.as_deref())?;
     say_other_project(&ledger, &ledger_file, target.as_deref());
     let mut existing = None;
+    let mut project_schema = None;
     if let Some(client) = &client {
         let schema = read_schema(client, &input, &mut refused).await?;
-        if args.method != Method::Bulk {
+        project_schema = Some(schema.clone());
+        // With a plan, its export says who exists (`super::by_plan`).
+        if args.method != Method::Bulk && !args.plan {
             let ex = import::existing(
                 client,
                 &input,
@@ -142,6 +168,9 @@ pub async fn setup(args: &Args, data_dir: &Path) -> Result<Setup> {
         ledger,
         edits,
         existing,
+        schema: project_schema,
+        plan: None,
+        ledger_bytes,
     })
 }
 

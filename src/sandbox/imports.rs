@@ -1,11 +1,7 @@
 //! Voucherify's customer export and CSV import, as documented, read the
 //! pessimistic way where the documentation is silent.
 //!
-//! - `POST /v1/exports` (`exported_object: "customer"`) schedules an export;
-//!   `GET /v1/exports/{id}` says `SCHEDULED`, then `DONE` with `result.url`;
-//!   the URL carries its own token (no application keys) and serves a CSV
-//!   with human-readable headers (`Source ID`), a snapshot of the customers
-//!   held when the export was made.
+//! - The customer export is `super::exports`'.
 //! - `POST /v1/customers/importCSV` takes the multipart field `file`: a CSV
 //!   whose headers are matched to the standard fields case-insensitively;
 //!   any other column becomes a metadata key, as text. The job runs on the
@@ -25,24 +21,14 @@ use super::checks::{error, valid_date};
 use super::queue::{enqueue, Work};
 use super::AppState;
 use axum::body::Bytes;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{Multipart, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rand::Rng;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// An export the project made.
-pub struct Export {
-    created: Instant,
-    token: String,
-    /// The source ids held when it was made.
-    ids: Vec<String>,
-}
 
 /// A parsed import file.
 pub struct ImportCsv {
@@ -74,87 +60,6 @@ const STANDARD: [(&str, &str); 17] = [
     ("address_country", "country"),
 ];
 
-pub async fn create_export(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if v["exported_object"] != "customer" {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Invalid export",
-            "exported_object must be one of the exportable objects; the sandbox exports \"customer\"",
-            "invalid_export",
-        );
-    }
-    let fields = v["parameters"]["fields"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if !fields.iter().any(|f| f == "source_id") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Invalid export",
-            "the sandbox exports the source_id field; name it in parameters.fields",
-            "invalid_export",
-        );
-    }
-    let id = format!("exp_{:016x}", rand::thread_rng().gen::<u64>());
-    let ids: Vec<String> = st
-        .customers
-        .lock()
-        .map(|c| c.keys().cloned().collect())
-        .unwrap_or_default();
-    if let Ok(mut e) = st.exports.lock() {
-        e.insert(
-            id.clone(),
-            Export {
-                created: Instant::now(),
-                token: format!("{:024x}", rand::thread_rng().gen::<u128>()),
-                ids,
-            },
-        );
-    }
-    Json(
-        json!({"id": id, "object": "export", "status": "SCHEDULED", "exported_object": "customer",
-        "parameters": {"fields": ["source_id"]}, "result": null}),
-    )
-    .into_response()
-}
-
-pub async fn get_export(
-    State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: axum::http::HeaderMap,
-) -> Response {
-    let Ok(exports) = st.exports.lock() else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    };
-    let Some(e) = exports.get(&id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "Resource not found",
-            &format!("Cannot find export with id {id}"),
-            "not_found",
-        );
-    };
-    let done = e.created.elapsed() >= Duration::from_millis(st.opts.processing_ms);
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
-    let file = !st.opts.export_without_file || st.healed();
-    let result = if done && file {
-        json!({"url": format!("http://{host}/_sandbox/downloads/{id}?token={}", e.token)})
-    } else {
-        // Both `result` and `result.url` are nullable: a DONE export may
-        // come without a file.
-        Value::Null
-    };
-    Json(
-        json!({"id": id, "object": "export", "status": if done { "DONE" } else { "SCHEDULED" },
-        "exported_object": "customer", "result": result}),
-    )
-    .into_response()
-}
-
 /// `GET /v1/customers?limit=N`: the first customers the project holds
 /// (`{object: "list", data_ref: "customers", customers, total}`).
 pub async fn list_customers(
@@ -174,37 +79,6 @@ pub async fn list_customers(
         json!({"object": "list", "data_ref": "customers", "customers": first, "total": held.len()}),
     )
     .into_response()
-}
-
-/// The export's file, downloaded "together with authentication headers"
-/// (the export guide): the application keys are required, as well as the
-/// URL's own token.
-pub async fn download(
-    State(st): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: axum::http::HeaderMap,
-) -> Response {
-    st.stats.count("voucherify.export_download");
-    if !super::checks::authorized(&st, &headers) {
-        return super::checks::unauthorized();
-    }
-    let Ok(exports) = st.exports.lock() else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    };
-    match exports.get(&id) {
-        Some(e) if q.get("token") == Some(&e.token) => {
-            let mut w = csv::Writer::from_writer(Vec::new());
-            let _ = w.write_record(["Source ID"]);
-            for sid in &e.ids {
-                let _ = w.write_record([sid]);
-            }
-            let body = w.into_inner().unwrap_or_default();
-            ([("content-type", "text/csv")], body).into_response()
-        }
-        Some(_) => StatusCode::FORBIDDEN.into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
 }
 
 pub async fn import_csv(State(st): State<Arc<AppState>>, mut form: Multipart) -> Response {
@@ -391,9 +265,11 @@ pub fn process(st: &AppState, csv: ImportCsv) -> Value {
         }
         done += 1;
         st.note_applied(&sid, &row.join("\u{1f}"));
-        let c = held.entry(sid.clone()).or_insert_with(
-            || json!({"id": format!("cust_{sid}"), "source_id": sid, "object": "customer"}),
-        );
+        let now = super::exports::stamp();
+        let c = held.entry(sid.clone()).or_insert_with(|| {
+            json!({"id": format!("cust_{sid}"), "source_id": sid, "object": "customer", "created_at": now})
+        });
+        c["updated_at"] = json!(now);
         let Some(obj) = c.as_object_mut() else {
             continue;
         };

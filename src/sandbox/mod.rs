@@ -14,6 +14,7 @@ pub mod activity;
 pub mod admin;
 pub mod checks;
 pub mod data;
+pub mod exports;
 pub mod faults;
 pub mod imports;
 pub mod limits;
@@ -172,7 +173,7 @@ pub struct AppState {
     /// How often each `source_id` arrived in a bulk request.
     pub receipts: Mutex<HashMap<String, u64>>,
     pub actions: Mutex<HashMap<String, queue::Action>>,
-    pub exports: Mutex<HashMap<String, imports::Export>>,
+    pub exports: Mutex<HashMap<String, exports::Export>>,
     pub stats: admin::Stats,
     pub faults: faults::Faults,
     pub limits: limits::Limits,
@@ -280,12 +281,16 @@ impl Sandbox {
             .route("/v1/customers/bulk/async", post(voucherify::bulk_async))
             .route("/v1/async-actions/{id}", get(queue::get))
             .route("/v1/metadata-schemas", get(metadata::list))
-            .route("/v1/exports", post(imports::create_export))
-            .route("/v1/exports/{id}", get(imports::get_export))
+            .route("/v1/exports", post(exports::create_export))
+            .route("/v1/exports/{id}", get(exports::get_export))
             .route("/v1/customers/importCSV", post(imports::import_csv))
             .route("/v1/customers", get(imports::list_customers))
-            .route("/_sandbox/downloads/{id}", get(imports::download))
+            .route("/_sandbox/downloads/{id}", get(exports::download))
             .route("/_sandbox/customers", get(admin::customers))
+            .route(
+                "/_sandbox/customers/{source_id}",
+                post(voucherify::another_writer),
+            )
             .route("/_sandbox/stats", get(admin::stats))
             .route("/_sandbox/touch", post(admin::touch))
             .route("/_sandbox/vanish", post(admin::vanish))
@@ -369,6 +374,12 @@ impl Sandbox {
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default()
+    }
+
+    /// Another writer (the dashboard, another integration) changes customer
+    /// `sid`: `patch`'s fields replace the held ones, `updated_at` moves.
+    pub fn another_writer(&self, sid: &str, patch: &Value) -> Option<Value> {
+        voucherify::edit(&self.state, sid, patch)
     }
 
     /// Put customers in the project as if an earlier migration had (tests).

@@ -2,7 +2,7 @@
 //! (a JSON array validated against the vendor's schema, 413 over the body
 //! limit, 202 with an `async_action_id`), `GET /v1/async-actions/{id}` with
 //! its ENQUEUED → IN_PROGRESS → DONE lifecycle and per-customer errors, and
-//! upsert by `source_id` that merges what a request gives into what the
+//! upsert by `source_id` that puts what a request gives over what the
 //! project holds. Auth by `X-App-Id` and `X-App-Token`.
 
 use super::checks::{error, valid_date};
@@ -150,16 +150,26 @@ pub fn process(st: &AppState, customers: Vec<Value>) -> Value {
             continue;
         };
         st.note_applied(&sid, &c.to_string());
-        let entry = held.entry(sid.clone()).or_insert_with(
-            || json!({"id": format!("cust_{}", sid), "source_id": sid, "object": "customer"}),
-        );
-        merge(entry, &c);
+        upsert(&mut held, &sid, &c);
     }
     json!({"done_count": done, "failed_count": errors.len(), "errors": errors})
 }
 
-/// Upsert semantics: given fields replace, absent fields stay; `address` and
-/// `metadata` merge key by key.
+/// Create or update one customer, stamping `created_at` and `updated_at`
+/// as Voucherify does.
+pub fn upsert(held: &mut std::collections::BTreeMap<String, Value>, sid: &str, c: &Value) {
+    let now = super::exports::stamp();
+    let entry = held.entry(sid.to_string()).or_insert_with(|| {
+        json!({"id": format!("cust_{sid}"), "source_id": sid, "object": "customer", "created_at": now})
+    });
+    merge(entry, c);
+    entry["updated_at"] = json!(now);
+}
+
+/// Upsert semantics: given fields replace, absent fields stay ("any
+/// parameters not provided in the payload will be left unchanged");
+/// `address` and `metadata` merge key by key. (Whether nested objects merge
+/// is not written; a plan sends whole objects, safe under either reading.)
 fn merge(into: &mut Value, from: &Value) {
     let (Some(into), Some(from)) = (into.as_object_mut(), from.as_object()) else {
         return;
@@ -176,4 +186,40 @@ fn merge(into: &mut Value, from: &Value) {
             }
         }
     }
+}
+
+/// `POST /_sandbox/customers/{source_id}`: another writer (the dashboard,
+/// Segment's own destination) changes a customer: the body's fields replace
+/// the held ones, `address` and `metadata` key by key, and `updated_at`
+/// moves. Not part of Voucherify's API; tests use it.
+pub async fn another_writer(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Path(sid): axum::extract::Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    match edit(&st, &sid, &body) {
+        Some(c) => Json(c).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// Another writer's change to customer `sid`; the customer after it, or
+/// None when the project does not hold it.
+pub fn edit(st: &AppState, sid: &str, body: &Value) -> Option<Value> {
+    let mut held = st.customers.lock().ok()?;
+    let c = held.get_mut(sid)?;
+    if let (Some(c), Some(body)) = (c.as_object_mut(), body.as_object()) {
+        for (k, v) in body {
+            match (k.as_str(), c.get_mut(k), v) {
+                ("address" | "metadata", Some(Value::Object(old)), Value::Object(new)) => {
+                    old.extend(new.clone());
+                }
+                _ => {
+                    c.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        c.insert("updated_at".into(), json!(super::exports::stamp()));
+    }
+    Some(c.clone())
 }

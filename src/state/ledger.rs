@@ -25,6 +25,14 @@ pub struct LedgerCustomer {
     pub hash: String,
     /// Line of the customers CSV the row came from.
     pub line: u64,
+    /// The profile the row came from (`segment_id`), when the file says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_id: Option<String>,
+    /// The fields the row gives Voucherify (`name`, `address.city`,
+    /// `metadata.tier`): what segsync set, so what `--clear-removed` may
+    /// clear. Absent in lines from before plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<String>>,
 }
 
 /// Version 1 wrote customers as `[source_id, hash, line]`; both spellings read.
@@ -35,6 +43,10 @@ enum CustomerRepr {
         source_id: String,
         hash: String,
         line: u64,
+        #[serde(default)]
+        segment_id: Option<String>,
+        #[serde(default)]
+        fields: Option<Vec<String>>,
     },
     Tuple(String, String, u64),
 }
@@ -46,11 +58,21 @@ impl From<CustomerRepr> for LedgerCustomer {
                 source_id,
                 hash,
                 line,
-            }
-            | CustomerRepr::Tuple(source_id, hash, line) => LedgerCustomer {
+                segment_id,
+                fields,
+            } => LedgerCustomer {
                 source_id,
                 hash,
                 line,
+                segment_id,
+                fields,
+            },
+            CustomerRepr::Tuple(source_id, hash, line) => LedgerCustomer {
+                source_id,
+                hash,
+                line,
+                segment_id: None,
+                fields: None,
             },
         }
     }
@@ -286,6 +308,8 @@ mod tests {
             source_id: s.into(),
             hash: "0123456789abcdef0123456789abcdef".into(),
             line: 2,
+            segment_id: None,
+            fields: None,
         }
     }
 

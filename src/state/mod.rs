@@ -76,6 +76,14 @@ pub fn runs(data_dir: &Path) -> PathBuf {
 }
 
 /// Now as RFC 3339 (seconds), for the timestamps state files carry.
+/// Now, to the millisecond (a confirmation is compared with Voucherify's
+/// `updated_at`, which has milliseconds).
+pub fn now_ms() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
 pub fn now() -> String {
     jiff::Timestamp::now()
         .round(jiff::Unit::Second)

@@ -1,0 +1,309 @@
+//! One customer: what `customers.csv` says against what Voucherify holds
+//! and what segsync last confirmed, and the request that closes the gap.
+//!
+//! The rules (docs/DESIGN.md, "Plans"):
+//! - A field the export shows is compared with today's value.
+//! - A field the export cannot show (no column; a metadata key the schema
+//!   does not define; a type whose export format is undocumented: objects,
+//!   arrays, geopoints) counts as unchanged only when the ledger's last
+//!   confirmed row equals today's and Voucherify's `updated_at` is not later
+//!   than that confirmation. Otherwise it is sent.
+//! - A field the row no longer gives is cleared only when segsync set it
+//!   (the ledger's field list) and `--clear-removed` is given.
+//! - An update carries only the changed top-level fields. `address` and
+//!   `metadata` are objects, and whether Voucherify merges a partial one is
+//!   not written, so when any of their keys changes the whole object is
+//!   sent: what the export shows, with today's values over it.
+
+use super::confirmed::{Confirmed, Last};
+use super::held::{Held, STANDARD};
+use crate::mapping::metadata_schema::{CustomerSchema, Definition};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Create,
+    Update,
+    Clear,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Clear => "clear",
+        }
+    }
+}
+
+/// The flags that change what a plan sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rules {
+    pub clear_removed: bool,
+    pub keep_newer: bool,
+}
+
+/// What would change for one customer.
+#[derive(Debug)]
+pub struct Change {
+    pub action: Action,
+    /// Changed fields, then cleared ones.
+    pub fields: Vec<String>,
+    pub old: Map<String, Value>,
+    pub new: Map<String, Value>,
+    /// Voucherify changed the customer after segsync last confirmed it.
+    pub elsewhere: bool,
+    /// The request body; None when nothing is sent (see `skip`).
+    pub send: Option<Value>,
+    pub skip: Option<&'static str>,
+}
+
+/// Marks a value the export cannot show.
+pub const UNREADABLE: &str = "(not in the export)";
+
+/// The row's fields, flattened: `name`, `address.city`, `metadata.KEY`.
+fn flatten(body: &Map<String, Value>) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for (k, v) in body {
+        match (k.as_str(), v) {
+            ("source_id", _) => {}
+            ("address" | "metadata", Value::Object(inner)) => {
+                out.extend(
+                    inner
+                        .iter()
+                        .map(|(ik, iv)| (format!("{k}.{ik}"), iv.clone())),
+                );
+            }
+            _ => out.push((k.clone(), v.clone())),
+        }
+    }
+    out
+}
+
+/// The held value of `field`: Some(cell) (empty: no value) when the export
+/// shows it in a comparable form, None when it cannot be read.
+fn readable<'a>(held: &'a Held, schema: &CustomerSchema, field: &str) -> Option<&'a str> {
+    if let Some(key) = field.strip_prefix("metadata.") {
+        let def = schema.properties.get(key)?;
+        comparable(def)?;
+        return held.metadata.get(key).map(String::as_str);
+    }
+    let i = STANDARD.iter().position(|(f, _)| *f == field)?;
+    held.standard[i].as_deref()
+}
+
+/// The metadata types whose exported text can be compared.
+fn comparable(def: &Definition) -> Option<()> {
+    if def.array == Some(true) {
+        return None;
+    }
+    matches!(
+        def.ty.as_deref(),
+        Some("string" | "image_url" | "number" | "boolean" | "date" | "datetime")
+    )
+    .then_some(())
+}
+
+/// Whether the exported `cell` shows `new`.
+fn same(field: &str, cell: &str, new: &Value, schema: &CustomerSchema) -> bool {
+    let ty = field
+        .strip_prefix("metadata.")
+        .and_then(|k| schema.properties.get(k))
+        .and_then(|d| d.ty.as_deref());
+    let date = |s: &str| {
+        s.get(..10)
+            .filter(|d| crate::dates::is_real_date(d))
+            .map(str::to_string)
+    };
+    match (ty, new) {
+        (Some("number"), Value::Number(n)) => cell.trim().parse::<f64>().ok() == n.as_f64(),
+        (Some("boolean"), Value::Bool(b)) => cell.trim().eq_ignore_ascii_case(&b.to_string()),
+        (Some("datetime"), Value::String(s)) => {
+            s == cell
+                || matches!((s.parse::<jiff::Timestamp>(), cell.trim().parse::<jiff::Timestamp>()), (Ok(a), Ok(b)) if a == b)
+        }
+        (Some("date"), Value::String(s)) => {
+            s == cell || (date(s).is_some() && date(s) == date(cell))
+        }
+        (None, Value::String(s)) if field == "birthdate" => {
+            s == cell || (date(s).is_some() && date(s) == date(cell))
+        }
+        (_, Value::String(s)) => s == cell,
+        _ => false,
+    }
+}
+
+/// Compare one row (its request body and content key) with what is held.
+pub fn compare(
+    body: &Map<String, Value>,
+    content: u64,
+    held: Option<&Held>,
+    last: Option<Last>,
+    confirmed: &Confirmed,
+    schema: &CustomerSchema,
+    rules: Rules,
+) -> Option<Change> {
+    let row = flatten(body);
+    let Some(held) = held else {
+        return Some(Change {
+            action: Action::Create,
+            fields: row.iter().map(|(f, _)| f.clone()).collect(),
+            old: Map::new(),
+            new: row.into_iter().collect(),
+            elsewhere: false,
+            send: Some(Value::Object(body.clone())),
+            skip: None,
+        });
+    };
+    let updated_ms = held.updated_at.map(|t| t.as_millisecond());
+    let elsewhere = matches!((last, updated_ms), (Some(l), Some(u)) if u > l.at_ms);
+    let as_confirmed =
+        matches!((last, updated_ms), (Some(l), Some(u)) if l.content == content && u <= l.at_ms);
+    let (mut fields, mut old, mut new) = (Vec::new(), Map::new(), Map::new());
+    for (f, v) in &row {
+        let was = match readable(held, schema, f) {
+            Some(cell) if same(f, cell, v, schema) => continue,
+            Some("") => Value::Null,
+            Some(cell) => Value::String(cell.to_string()),
+            None if as_confirmed => continue,
+            None => Value::String(UNREADABLE.into()),
+        };
+        fields.push(f.clone());
+        old.insert(f.clone(), was);
+        new.insert(f.clone(), v.clone());
+    }
+    let changed = fields.len();
+    let set_before = last.and_then(|l| confirmed.fields(&l)).unwrap_or(&[]);
+    for f in set_before
+        .iter()
+        .filter(|f| !row.iter().any(|(r, _)| r == *f))
+    {
+        let was = match readable(held, schema, f) {
+            Some("") => continue,
+            Some(cell) => Value::String(cell.to_string()),
+            None => Value::String(UNREADABLE.into()),
+        };
+        fields.push(f.clone());
+        old.insert(f.clone(), was);
+        new.insert(f.clone(), Value::Null);
+    }
+    if fields.is_empty() {
+        return None;
+    }
+    let action = if changed > 0 {
+        Action::Update
+    } else {
+        Action::Clear
+    };
+    let skip = if elsewhere && rules.keep_newer {
+        Some("--keep-newer: Voucherify changed it after segsync last confirmed it")
+    } else if changed == 0 && !rules.clear_removed {
+        Some("clearing needs --clear-removed")
+    } else {
+        None
+    };
+    let send = skip.is_none().then(|| {
+        request(
+            body,
+            held,
+            schema,
+            &fields[..changed],
+            if rules.clear_removed {
+                &fields[changed..]
+            } else {
+                &[]
+            },
+        )
+    });
+    Some(Change {
+        action,
+        fields,
+        old,
+        new,
+        elsewhere,
+        send,
+        skip,
+    })
+}
+
+/// The request: `source_id`, the changed top-level fields, `null` for the
+/// cleared ones, and whole `address` and `metadata` objects when any of
+/// their keys changes.
+fn request(
+    body: &Map<String, Value>,
+    held: &Held,
+    schema: &CustomerSchema,
+    changed: &[String],
+    cleared: &[String],
+) -> Value {
+    let mut out = Map::new();
+    out.insert(
+        "source_id".into(),
+        body.get("source_id").cloned().unwrap_or(Value::Null),
+    );
+    for f in changed.iter().chain(cleared) {
+        if !f.contains('.') {
+            out.insert(f.clone(), body.get(f).cloned().unwrap_or(Value::Null));
+        }
+    }
+    for group in ["address", "metadata"] {
+        let prefix = format!("{group}.");
+        let touched = |fs: &[String]| fs.iter().any(|f| f.starts_with(&prefix));
+        if !touched(changed) && !touched(cleared) {
+            continue;
+        }
+        let mut obj = held_object(held, schema, group);
+        if let Some(Value::Object(today)) = body.get(group) {
+            obj.extend(today.clone());
+        }
+        for f in cleared.iter().filter_map(|f| f.strip_prefix(&prefix)) {
+            obj.insert(f.to_string(), Value::Null);
+        }
+        out.insert(group.into(), Value::Object(obj));
+    }
+    Value::Object(out)
+}
+
+/// The object Voucherify holds, as far as the export shows it: every
+/// address field, and the defined metadata keys whose text converts back
+/// to their type.
+fn held_object(held: &Held, schema: &CustomerSchema, group: &str) -> Map<String, Value> {
+    let mut out = Map::new();
+    if group == "address" {
+        for (i, (f, _)) in STANDARD.iter().enumerate() {
+            if let (Some(k), Some(cell)) = (f.strip_prefix("address."), &held.standard[i]) {
+                if !cell.is_empty() {
+                    out.insert(k.to_string(), Value::String(cell.clone()));
+                }
+            }
+        }
+        return out;
+    }
+    for (k, cell) in held.metadata.iter().filter(|(_, c)| !c.is_empty()) {
+        let def = schema.properties.get(k);
+        let v = match def
+            .filter(|d| d.array != Some(true))
+            .and_then(|d| d.ty.as_deref())
+        {
+            Some("string" | "image_url" | "date" | "datetime") => Some(Value::String(cell.clone())),
+            Some("number") => cell.trim().parse::<f64>().ok().and_then(|n| {
+                if n.fract() == 0.0 && n.abs() < 9e15 {
+                    Some(Value::from(n as i64))
+                } else {
+                    serde_json::Number::from_f64(n).map(Value::Number)
+                }
+            }),
+            Some("boolean") => match cell.trim().to_ascii_lowercase().as_str() {
+                "true" => Some(Value::Bool(true)),
+                "false" => Some(Value::Bool(false)),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(v) = v {
+            out.insert(k.clone(), v);
+        }
+    }
+    out
+}

@@ -1,0 +1,147 @@
+//! What the ledger says segsync last confirmed, per customer, kept small
+//! for a plan over a million customers: by 64-bit key of the source id, the
+//! content key of the row confirmed, when, which fields it gave (lists
+//! interned: few distinct ones), and from which profile. Source ids
+//! themselves are read again only for the few customers the orphans file
+//! names ([`source_ids_of`]).
+
+use crate::keys::h64;
+use crate::state::ledger::{content_key, LedgerEvent};
+use anyhow::{Context, Result};
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+use std::path::Path;
+
+/// The last confirmation of one customer.
+#[derive(Debug, Clone, Copy)]
+pub struct Last {
+    /// The first 64 bits of the row's content key.
+    pub content: u64,
+    /// When Voucherify confirmed it (ms since the epoch).
+    pub at_ms: i64,
+    /// Index into [`Confirmed::field_lists`]; None for lines from before
+    /// plans (which fields segsync set is unknown).
+    pub fields: Option<u32>,
+}
+
+#[derive(Default)]
+pub struct Confirmed {
+    pub by_source: HashMap<u64, Last>,
+    /// Profile (64-bit key of `segment_id`) → the source id key it was last
+    /// confirmed under.
+    pub by_profile: HashMap<u64, u64>,
+    /// Profiles confirmed under more than one source id: the earlier ones
+    /// (few; a customer left behind stays reported).
+    pub earlier: HashMap<u64, Vec<u64>>,
+    pub field_lists: Vec<Vec<String>>,
+}
+
+impl Confirmed {
+    pub fn last(&self, sid: &str) -> Option<Last> {
+        self.by_source.get(&h64(sid)).copied()
+    }
+
+    /// Every source id key `profile` was confirmed under.
+    pub fn sources_of(&self, profile: u64) -> impl Iterator<Item = u64> + '_ {
+        self.by_profile
+            .get(&profile)
+            .into_iter()
+            .chain(self.earlier.get(&profile).into_iter().flatten())
+            .copied()
+    }
+
+    pub fn fields(&self, last: &Last) -> Option<&[String]> {
+        last.fields.map(|i| self.field_lists[i as usize].as_slice())
+    }
+}
+
+/// Each ledger line for `target`, parsed, in order (torn or foreign lines
+/// skipped: `load` reports those).
+fn each_event(path: &Path, target: &str, mut f: impl FnMut(LedgerEvent)) -> Result<()> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        let Ok(ev) = serde_json::from_str::<LedgerEvent>(&line) else {
+            continue;
+        };
+        let t = match &ev {
+            LedgerEvent::Opened { target, .. }
+            | LedgerEvent::Submitted { target, .. }
+            | LedgerEvent::Confirmed { target, .. }
+            | LedgerEvent::Abandoned { target, .. } => target,
+        };
+        if t == target {
+            f(ev);
+        }
+    }
+    Ok(())
+}
+
+/// Read the ledger's confirmations for `target`.
+pub fn read(path: &Path, target: &str) -> Result<Confirmed> {
+    let mut out = Confirmed::default();
+    let mut interned: HashMap<Vec<String>, u32> = HashMap::new();
+    each_event(path, target, |ev| {
+        let LedgerEvent::Confirmed { at, done, .. } = ev else {
+            return;
+        };
+        let at_ms = at
+            .parse::<jiff::Timestamp>()
+            .map(|t| t.as_millisecond())
+            .unwrap_or(i64::MAX);
+        for c in done {
+            let sid = h64(&c.source_id);
+            let fields = c.fields.map(|mut f| {
+                f.sort();
+                let next = out.field_lists.len() as u32;
+                *interned.entry(f.clone()).or_insert_with(|| {
+                    out.field_lists.push(f);
+                    next
+                })
+            });
+            out.by_source.insert(
+                sid,
+                Last {
+                    content: content_key(&c.hash).map_or(0, |k| (k >> 64) as u64),
+                    at_ms,
+                    fields,
+                },
+            );
+            if let Some(seg) = &c.segment_id {
+                let pk = h64(seg);
+                if let Some(old) = out.by_profile.insert(pk, sid).filter(|o| *o != sid) {
+                    let e = out.earlier.entry(pk).or_default();
+                    if !e.contains(&old) {
+                        e.push(old);
+                    }
+                }
+            }
+        }
+    })?;
+    Ok(out)
+}
+
+/// The source ids (and profiles) behind some 64-bit source id keys: a
+/// second pass over the ledger, for the few customers an orphans file names.
+pub fn source_ids_of(
+    path: &Path,
+    target: &str,
+    keys: &HashSet<u64>,
+) -> Result<HashMap<u64, (String, Option<String>)>> {
+    let mut out = HashMap::new();
+    each_event(path, target, |ev| {
+        if let LedgerEvent::Confirmed { done, .. } = ev {
+            for c in done {
+                let k = h64(&c.source_id);
+                if keys.contains(&k) {
+                    out.insert(k, (c.source_id, c.segment_id));
+                }
+            }
+        }
+    })?;
+    Ok(out)
+}

@@ -1,0 +1,290 @@
+//! What Voucherify holds, read from a customer export file: an index from
+//! source id to the record's place in the file (16 bytes a customer, so a
+//! million customers cost tens of megabytes), and each record read back when
+//! its customer is compared.
+//!
+//! The export's headers are human-readable and their exact spelling is not
+//! documented, so a column is found by its name with case, spaces and
+//! underscores ignored (`Source ID`, `source_id`, `Address City`). Metadata
+//! comes as one column per key the customer schema defines; the docs spell
+//! order metadata `metadata.X`, so a header `metadata` followed by `.`,
+//! `_`, `:` or a space, then a defined key, is that key's column. A field
+//! without a column cannot be read.
+
+use crate::keys::h64;
+use crate::mapping::metadata_schema::CustomerSchema;
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The fields a plan compares besides metadata, as the plan names them, and
+/// their export header with case, spaces and underscores removed.
+pub const STANDARD: [(&str, &str); 11] = [
+    ("name", "name"),
+    ("email", "email"),
+    ("phone", "phone"),
+    ("birthdate", "birthdate"),
+    ("description", "description"),
+    ("address.line_1", "addressline1"),
+    ("address.line_2", "addressline2"),
+    ("address.city", "addresscity"),
+    ("address.state", "addressstate"),
+    ("address.postal_code", "addresspostalcode"),
+    ("address.country", "addresscountry"),
+];
+
+/// The fields the plan asks the export for.
+pub const EXPORT_FIELDS: [&str; 14] = [
+    "source_id",
+    "name",
+    "email",
+    "phone",
+    "birthdate",
+    "description",
+    "address_line_1",
+    "address_line_2",
+    "address_city",
+    "address_state",
+    "address_postal_code",
+    "address_country",
+    "updated_at",
+    "metadata",
+];
+
+fn norm(h: &str) -> String {
+    h.trim_start_matches('\u{feff}')
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '_')
+        .collect::<String>()
+        .to_lowercase()
+}
+
+/// Where each field is in the export.
+struct Columns {
+    source_id: usize,
+    standard: [Option<usize>; 11],
+    updated_at: Option<usize>,
+    /// Defined metadata key → column.
+    metadata: HashMap<String, usize>,
+}
+
+fn columns(path: &Path, header: &csv::StringRecord, schema: &CustomerSchema) -> Result<Columns> {
+    let names: Vec<String> = header.iter().map(norm).collect();
+    let find = |want: &str| names.iter().position(|n| n == want);
+    let source_id = find("sourceid").ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: Voucherify's customer export has no source id column (its columns: {}); nothing can be compared",
+            path.display(),
+            header.iter().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let mut standard = [None; 11];
+    for (i, (_, h)) in STANDARD.iter().enumerate() {
+        standard[i] = find(h);
+    }
+    let mut metadata = HashMap::new();
+    for (col, raw) in header.iter().enumerate() {
+        let raw = raw.trim_start_matches('\u{feff}').trim();
+        let Some(rest) = raw
+            .get(..8)
+            .filter(|p| p.eq_ignore_ascii_case("metadata"))
+            .map(|_| &raw[8..])
+        else {
+            continue;
+        };
+        let Some(key) = rest.strip_prefix(['.', '_', ':', ' ']).map(str::trim) else {
+            continue;
+        };
+        let defined = schema.properties.keys().find(|k| *k == key).or_else(|| {
+            let mut same = schema.properties.keys().filter(|k| norm(k) == norm(key));
+            let one = same.next();
+            one.filter(|_| same.next().is_none())
+        });
+        if let Some(k) = defined {
+            metadata.insert(k.clone(), col);
+        }
+    }
+    Ok(Columns {
+        source_id,
+        standard,
+        updated_at: find("updatedat"),
+        metadata,
+    })
+}
+
+/// One customer as the export shows it. `None`: the field has no column.
+pub struct Held {
+    /// Per [`STANDARD`] field: the cell (empty = no value).
+    pub standard: [Option<String>; 11],
+    /// `updated_at`, when the export has it and it parses.
+    pub updated_at: Option<jiff::Timestamp>,
+    /// Defined metadata keys that have a column → their cell.
+    pub metadata: HashMap<String, String>,
+}
+
+/// The export file, indexed by source id.
+pub struct HeldFile {
+    path: PathBuf,
+    index: HashMap<u64, u64>,
+    cols: Columns,
+    rdr: csv::Reader<std::fs::File>,
+    rec: csv::StringRecord,
+    /// Source ids whose 64-bit keys collide: looked up by scanning.
+    pub collisions: u64,
+}
+
+impl HeldFile {
+    /// Index `path` (one pass).
+    pub fn open(path: &Path, schema: &CustomerSchema) -> Result<HeldFile> {
+        let open = |headers: bool| {
+            csv::ReaderBuilder::new()
+                .flexible(true)
+                .has_headers(headers)
+                .from_path(path)
+                .with_context(|| format!("cannot read {}", path.display()))
+        };
+        let mut rdr = open(true)?;
+        let header = rdr.headers()?.clone();
+        let cols = columns(path, &header, schema)?;
+        let mut index = HashMap::new();
+        let mut rec = csv::StringRecord::new();
+        let mut collisions = 0;
+        loop {
+            let pos = rdr.position().byte();
+            match rdr.read_record(&mut rec) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            }
+            let Some(sid) = rec.get(cols.source_id).filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            if index.insert(h64(sid), pos).is_some() {
+                collisions += 1;
+            }
+        }
+        Ok(HeldFile {
+            path: path.to_path_buf(),
+            index,
+            cols,
+            // Reads single records at known offsets: no header handling.
+            rdr: open(false)?,
+            rec,
+            collisions,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Whether the export has a column for this metadata key.
+    pub fn has_metadata_column(&self, key: &str) -> bool {
+        self.cols.metadata.contains_key(key)
+    }
+
+    /// The customer `sid` as exported; None when the export lacks it.
+    pub fn get(&mut self, sid: &str) -> Result<Option<Held>> {
+        let Some(&offset) = self.index.get(&h64(sid)) else {
+            return Ok(None);
+        };
+        let mut pos = csv::Position::new();
+        pos.set_byte(offset);
+        self.rdr.seek(pos)?;
+        if !self.rdr.read_record(&mut self.rec)? {
+            return Ok(None);
+        }
+        if self.rec.get(self.cols.source_id) != Some(sid) {
+            // Two source ids share a 64-bit key: find this one the slow way.
+            return self.scan(sid);
+        }
+        Ok(Some(self.held()))
+    }
+
+    fn scan(&mut self, sid: &str) -> Result<Option<Held>> {
+        let mut rdr = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_path(&self.path)?;
+        while rdr.read_record(&mut self.rec)? {
+            if self.rec.get(self.cols.source_id) == Some(sid) {
+                return Ok(Some(self.held()));
+            }
+        }
+        Ok(None)
+    }
+
+    fn held(&self) -> Held {
+        let cell = |c: Option<usize>| c.map(|c| self.rec.get(c).unwrap_or("").to_string());
+        let mut standard: [Option<String>; 11] = Default::default();
+        for (i, c) in self.cols.standard.iter().enumerate() {
+            standard[i] = cell(*c);
+        }
+        Held {
+            standard,
+            updated_at: self
+                .cols
+                .updated_at
+                .and_then(|c| self.rec.get(c))
+                .and_then(|t| t.trim().parse().ok()),
+            metadata: self
+                .cols
+                .metadata
+                .iter()
+                .map(|(k, c)| (k.clone(), self.rec.get(*c).unwrap_or("").to_string()))
+                .collect(),
+        }
+    }
+
+    /// Every source id in the export, in file order (a pass of its own).
+    pub fn each_source_id(&self, mut f: impl FnMut(&str)) -> Result<()> {
+        let mut rdr = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_path(&self.path)?;
+        let mut rec = csv::StringRecord::new();
+        while rdr.read_record(&mut rec)? {
+            if let Some(s) = rec.get(self.cols.source_id).filter(|s| !s.is_empty()) {
+                f(s);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_found_by_human_readable_names_and_metadata_by_defined_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.csv");
+        std::fs::write(
+            &p,
+            "\u{feff}Source ID,Name,Address City,Updated At,metadata.tier,Metadata: Big Spender,metadata.other\n\
+             a,Ann,Oslo,2026-01-02T03:04:05.678Z,gold,true,x\n\
+             b,,,,,,\n",
+        )
+        .unwrap();
+        let schema: CustomerSchema = serde_json::from_value(serde_json::json!({
+            "properties": {"tier": {"type": "string"}, "big_spender": {"type": "boolean"}}
+        }))
+        .unwrap();
+        let mut f = HeldFile::open(&p, &schema).unwrap();
+        assert_eq!(f.len(), 2);
+        let a = f.get("a").unwrap().unwrap();
+        assert_eq!(a.standard[0].as_deref(), Some("Ann"));
+        assert_eq!(a.standard[7].as_deref(), Some("Oslo"));
+        assert_eq!(a.standard[1], None, "no email column: unreadable");
+        assert_eq!(a.metadata["tier"], "gold");
+        assert_eq!(a.metadata["big_spender"], "true");
+        assert!(!f.has_metadata_column("other"), "not defined in the schema");
+        assert!(a.updated_at.is_some());
+        let b = f.get("b").unwrap().unwrap();
+        assert_eq!(b.standard[0].as_deref(), Some(""));
+        assert!(f.get("c").unwrap().is_none());
+    }
+}

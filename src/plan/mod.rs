@@ -1,0 +1,236 @@
+//! `segsync plan`: what `load` would change in Voucherify, field by field.
+//!
+//! Reads `customers.csv` (what Segment says), a new customer export (what
+//! Voucherify holds now, [`held`]) and the ledger (what segsync last
+//! confirmed, [`confirmed`]); compares each customer ([`compare`]) and
+//! writes `load.plan.csv` (a line per customer that would change, with the
+//! exact request), `load.orphans.csv` ([`orphans`]) and `load.plan.json`
+//! (when, from what, the counts). Streaming: the export and the ledger are
+//! held as small indexes, the customers file is read row by row.
+
+pub mod compare;
+pub mod confirmed;
+pub mod file;
+pub mod held;
+pub mod orphans;
+
+use crate::api::voucherify::VoucherifyClient;
+use crate::config::VoucherifyArgs;
+use crate::load::batch::{content_key_of, Batcher};
+use crate::load::import::{self, Exported};
+use crate::load::input::{validate, OnInvalid};
+use crate::mapping::metadata_schema::CustomerSchema;
+use crate::state;
+use crate::ui;
+use anyhow::Result;
+use compare::Rules;
+use file::{Counts, Meta, PlanWriter};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const DEFAULT_MAX_AGE: u64 = 300;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Customers CSV to compare [default: DATA_DIR/customers.csv]
+    #[arg(long = "in", value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Plan to send null for mapped fields the source no longer has and segsync itself set before
+    #[arg(long = "clear-removed")]
+    pub clear_removed: bool,
+    /// Plan to skip customers Voucherify changed after segsync last confirmed them (by default Segment wins)
+    #[arg(long = "keep-newer")]
+    pub keep_newer: bool,
+    /// Longest wait for Voucherify's customer export to finish
+    #[arg(long = "export-timeout", default_value_t = crate::load::DEFAULT_EXPORT_TIMEOUT, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub export_timeout: u64,
+    /// Compare with this customer export file instead of making a new export
+    #[arg(long = "export-file", value_name = "FILE")]
+    pub export_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub voucherify: VoucherifyArgs,
+}
+
+/// Where a plan's state comes from.
+pub enum Source<'a> {
+    /// A new export, polled for at most this long.
+    Export(&'a VoucherifyClient, Duration),
+    /// An export file already downloaded.
+    File(&'a Path),
+}
+
+/// A plan made.
+pub struct Made {
+    pub meta: Meta,
+    /// The export's outcome (for the import's "who exists").
+    pub exported: Exported,
+}
+
+/// `load.plan.csv`, `load.plan.json` and `load.orphans.csv` beside `customers`.
+pub fn paths(customers: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = crate::files::parent_dir(customers);
+    (
+        dir.join("load.plan.csv"),
+        dir.join("load.plan.json"),
+        dir.join("load.orphans.csv"),
+    )
+}
+
+/// The `plan` command.
+pub async fn run(args: &Args, data_dir: &Path) -> Result<Meta> {
+    let input = args
+        .input
+        .clone()
+        .unwrap_or_else(|| state::customers(data_dir));
+    if !input.exists() {
+        return Err(crate::error::UsageError::new(format!(
+            "{} not found: `segsync transform` writes it, or pass --in FILE",
+            input.display()
+        ))
+        .into());
+    }
+    let cfg = args.voucherify.resolve()?;
+    let target = crate::config::project_target(&cfg.api_url, &cfg.app_id);
+    let client = VoucherifyClient::new(cfg, crate::load::setup::http_settings_default())?;
+    let schema = crate::mapping::metadata_schema::read(&client)
+        .await
+        .map_err(|e| crate::load::confirm::api_error(e).context("cannot read the project's customer metadata schema, which says which metadata the export shows"))?;
+    let validated = validate(&input, OnInvalid::Count, &Default::default())?;
+    let rules = Rules {
+        clear_removed: args.clear_removed,
+        keep_newer: args.keep_newer,
+    };
+    let source = match &args.export_file {
+        Some(f) => Source::File(f),
+        None => Source::Export(&client, Duration::from_secs(args.export_timeout)),
+    };
+    let made = make(&input, &target, &schema, rules, &validated.invalid_lines, source)
+        .await?
+        .map_err(|why| anyhow::anyhow!("cannot plan: {why}; nothing can be compared (`segsync load --from-ledger` decides by the ledger alone)"))?;
+    let calls = client.stats().get(&client.stats().requests);
+    say(&made.meta, &input, calls);
+    Ok(made.meta)
+}
+
+/// Make a plan: export (or read the file), compare every valid row, write
+/// the plan's files. Err inside when the export cannot say what is held.
+pub async fn make(
+    input: &Path,
+    target: &str,
+    schema: &CustomerSchema,
+    rules: Rules,
+    invalid_lines: &std::collections::HashSet<u64>,
+    source: Source<'_>,
+) -> Result<Result<Made, String>> {
+    let started = std::time::Instant::now();
+    let (exported, export_calls) = match source {
+        Source::File(f) => (Exported::File(f.to_path_buf()), 0),
+        Source::Export(client, deadline) => {
+            ui::info("plan: exporting Voucherify's customers (the mapped fields, updated_at and the schema's metadata)");
+            import::export(client, input, &held::EXPORT_FIELDS, deadline).await?
+        }
+    };
+    let empty = crate::files::parent_dir(input).join("load.export.csv");
+    let export_path = match &exported {
+        Exported::File(p) => p.clone(),
+        Exported::Empty => empty,
+        Exported::Unknown(why) => return Ok(Err(why.clone())),
+    };
+    let mut held = held::HeldFile::open(&export_path, schema)?;
+    let ledger_file = state::ledger(input);
+    let confirmed = confirmed::read(&ledger_file, target)?;
+    let (plan_path, meta_path, orphans_path) = paths(input);
+    let mut writer = PlanWriter::create(&plan_path)?;
+    let mut ids = orphans::Identities::default();
+    let mut counts = Counts {
+        exported: held.len() as u64,
+        ..Default::default()
+    };
+    let batcher = Batcher::new(
+        input,
+        invalid_lines.clone(),
+        Arc::new(Default::default()),
+        true,
+        100,
+        usize::MAX,
+    )?;
+    for c in batcher.customers() {
+        let c = c?;
+        let body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&c.body)?;
+        let content = (content_key_of(&c.body) >> 64) as u64;
+        ids.saw(&c.source_id, c.segment_id.as_deref(), &confirmed);
+        let last = confirmed.last(&c.source_id);
+        let h = held.get(&c.source_id)?;
+        counts.rows += 1;
+        match compare::compare(&body, content, h.as_ref(), last, &confirmed, schema, rules) {
+            None => counts.unchanged += 1,
+            Some(change) => {
+                counts.add(&change);
+                writer.write(
+                    &c.source_id,
+                    c.segment_id.as_deref(),
+                    c.line,
+                    &c.hash,
+                    &change,
+                )?;
+            }
+        }
+    }
+    writer.commit()?;
+    counts.orphans = orphans::write(
+        &orphans_path,
+        ids,
+        &confirmed,
+        &ledger_file,
+        target,
+        &mut held,
+    )?;
+    let meta = Meta::new(
+        input,
+        target,
+        rules,
+        counts,
+        export_calls,
+        started.elapsed(),
+    )?;
+    crate::files::write_atomic(&meta_path, &serde_json::to_vec_pretty(&meta)?)?;
+    Ok(Ok(Made { meta, exported }))
+}
+
+/// The summary: counts per action and per field, and a few examples.
+pub fn say(meta: &Meta, input: &Path, calls: u64) {
+    let c = &meta.counts;
+    let (plan_path, _, orphans_path) = paths(input);
+    ui::info(format!(
+        "plan: {} customers: {} unchanged, {} to create, {} to update, {} to clear; {} changed in Voucherify since segsync confirmed them; {} skipped ({}); {} orphans{} ({:.1}s, {calls} Voucherify calls)",
+        c.rows,
+        c.unchanged,
+        c.create,
+        c.update,
+        c.clear,
+        c.elsewhere,
+        c.skipped,
+        if c.skipped > 0 { "see the skip column" } else { "none" },
+        c.orphans,
+        if c.orphans > 0 { format!(" in {}", orphans_path.display()) } else { String::new() },
+        meta.seconds,
+    ));
+    if !c.fields.is_empty() {
+        ui::info(format!(
+            "plan: fields that change: {}",
+            c.fields
+                .iter()
+                .map(|(f, n)| format!("{f} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    for e in &c.examples {
+        ui::info(format!("plan: e.g. {e}"));
+    }
+    ui::info(format!(
+        "plan: written to {}; `segsync load` sends it",
+        plan_path.display()
+    ));
+}
