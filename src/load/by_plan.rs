@@ -161,11 +161,3 @@ async fn find_or_make(
     };
     Ok(Some((meta, exported)))
 }
-
-/// The plan's filter and requests on a batcher of the customers file.
-pub fn apply(b: super::batch::Batcher, index: &Arc<PlanIndex>) -> super::batch::Batcher {
-    let keep = index.clone();
-    let body = index.clone();
-    b.only(move |c| keep.sends(&c.source_id))
-        .rewrite(move |c| body.body_of(&c.source_id))
-}

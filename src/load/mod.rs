@@ -52,7 +52,7 @@ pub const DEFAULT_BATCH_SIZE: u32 = 100;
 pub const DEFAULT_MAX_BATCH_BYTES: u64 = 5_000_000;
 pub const DEFAULT_CONCURRENCY: u32 = 4;
 pub const DEFAULT_POLL_TIMEOUT: u64 = 900;
-pub const DEFAULT_EXPORT_TIMEOUT: u64 = 900;
+pub const DEFAULT_EXPORT_TIMEOUT: u64 = crate::plan::DEFAULT_EXPORT_TIMEOUT;
 /// The largest import file: under the 10 MB request limit, with room for
 /// the multipart envelope.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 9_000_000;

@@ -55,22 +55,15 @@ impl Setup {
             args.batch_size as usize,
             args.max_batch_bytes.min(MAX_REQUEST_BYTES as u64) as usize,
         )?;
+        // A plan's customers only, each with the plan's request.
         Ok(match &self.plan {
-            Some(p) => super::by_plan::apply(b, p),
+            Some(p) => {
+                let (keep, body) = (p.clone(), p.clone());
+                b.only(move |c| keep.sends(&c.source_id))
+                    .rewrite(move |c| body.body_of(&c.source_id))
+            }
             None => b,
         })
-    }
-}
-
-/// The HTTP settings of a command that makes a few calls (`plan`).
-pub fn http_settings_default() -> HttpSettings {
-    HttpSettings {
-        concurrency: 2,
-        rate: None,
-        rate_period: Duration::from_secs(60),
-        burst: Some(1),
-        timeout: Duration::from_secs(120),
-        policy: crate::api::http::RetryPolicy::default(),
     }
 }
 

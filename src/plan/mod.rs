@@ -31,6 +31,9 @@ use std::time::Duration;
 
 pub const DEFAULT_MAX_AGE: u64 = 300;
 
+/// The longest wait for the export, as `load`'s (seconds).
+pub const DEFAULT_EXPORT_TIMEOUT: u64 = 900;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Customers CSV to compare [default: DATA_DIR/customers.csv]
@@ -43,7 +46,7 @@ pub struct Args {
     #[arg(long = "keep-newer")]
     pub keep_newer: bool,
     /// Longest wait for Voucherify's customer export to finish
-    #[arg(long = "export-timeout", default_value_t = crate::load::DEFAULT_EXPORT_TIMEOUT, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "export-timeout", default_value_t = DEFAULT_EXPORT_TIMEOUT, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub export_timeout: u64,
     /// Compare with this customer export file instead of making a new export
     #[arg(long = "export-file", value_name = "FILE")]
@@ -77,6 +80,18 @@ pub fn paths(customers: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
+/// A plan makes a few calls: the schema read, the export and its polls.
+fn http_settings() -> crate::api::http::HttpSettings {
+    crate::api::http::HttpSettings {
+        concurrency: 2,
+        rate: None,
+        rate_period: Duration::from_secs(60),
+        burst: Some(1),
+        timeout: Duration::from_secs(120),
+        policy: crate::api::http::RetryPolicy::default(),
+    }
+}
+
 /// The `plan` command.
 pub async fn run(args: &Args, data_dir: &Path) -> Result<Meta> {
     let input = args
@@ -92,7 +107,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Meta> {
     }
     let cfg = args.voucherify.resolve()?;
     let target = crate::config::project_target(&cfg.api_url, &cfg.app_id);
-    let client = VoucherifyClient::new(cfg, crate::load::setup::http_settings_default())?;
+    let client = VoucherifyClient::new(cfg, http_settings())?;
     let schema = crate::mapping::metadata_schema::read(&client)
         .await
         .map_err(|e| crate::load::confirm::api_error(e).context("cannot read the project's customer metadata schema, which says which metadata the export shows"))?;
