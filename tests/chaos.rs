@@ -265,9 +265,7 @@ async fn apis_that_break_their_contract_end_in_a_clear_error_not_a_hang() {
 }
 
 fn ndjson_fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/ndjson")
-        .join(name)
+    fixture_copy("ndjson", name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,14 +385,7 @@ async fn hostile_profile_files_give_a_clear_error_or_a_documented_outcome() {
 async fn hostile_csv_files_give_every_error_and_formulas_typed_by_hand_load_as_typed() {
     let sb = sandbox(opts(10)).await;
     let dir = tempdir();
-    let fixture = |n: &str| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/csv")
-            .join(n)
-            .to_str()
-            .unwrap()
-            .to_string()
-    };
+    let fixture = |n: &str| fixture_copy("csv", n).to_str().unwrap().to_string();
     let r = segsync(
         dir.path(),
         Some(&sb),

@@ -54,8 +54,10 @@ async fn null_fields_and_a_serial_queue_end_exact_with_about_one_poll_per_batch(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_monthly_quota_stops_load_at_once_and_a_rerun_resumes() {
+    // Each load's plan takes the schema read and 3 export calls (request,
+    // poll, download); 12 leaves room for about half of the batches.
     let sb = sandbox(SandboxOptions {
-        cycle_quota: Some(9),
+        cycle_quota: Some(12),
         processing_ms: 30,
         ..opts(0)
     })

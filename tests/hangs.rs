@@ -16,9 +16,11 @@ const GUARD: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_monthly_quota_spent_on_a_poll_ends_load_and_a_rerun_sends_nothing_twice() {
-    // The schema read is call 1, then submits and polls interleave: quotas of
-    // 3 to 7 calls run out on a submit or on a poll with batches in flight.
-    for quota in 3..=7 {
+    // The schema read is call 1, then the plan's export (request, polls,
+    // download), then submits and polls interleave: quotas of 2 to 10 calls
+    // run out during the export, on a submit, or on a poll with batches in
+    // flight.
+    for quota in 2..=10 {
         let sb = sandbox(SandboxOptions {
             cycle_quota: Some(quota),
             processing_ms: 400,
@@ -97,14 +99,41 @@ async fn an_export_without_a_file_of_a_project_with_customers_sends_everyone_by_
         .await
         .expect("no hang");
     assert_eq!(r.code, 0, "{}", r.all());
+    // No plan can be made: the ledger decides, and nobody goes by file.
     assert!(
-        r.stderr.contains("every customer goes by the bulk upsert"),
+        r.stderr.contains("load: no plan")
+            && r.stderr.contains("every customer goes by the bulk upsert"),
         "{}",
         r.stderr
     );
     assert_eq!(requests(&sb, "voucherify.customers_import_csv"), 0);
     assert_eq!(sb.customers().len(), 120);
     assert_eq!(sb.customers()["h0001"]["phone"], "+48 600 000 000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_plan_stops_with_nothing_sent_when_no_plan_can_be_made() {
+    let sb = sandbox(SandboxOptions {
+        export_without_file: true,
+        ..opts(0)
+    })
+    .await;
+    sb.seed_customers([serde_json::json!({"source_id": "h0001", "name": "Someone else's"})]);
+    let dir = tempdir();
+    let csv = dir.path().join("c.csv");
+    std::fs::write(&csv, csv_of(30)).unwrap();
+    let args = ["load", "--in", csv.to_str().unwrap(), "--plan"];
+    let r = tokio::time::timeout(GUARD, segsync(dir.path(), Some(&sb), &args))
+        .await
+        .expect("no hang");
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("no plan can be made") && r.stderr.contains("nothing was sent"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(stat(&sb, "customers_received"), 0);
+    assert_eq!(sb.customers()["h0001"]["name"], "Someone else's");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

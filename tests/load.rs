@@ -7,13 +7,11 @@ use common::*;
 use segsync::sandbox::{Misbehave, SandboxOptions};
 use serde_json::json;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/csv")
-        .join(name)
+    fixture_copy("csv", name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

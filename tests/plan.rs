@@ -66,8 +66,12 @@ async fn another_writers_rename_is_set_back_and_a_field_segsync_never_set_is_lef
 
     let bulk_before = bulk_calls(&sb);
     let received_before = stat(&sb, "customers_received");
+    let exports_before = requests(&sb, "voucherify.exports");
     let r = segsync(dir.path(), Some(&sb), &["load", "--in", path]).await;
     assert_eq!(r.code, 0, "{}", r.all());
+    // It executes the plan just made: no export of its own.
+    assert!(r.stderr.contains("load: executing"), "{}", r.stderr);
+    assert_eq!(requests(&sb, "voucherify.exports"), exports_before);
     assert_eq!(bulk_calls(&sb) - bulk_before, 1, "{}", r.all());
     assert_eq!(
         stat(&sb, "customers_received") - received_before,
@@ -96,7 +100,7 @@ async fn another_writers_rename_is_set_back_and_a_field_segsync_never_set_is_lef
         requests(&sb, "voucherify.export_download"),
         requests(&sb, "voucherify.metadata_schemas"),
     );
-    let r = segsync(dir.path(), Some(&sb), &["load", "--in", path, "--plan"]).await;
+    let r = segsync(dir.path(), Some(&sb), &["load", "--in", path]).await;
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(bulk_calls(&sb), bulk, "{}", r.all());
     assert_eq!(requests(&sb, "voucherify.customers_import_csv"), 0);

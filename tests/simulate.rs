@@ -73,6 +73,7 @@ async fn world(seed: u64) -> Result<Outcome, String> {
     }
     let quota_to_exit = sb.quota_spent_at().map(|t| first_end.duration_since(t));
     sb.heal();
+    rename_elsewhere(&sb, w.renames);
     let (second, _) = run_once(dir.path(), &sb, &w).await?;
     if ![0, 3].contains(&second.code) {
         return Err(format!(
@@ -113,6 +114,24 @@ async fn world(seed: u64) -> Result<Outcome, String> {
         quota_to_exit,
         total: started.elapsed(),
     })
+}
+
+/// Another writer renames the first `n` named customers (by source id);
+/// the rerun's plan must set the names back (the end state is exact).
+fn rename_elsewhere(sb: &segsync::sandbox::Sandbox, n: usize) {
+    let mut named: Vec<String> = sb
+        .customers()
+        .iter()
+        .filter(|(_, c)| c.get("name").is_some_and(|v| v.is_string()))
+        .map(|(sid, _)| sid.clone())
+        .collect();
+    named.sort();
+    for sid in named.into_iter().take(n) {
+        sb.another_writer(
+            &sid,
+            &serde_json::json!({"name": "Renamed by another writer"}),
+        );
+    }
 }
 
 /// Run `seeds`, a few worlds at a time; panics naming every failing seed.

@@ -8,7 +8,11 @@
 //!   start, until the first sign of trouble), then by one per window;
 //! - it **backs off** on a 429 (×0.7) and when answer times rise well above
 //!   the fastest window seen (×0.9): a queue is building at the server;
-//! - it never passes the ceiling (`--extract-concurrency`).
+//! - it never passes the ceiling (`--extract-concurrency`), nor, when the
+//!   rate limit is known, what keeps that budget busy (Little's law: the
+//!   rate × the answer time, with headroom): more in flight would only
+//!   queue at the client's own bucket, where the serial listing calls wait
+//!   behind them.
 //!
 //! It is pure: no clock, no I/O; the caller decides what a window is (a
 //! quarter second of answers) and tests drive it with made-up windows.
@@ -18,6 +22,11 @@ use std::time::Duration;
 /// Answer times this much above the best window mean a queue is building.
 const RISE: f64 = 1.5;
 
+/// In flight beyond what the budget needs on average: answer times vary
+/// (jitter, a slow tail), and a request waiting for a token is cheap.
+const HEADROOM: f64 = 1.5;
+const SPARE: f64 = 4.0;
+
 #[derive(Debug, Clone)]
 pub struct Controller {
     limit: f64,
@@ -26,6 +35,8 @@ pub struct Controller {
     /// server that got slower for good.
     base: Option<f64>,
     slow_start: bool,
+    /// Requests a second the rate limit allows, when known.
+    budget: Option<f64>,
 }
 
 /// What one window of answers showed.
@@ -44,7 +55,14 @@ impl Controller {
             ceiling,
             base: None,
             slow_start: true,
+            budget: None,
         }
+    }
+
+    /// Keep no more in flight than `per_second` needs (None: no known limit).
+    pub fn with_budget(mut self, per_second: Option<f64>) -> Controller {
+        self.budget = per_second.filter(|r| *r > 0.0);
+        self
     }
 
     /// Requests (or profiles) to keep in flight now.
@@ -75,6 +93,10 @@ impl Controller {
             self.limit = (self.limit * 2.0).min(self.ceiling as f64);
         } else {
             self.limit = (self.limit + 1.0).min(self.ceiling as f64);
+        }
+        if let Some(rate) = self.budget {
+            let needed = (rate * mean * HEADROOM + SPARE).ceil();
+            self.limit = self.limit.min(needed).max(1.0);
         }
         // Let the base drift up a little, so a lasting change is followed.
         self.base = Some(base * 1.01);
@@ -122,6 +144,28 @@ mod tests {
         assert_eq!(c.observe(flat(400)), 64);
         // Back to flat: additive growth (slow start is over).
         assert_eq!(c.observe(flat(100)), 65);
+    }
+
+    #[test]
+    fn keeps_no_more_in_flight_than_the_budget_needs() {
+        // 100 requests a second answered in 500 ms: 50 in flight keep the
+        // budget busy; with headroom, 79 (100 × 0.5 × 1.5 + 4).
+        let mut c = Controller::new(4, 512).with_budget(Some(100.0));
+        for _ in 0..20 {
+            c.observe(flat(500));
+        }
+        assert_eq!(c.limit(), 79);
+        // Answers get faster: fewer are needed.
+        for _ in 0..3 {
+            c.observe(flat(40));
+        }
+        assert_eq!(c.limit(), 10, "100 × 0.04 × 1.5 + 4");
+        // Without a known budget only the ceiling bounds it.
+        let mut free = Controller::new(4, 512);
+        for _ in 0..20 {
+            free.observe(flat(500));
+        }
+        assert_eq!(free.limit(), 512);
     }
 
     #[test]

@@ -119,6 +119,29 @@ impl HttpLayer {
         logic: &dyn RetryLogic,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<RawResponse, ApiError> {
+        self.send_inner(endpoint, logic, build, None).await
+    }
+
+    /// As [`HttpLayer::send`], but a 2xx answer's body is streamed into
+    /// `to` (replaced atomically once whole) instead of held in memory: an
+    /// export file may be hundreds of megabytes. The answer's body is empty.
+    pub async fn send_to_file(
+        &self,
+        endpoint: &str,
+        logic: &dyn RetryLogic,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+        to: &std::path::Path,
+    ) -> Result<RawResponse, ApiError> {
+        self.send_inner(endpoint, logic, build, Some(to)).await
+    }
+
+    async fn send_inner(
+        &self,
+        endpoint: &str,
+        logic: &dyn RetryLogic,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+        to: Option<&std::path::Path>,
+    ) -> Result<RawResponse, ApiError> {
         run_with_retries(&self.policy, logic, endpoint, &self.stats, || async {
             self.wait_for_pause().await;
             let _permit = self.concurrency.acquire().await.ok();
@@ -129,18 +152,7 @@ impl HttpLayer {
             let started = std::time::Instant::now();
             let attempt = match build(&self.client).send().await {
                 Err(e) => Attempt::Transport(describe_transport(&e)),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let headers = resp.headers().clone();
-                    match resp.bytes().await {
-                        Ok(body) => Attempt::Response(RawResponse {
-                            status,
-                            headers,
-                            body,
-                        }),
-                        Err(e) => Attempt::Transport(describe_transport(&e)),
-                    }
-                }
+                Ok(resp) => read_body(resp, to).await,
             };
             if let Attempt::Response(r) = &attempt {
                 self.stats.answers.fetch_add(1, Ordering::Relaxed);
@@ -184,6 +196,50 @@ impl HttpLayer {
                 tokio::time::sleep_until(until).await;
             }
         }
+    }
+}
+
+/// Read an answer's body: whole, or for a 2xx answer with `to`, chunk by
+/// chunk into that file (committed only once the body is whole).
+async fn read_body(mut resp: reqwest::Response, to: Option<&std::path::Path>) -> Attempt {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let Some(path) = to.filter(|_| status.is_success()) else {
+        return match resp.bytes().await {
+            Ok(body) => Attempt::Response(RawResponse {
+                status,
+                headers,
+                body,
+            }),
+            Err(e) => Attempt::Transport(describe_transport(&e)),
+        };
+    };
+    // A file that cannot be written is retried like a cut answer (bounded),
+    // then reported with the file's own error.
+    let local =
+        |e: anyhow::Error| Attempt::Transport(format!("the answer could not be saved: {e:#}"));
+    let mut file = match crate::files::AtomicFile::create(path) {
+        Ok(f) => f,
+        Err(e) => return local(e),
+    };
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if let Err(e) = std::io::Write::write_all(&mut file, &chunk) {
+                    return local(anyhow::anyhow!("cannot write {}: {e}", path.display()));
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Attempt::Transport(describe_transport(&e)),
+        }
+    }
+    match file.commit() {
+        Ok(()) => Attempt::Response(RawResponse {
+            status,
+            headers,
+            body: bytes::Bytes::new(),
+        }),
+        Err(e) => local(e),
     }
 }
 

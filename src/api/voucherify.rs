@@ -358,7 +358,7 @@ impl VoucherifyClient {
     /// (Voucherify's export guide), which go only to the configured API host
     /// or a Voucherify host over https, never anywhere else. The URL must be
     /// https (or loopback http, for the sandbox).
-    pub async fn download(&self, file_url: &str) -> Result<bytes::Bytes, ApiError> {
+    pub async fn download(&self, file_url: &str, to: &std::path::Path) -> Result<(), ApiError> {
         let endpoint = "GET export file";
         let parsed = reqwest::Url::parse(file_url).map_err(|e| {
             ApiError::contract(
@@ -378,19 +378,23 @@ impl VoucherifyClient {
             ));
         }
         let with_keys = keys_go_to(&self.cfg.api_url, &parsed);
-        let resp = self
-            .http
-            .send(endpoint, &VoucherifyLogic, |c| {
-                let req = c.get(parsed.clone());
-                if with_keys {
-                    req.header("X-App-Id", &self.cfg.app_id)
-                        .header("X-App-Token", self.cfg.secret_key.expose())
-                } else {
-                    req
-                }
-            })
+        self.http
+            .send_to_file(
+                endpoint,
+                &VoucherifyLogic,
+                |c| {
+                    let req = c.get(parsed.clone());
+                    if with_keys {
+                        req.header("X-App-Id", &self.cfg.app_id)
+                            .header("X-App-Token", self.cfg.secret_key.expose())
+                    } else {
+                        req
+                    }
+                },
+                to,
+            )
             .await?;
-        Ok(resp.body)
+        Ok(())
     }
 
     /// The project's metadata schemas (`GET /v1/metadata-schemas`), as

@@ -161,6 +161,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         prev,
         args.concurrency as usize,
         !args.fixed_concurrency,
+        (args.rate_limit > 0).then_some(f64::from(args.rate_limit)),
     );
     let outcome = sched.run().await;
     sched.stop_listing();

@@ -83,6 +83,7 @@ impl Scheduler {
         prev: Option<PreviousFile>,
         ceiling: usize,
         adaptive: bool,
+        budget: Option<f64>,
     ) -> Scheduler {
         let progress = Progress::new("extract", "profiles", prev.as_ref().map(|p| p.len() as u64));
         progress.set_position(journal.lines);
@@ -115,7 +116,7 @@ impl Scheduler {
             listing_done: false,
             lister,
             page_rx,
-            control: Controller::new(initial, ceiling),
+            control: Controller::new(initial, ceiling).with_budget(budget),
             adaptive,
             mark: Mark::default(),
             marked_at: Instant::now(),

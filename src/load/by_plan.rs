@@ -1,12 +1,14 @@
-//! `load` executes the newest plan (`crate::plan`) when it is fresh (not
-//! spent, younger than `--plan-max-age`, made with the same flags, made after
-//! the last change to `customers.csv` and the ledger); `load --plan` makes
-//! one when it is not.
+//! `load` goes by a plan (`crate::plan`) unless `--from-ledger` or `--full`:
+//! it executes the newest plan when it is fresh (not spent, younger than
+//! `--plan-max-age`, made with the same flags, made after the last change to
+//! `customers.csv` and the ledger), and makes one when it is not. When no
+//! plan can be made, the ledger decides (`--plan` stops instead).
 //! Creates send the customers file's row (by import file where that saves
 //! calls); updates and clears send the plan's request, which carries only
 //! what changes. Customers the plan leaves out cost nothing.
 
-use super::import::Existing;
+use super::import::{self, Existing, Exported};
+use super::input;
 use super::setup::Setup;
 use super::Args;
 use crate::api::voucherify::VoucherifyClient;
@@ -27,84 +29,98 @@ pub fn rules(args: &Args) -> Rules {
     }
 }
 
-/// Whether this load goes by a plan: `--plan`, or a fresh plan `segsync
-/// plan` made (never with `--from-ledger` or `--full`).
+/// Whether this load goes by a plan: by default it does (executing a fresh
+/// plan `segsync plan` made, or making one); `--from-ledger` and `--full`
+/// decide by the ledger alone, and so does a load without a project.
 pub fn wanted(setup: &Setup, args: &Args) -> bool {
-    if args.from_ledger || args.full || setup.target.is_none() {
-        return false;
-    }
-    if args.plan {
-        return true;
-    }
-    let (plan_path, meta_path, _) = plan::paths(&setup.input);
-    let target = setup.target.clone().unwrap_or_default();
-    Meta::read(&meta_path)
-        .filter(|_| plan_path.exists())
-        .is_some_and(|m| {
-            m.stale(
-                &setup.input,
-                &target,
-                rules(args),
-                args.plan_max_age,
-                setup.ledger_bytes,
-            )
-            .is_none()
-        })
+    setup.target.is_some() && by_default(args)
 }
 
-/// Find or make the plan, and take it: its index goes to `setup`, and it
-/// is marked spent. None when no plan can be made (the export could not say
-/// what Voucherify holds): then the ledger decides, as before plans.
+/// Whether `args` ask for a plan (before a project is known).
+pub fn by_default(args: &Args) -> bool {
+    !(args.from_ledger || args.full)
+}
+
+/// Find or make the plan, and take it: its index goes to `setup`, who
+/// exists goes to `setup.existing` (for the import), rows the project's
+/// required keys refuse are refused, and, when `spend`, the plan is marked
+/// executed. None when no plan can be made (the export could not say what
+/// Voucherify holds): then the ledger decides, as with `--from-ledger`.
 pub async fn prepare(
     setup: &mut Setup,
     args: &Args,
     client: &VoucherifyClient,
     confirmed_ids: HashSet<String>,
+    spend: bool,
 ) -> Result<Option<Meta>> {
-    let Some((meta, exported)) = find_or_make(setup, args, client).await? else {
+    let Some((meta, found)) = find_or_make(setup, args, client).await? else {
         return Ok(None);
     };
     let (plan_path, meta_path, _) = plan::paths(&setup.input);
     if args.method != super::import::Method::Bulk {
-        setup.existing = Some(Existing::from_export(
-            exported,
-            meta.export_calls,
-            confirmed_ids,
-        )?);
+        let existing = match found {
+            // Made just now: its export says who exists.
+            Found::Made(exported) => {
+                Existing::from_export(exported, meta.export_calls, confirmed_ids)?
+            }
+            // Made earlier: a customer it would create may exist by now (another
+            // writer), and an import must never reach one; so a new export of
+            // the source ids says who exists, as without a plan.
+            Found::Saved if meta.counts.create > 0 => {
+                import::existing(
+                    client,
+                    &setup.input,
+                    confirmed_ids,
+                    Duration::from_secs(args.export_timeout),
+                )
+                .await?
+            }
+            Found::Saved => Existing::known(confirmed_ids, HashSet::new()),
+        };
+        if let (None, Some(schema)) = (&existing.unknown, &setup.schema) {
+            let missing =
+                input::required_problems(&setup.input, schema, |sid| !existing.contains(sid))?;
+            setup.refuse(args, missing)?;
+        }
+        setup.existing = Some(existing);
     }
-    let index = Arc::new(PlanIndex::read(&plan_path)?);
-    setup.plan = Some(index);
-    let mut spent = meta.clone();
-    spent.executed_at = Some(crate::state::now_ms());
-    crate::files::write_atomic(&meta_path, &serde_json::to_vec_pretty(&spent)?)?;
+    setup.plan = Some(Arc::new(PlanIndex::read(&plan_path)?));
+    if spend {
+        let mut spent = meta.clone();
+        spent.executed_at = Some(crate::state::now_ms());
+        crate::files::write_atomic(&meta_path, &serde_json::to_vec_pretty(&spent)?)?;
+    }
     Ok(Some(meta))
 }
 
-/// `load --dry-run`: the plan's counts and what sending it costs; returns
-/// the customers it leaves alone, or None when no plan can be made.
-pub async fn dry_run(
-    setup: &mut Setup,
-    args: &Args,
-    client: &VoucherifyClient,
-) -> Result<Option<u64>> {
-    let Some((meta, _)) = find_or_make(setup, args, client).await? else {
-        return Ok(None);
-    };
+/// `load --dry-run` with a plan: its counts, after the plan's own calls.
+pub fn say_dry_run(meta: &Meta) {
     let c = &meta.counts;
-    let sends = c.to_send();
-    let calls = sends.div_ceil(args.batch_size.max(1) as u64) * 2;
     ui::info(format!(
-        "load --dry-run: the plan sends {sends} customers ({} to create, {} to update, {} to clear, {} skipped): about {calls} calls (a bulk request and a poll per {} customers; creates may go by import file instead), after the plan's own {} calls; nothing was sent",
-        c.create, c.update, c.clear, c.skipped, args.batch_size, meta.export_calls
+        "load --dry-run: the plan sends {} customers ({} to create, {} to update, {} to clear), leaves {} unchanged and skips {}; it took {} Voucherify calls (the export, its polls and download)",
+        c.to_send(),
+        c.create,
+        c.update,
+        c.clear,
+        c.unchanged,
+        c.skipped,
+        meta.export_calls
     ));
-    Ok(Some(c.unchanged + c.skipped))
+}
+
+/// Where the plan came from.
+enum Found {
+    /// Made by this load, with its export.
+    Made(Exported),
+    /// Made earlier (by `segsync plan` or a dry run).
+    Saved,
 }
 
 async fn find_or_make(
     setup: &mut Setup,
     args: &Args,
     client: &VoucherifyClient,
-) -> Result<Option<(Meta, crate::load::import::Exported)>> {
+) -> Result<Option<(Meta, Found)>> {
     let target = setup.target.clone().unwrap_or_default();
     let (plan_path, meta_path, _) = plan::paths(&setup.input);
     let rules = rules(args);
@@ -127,14 +143,11 @@ async fn find_or_make(
                 plan_path.display(),
                 m.age().as_secs()
             ));
-            let file = crate::load::import::export_paths(&setup.input).0;
-            (m, crate::load::import::Exported::File(file))
+            (m, Found::Saved)
         }
         other => {
             if let Some((Some(why), _)) = other {
-                ui::info(format!(
-                    "load: making a new plan: the newest one cannot be executed: {why}"
-                ));
+                ui::info(format!("load: making a new plan (the newest: {why})"));
             }
             let schema = setup.schema.clone().unwrap_or_default();
             let source = Source::Export(client, Duration::from_secs(args.export_timeout));
@@ -150,10 +163,13 @@ async fn find_or_make(
             {
                 Ok(made) => {
                     plan::say(&made.meta, &setup.input, made.meta.export_calls);
-                    (made.meta, made.exported)
+                    (made.meta, Found::Made(made.exported))
+                }
+                Err(why) if args.plan => {
+                    anyhow::bail!("load --plan: no plan can be made: {why}; nothing was sent (without --plan, the ledger would decide what is sent)")
                 }
                 Err(why) => {
-                    ui::warn(format!("load: no plan: {why}; the ledger decides what is sent, as with --from-ledger"));
+                    ui::warn(format!("load: no plan: {why}; the ledger decides what is sent, as with --from-ledger, and every customer goes by the bulk upsert, which never overwrites a field it does not carry"));
                     return Ok(None);
                 }
             }

@@ -73,11 +73,17 @@ fn batches(mut b: Batcher, setup: &Setup, budget: Option<(u64, u64, String)>) ->
     }
     let validated = &setup.validated;
     let invalid = validated.invalid_lines.len() as u64;
+    let (unchanged, why) = match setup.plan {
+        Some(_) => (
+            (validated.rows - invalid).saturating_sub(customers),
+            "the same in Voucherify or skipped by the plan",
+        ),
+        None => (b.unchanged, "already confirmed with this content"),
+    };
     ui::info(format!(
-        "load --dry-run: {} rows valid{}; {} already confirmed with this content (skipped); would send {} customers in {} batches ({:.1} KB); nothing was sent",
+        "load --dry-run: {} rows valid{}; {unchanged} {why} (skipped); would send {} customers in {} batches ({:.1} KB); nothing was sent",
         validated.rows - invalid,
         if invalid > 0 { format!(", {invalid} invalid set aside") } else { String::new() },
-        b.unchanged,
         customers,
         batches,
         bytes as f64 / 1024.0
@@ -99,5 +105,5 @@ fn batches(mut b: Batcher, setup: &Setup, budget: Option<(u64, u64, String)>) ->
     if let Some((s, n)) = sample {
         crate::outln!("First request body (first 2 of its {n} customers):\n{s}");
     }
-    Ok(b.unchanged)
+    Ok(unchanged)
 }

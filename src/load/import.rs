@@ -154,9 +154,10 @@ pub async fn export(
             ));
         }
     };
-    let bytes = client.download(&url).await?;
+    // Straight to the file: an export of a million customers is ~100 MB.
+    client.download(&url, &csv_path).await?;
     calls += 1;
-    write_export(&csv_path, &meta_path, &id, &bytes)?;
+    write_meta(&meta_path, &id)?;
     Ok((Exported::File(csv_path), calls))
 }
 
@@ -212,6 +213,10 @@ impl Existing {
 /// Keep the export (the audit trail of what existed) and when it was made.
 fn write_export(csv_path: &Path, meta_path: &Path, id: &str, bytes: &[u8]) -> Result<()> {
     files::write_atomic(csv_path, bytes)?;
+    write_meta(meta_path, id)
+}
+
+fn write_meta(meta_path: &Path, id: &str) -> Result<()> {
     files::write_atomic(
         meta_path,
         &serde_json::to_vec_pretty(&serde_json::json!({"export_id": id, "at": state::now()}))?,

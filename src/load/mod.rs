@@ -104,7 +104,7 @@ pub struct Args {
     /// Resend every row, even those the ledger shows as already confirmed (implies --from-ledger)
     #[arg(long)]
     pub full: bool,
-    /// Make a plan (an export of what Voucherify holds, compared field by field) and send only what differs; without it, load executes a plan `segsync plan` made, if one is fresh, else decides by the ledger
+    /// Stop, with nothing sent, when no plan can be made (the export cannot say what Voucherify holds), instead of falling back to the ledger; load goes by a plan either way: a fresh one `segsync plan` made, else a new one
     #[arg(long = "plan", conflicts_with_all = ["from_ledger", "full"])]
     pub plan: bool,
     /// Decide what to send by the ledger alone (what segsync confirmed before), even when a fresh plan exists: no export, and changes other writers made are not seen
@@ -202,15 +202,16 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         ..Default::default()
     };
     if args.dry_run {
+        let mut planned = Ok(None);
         if by_plan::wanted(&setup, args) {
             if let Some(client) = setup.client.take() {
-                let n = by_plan::dry_run(&mut setup, args, &client).await?;
+                let ids = setup.ledger.confirmed_ids.clone();
+                planned = by_plan::prepare(&mut setup, args, &client, ids, false).await;
                 setup.client = Some(client);
-                if let Some(n) = n {
-                    summary.unchanged = n;
-                    return Ok(summary);
-                }
             }
+        }
+        if let Some(meta) = planned? {
+            by_plan::say_dry_run(&meta);
         }
         summary.unchanged = dry_run::report(&mut setup, args)?;
         return Ok(summary);
@@ -227,12 +228,25 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         )?,
         Duration::from_secs(args.poll_timeout),
     ));
+    let opened = crate::plan::file::size(&setup.ledger_file);
     let (confirmed, before) = recover(&session, &mut setup, args, &mut summary).await?;
     let mut export_calls = 0;
     if by_plan::wanted(&setup, args) {
+        // What the checks of pending batches wrote makes a saved plan stale.
+        let now = crate::plan::file::size(&setup.ledger_file);
+        if now != opened {
+            setup.ledger_bytes = now;
+        }
         let ids = ledger::read(&setup.ledger_file, setup.target.as_deref())?.confirmed_ids;
-        if let Some(meta) = by_plan::prepare(&mut setup, args, &session.client, ids).await? {
-            summary.unchanged = meta.counts.unchanged + meta.counts.skipped;
+        let prepared = by_plan::prepare(&mut setup, args, &session.client, ids, true)
+            .await
+            .map_err(|e| {
+                e.context("load stopped before sending anything: rerun `segsync load` once the cause is gone")
+            })?;
+        if let Some(meta) = prepared {
+            // Rows the checks confirmed are the same in Voucherify by now.
+            summary.unchanged =
+                (meta.counts.unchanged + meta.counts.skipped).saturating_sub(summary.recovered);
             export_calls = meta.export_calls;
         }
     }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Problems by CSV line: (column, what is wrong).
-type Problems = HashMap<u64, Vec<(String, String)>>;
+pub type Problems = HashMap<u64, Vec<(String, String)>>;
 
 /// What a load knows before it sends.
 pub struct Setup {
@@ -42,6 +42,8 @@ pub struct Setup {
     pub plan: Option<Arc<crate::plan::file::PlanIndex>>,
     /// The ledger's size before this load wrote to it.
     pub ledger_bytes: u64,
+    /// Rows refused beyond what the file itself shows (edits, the schema).
+    refused: Problems,
 }
 
 impl Setup {
@@ -64,6 +66,18 @@ impl Setup {
             }
             None => b,
         })
+    }
+
+    /// Refuse more rows (found once a plan says who exists): validate
+    /// again, so they fail the load (exit 2, nothing sent) or, with
+    /// `--skip-invalid`, go to the rejects file.
+    pub fn refuse(&mut self, args: &Args, more: Problems) -> Result<()> {
+        if more.is_empty() {
+            return Ok(());
+        }
+        merge(&mut self.refused, more);
+        self.validated = validate_rows(&self.input, args, &self.rejects, &self.refused)?;
+        Ok(())
     }
 }
 
@@ -127,7 +141,7 @@ pub async fn setup(args: &Args, data_dir: &Path) -> Result<Setup> {
         let schema = read_schema(client, &input, &mut refused).await?;
         project_schema = Some(schema.clone());
         // With a plan, its export says who exists (`super::by_plan`).
-        if args.method != Method::Bulk && !args.plan {
+        if args.method != Method::Bulk && !super::by_plan::by_default(args) {
             let ex = import::existing(
                 client,
                 &input,
@@ -143,14 +157,7 @@ pub async fn setup(args: &Args, data_dir: &Path) -> Result<Setup> {
         }
     }
     let rejects = state::rejects(&input);
-    let validated = if args.skip_invalid {
-        validate(&input, OnInvalid::SetAside(&rejects), &refused)?
-    } else {
-        let v = validate(&input, OnInvalid::Fail, &refused)?;
-        // A rejects file from an earlier --skip-invalid run no longer applies.
-        let _ = std::fs::remove_file(&rejects);
-        v
-    };
+    let validated = validate_rows(&input, args, &rejects, &refused)?;
     Ok(Setup {
         input,
         target,
@@ -164,7 +171,24 @@ pub async fn setup(args: &Args, data_dir: &Path) -> Result<Setup> {
         schema: project_schema,
         plan: None,
         ledger_bytes,
+        refused,
     })
+}
+
+fn validate_rows(
+    input: &Path,
+    args: &Args,
+    rejects: &Path,
+    refused: &Problems,
+) -> Result<Validated> {
+    if args.skip_invalid {
+        validate(input, OnInvalid::SetAside(rejects), refused)
+    } else {
+        let v = validate(input, OnInvalid::Fail, refused)?;
+        // A rejects file from an earlier --skip-invalid run no longer applies.
+        let _ = std::fs::remove_file(rejects);
+        Ok(v)
+    }
 }
 
 fn merge(into: &mut Problems, from: Problems) {

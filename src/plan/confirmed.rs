@@ -5,7 +5,7 @@
 //! themselves are read again only for the few customers the orphans file
 //! names ([`source_ids_of`]).
 
-use crate::keys::h64;
+use crate::keys::{h64, KeyMap};
 use crate::state::ledger::{content_key, LedgerEvent};
 use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
@@ -13,7 +13,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 /// The last confirmation of one customer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Last {
     /// The first 64 bits of the row's content key.
     pub content: u64,
@@ -24,12 +24,39 @@ pub struct Last {
     pub fields: Option<u32>,
 }
 
+/// [`Last`] in 16 bytes: the time in the low 44 bits of the second word
+/// (milliseconds to the year 2527), the field list index above it.
+#[derive(Debug, Clone, Copy)]
+struct Packed(u64, u64);
+
+const MS_BITS: u32 = 44;
+const NO_FIELDS: u64 = (1 << (64 - MS_BITS)) - 1;
+
+impl Packed {
+    fn new(l: Last) -> Packed {
+        let ms = l.at_ms.clamp(0, (1 << MS_BITS) - 1) as u64;
+        let f = l
+            .fields
+            .map_or(NO_FIELDS, |f| u64::from(f).min(NO_FIELDS - 1));
+        Packed(l.content, (f << MS_BITS) | ms)
+    }
+
+    fn last(self) -> Last {
+        let f = self.1 >> MS_BITS;
+        Last {
+            content: self.0,
+            at_ms: (self.1 & ((1 << MS_BITS) - 1)) as i64,
+            fields: (f != NO_FIELDS).then_some(f as u32),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Confirmed {
-    pub by_source: HashMap<u64, Last>,
+    by_source: KeyMap<Packed>,
     /// Profile (64-bit key of `segment_id`) → the source id key it was last
     /// confirmed under.
-    pub by_profile: HashMap<u64, u64>,
+    pub by_profile: KeyMap<u64>,
     /// Profiles confirmed under more than one source id: the earlier ones
     /// (few; a customer left behind stays reported).
     pub earlier: HashMap<u64, Vec<u64>>,
@@ -38,16 +65,15 @@ pub struct Confirmed {
 
 impl Confirmed {
     pub fn last(&self, sid: &str) -> Option<Last> {
-        self.by_source.get(&h64(sid)).copied()
+        self.by_source.get(h64(sid)).map(Packed::last)
     }
 
     /// Every source id key `profile` was confirmed under.
     pub fn sources_of(&self, profile: u64) -> impl Iterator<Item = u64> + '_ {
         self.by_profile
-            .get(&profile)
+            .get(profile)
             .into_iter()
-            .chain(self.earlier.get(&profile).into_iter().flatten())
-            .copied()
+            .chain(self.earlier.get(&profile).into_iter().flatten().copied())
     }
 
     pub fn fields(&self, last: &Last) -> Option<&[String]> {
@@ -103,26 +129,37 @@ pub fn read(path: &Path, target: &str) -> Result<Confirmed> {
                     next
                 })
             });
-            out.by_source.insert(
-                sid,
-                Last {
-                    content: content_key(&c.hash).map_or(0, |k| (k >> 64) as u64),
-                    at_ms,
-                    fields,
-                },
-            );
+            let last = Last {
+                content: content_key(&c.hash).map_or(0, |k| (k >> 64) as u64),
+                at_ms,
+                fields,
+            };
+            out.by_source
+                .push(sid, Packed::new(last), &mut |_, _, _| {});
             if let Some(seg) = &c.segment_id {
-                let pk = h64(seg);
-                if let Some(old) = out.by_profile.insert(pk, sid).filter(|o| *o != sid) {
-                    let e = out.earlier.entry(pk).or_default();
-                    if !e.contains(&old) {
-                        e.push(old);
-                    }
-                }
+                out.by_profile.push(h64(seg), sid, &mut |pk, old, new| {
+                    note_earlier(&mut out.earlier, pk, old, new)
+                });
             }
         }
     })?;
+    out.by_source.fold(&mut |_, _, _| {});
+    out.by_source.shrink();
+    let earlier = &mut out.earlier;
+    out.by_profile
+        .fold(&mut |pk, old, new| note_earlier(earlier, pk, old, new));
+    out.by_profile.shrink();
     Ok(out)
+}
+
+/// A profile confirmed under `new` after `old`: `old` is an earlier one.
+fn note_earlier(earlier: &mut HashMap<u64, Vec<u64>>, profile: u64, old: u64, new: u64) {
+    if old != new {
+        let e = earlier.entry(profile).or_default();
+        if !e.contains(&old) {
+            e.push(old);
+        }
+    }
 }
 
 /// The source ids (and profiles) behind some 64-bit source id keys: a

@@ -12,6 +12,7 @@
 //! without a column cannot be read.
 
 use crate::keys::h64;
+use crate::keys::KeyMap;
 use crate::mapping::metadata_schema::CustomerSchema;
 use anyhow::{Context, Result};
 use std::collections::HashMap;
@@ -125,7 +126,7 @@ pub struct Held {
 /// The export file, indexed by source id.
 pub struct HeldFile {
     path: PathBuf,
-    index: HashMap<u64, u64>,
+    index: KeyMap<u64>,
     cols: Columns,
     rdr: csv::Reader<std::fs::File>,
     rec: csv::StringRecord,
@@ -146,9 +147,10 @@ impl HeldFile {
         let mut rdr = open(true)?;
         let header = rdr.headers()?.clone();
         let cols = columns(path, &header, schema)?;
-        let mut index = HashMap::new();
+        let mut index = KeyMap::default();
         let mut rec = csv::StringRecord::new();
         let mut collisions = 0;
+        let mut collided = |_, _, _| collisions += 1;
         loop {
             let pos = rdr.position().byte();
             match rdr.read_record(&mut rec) {
@@ -159,10 +161,10 @@ impl HeldFile {
             let Some(sid) = rec.get(cols.source_id).filter(|s| !s.is_empty()) else {
                 continue;
             };
-            if index.insert(h64(sid), pos).is_some() {
-                collisions += 1;
-            }
+            index.push(h64(sid), pos, &mut collided);
         }
+        index.fold(&mut collided);
+        index.shrink();
         Ok(HeldFile {
             path: path.to_path_buf(),
             index,
@@ -189,7 +191,7 @@ impl HeldFile {
 
     /// The customer `sid` as exported; None when the export lacks it.
     pub fn get(&mut self, sid: &str) -> Result<Option<Held>> {
-        let Some(&offset) = self.index.get(&h64(sid)) else {
+        let Some(offset) = self.index.get(h64(sid)) else {
             return Ok(None);
         };
         let mut pos = csv::Position::new();

@@ -10,7 +10,7 @@
 use super::confirmed::Confirmed;
 use super::held::HeldFile;
 use crate::files::AtomicFile;
-use crate::keys::h64;
+use crate::keys::{h64, KeyMap};
 use anyhow::Result;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -19,9 +19,9 @@ use std::path::Path;
 #[derive(Default)]
 pub struct Identities {
     /// Profiles (64-bit keys) that gave a row.
-    profiles: HashSet<u64>,
+    profiles: KeyMap<()>,
     /// Source ids (64-bit keys) of today's rows.
-    sources: HashSet<u64>,
+    sources: KeyMap<()>,
     /// Old source id key → (profile, today's source id).
     moved: HashMap<u64, (String, String)>,
     /// Rows that named their profile.
@@ -31,11 +31,11 @@ pub struct Identities {
 impl Identities {
     pub fn saw(&mut self, sid: &str, segment_id: Option<&str>, confirmed: &Confirmed) {
         let key = h64(sid);
-        self.sources.insert(key);
+        self.sources.push(key, (), &mut |_, _, _| {});
         let Some(seg) = segment_id else { return };
         self.with_profile += 1;
         let pk = h64(seg);
-        self.profiles.insert(pk);
+        self.profiles.push(pk, (), &mut |_, _, _| {});
         for old in confirmed.sources_of(pk).filter(|o| *o != key) {
             self.moved.insert(old, (seg.to_string(), sid.to_string()));
         }
@@ -45,16 +45,18 @@ impl Identities {
 /// Write the orphans file; returns how many it lists.
 pub fn write(
     path: &Path,
-    ids: Identities,
+    mut ids: Identities,
     confirmed: &Confirmed,
     ledger: &Path,
     target: &str,
     held: &mut HeldFile,
 ) -> Result<u64> {
+    ids.sources.fold(&mut |_, _, _| {});
+    ids.profiles.fold(&mut |_, _, _| {});
     let mut keys: HashSet<u64> = ids
         .moved
         .keys()
-        .filter(|k| !ids.sources.contains(k))
+        .filter(|k| !ids.sources.contains(**k))
         .copied()
         .collect();
     // Profiles gone: only a file that names profiles can tell.
@@ -63,8 +65,8 @@ pub fn write(
             confirmed
                 .by_profile
                 .iter()
-                .filter(|(p, s)| !ids.profiles.contains(p) && !ids.sources.contains(s))
-                .map(|(_, s)| *s),
+                .filter(|(p, s)| !ids.profiles.contains(*p) && !ids.sources.contains(*s))
+                .map(|(_, s)| s),
         );
     }
     let names = if keys.is_empty() {

@@ -15,6 +15,9 @@
 //!   metadata schema defines ("all metadata fields defined in Metadata Schema
 //!   for the Customer object"), headed `metadata.KEY` as the docs write the
 //!   order metadata; keys the schema does not define are not exported.
+//!   The docs show no file, so a world may draw another layout ([`Shape`]):
+//!   the field names as headers in reverse order with a BOM and CRLF, or
+//!   `metadata` as one column of JSON.
 //! - Values: text as held, numbers and booleans as JSON writes them, arrays
 //!   and objects as compact JSON (the docs give no format: a client must not
 //!   trust them), dates and times in UTC as held. An absent value is an
@@ -38,6 +41,22 @@ pub struct Export {
     created: Instant,
     token: String,
     file: Bytes,
+}
+
+/// How an export's file is laid out. The docs name the fields and say the
+/// headers are human-readable, but show no file; a world draws one of the
+/// readings a careful client must survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// `Source ID`, `Address City`, `metadata.KEY`; LF; the requested order.
+    #[default]
+    Readable,
+    /// The field names themselves (`source_id`, `address_city`,
+    /// `metadata_KEY`), columns in reverse order, a UTF-8 BOM, CRLF.
+    FieldNames,
+    /// Readable headers, but `metadata` as one `Metadata` column of compact
+    /// JSON: no key can be read by name.
+    MetadataJson,
 }
 
 /// The customer fields the export documents, and their headers.
@@ -138,24 +157,46 @@ fn render(st: &AppState, fields: &[String]) -> Bytes {
         .and_then(|s| s.get("properties").and_then(Value::as_object).cloned())
         .map(|p| p.keys().cloned().collect())
         .unwrap_or_default();
+    let shape = st.opts.export_shape;
     let mut columns: Vec<(String, String)> = Vec::new();
     for f in fields {
-        if f == "metadata" {
-            columns.extend(
+        match (f.as_str(), shape) {
+            ("metadata", Shape::MetadataJson) => {
+                columns.push(("Metadata".into(), "metadata".into()))
+            }
+            ("metadata", Shape::FieldNames) => columns.extend(
+                defined
+                    .iter()
+                    .map(|k| (format!("metadata_{k}"), format!("m:{k}"))),
+            ),
+            ("metadata", Shape::Readable) => columns.extend(
                 defined
                     .iter()
                     .map(|k| (format!("metadata.{k}"), format!("m:{k}"))),
-            );
-        } else {
-            let header = FIELDS
-                .iter()
-                .find(|(n, _)| n == f)
-                .map(|(_, h)| h.to_string())
-                .unwrap_or_else(|| f.clone());
-            columns.push((header, f.clone()));
+            ),
+            (_, Shape::FieldNames) => columns.push((f.clone(), f.clone())),
+            _ => {
+                let header = FIELDS
+                    .iter()
+                    .find(|(n, _)| n == f)
+                    .map(|(_, h)| h.to_string())
+                    .unwrap_or_else(|| f.clone());
+                columns.push((header, f.clone()));
+            }
         }
     }
-    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut out = Vec::new();
+    if shape == Shape::FieldNames {
+        columns.reverse();
+        out.extend_from_slice("\u{feff}".as_bytes());
+    }
+    let terminator = match shape {
+        Shape::FieldNames => csv::Terminator::CRLF,
+        _ => csv::Terminator::Any(b'\n'),
+    };
+    let mut w = csv::WriterBuilder::new()
+        .terminator(terminator)
+        .from_writer(out);
     let _ = w.write_record(columns.iter().map(|(h, _)| h));
     if let Ok(held) = st.customers.lock() {
         for c in held.values() {

@@ -82,6 +82,8 @@ pub struct SandboxOptions {
     pub export_without_file: bool,
     /// CSV imports end `FAILED` as a whole, with `operation_status` and a message.
     pub import_fails_whole: bool,
+    /// How the customer export's file is laid out (the docs show no sample).
+    pub export_shape: exports::Shape,
 }
 
 /// How long answers take: `median_ms`, spread by ±`jitter` (a share of the
@@ -141,6 +143,7 @@ impl Default for SandboxOptions {
             misbehave: None,
             latency: None,
             export_without_file: false,
+            export_shape: exports::Shape::Readable,
             import_fails_whole: false,
         }
     }

@@ -40,6 +40,10 @@ pub struct World {
     /// the first (a hurried person, or two cron entries): it must wait for
     /// nothing and exit 2 naming the first, or run after it has ended.
     pub concurrent_after_ms: Option<u64>,
+    /// Between the first run and the rerun, another writer (the dashboard,
+    /// Segment's own destination) renames this many of the customers that
+    /// have a name; the rerun's plan must set them back.
+    pub renames: usize,
 }
 
 impl World {
@@ -108,11 +112,27 @@ impl World {
             r.gen_range(1..=8u32).to_string(),
         ];
         let concurrent_after_ms = r.gen_bool(0.25).then(|| r.gen_range(0..1_500));
+        // Drawn last, so the worlds of earlier seeds keep their other draws.
+        let mut sandbox = sandbox;
+        sandbox.export_shape = *pick(
+            &mut r,
+            &[
+                super::exports::Shape::Readable,
+                super::exports::Shape::FieldNames,
+                super::exports::Shape::MetadataJson,
+            ],
+        );
+        let renames = if r.gen_bool(0.4) {
+            r.gen_range(1..=5)
+        } else {
+            0
+        };
         World {
             seed,
             sandbox,
             client_args,
             concurrent_after_ms,
+            renames,
         }
     }
 
@@ -120,7 +140,7 @@ impl World {
     pub fn describe(&self) -> String {
         let o = &self.sandbox;
         format!(
-            "world {}: {} profiles ({}% anonymous), latency {:?}, fault rate {:.3}, segment {} req/s, voucherify {} per {}s, processing {} ms, cap {}, cycle quota {:?}, bulk quota {:?} per {}s, churn {}/s, nulls {}, export without file {}, import fails whole {}; client {}; a second run after {:?} ms",
+            "world {}: {} profiles ({}% anonymous), latency {:?}, fault rate {:.3}, segment {} req/s, voucherify {} per {}s, processing {} ms, cap {}, cycle quota {:?}, bulk quota {:?} per {}s, churn {}/s, nulls {}, export without file {}, import fails whole {}, export shape {:?}; client {}; a second run after {:?} ms; {} renamed by another writer before the rerun",
             self.seed,
             o.profiles,
             o.anonymous_percent,
@@ -138,8 +158,10 @@ impl World {
             o.null_fields,
             o.export_without_file,
             o.import_fails_whole,
+            o.export_shape,
             self.client_args.join(" "),
-            self.concurrent_after_ms
+            self.concurrent_after_ms,
+            self.renames
         )
     }
 }
@@ -176,6 +198,13 @@ mod tests {
         assert!(any(&|w| w.sandbox.import_fails_whole));
         assert!(any(&|w| w.sandbox.max_customers < 100));
         assert!(any(&|w| w.concurrent_after_ms.is_some()));
+        assert!(any(&|w| w.renames > 0));
+        for shape in [
+            super::super::exports::Shape::FieldNames,
+            super::super::exports::Shape::MetadataJson,
+        ] {
+            assert!(any(&|w| w.sandbox.export_shape == shape), "{shape:?}");
+        }
         for m in ["bulk", "import", "auto"] {
             assert!(any(&|w| w.client_args.iter().any(|a| a == m)), "{m}");
         }

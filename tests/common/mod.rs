@@ -88,6 +88,26 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 
+/// A copy of `fixtures/KIND/NAME` in a temporary directory, so that what a
+/// command writes beside its input (the runs journal, the lock) stays out
+/// of the repository.
+#[allow(dead_code)]
+pub fn fixture_copy(kind: &str, name: &str) -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // A directory per copy: tests running at once never share a file.
+    let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = DIR.get_or_init(tempdir).path().join(format!("{kind}-{n}"));
+    std::fs::create_dir_all(&dir).expect("fixture dir");
+    let to = dir.join(name);
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(kind)
+        .join(name);
+    std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    to
+}
+
 pub fn data(dir: &Path) -> PathBuf {
     dir.join("data")
 }

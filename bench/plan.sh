@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The plan's figures (issue 22), written into bench/RESULTS.md between the
+# "plan" markers; make bench runs it last, and it runs alone too:
+#   bash bench/plan.sh              (after cargo build --release)
+# 1. `segsync plan` time and peak RSS at 100,000 and 1,000,000 customers the
+#    project already holds (loaded by import first, so the ledger is real).
+# 2. Voucherify calls of a rerun by the ledger (`load --from-ledger`, what
+#    load did before plans) and by a plan (`load`), side by side from the
+#    same state: nothing changed; 1% renamed by another writer; 1% changed
+#    in Segment (customers.csv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+T=${TARGET_DIR:-target}
+BIN=$T/release/segsync
+W=bench/work/plan
+SIZES=${BENCH_PLAN_SIZES:-100000 1000000}
+CALLS_N=${BENCH_PLAN_CALLS_CUSTOMERS:-100000}
+rm -rf "$W" && mkdir -p "$W"
+ROWS=()
+. bench/lib.sh
+
+vf_calls() { stats | jq '[.requests | to_entries[] | select(.key | startswith("voucherify.")) | .value] | add'; }
+received() { stats | jq '.customers_received // 0'; }
+
+# customers N FILE: name, email and a metadata key the schema defines.
+customers() {
+  awk -v n="$1" 'BEGIN { print "source_id,name,email,metadata"; for (i = 0; i < n; i++)
+    printf "p%07d,Name %d,p%d@example.com,\"{\"\"tier\"\":\"\"t%d\"\"}\"\n", i, i, i, i % 5 }' > "$2"
+}
+echo '{"properties": {"tier": {"type": "string"}}}' > "$W/schema.json"
+
+# A project holding the N customers of DIR/customers.csv, loaded by import.
+project() {
+  local dir=$1
+  start_sandbox --profiles 10 --voucherify-rpm 0 --processing-ms 5 --metadata-schema "$W/schema.json"
+  "$BIN" -q --data-dir "$dir" load --method import --from-ledger > /dev/null 2> "$dir/first.err" || { cat "$dir/first.err" >&2; exit 1; }
+}
+
+for N in $SIZES; do
+  say "== segsync plan against a project holding $N customers"
+  D=$W/size$N && mkdir -p "$D" && customers "$N" "$D/customers.csv"
+  project "$D"
+  HELD=$(stats | jq .customers)
+  [[ $HELD -eq $N ]] || { say "the project holds $HELD of $N"; exit 1; }
+  BEFORE=$(vf_calls)
+  measure "$D/plan" "$BIN" --data-dir "$D" plan
+  CALLS=$(( $(vf_calls) - BEFORE ))
+  UNCH=$(grep -o '[0-9]* unchanged' "$D/plan.err" | head -1 | grep -o '^[0-9]*')
+  [[ $UNCH -eq $N ]] || { say "plan: $UNCH of $N unchanged"; cat "$D/plan.err" >&2; exit 1; }
+  EXPORT_MB=$(du -m "$D/load.export.csv" | cut -f1)
+  row "segsync plan, $N customers held, none changed (export of $EXPORT_MB MB included)" "$SECS s, peak RSS $RSS_MB MB, $CALLS Voucherify calls" "the issue's bound: 256 MB peak at 1M customers" "$(calc "$RSS_MB / 256") of the bound"
+  stop_sandbox
+  rm -rf "$D"
+done
+
+# rerun SCENARIO STRATEGY: a fresh project of CALLS_N customers, the change,
+# then one load; sets CALLS, SENT and DRIFT (renamed customers still renamed).
+rerun() {
+  local scenario=$1 strategy=$2 D=$W/$1-$2
+  mkdir -p "$D" && cp "$W/customers.csv" "$D/"
+  project "$D"
+  RENAMED=()
+  case $scenario in
+    renamed)
+      for i in $(seq 0 100 $(( CALLS_N - 1 ))); do RENAMED+=("$(printf 'p%07d' "$i")"); done
+      printf '%s\n' "${RENAMED[@]}" | xargs -P 8 -I{} curl -s -o /dev/null -X POST \
+        -H 'content-type: application/json' -d '{"name": "Renamed elsewhere"}' "$VOUCHERIFY_API_URL/_sandbox/customers/{}" ;;
+    edited)
+      awk -F, 'NR > 1 && (NR - 2) % 100 == 0 { sub(/^Name /, "Name changed ", $2) } { print }' OFS=, "$W/customers.csv" > "$D/customers.csv" ;;
+  esac
+  local calls0 sent0; calls0=$(vf_calls); sent0=$(received)
+  local flags=(); [[ $strategy == ledger ]] && flags=(--from-ledger)
+  "$BIN" -q --data-dir "$D" load "${flags[@]}" > /dev/null 2> "$D/load.err" || { cat "$D/load.err" >&2; exit 1; }
+  CALLS=$(( $(vf_calls) - calls0 )); SENT=$(( $(received) - sent0 ))
+  DRIFT=$(curl -s "$VOUCHERIFY_API_URL/_sandbox/customers" | jq '[.customers[] | select(.name == "Renamed elsewhere")] | length')
+  stop_sandbox
+  rm -rf "$D"
+}
+
+say "== reruns of $CALLS_N customers, by the ledger and by a plan"
+customers "$CALLS_N" "$W/customers.csv"
+for scenario in "nothing changed|same" "1% renamed in Voucherify by another writer|renamed" "1% changed in Segment (customers.csv)|edited"; do
+  IFS='|' read -r WHAT KEY <<< "$scenario"
+  rerun "$KEY" ledger; L_CALLS=$CALLS L_SENT=$SENT L_DRIFT=$DRIFT
+  rerun "$KEY" plan; P_CALLS=$CALLS P_SENT=$SENT P_DRIFT=$DRIFT
+  row "rerun of $CALLS_N customers, $WHAT" "load (plan): $P_CALLS Voucherify calls, $P_SENT customers sent, $P_DRIFT left renamed" "load --from-ledger: $L_CALLS calls, $L_SENT sent, $L_DRIFT left renamed" "$(( P_CALLS - L_CALLS )) calls more, $(( L_DRIFT - P_DRIFT )) more customers set right"
+done
+rm -rf "$W"
+
+SECTION=$(
+  echo "<!-- plan -->"
+  echo "## segsync plan"
+  echo
+  echo "Measured by \`bench/plan.sh\` (run by \`make bench\`) on $(date -u +%Y-%m-%d), $(nproc) cores; release build; sandbox on the same machine, its jobs taking 5 ms. A plan's calls: the schema read, the export request, its polls and its download."
+  echo
+  echo "| scenario | figure | compared with | difference |"
+  echo "|---|---|---|---|"
+  printf '%s\n' "${ROWS[@]}"
+  echo "<!-- /plan -->"
+)
+python3 - "$SECTION" <<'EOF'
+import re, sys
+path = "bench/RESULTS.md"
+section = sys.argv[1]
+text = open(path).read()
+if "<!-- plan -->" in text:
+    text = re.sub(r"<!-- plan -->.*?<!-- /plan -->", lambda _: section, text, flags=re.S)
+else:
+    text = text.rstrip("\n") + "\n\n" + section + "\n"
+open(path, "w").write(text)
+EOF
+say "bench/plan.sh: wrote its section of bench/RESULTS.md"
