@@ -20,7 +20,7 @@ trap stop EXIT
 # name median_ms jitter
 LATENCIES=("40 ms|40|0.2" "150 ms|150|0.1" "150-250 ms|200|0.25" "400-600 ms|500|0.2")
 TSV=bench/concurrency.tsv
-printf 'latency\tmedian_ms\tstrategy\trequests_per_s\tprofiles_per_s\tshare_429\tconcurrency\tprofiles\n' > "$TSV"
+printf 'latency\tmedian_ms\tstrategy\trequests_per_s\tprofiles_per_s\tshare_429\tconcurrency\tprofiles\thedged\n' > "$TSV"
 for l in "${LATENCIES[@]}"; do
   IFS='|' read -r name median jitter <<< "$l"
   for strategy in fixed-16 adaptive; do
@@ -37,6 +37,10 @@ for l in "${LATENCIES[@]}"; do
     secs=$(calc "$(date +%s.%N) - $start" 3)
     stats=$(curl -s "$SEGMENT_API_URL/_sandbox/stats")
     req=$(jq '[.requests["segment.list_profiles","segment.traits","segment.external_ids"] // 0] | add' <<< "$stats")
+    # Hedged reads (a slow last answer asked again) are not counted as use
+    # of the budget: requests/s is the requests the work needed, per second.
+    hedged=$(grep -o '[0-9]* of them hedged' "$W/c.err" | grep -o '^[0-9]*' || echo 0)
+    req=$(( req - hedged ))
     t429=$(jq .throttled.segment <<< "$stats")
     lines=$(wc -l < "$W/c/profiles.ndjson")
     [[ $lines -eq $N ]] || { say "extract wrote $lines of $N profiles"; exit 1; }
@@ -45,14 +49,14 @@ for l in "${LATENCIES[@]}"; do
     [[ $strategy == fixed-16 ]] && conc=16
     [[ -n $conc ]] || conc=16
     rps=$(calc "$req / $secs" 1); pps=$(calc "$N / $secs" 1); share=$(calc "$t429 / $req" 4)
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$median" "$strategy" "$rps" "$pps" "$share" "$conc" "$lines" >> "$TSV"
-    say "  $name, $strategy: $rps requests/s ($(calc "$rps / 100") of the limit), $pps profiles/s, $t429 of $req answered 429, concurrency $conc"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$median" "$strategy" "$rps" "$pps" "$share" "$conc" "$lines" "$hedged" >> "$TSV"
+    say "  $name, $strategy: $rps requests/s ($(calc "$rps / 100") of the limit), $pps profiles/s, $t429 of $req answered 429, concurrency $conc, $hedged hedged"
     stop
   done
 done
 python3 bench/plot_concurrency.py "$TSV" bench/concurrency.svg
 # Markdown rows for RESULTS.md: fixed vs adaptive at each latency.
-awk -F'\t' 'NR > 1 { key = $1; if ($3 == "fixed-16") { f[key] = $4; fp[key] = $5 } else { a[key] = $4; ap[key] = $5; s[key] = $6; c[key] = $7; order[++n] = key } }
+awk -F'\t' 'NR > 1 { key = $1; if ($3 == "fixed-16") { f[key] = $4; fp[key] = $5 } else { a[key] = $4; ap[key] = $5; s[key] = $6; c[key] = $7; h[key] = $9; order[++n] = key } }
   END { for (i = 1; i <= n; i++) { k = order[i];
-    printf "| extract at 100 req/s, %s answers (1%% at 5x) | adaptive: %s req/s (%.2f of the limit), %s profiles/s, %.2f%% answered 429, settled at %s in flight | fixed 16: %s req/s, %s profiles/s | %.2fx |\n",
-      k, a[k], a[k] / 100, ap[k], 100 * s[k], c[k], f[k], fp[k], a[k] / f[k] } }' "$TSV"
+    printf "| extract at 100 req/s, %s answers (1%% at 5x) | adaptive: %s req/s (%.2f of the limit; %s slow last reads hedged, not counted), %s profiles/s, %.2f%% answered 429, settled at %s in flight | fixed 16: %s req/s, %s profiles/s | %.2fx |\n",
+      k, a[k], a[k] / 100, h[k], ap[k], 100 * s[k], c[k], f[k], fp[k], a[k] / f[k] } }' "$TSV"

@@ -5,6 +5,7 @@
 //! and no personal data that nothing uses is copied. `--all-traits` asks for
 //! everything, both lists together.
 
+use super::hedge::Hedge;
 use crate::api::segment::SegmentClient;
 use crate::error::ApiError;
 use crate::records::ProfileRecord;
@@ -67,6 +68,7 @@ impl Wanted {
 pub fn fetch(
     client: Arc<SegmentClient>,
     wanted: Arc<Wanted>,
+    hedge: Arc<Hedge>,
     page: u64,
     entry: Map<String, Value>,
 ) -> BoxFuture<'static, Fetched> {
@@ -83,7 +85,7 @@ pub fn fetch(
                 _ => Ok(None),
             }
         } else {
-            fetch_identified(&client, &wanted, &id, entry).await
+            fetch_identified(&client, &wanted, &hedge, &id, entry).await
         };
         Fetched {
             page,
@@ -96,11 +98,13 @@ pub fn fetch(
 async fn fetch_identified(
     client: &SegmentClient,
     wanted: &Wanted,
+    hedge: &Hedge,
     id: &str,
     entry: Map<String, Value>,
 ) -> Result<Option<ProfileRecord>, ApiError> {
-    let Some(ids) = client
-        .all_external_ids(id, wanted.ids_include().as_deref())
+    let include = wanted.ids_include();
+    let Some(ids) = hedge
+        .read(|| client.all_external_ids(id, include.as_deref()))
         .await?
     else {
         return Ok(None);
@@ -108,8 +112,9 @@ async fn fetch_identified(
     if !wanted.identified(&ids) {
         return Ok(Some(record(entry, Map::new(), ids)));
     }
-    Ok(client
-        .all_traits(id, wanted.traits_include().as_deref())
+    let include = wanted.traits_include();
+    Ok(hedge
+        .read(|| client.all_traits(id, include.as_deref()))
         .await?
         .map(|t| record(entry, t, ids)))
 }

@@ -13,6 +13,7 @@
 //! Memory stays flat: only in-flight pages are held.
 
 pub mod fetcher;
+pub mod hedge;
 pub mod journal;
 pub mod lister;
 pub mod previous;
@@ -112,6 +113,8 @@ pub struct Summary {
     pub repeated: u64,
     /// Requests Segment answered 429.
     pub throttled: u64,
+    /// Reads sent a second time at the end of the run (`hedge`), of `requests`.
+    pub hedged: u64,
 }
 
 /// Listing passes at most: the first walk and up to five re-lists.
@@ -166,6 +169,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     let outcome = sched.run().await;
     sched.stop_listing();
     let requests = client.stats().get(&client.stats().requests);
+    let hedged = sched.hedged();
     let Scheduler {
         mut journal,
         mut summary,
@@ -173,6 +177,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         listing_pass,
         ..
     } = sched;
+    summary.hedged = hedged;
     if let Err(e) = outcome {
         // Keep what is written; the checkpoint already points at a safe resume point.
         let _ = journal.commit(Vec::new(), requests);
@@ -250,8 +255,9 @@ fn report(summary: &Summary, out: &Path, client: &SegmentClient, started: Instan
         summary.passes, summary.found_by_relisting, summary.repeated
     ));
     ui::info(format!(
-        "extract: {}; {:.2} requests per fetched profile; {:.1}s, {:.1} profiles/s",
+        "extract: {}; {} of them hedged (a slow last answer asked again); {:.2} requests per fetched profile; {:.1}s, {:.1} profiles/s",
         s.summary(),
+        summary.hedged,
         if summary.fetched > 0 {
             s.get(&s.requests) as f64 / summary.fetched as f64
         } else {

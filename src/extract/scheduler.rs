@@ -7,6 +7,7 @@
 //! is walked again (it is sorted by activity) until a pass finds nothing new.
 
 use super::fetcher::{self, Fetched, Wanted};
+use super::hedge::Hedge;
 use super::journal::{Journal, Seen};
 use super::lister::{self, Listed};
 use super::previous::PreviousFile;
@@ -67,6 +68,7 @@ pub struct Scheduler {
     lister: JoinHandle<()>,
     page_rx: Receiver<Listed>,
     control: Controller,
+    hedge: Arc<Hedge>,
     /// Adapt (false: keep the ceiling, for comparison).
     adaptive: bool,
     mark: Mark,
@@ -117,11 +119,17 @@ impl Scheduler {
             lister,
             page_rx,
             control: Controller::new(initial, ceiling).with_budget(budget),
+            hedge: Arc::new(Hedge::default()),
             adaptive,
             mark: Mark::default(),
             marked_at: Instant::now(),
             last_checkpoint: Instant::now(),
         }
+    }
+
+    /// Reads sent a second time at the end of the run.
+    pub fn hedged(&self) -> u64 {
+        self.hedge.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Profiles in flight the controller allows now.
@@ -144,6 +152,7 @@ impl Scheduler {
                 self.in_flight.push(fetcher::fetch(
                     self.client.clone(),
                     self.wanted.clone(),
+                    self.hedge.clone(),
                     page,
                     entry,
                 ));
@@ -152,6 +161,9 @@ impl Scheduler {
                 self.commit_pages();
                 return Ok(());
             }
+            // Only the last answers are awaited: a slow one holds the run.
+            self.hedge
+                .set_draining(self.listing_done && self.queue.is_empty());
             // Keep far more queued than can be in flight (a few hundred
             // bytes an entry): the fetches never wait for the serial
             // listing, and a pass's listing ends early, so the re-list walk
@@ -205,6 +217,9 @@ impl Scheduler {
             mean: Duration::from_micros((now.micros - self.mark.micros) / answers.max(1)),
             throttled: now.throttled - self.mark.throttled,
         };
+        if answers >= 10 {
+            self.hedge.set_typical(window.mean);
+        }
         let before = self.control.limit();
         let after = self.control.observe(window);
         if before != after {
