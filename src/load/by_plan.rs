@@ -31,14 +31,10 @@ pub fn rules(args: &Args) -> Rules {
 
 /// Whether this load goes by a plan: by default it does (executing a fresh
 /// plan `segsync plan` made, or making one); `--from-ledger` and `--full`
-/// decide by the ledger alone, and so does a load without a project.
+/// decide by the ledger alone (`Args::plans`), and so does a load without a
+/// project.
 pub fn wanted(setup: &Setup, args: &Args) -> bool {
-    setup.target.is_some() && by_default(args)
-}
-
-/// Whether `args` ask for a plan (before a project is known).
-pub fn by_default(args: &Args) -> bool {
-    !(args.from_ledger || args.full)
+    setup.target.is_some() && args.plans()
 }
 
 /// Find or make the plan, and take it: its index goes to `setup`, who

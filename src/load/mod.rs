@@ -134,6 +134,14 @@ pub struct Args {
     pub voucherify: VoucherifyArgs,
 }
 
+impl Args {
+    /// Whether this load goes by a plan (`by_plan`): unless `--from-ledger`
+    /// or `--full` says the ledger alone decides.
+    pub fn plans(&self) -> bool {
+        !(self.from_ledger || self.full)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Summary {
     pub rows: u64,

@@ -141,7 +141,7 @@ pub async fn setup(args: &Args, data_dir: &Path) -> Result<Setup> {
         let schema = read_schema(client, &input, &mut refused).await?;
         project_schema = Some(schema.clone());
         // With a plan, its export says who exists (`super::by_plan`).
-        if args.method != Method::Bulk && !super::by_plan::by_default(args) {
+        if args.method != Method::Bulk && !args.plans() {
             let ex = import::existing(
                 client,
                 &input,
