@@ -3,13 +3,16 @@
 # "plan" markers; make bench runs it last, and it runs alone too:
 #   bash bench/plan.sh              (after cargo build --release)
 # 1. `segsync plan` time and peak RSS at 100,000 and 1,000,000 customers the
-#    project already holds (loaded by import first, so the ledger is real).
+#    project already holds (loaded by import first, so the ledger is real),
+#    and the comparison alone against DuckDB on the same two files
+#    (bench/duckdb_plan.sql).
 # 2. Voucherify calls of a rerun by the ledger (`load --from-ledger`, what
 #    load did before plans) and by a plan (`load`), side by side from the
 #    same state: nothing changed; 1% renamed by another writer; 1% changed
 #    in Segment (customers.csv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+python3 -c 'import duckdb' 2>/dev/null || { echo "installing duckdb (a bench dependency) with pip" >&2; pip install -q duckdb; }
 
 T=${TARGET_DIR:-target}
 BIN=$T/release/segsync
@@ -49,7 +52,14 @@ for N in $SIZES; do
   UNCH=$(grep -o '[0-9]* unchanged' "$D/plan.err" | head -1 | grep -o '^[0-9]*')
   [[ $UNCH -eq $N ]] || { say "plan: $UNCH of $N unchanged"; cat "$D/plan.err" >&2; exit 1; }
   EXPORT_MB=$(du -m "$D/load.export.csv" | cut -f1)
-  row "segsync plan, $N customers held, none changed (export of $EXPORT_MB MB included)" "$SECS s, peak RSS $RSS_MB MB, $CALLS Voucherify calls" "the issue's bound: 256 MB peak at 1M customers" "$(calc "$RSS_MB / 256") of the bound"
+  PLAN_SECS=$SECS PLAN_RSS=$RSS_MB
+  # The comparison alone, against DuckDB on the same two files.
+  cp "$D/load.export.csv" "$D/held.csv"
+  measure "$D/planfile" "$BIN" --data-dir "$D" plan --export-file "$D/held.csv"; S_SECS=$SECS S_RSS=$RSS_MB
+  measure "$D/duck" python3 bench/duckdb_plan.py "$D"; D_SECS=$SECS D_RSS=$RSS_MB
+  DIFF=$(( $(wc -l < "$D/duck.diff.csv") - 1 ))
+  [[ $DIFF -eq 0 ]] || { say "DuckDB found $DIFF differences where segsync found none"; exit 1; }
+  row "segsync plan, $N customers held, none changed" "with the export ($EXPORT_MB MB): $PLAN_SECS s, peak RSS $PLAN_RSS MB, $CALLS Voucherify calls; comparing the files alone (--export-file): $S_SECS s, peak RSS $S_RSS MB" "DuckDB on the same two files (bench/duckdb_plan.sql, no ledger): $D_SECS s, peak RSS $D_RSS MB" "$(calc "$D_SECS / $S_SECS")x DuckDB's speed, $(calc "$S_RSS / $D_RSS") of its memory"
   stop_sandbox
   rm -rf "$D"
 done

@@ -237,3 +237,49 @@ async fn a_profile_whose_source_id_changed_leaves_its_old_customer_in_the_orphan
         r.all()
     );
 }
+
+/// A plan made while batches of a stopped load were still pending is stale
+/// once the next load's checks confirm them: it makes a new plan instead of
+/// executing one that counted those customers as not yet there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_made_before_pending_batches_were_checked_is_not_executed() {
+    let sb = sandbox(segsync::sandbox::SandboxOptions {
+        cycle_quota: Some(7),
+        processing_ms: 300,
+        ..opts(0)
+    })
+    .await;
+    let dir = tempdir();
+    let csv = dir.path().join("c.csv");
+    std::fs::write(&csv, simple_customers("q", 300)).unwrap();
+    let path = csv.to_str().unwrap();
+    let args = ["load", "--in", path, "--batch-size", "50"];
+    let r = segsync(dir.path(), Some(&sb), &args).await;
+    assert_eq!(r.code, 1, "the quota stops it: {}", r.all());
+    let ledger = read_lines(&dir.path().join("load.ledger.ndjson"));
+    let submitted = ledger.iter().filter(|l| l["event"] == "submitted").count();
+    let confirmed = ledger.iter().filter(|l| l["event"] == "confirmed").count();
+    assert!(
+        submitted > confirmed,
+        "a batch is left pending: {}",
+        r.all()
+    );
+    sb.heal();
+    let r = segsync(dir.path(), Some(&sb), &["plan", "--in", path]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let r = segsync(dir.path(), Some(&sb), &args).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("confirmed by checking")
+            && r.stderr
+                .contains("making a new plan (the newest: the ledger changed since"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(sb.customers().len(), 300);
+    assert_eq!(
+        sb.repeated_applications(),
+        0,
+        "nothing confirmed was sent again"
+    );
+}
