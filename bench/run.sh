@@ -142,35 +142,6 @@ S=$(stats); POSTS=$(jq '.requests["voucherify.customers_bulk_async"]' <<<"$S"); 
 row "load, no rate limit, jobs of 100 ms one at a time, null fields" "$(calc "$POLLS / $POSTS") polls per batch, $HELD customers held" "$(calc "$POSTS * 0.1" 1) s of queue time (1 poll per batch)" "$(calc "$POSTS * 0.1 / $SECS") of the queue-bound speed"
 stop_sandbox
 
-SYNC_N=${BENCH_SYNC_PROFILES:-100000}
-say "== extract --from profiles-sync, $SYNC_N profiles from Parquet parts, against transform of the same file"
-"$BIN" -q sandbox --profiles "$SYNC_N" --write-profiles-sync "$W/sync/unload"
-measure "$W/sync-e" "$BIN" --data-dir "$W/sync" extract --from profiles-sync "$W/sync/unload"; SX_SECS=$SECS; SX_RSS=$RSS_MB
-measure "$W/sync-t" "$BIN" --data-dir "$W/sync" transform; ST_SECS=$SECS
-row "extract --from profiles-sync, $SYNC_N profiles, Parquet" "$(calc "$SYNC_N / $SX_SECS" 0) profiles/s, peak RSS $SX_RSS MB" "transform of that profiles.ndjson: $(calc "$SYNC_N / $ST_SECS" 0) profiles/s" "$(calc "$ST_SECS / $SX_SECS") of transform's speed (goal 0.5)"
-"$BIN" -q sandbox --profiles "$SYNC_N" --write-profiles-sync "$W/syncgz/unload" --sync-format csv-gz
-measure "$W/syncgz-e" "$BIN" --data-dir "$W/syncgz" extract --from profiles-sync "$W/syncgz/unload"
-SAME=$(cmp -s "$W/sync/profiles.ndjson" "$W/syncgz/profiles.ndjson" && echo "the same file" || echo "A DIFFERENT FILE")
-row "extract --from profiles-sync, $SYNC_N profiles, gzipped CSV parts" "$(calc "$SYNC_N / $SECS" 0) profiles/s, peak RSS $RSS_MB MB; $SAME as from Parquet" "Parquet: $(calc "$SYNC_N / $SX_SECS" 0) profiles/s" "$(calc "$SX_SECS / $SECS")"
-rm -rf "$W/sync" "$W/syncgz"
-
-BIG_N=${BENCH_SYNC_BIG_PROFILES:-1000000}
-say "== extract --from profiles-sync against DuckDB on the same unloads (bench/duckdb_profiles.sql), two shapes"
-python3 -c 'import duckdb' 2>/dev/null || { say "installing duckdb (a bench dependency) with pip"; pip install -q duckdb; }
-for N in "$SYNC_N" "$BIG_N"; do
-  for shape in "one huge row group a part|100000000" "row groups of 5,000 rows|5000"; do
-    IFS='|' read -r SHAPE GROUP <<< "$shape"
-    rm -rf "$W/ps" && mkdir -p "$W/ps"
-    "$BIN" -q sandbox --profiles "$N" --write-profiles-sync "$W/ps/unload" --sync-row-group "$GROUP"
-    ROWS_N=$(du -sm "$W/ps/unload" | cut -f1)
-    measure "$W/ps-seg" "$BIN" --data-dir "$W/ps" extract --from profiles-sync "$W/ps/unload"; S_SECS=$SECS; S_RSS=$RSS_MB
-    measure "$W/ps-duck" python3 bench/duckdb_run.py "$W/ps/unload" "$W/ps/duck.ndjson"; D_SECS=$SECS; D_RSS=$RSS_MB
-    SEGL=$(wc -l < "$W/ps/profiles.ndjson"); IDL=$(jq -c 'select(.external_ids | length > 0) | .segment_id' "$W/ps/profiles.ndjson" | wc -l); DUCKL=$(wc -l < "$W/ps/duck.ndjson")
-    row "profiles-sync, $N profiles ($ROWS_N MB of Parquet), $SHAPE" "segsync: $S_SECS s, peak RSS $S_RSS MB ($SEGL profiles, $IDL with a user_id)" "DuckDB: $D_SECS s, peak RSS $D_RSS MB ($DUCKL profiles with a user_id)" "$(calc "$D_SECS / $S_SECS")x DuckDB's speed, $(calc "$S_RSS / $D_RSS") of its memory"
-    rm -rf "$W/ps"
-  done
-done
-
 say "== micro-benchmarks of the hot paths (criterion, benches/hot_paths.rs)"
 MICRO=$(cargo bench -q --bench hot_paths -- --warm-up-time 1 --measurement-time 3 2>/dev/null | awk '
   /^per 1000 profiles\// { name = substr($0, 19); seen = 0 }
@@ -212,6 +183,8 @@ done
   printf '%s\n' "${MEM[@]}"
 } > bench/RESULTS.md
 stop_sandbox
-# The plan's figures (bench/plan.sh) go into their own section.
+# Profiles Sync (bench/profiles_sync.sh) and the plan (bench/plan.sh) write
+# their own sections.
+bash bench/profiles_sync.sh
 bash bench/plan.sh
 cat bench/RESULTS.md

@@ -87,6 +87,13 @@ pub struct Args {
     /// Rows per Parquet row group for --write-profiles-sync (a warehouse may write one huge group per part)
     #[arg(long = "sync-row-group", default_value_t = crate::sandbox::profiles_sync::GROUP as u64, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..))]
     pub sync_row_group: u64,
+    /// Part files per table for --write-profiles-sync
+    #[arg(long = "sync-parts", default_value_t = crate::sandbox::profiles_sync::PARTS as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub sync_parts: u64,
+    /// Shuffle the rows of each Parquet row group for --write-profiles-sync,
+    /// as a warehouse may write them (otherwise a profile's rows are together)
+    #[arg(long = "sync-shuffle")]
+    pub sync_shuffle: bool,
     /// Part file format for --write-profiles-sync
     #[arg(long = "sync-format", value_enum, default_value_t = crate::sandbox::profiles_sync::Format::Parquet)]
     pub sync_format: crate::sandbox::profiles_sync::Format,
@@ -103,7 +110,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             &ds,
             dir,
             a.sync_format,
-            a.sync_row_group as usize,
+            crate::sandbox::profiles_sync::Layout {
+                parts: a.sync_parts as usize,
+                group: a.sync_row_group as usize,
+                shuffle: a.sync_shuffle.then_some(a.seed),
+            },
         )?;
         ui::info(format!(
             "sandbox: wrote {} profiles as a Profiles Sync unload ({rows} rows) in {}",

@@ -28,8 +28,8 @@ pub enum Format {
     CsvGz,
 }
 
-/// Part files per table.
-const PARTS: usize = 4;
+/// Part files per table, unless told otherwise.
+pub const PARTS: usize = 4;
 /// Rows per Parquet row group, unless told otherwise.
 pub const GROUP: usize = 50_000;
 
@@ -49,12 +49,15 @@ enum Part {
         writer: SerializedFileWriter<File>,
         rows: Vec<Row>,
         group: usize,
+        /// Rows are shuffled within each row group (a warehouse writes
+        /// them in no order), from this seed.
+        shuffle: Option<rand::rngs::StdRng>,
     },
     CsvGz(csv::Writer<flate2::write::GzEncoder<File>>),
 }
 
 impl Part {
-    fn create(path: &Path, format: Format, key: &str, upper: bool, group: usize) -> Result<Part> {
+    fn create(path: &Path, format: Format, key: &str, upper: bool, layout: Layout) -> Result<Part> {
         let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         let name = |n: &str| {
             if upper {
@@ -89,7 +92,11 @@ impl Part {
                 Part::Parquet {
                     writer: SerializedFileWriter::new(f, Arc::new(schema), Arc::new(props))?,
                     rows: Vec::new(),
-                    group: group.max(1),
+                    group: layout.group.max(1),
+                    shuffle: layout.shuffle.map(|seed| {
+                        use rand::SeedableRng;
+                        rand::rngs::StdRng::seed_from_u64(seed)
+                    }),
                 }
             }
             Format::CsvGz => {
@@ -138,13 +145,23 @@ impl Part {
     }
 
     fn flush_group(&mut self) -> Result<()> {
-        let Part::Parquet { writer, rows, .. } = self else {
+        let Part::Parquet {
+            writer,
+            rows,
+            shuffle,
+            ..
+        } = self
+        else {
             return Ok(());
         };
         if rows.is_empty() {
             return Ok(());
         }
-        let rows = std::mem::take(rows);
+        let mut rows = std::mem::take(rows);
+        if let Some(rng) = shuffle {
+            use rand::seq::SliceRandom;
+            rows.shuffle(rng);
+        }
         let mut rg = writer.next_row_group()?;
         let mut col = 0;
         while let Some(mut c) = rg.next_column()? {
@@ -203,15 +220,27 @@ impl Part {
     }
 }
 
-fn part_of(key: &(u64, &str, i64)) -> usize {
+fn part_of(key: &(u64, &str, i64), parts: usize) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
-    (h.finish() % PARTS as u64) as usize
+    (h.finish() % parts as u64) as usize
 }
 
-/// Write the space `ds` as a Profiles Sync unload in `dir`, Parquet row
-/// groups of `group` rows.
-pub fn write(ds: &Dataset, dir: &Path, format: Format, group: usize) -> Result<u64> {
+/// How Parquet parts lay their rows out.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// Part files per table.
+    pub parts: usize,
+    /// Rows per row group.
+    pub group: usize,
+    /// Shuffle the rows of each row group, from this seed; otherwise a
+    /// profile's rows of a part are next to each other.
+    pub shuffle: Option<u64>,
+}
+
+/// Write the space `ds` as a Profiles Sync unload in `dir`, Parquet parts
+/// laid out as `layout` says.
+pub fn write(ds: &Dataset, dir: &Path, format: Format, layout: Layout) -> Result<u64> {
     let ext = match format {
         Format::Parquet => "parquet",
         Format::CsvGz => "csv.gz",
@@ -228,14 +257,20 @@ pub fn write(ds: &Dataset, dir: &Path, format: Format, group: usize) -> Result<u
         });
         std::fs::create_dir_all(&folder)
             .with_context(|| format!("cannot create {}", folder.display()))?;
-        let parts = (0..PARTS)
+        let parts = (0..layout.parts.max(1))
             .map(|k| {
+                let layout = Layout {
+                    shuffle: layout
+                        .shuffle
+                        .map(|s| s ^ (k as u64 + 1) << 8 ^ u64::from(upper)),
+                    ..layout
+                };
                 Part::create(
                     &folder.join(format!("part-{k:04}.{ext}")),
                     format,
                     key,
                     upper,
-                    group,
+                    layout,
                 )
             })
             .collect::<Result<Vec<_>>>()?;
@@ -258,7 +293,7 @@ pub fn write(ds: &Dataset, dir: &Path, format: Format, group: usize) -> Result<u
                     1,
                     created,
                 );
-                tables[0][part_of(&(i, name.as_str(), 1))].push(old)?;
+                tables[0][part_of(&(i, name.as_str(), 1), layout.parts.max(1))].push(old)?;
                 rows += 1;
             }
             let at = if k == 0 {
@@ -266,7 +301,7 @@ pub fn write(ds: &Dataset, dir: &Path, format: Format, group: usize) -> Result<u
             } else {
                 created.max(updated - 1_000_000)
             };
-            tables[0][part_of(&(i, name.as_str(), 2))].push(Row(
+            tables[0][part_of(&(i, name.as_str(), 2), layout.parts.max(1))].push(Row(
                 id.clone(),
                 name.clone(),
                 text(value),
@@ -283,7 +318,7 @@ pub fn write(ds: &Dataset, dir: &Path, format: Format, group: usize) -> Result<u
             } else {
                 updated.min(created + k as i64)
             };
-            tables[1][part_of(&(i, ty.as_str(), k as i64))].push(Row(
+            tables[1][part_of(&(i, ty.as_str(), k as i64), layout.parts.max(1))].push(Row(
                 id.clone(),
                 ty,
                 v,

@@ -1,8 +1,9 @@
 //! Reading Profiles Sync part files, row by row: gzipped or plain CSV, and
 //! Parquet (column by column in batches through the `parquet` crate's column
 //! readers; its record API as the fallback for unusual column types). Column
-//! and folder names match case-insensitively. Rows borrow from the readers'
-//! buffers: only what the caller keeps gets copied.
+//! and folder names match case-insensitively. Rows borrow bytes from the
+//! readers' buffers: the caller checks that what it keeps is UTF-8, and copies
+//! only that.
 
 use crate::error::UsageError;
 use anyhow::{Context, Result};
@@ -11,12 +12,13 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// One row of either table, as read, borrowed from the reader's buffers:
-/// only what is kept gets copied.
+/// only what is kept gets copied. Text is as stored: not yet checked to be
+/// UTF-8.
 pub struct Row<'a> {
-    pub id: &'a str,
+    pub id: &'a [u8],
     /// Trait name, or identifier type.
-    pub key: &'a str,
-    pub value: Option<&'a str>,
+    pub key: &'a [u8],
+    pub value: Option<&'a [u8]>,
     pub seq: i64,
     /// Milliseconds since the epoch, when the part has a usable `timestamp`.
     pub ts: Option<i64>,
@@ -159,10 +161,10 @@ fn read_csv(
         let get = |i: usize| rec.get(i).unwrap_or("");
         let value = get(c.value);
         each(Row {
-            id: get(c.id),
-            key: get(c.key),
+            id: get(c.id).as_bytes(),
+            key: get(c.key).as_bytes(),
             // An unload writes NULL as an empty field (or \N).
-            value: (!value.is_empty() && value != "\\N").then_some(value),
+            value: (!value.is_empty() && value != "\\N").then_some(value.as_bytes()),
             seq: parse_seq(get(c.seq), path, n)?,
             ts: c.ts.and_then(|i| parse_ts_text(get(i))),
         })?;
@@ -172,47 +174,20 @@ fn read_csv(
 /// Rows decoded at a time: memory follows this, never a row group's size.
 const BATCH_ROWS: usize = 8192;
 
-/// A batch of one column, decoded.
-enum Col {
-    Text(Vec<Option<parquet::data_type::ByteArray>>),
-    Int(Vec<Option<i64>>),
-}
-
-impl Col {
-    fn len(&self) -> usize {
-        match self {
-            Col::Text(v) => v.len(),
-            Col::Int(v) => v.len(),
-        }
-    }
-
-    /// Cell `i` as text; numbers are spelled into `buf`. Err: bytes that
-    /// are not UTF-8 (never read as "").
-    fn text<'a>(
-        &'a self,
-        i: usize,
-        buf: &'a mut String,
-    ) -> Result<Option<&'a str>, std::str::Utf8Error> {
-        match self {
-            Col::Text(v) => v[i]
-                .as_ref()
-                .map(|b| std::str::from_utf8(b.data()))
-                .transpose(),
-            Col::Int(v) => Ok(v[i].map(|n| {
-                buf.clear();
-                use std::fmt::Write as _;
-                let _ = write!(buf, "{n}");
-                buf.as_str()
-            })),
-        }
-    }
-}
+/// Row `i` of a batch has no value.
+const NULL_SLOT: u32 = u32::MAX;
 
 /// One column of a row group, read batch by batch through the column
-/// reader: no per-field allocation but the strings themselves.
+/// reader into buffers kept from batch to batch: no allocation per batch,
+/// nor per value but the reader's own.
 struct ColumnBatches {
     reader: parquet::column::reader::ColumnReader,
     defs: Vec<i16>,
+    texts: Vec<parquet::data_type::ByteArray>,
+    ints: Vec<i64>,
+    int32s: Vec<i32>,
+    /// Per row of the batch, the index of its value, or NULL_SLOT.
+    slots: Vec<u32>,
 }
 
 impl ColumnBatches {
@@ -227,47 +202,90 @@ impl ColumnBatches {
             | ColumnReader::Int32ColumnReader(_) => Some(ColumnBatches {
                 reader,
                 defs: Vec::with_capacity(BATCH_ROWS),
+                texts: Vec::new(),
+                ints: Vec::new(),
+                int32s: Vec::new(),
+                slots: Vec::with_capacity(BATCH_ROWS),
             }),
             _ => None,
         })
     }
 
-    /// The next up to `BATCH_ROWS` rows; an empty batch at the end.
-    fn next(&mut self) -> Result<Col> {
+    /// Read the next up to `BATCH_ROWS` rows: how many (0 at the end).
+    fn next(&mut self) -> Result<usize> {
         use parquet::column::reader::ColumnReader;
         let defs = &mut self.defs;
         defs.clear();
-        // Every physical type reads the same way: the records, then the
-        // values spread over the rows that have one.
-        macro_rules! batch {
-            ($r:expr, $wrap:path, $convert:expr) => {{
-                let mut values = Vec::with_capacity(BATCH_ROWS);
-                let (rows, n_values, _) =
-                    $r.read_records(BATCH_ROWS, Some(defs), None, &mut values)?;
-                let present: Vec<bool> = if defs.len() == rows {
-                    defs.iter().map(|d| *d > 0).collect()
-                } else if n_values == rows {
-                    vec![true; rows]
-                } else {
-                    anyhow::bail!(
-                        "a column with repeated values, which Profiles Sync tables do not have"
-                    );
-                };
-                let mut it = values.into_iter();
-                $wrap(
-                    present
-                        .into_iter()
-                        .map(|p| p.then(|| it.next()).flatten().map($convert))
-                        .collect(),
-                )
-            }};
-        }
-        Ok(match &mut self.reader {
-            ColumnReader::ByteArrayColumnReader(r) => batch!(r, Col::Text, |b| b),
-            ColumnReader::Int64ColumnReader(r) => batch!(r, Col::Int, |n| n),
-            ColumnReader::Int32ColumnReader(r) => batch!(r, Col::Int, i64::from),
+        self.texts.clear();
+        self.ints.clear();
+        self.int32s.clear();
+        let (rows, n_values, _) = match &mut self.reader {
+            ColumnReader::ByteArrayColumnReader(r) => {
+                r.read_records(BATCH_ROWS, Some(defs), None, &mut self.texts)?
+            }
+            ColumnReader::Int64ColumnReader(r) => {
+                r.read_records(BATCH_ROWS, Some(defs), None, &mut self.ints)?
+            }
+            ColumnReader::Int32ColumnReader(r) => {
+                r.read_records(BATCH_ROWS, Some(defs), None, &mut self.int32s)?
+            }
             _ => anyhow::bail!("a column type this reader does not handle"),
-        })
+        };
+        // The values, spread over the rows that have one.
+        self.slots.clear();
+        if self.defs.len() == rows {
+            let mut next = 0u32;
+            self.slots.extend(self.defs.iter().map(|d| {
+                if *d > 0 {
+                    next += 1;
+                    next - 1
+                } else {
+                    NULL_SLOT
+                }
+            }));
+        } else if n_values == rows {
+            self.slots.extend(0..rows as u32);
+        } else {
+            anyhow::bail!("a column with repeated values, which Profiles Sync tables do not have");
+        }
+        Ok(rows)
+    }
+
+    /// Row `i`'s number, when the column holds numbers.
+    fn int(&self, i: usize) -> Option<Option<i64>> {
+        let slot = self.slots[i];
+        let get = |v: &[i64]| (slot != NULL_SLOT).then(|| v[slot as usize]);
+        match self.reader {
+            parquet::column::reader::ColumnReader::Int64ColumnReader(_) => Some(get(&self.ints)),
+            parquet::column::reader::ColumnReader::Int32ColumnReader(_) => {
+                Some((slot != NULL_SLOT).then(|| i64::from(self.int32s[slot as usize])))
+            }
+            _ => None,
+        }
+    }
+
+    /// Row `i`'s bytes; numbers are spelled into `buf`.
+    fn bytes<'a>(&'a self, i: usize, buf: &'a mut String) -> Option<&'a [u8]> {
+        let slot = self.slots[i];
+        if slot == NULL_SLOT {
+            return None;
+        }
+        if let Some(n) = self.int(i) {
+            buf.clear();
+            use std::fmt::Write as _;
+            let _ = write!(buf, "{}", n?);
+            return Some(buf.as_bytes());
+        }
+        Some(self.texts[slot as usize].data())
+    }
+
+    /// Row `i` as text. Err: bytes that are not UTF-8 (never read as "").
+    fn text<'a>(
+        &'a self,
+        i: usize,
+        buf: &'a mut String,
+    ) -> Result<Option<&'a str>, std::str::Utf8Error> {
+        self.bytes(i, buf).map(std::str::from_utf8).transpose()
     }
 }
 
@@ -328,50 +346,45 @@ fn read_parquet_columns(
             None => None,
         };
         loop {
-            let batch = [ids.next()?, keys.next()?, values.next()?, seqs.next()?];
-            let ts_batch = ts.as_mut().map(ColumnBatches::next).transpose()?;
-            let rows = batch[0].len();
-            if rows == 0 {
+            let rows = ids.next()?;
+            let others = [keys.next()?, values.next()?, seqs.next()?];
+            let ts_rows = ts.as_mut().map(ColumnBatches::next).transpose()?;
+            if rows == 0 && others == [0; 3] && ts_rows.unwrap_or(0) == 0 {
                 break;
             }
-            if batch.iter().any(|b| b.len() != rows)
-                || ts_batch.as_ref().is_some_and(|b| b.len() != rows)
-            {
+            if others.iter().any(|n| *n != rows) || ts_rows.is_some_and(|n| n != rows) {
                 anyhow::bail!(
                     "{}: row group {g}: its columns have different row counts",
                     path.display()
                 );
             }
-            let [ids_b, keys_b, values_b, seqs_b] = &batch;
             for r in 0..rows {
                 row_no += 1;
-                let utf8 = |what: &str, e: std::str::Utf8Error| {
-                    UsageError::new(format!(
-                        "{}: row {row_no}: {what} is not UTF-8 text ({e})",
-                        path.display()
-                    ))
-                };
-                let seq = match seqs_b {
-                    Col::Int(v) => v[r].ok_or_else(|| {
+                let seq = match seqs.int(r) {
+                    Some(n) => n.ok_or_else(|| {
                         UsageError::new(format!("{}: row {row_no}: seq is null; every row needs one to tell the latest value", path.display()))
                     })?,
-                    text => parse_seq(text.text(r, &mut b1).map_err(|e| utf8("seq", e))?.unwrap_or(""), path, row_no)?,
+                    None => {
+                        let text = seqs.text(r, &mut b1).map_err(|e| {
+                            UsageError::new(format!(
+                                "{}: row {row_no}: seq is not UTF-8 text ({e})",
+                                path.display()
+                            ))
+                        })?;
+                        parse_seq(text.unwrap_or(""), path, row_no)?
+                    }
                 };
-                let t = match (&ts_batch, ts_scale) {
-                    (Some(Col::Int(v)), Some(scale)) => v[r].map(|n| (n as f64 * scale) as i64),
+                let t = match (&ts, ts_scale) {
+                    (Some(col), Some(scale)) if col.int(r).is_some() => {
+                        col.int(r).flatten().map(|n| (n as f64 * scale) as i64)
+                    }
                     (Some(col), _) => col.text(r, &mut b1).ok().flatten().and_then(parse_ts_text),
                     (None, _) => None,
                 };
                 each(Row {
-                    id: ids_b
-                        .text(r, &mut b1)
-                        .map_err(|e| utf8("canonical_segment_id", e))?
-                        .unwrap_or_default(),
-                    key: keys_b
-                        .text(r, &mut b2)
-                        .map_err(|e| utf8(key, e))?
-                        .unwrap_or_default(),
-                    value: values_b.text(r, &mut b3).map_err(|e| utf8("value", e))?,
+                    id: ids.bytes(r, &mut b1).unwrap_or_default(),
+                    key: keys.bytes(r, &mut b2).unwrap_or_default(),
+                    value: values.bytes(r, &mut b3),
                     seq,
                     ts: t,
                 })?;
@@ -501,9 +514,9 @@ fn read_parquet_rows(
         };
         let (id, key, value) = (text(get(c.id)), text(get(c.key)), text(get(c.value)));
         each(Row {
-            id: id.as_deref().unwrap_or_default(),
-            key: key.as_deref().unwrap_or_default(),
-            value: value.as_deref(),
+            id: id.as_deref().unwrap_or_default().as_bytes(),
+            key: key.as_deref().unwrap_or_default().as_bytes(),
+            value: value.as_deref().map(str::as_bytes),
             seq,
             ts: c.ts.and_then(|i| ts(get(i))),
         })?;
