@@ -50,7 +50,7 @@ pub enum TraitValues {
 
 /// Pass 1's spill buffers, all reader threads together: the bound of its
 /// memory beyond the Parquet reader's pages.
-const SPILL_BYTES: usize = 32 << 20;
+const SPILL_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Default)]
 pub struct Summary {
