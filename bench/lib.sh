@@ -1,4 +1,4 @@
-# Helpers shared by bench/run.sh and bench/plan.sh (sourced; needs BIN and W).
+# Helpers shared by bench/run.sh, bench/plan.sh and bench/profiles_sync.sh (sourced; needs BIN and W).
 
 say() { printf '%s\n' "$*" >&2; }
 calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
@@ -24,3 +24,20 @@ measure() {
 }
 row() { ROWS+=("| $1 | $2 | $3 | $4 |"); say "  $1: $2 (ceiling $3, ratio $4)"; }
 
+
+# write_section NAME TEXT: put TEXT (which starts with "<!-- NAME -->" and
+# ends with "<!-- /NAME -->") in bench/RESULTS.md, in place of the section of
+# that name, or at the end.
+write_section() {
+  python3 - "$1" "$2" <<'PY'
+import re, sys
+path, name, section = "bench/RESULTS.md", sys.argv[1], sys.argv[2]
+text = open(path).read()
+start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+if start in text:
+    text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S)
+else:
+    text = text.rstrip("\n") + "\n\n" + section + "\n"
+open(path, "w").write(text)
+PY
+}

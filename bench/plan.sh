@@ -109,15 +109,5 @@ SECTION=$(
   printf '%s\n' "${ROWS[@]}"
   echo "<!-- /plan -->"
 )
-python3 - "$SECTION" <<'EOF'
-import re, sys
-path = "bench/RESULTS.md"
-section = sys.argv[1]
-text = open(path).read()
-if "<!-- plan -->" in text:
-    text = re.sub(r"<!-- plan -->.*?<!-- /plan -->", lambda _: section, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open(path, "w").write(text)
-EOF
+write_section plan "$SECTION"
 say "bench/plan.sh: wrote its section of bench/RESULTS.md"

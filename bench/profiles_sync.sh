@@ -79,15 +79,5 @@ SECTION=$(
   printf '%s\n' "${ROWS[@]}"
   echo "<!-- /profiles-sync -->"
 )
-python3 - "$SECTION" <<'PY'
-import re, sys
-path = "bench/RESULTS.md"
-section = sys.argv[1]
-text = open(path).read()
-if "<!-- profiles-sync -->" in text:
-    text = re.sub(r"<!-- profiles-sync -->.*?<!-- /profiles-sync -->", lambda _: section, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open(path, "w").write(text)
-PY
+write_section profiles-sync "$SECTION"
 say "bench/profiles_sync.sh: wrote its section of bench/RESULTS.md"
