@@ -57,22 +57,34 @@ async fn an_unload_gives_the_same_profiles_and_customers_as_the_api() {
     )
     .await;
     assert_eq!(r.code, 0, "{}", r.all());
-    for format in ["parquet", "csv-gz"] {
-        let unload = dir.path().join(format!("unload-{format}"));
-        let r = segsync(
-            dir.path(),
-            None,
+    // The sandbox's shapes: a profile's rows together in 4 parts; gzipped
+    // CSV; and a warehouse's shape, rows shuffled within row groups of 37
+    // rows spread over 9 parts.
+    let shapes: [(&str, &[&str]); 3] = [
+        ("parquet", &["--sync-format", "parquet"]),
+        ("csv-gz", &["--sync-format", "csv-gz"]),
+        (
+            "parquet-shuffled",
             &[
-                "sandbox",
-                "--profiles",
-                "400",
-                "--write-profiles-sync",
-                unload.to_str().unwrap(),
-                "--sync-format",
-                format,
+                "--sync-shuffle",
+                "--sync-parts",
+                "9",
+                "--sync-row-group",
+                "37",
             ],
-        )
-        .await;
+        ),
+    ];
+    for (format, flags) in shapes {
+        let unload = dir.path().join(format!("unload-{format}"));
+        let mut args = vec![
+            "sandbox",
+            "--profiles",
+            "400",
+            "--write-profiles-sync",
+            unload.to_str().unwrap(),
+        ];
+        args.extend_from_slice(flags);
+        let r = segsync(dir.path(), None, &args).await;
         assert_eq!(r.code, 0, "{}", r.all());
         let out = dir.path().join(format!("sync-{format}"));
         let r = segsync(
@@ -103,6 +115,14 @@ async fn an_unload_gives_the_same_profiles_and_customers_as_the_api() {
             !out.join(".profiles-sync.tmp").exists(),
             "temporary files removed"
         );
+        if format == "parquet-shuffled" {
+            // The order of the output follows the profiles, not the rows.
+            assert_eq!(
+                std::fs::read(out.join("profiles.ndjson")).unwrap(),
+                std::fs::read(dir.path().join("sync-parquet/profiles.ndjson")).unwrap(),
+                "shuffled rows in more parts give the same file, byte for byte"
+            );
+        }
         // And transform makes the same customers of them.
         for d in [&api, &out] {
             let r = segsync(
