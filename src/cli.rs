@@ -132,6 +132,9 @@ pub struct RunArgs {
     /// Resend every customer
     #[arg(long)]
     pub full: bool,
+    /// Send null for mapped fields the source no longer has and segsync itself set before (as `load --clear-removed`)
+    #[arg(long = "clear-removed")]
+    pub clear_removed: bool,
     /// How load sends: bulk, import (new customers by CSV import), auto
     #[arg(long, value_enum, default_value_t = load::import::Method::Bulk)]
     pub method: load::import::Method,

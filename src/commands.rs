@@ -275,7 +275,7 @@ fn load_args(a: &RunArgs) -> load::Args {
         plan: false,
         from_ledger: false,
         plan_max_age: crate::plan::DEFAULT_MAX_AGE,
-        clear_removed: false,
+        clear_removed: a.clear_removed,
         keep_newer: false,
         accept_edits: false,
         method: a.method,

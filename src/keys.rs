@@ -16,33 +16,33 @@ pub fn h128(s: &str) -> u128 {
     ((h64(s) as u128) << 64) | b.finish() as u128
 }
 
-/// A map from 64-bit keys to small values, built by appending and read by
-/// binary search: about 8 bytes a key more than the values, where a hash
-/// map takes two to four times that (and double while it grows). Later
-/// pushes of a key win. While it is built, duplicates are folded away
-/// whenever the vector would grow, so it stays within about twice the
-/// distinct keys.
-pub struct KeyMap<V> {
-    entries: Vec<(u64, V)>,
-    /// Entries past this index are not yet sorted and folded.
+/// Builds a [`KeyMap`]: append `key → value` in any order, then
+/// [`KeyMapBuilder::finish`] sorts and folds it. Only the finished map can
+/// be read, so an unsorted map cannot be searched by mistake.
+///
+/// While it is built, duplicates are folded away whenever the vector would
+/// grow, so it stays within about twice the distinct keys. When a key comes
+/// again, `merge(key, earlier, later)` gives the value kept (for "later
+/// wins", return `later`); merges run in push order.
+pub struct KeyMapBuilder<K, V> {
+    entries: Vec<(K, V)>,
+    /// Entries up to here are sorted and folded.
     folded: usize,
 }
 
-impl<V: Copy> Default for KeyMap<V> {
+impl<K: Copy + Ord, V: Copy> Default for KeyMapBuilder<K, V> {
     fn default() -> Self {
-        KeyMap {
+        KeyMapBuilder {
             entries: Vec::new(),
             folded: 0,
         }
     }
 }
 
-impl<V: Copy> KeyMap<V> {
-    /// Append `key → value`; `replaced(key, old, new)` is told of every
-    /// value a later one replaces, when it is folded away.
-    pub fn push(&mut self, key: u64, value: V, replaced: &mut impl FnMut(u64, V, V)) {
+impl<K: Copy + Ord, V: Copy> KeyMapBuilder<K, V> {
+    pub fn push(&mut self, key: K, value: V, merge: &mut impl FnMut(K, V, V) -> V) {
         if self.entries.len() == self.entries.capacity() && self.entries.len() >= 1024 {
-            self.fold(replaced);
+            self.fold(merge);
             // Grow (double) only when folding freed less than a quarter.
             if self.entries.len() * 4 > self.entries.capacity() * 3 {
                 self.entries.reserve(self.entries.capacity());
@@ -51,9 +51,9 @@ impl<V: Copy> KeyMap<V> {
         self.entries.push((key, value));
     }
 
-    /// Sort by key (stable: push order within a key) and keep the last
-    /// value of each key. Call before reading.
-    pub fn fold(&mut self, replaced: &mut impl FnMut(u64, V, V)) {
+    /// Sort by key (stable: push order within a key) and merge each key's
+    /// values into one.
+    fn fold(&mut self, merge: &mut impl FnMut(K, V, V) -> V) {
         if self.folded == self.entries.len() {
             return;
         }
@@ -62,8 +62,8 @@ impl<V: Copy> KeyMap<V> {
         for i in 0..self.entries.len() {
             let e = self.entries[i];
             if out > 0 && self.entries[out - 1].0 == e.0 {
-                replaced(e.0, self.entries[out - 1].1, e.1);
-                self.entries[out - 1] = e;
+                let kept = merge(e.0, self.entries[out - 1].1, e.1);
+                self.entries[out - 1].1 = kept;
             } else {
                 self.entries[out] = e;
                 out += 1;
@@ -73,16 +73,40 @@ impl<V: Copy> KeyMap<V> {
         self.folded = out;
     }
 
-    /// The value of `key` (after [`KeyMap::fold`]).
-    pub fn get(&self, key: u64) -> Option<V> {
-        debug_assert_eq!(self.folded, self.entries.len(), "fold before reading");
+    /// The map, sorted and folded, its unused room given back.
+    pub fn finish(mut self, merge: &mut impl FnMut(K, V, V) -> V) -> KeyMap<K, V> {
+        self.fold(merge);
+        self.entries.shrink_to_fit();
+        KeyMap {
+            entries: self.entries,
+        }
+    }
+}
+
+/// A read-only map from keys to small values, read by binary search: about
+/// the key's size a key more than the values, where a hash map takes two to
+/// four times that (and double while it grows). Made by [`KeyMapBuilder`].
+pub struct KeyMap<K, V> {
+    entries: Vec<(K, V)>,
+}
+
+impl<K: Copy + Ord, V: Copy> Default for KeyMap<K, V> {
+    fn default() -> Self {
+        KeyMap {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<K: Copy + Ord, V: Copy> KeyMap<K, V> {
+    pub fn get(&self, key: K) -> Option<V> {
         self.entries
             .binary_search_by_key(&key, |e| e.0)
             .ok()
             .map(|i| self.entries[i].1)
     }
 
-    pub fn contains(&self, key: u64) -> bool {
+    pub fn contains(&self, key: K) -> bool {
         self.get(key).is_some()
     }
 
@@ -94,14 +118,14 @@ impl<V: Copy> KeyMap<V> {
         self.entries.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (u64, V)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (K, V)> + '_ {
         self.entries.iter().copied()
     }
+}
 
-    /// Give back what growing left unused.
-    pub fn shrink(&mut self) {
-        self.entries.shrink_to_fit();
-    }
+/// "Later wins", for [`KeyMapBuilder`].
+pub fn later<K, V>(_: K, _: V, later: V) -> V {
+    later
 }
 
 #[cfg(test)]
@@ -109,14 +133,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn later_pushes_win_and_replacements_are_told_across_folds() {
-        let mut m = KeyMap::default();
+    fn later_pushes_win_and_merges_are_told_across_folds() {
+        let mut m = KeyMapBuilder::default();
         let mut told = Vec::new();
-        let mut note = |k, old, new| told.push((k, old, new));
+        let mut note = |k, old, new| {
+            told.push((k, old, new));
+            new
+        };
         for i in 0..5000u64 {
             m.push(i % 1500, i, &mut note);
         }
-        m.fold(&mut note);
+        let m = m.finish(&mut note);
         assert_eq!(m.len(), 1500);
         for k in 0..1500u64 {
             let last = if k < 500 { k + 4500 } else { k + 3000 };
@@ -124,9 +151,21 @@ mod tests {
         }
         assert_eq!(m.get(1500), None);
         assert_eq!(told.len(), 5000 - 1500);
-        // Every replacement is in push order for its key.
+        // Every merge is in push order for its key.
         assert!(told
             .iter()
             .all(|(k, old, new)| old % 1500 == *k && old < new));
+    }
+
+    #[test]
+    fn a_merge_can_keep_what_came_before() {
+        let mut m = KeyMapBuilder::default();
+        let mut sum = |_, a: u64, b: u64| a + b;
+        for i in 0..3000u128 {
+            m.push(i % 7, 1u64, &mut sum);
+        }
+        let m = m.finish(&mut sum);
+        assert_eq!(m.iter().map(|(_, v)| v).sum::<u64>(), 3000);
+        assert_eq!(m.get(0), Some(429));
     }
 }

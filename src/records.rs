@@ -187,6 +187,25 @@ pub fn field_names(body: &Value) -> Vec<String> {
     out
 }
 
+/// The fields a request body clears: those sent as `null` (`phone`,
+/// `address.state`, `metadata.tier`).
+pub fn null_fields(body: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in body.as_object().into_iter().flatten() {
+        match (k.as_str(), v) {
+            ("address" | "metadata", Value::Object(inner)) => out.extend(
+                inner
+                    .iter()
+                    .filter(|(_, iv)| iv.is_null())
+                    .map(|(ik, _)| format!("{k}.{ik}")),
+            ),
+            (_, Value::Null) => out.push(k.clone()),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Characters that make a spreadsheet treat a cell as a formula.
 fn is_formula_trigger(c: char) -> bool {
     matches!(c, '=' | '+' | '-' | '@' | '\t' | '\r')

@@ -48,6 +48,9 @@ pub struct Args {
     /// Answer absent async-action fields with explicit nulls (errors: null, result: null while queued)
     #[arg(long = "null-fields")]
     pub null_fields: bool,
+    /// A bulk upsert's address and metadata replace the held objects whole (default: merged key by key; the docs do not say which)
+    #[arg(long = "replace-nested")]
+    pub replace_nested: bool,
     /// Voucherify API calls left in the monthly cycle before 429 api_calls_cycle
     #[arg(long = "cycle-quota", value_name = "CALLS")]
     pub cycle_quota: Option<u64>,
@@ -209,6 +212,7 @@ fn sandbox_options(a: &Args, metadata_schema: Option<serde_json::Value>) -> Sand
         processing_ms: a.processing_ms,
         max_body_bytes: a.max_body_bytes,
         null_fields: a.null_fields,
+        replace_nested: a.replace_nested,
         cycle_quota: a.cycle_quota,
         bulk_quota: a.bulk_quota,
         bulk_window: std::time::Duration::from_secs(a.bulk_window_secs),

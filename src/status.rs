@@ -214,19 +214,16 @@ fn load_section(customers: &Path, next: &mut Option<String>) -> Result<()> {
 
 /// The newest plan: its age, counts, and whether a load executed it.
 fn plan_line(m: &crate::plan::file::Meta) -> String {
-    let c = &m.counts;
     format!(
-        "plan {} ({}s old{}): {} unchanged, {} to create, {} to update, {} to clear, {} changed in Voucherify since confirmed, {} skipped, {} orphans",
+        "plan {} ({}s old{}): {}",
         crate::plan::paths(&m.customers).0.display(),
         m.age().as_secs(),
-        if m.executed_at.is_some() { ", executed" } else { "" },
-        c.unchanged,
-        c.create,
-        c.update,
-        c.clear,
-        c.elsewhere,
-        c.skipped,
-        c.orphans
+        if m.executed_at.is_some() {
+            ", executed"
+        } else {
+            ""
+        },
+        m.counts.summary()
     )
 }
 

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use segsync::sandbox::{Misbehave, SandboxOptions};
 use serde_json::json;
+use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -156,6 +157,54 @@ async fn customers_voucherify_rejects_go_to_the_report_with_exit_3() {
         held["ok-2"].get("email").is_none(),
         "an empty cell is not sent"
     );
+    // Voucherify's answer for a partly refused batch, as the contract quotes
+    // the OpenAPI description: `status` DONE, `operation_status` one of
+    // SUCCESS | FAILED | UNKNOWN (FAILED here), `errors[]` naming the refused.
+    let ledger = std::fs::read_to_string(dir.path().join("load.ledger.ndjson")).unwrap();
+    let confirmed: Value = ledger
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["event"] == "confirmed")
+        .expect("a confirmed line");
+    let id = confirmed["async_action_id"].as_str().unwrap();
+    let action: Value = reqwest::Client::new()
+        .get(format!("{}/v1/async-actions/{id}", sb.url()))
+        .header("X-App-Id", &sb.creds.app_id)
+        .header("X-App-Token", &sb.creds.secret_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(action["status"], "DONE", "{action}");
+    assert_eq!(action["operation_status"], "FAILED", "{action}");
+    assert_eq!(action["result"]["done_count"], 2, "{action}");
+    assert_eq!(action["result"]["failed_count"], 1, "{action}");
+    // The others are confirmed one by one, the refused one is not.
+    let done: Vec<&str> = confirmed["done"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["source_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(done, ["ok-1", "ok-2"], "{confirmed}");
+    assert_eq!(confirmed["failed"][0]["source_id"], "bad-1");
+    // A rerun sends only the refused customer, by plan and by ledger alone.
+    let csv = dir.path().join("customers-by-hand.csv");
+    for how in ["--plan", "--from-ledger"] {
+        let r = segsync(
+            dir.path(),
+            Some(&sb),
+            &["load", "--in", csv.to_str().unwrap(), how],
+        )
+        .await;
+        assert_eq!(r.code, 3, "{how}: {}", r.all());
+    }
+    let receipts = sb.receipts();
+    assert_eq!(receipts["ok-1"], 1, "{receipts:?}");
+    assert_eq!(receipts["ok-2"], 1, "{receipts:?}");
+    assert_eq!(receipts["bad-1"], 3, "{receipts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,6 +74,7 @@ async fn world(seed: u64) -> Result<Outcome, String> {
     let quota_to_exit = sb.quota_spent_at().map(|t| first_end.duration_since(t));
     sb.heal();
     rename_elsewhere(&sb, w.renames);
+    sb.touch(w.touches);
     let (second, _) = run_once(dir.path(), &sb, &w).await?;
     if ![0, 3].contains(&second.code) {
         return Err(format!(
@@ -86,7 +87,7 @@ async fn world(seed: u64) -> Result<Outcome, String> {
     }
     let versions = sb.versions();
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        assert_end_state_with(&sb, &versions, w.sandbox.churn > 0)
+        assert_world_end_state(&sb, &versions, w.clear_removed)
     }))
     .map_err(|e| {
         let why = e

@@ -110,7 +110,8 @@ pub struct AsyncAction {
     /// When the status last changed: for a finished action, when it finished.
     #[serde(default)]
     pub updated_at: Option<String>,
-    /// SUCCESS, PARTIAL_SUCCESS, FAILED or UNKNOWN (nullable).
+    /// SUCCESS, FAILED or UNKNOWN (nullable); FAILED on a DONE action can
+    /// mean some customers were refused (named in `result.errors`).
     #[serde(default)]
     pub operation_status: Option<String>,
 }

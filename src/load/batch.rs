@@ -18,6 +18,8 @@ pub struct Prepared {
     pub segment_id: Option<String>,
     /// The fields the row gives (`crate::records::field_names`).
     pub fields: Vec<String>,
+    /// The fields the body clears (a plan's `--clear-removed` request).
+    pub cleared: Vec<String>,
 }
 
 /// A batch: customers and the request body holding them.
@@ -199,6 +201,7 @@ impl Batcher {
                 body,
                 segment_id: row.segment_id,
                 fields,
+                cleared: Vec::new(),
             };
             if self.only.as_ref().is_some_and(|keep| !keep(&c)) {
                 continue;
@@ -206,7 +209,12 @@ impl Batcher {
             let mut c = c;
             if let Some(rewrite) = &self.rewrite {
                 match rewrite(&c) {
-                    Ok(Some(body)) => c.body = body,
+                    Ok(Some(body)) => {
+                        c.cleared = serde_json::from_slice(&body)
+                            .map(|v| crate::records::null_fields(&v))
+                            .unwrap_or_default();
+                        c.body = body;
+                    }
                     Ok(None) => {}
                     Err(e) => return Some(Err(e)),
                 }

@@ -1,12 +1,15 @@
 //! `load` goes by a plan (`crate::plan`) unless `--from-ledger` or `--full`:
 //! it executes the newest plan when it is fresh (not spent, younger than
-//! `--plan-max-age`, made with the same flags, made after the last change to
-//! `customers.csv` and the ledger), and makes one when it is not. When no
-//! plan can be made, the ledger decides (`--plan` stops instead).
-//! Creates send the customers file's row (by import file where that saves
-//! calls); updates and clears send the plan's request, which carries only
-//! what changes. Customers the plan leaves out cost nothing.
+//! `--plan-max-age`, made with the same flags, and every input the same by
+//! content: `customers.csv`, the ledger, the export, the schema), and makes
+//! one when it is not. An edited `load.plan.csv` is refused (exit 2): the
+//! plan file is an audit record, and what is sent is built again from
+//! `customers.csv`. When no plan can be made, the ledger decides (`--plan`
+//! stops instead). Creates send the customers file's row (by import file
+//! where that saves calls); updates and clears send only what changes.
+//! Customers the plan leaves out cost nothing.
 
+use super::import::Method;
 use super::import::{self, Existing, Exported};
 use super::input;
 use super::setup::Setup;
@@ -49,38 +52,39 @@ pub async fn prepare(
     confirmed_ids: HashSet<String>,
     spend: bool,
 ) -> Result<Option<Meta>> {
-    let Some((meta, found)) = find_or_make(setup, args, client).await? else {
+    let Some((meta, found, index)) = find_or_make(setup, args, client).await? else {
         return Ok(None);
     };
-    let (plan_path, meta_path, _) = plan::paths(&setup.input);
-    if args.method != super::import::Method::Bulk {
-        let existing = match found {
-            // Made just now: its export says who exists.
-            Found::Made(exported) => {
-                Existing::from_export(exported, meta.export_calls, confirmed_ids)?
-            }
-            // Made earlier: a customer it would create may exist by now (another
-            // writer), and an import must never reach one; so a new export of
-            // the source ids says who exists, as without a plan.
-            Found::Saved if meta.counts.create > 0 => {
-                import::existing(
-                    client,
-                    &setup.input,
-                    confirmed_ids,
-                    Duration::from_secs(args.export_timeout),
-                )
-                .await?
-            }
-            Found::Saved => Existing::known(confirmed_ids, HashSet::new()),
-        };
-        if let (None, Some(schema)) = (&existing.unknown, &setup.schema) {
-            let missing =
-                input::required_problems(&setup.input, schema, |sid| !existing.contains(sid))?;
-            setup.refuse(args, missing)?;
+    let (_, meta_path, _) = plan::paths(&setup.input);
+    let existing = match found {
+        // Made just now: its export says who exists.
+        Found::Made(exported) => Existing::from_export(exported, meta.export_calls, confirmed_ids)?,
+        // Made earlier: a customer it would create may exist by now (another
+        // writer), and an import must never reach one; so a new export of
+        // the source ids says who exists, as without a plan.
+        Found::Saved if meta.counts.create > 0 && args.method != Method::Bulk => {
+            import::existing(
+                client,
+                &setup.input,
+                confirmed_ids,
+                Duration::from_secs(args.export_timeout),
+            )
+            .await?
         }
+        // The plan's own creates are who is new.
+        Found::Saved => Existing::known(confirmed_ids, HashSet::new()),
+    };
+    // Required metadata keys, for every method: a customer the plan creates
+    // must carry them (Voucherify refuses it otherwise).
+    if let Some(schema) = &setup.schema {
+        let new = |sid: &str| index.creates_customer(sid) && !existing.contains(sid);
+        let missing = input::required_problems(&setup.input, schema, new)?;
+        setup.refuse(args, missing)?;
+    }
+    if args.method != Method::Bulk {
         setup.existing = Some(existing);
     }
-    setup.plan = Some(Arc::new(PlanIndex::read(&plan_path)?));
+    setup.plan = Some(Arc::new(index));
     if spend {
         let mut spent = meta.clone();
         spent.executed_at = Some(crate::state::now_ms());
@@ -116,60 +120,75 @@ async fn find_or_make(
     setup: &mut Setup,
     args: &Args,
     client: &VoucherifyClient,
-) -> Result<Option<(Meta, Found)>> {
+) -> Result<Option<(Meta, Found, PlanIndex)>> {
     let target = setup.target.clone().unwrap_or_default();
     let (plan_path, meta_path, _) = plan::paths(&setup.input);
     let rules = rules(args);
-    let existing = Meta::read(&meta_path)
-        .filter(|_| plan_path.exists())
-        .map(|m| {
-            let why = m.stale(
-                &setup.input,
-                &target,
-                rules,
-                args.plan_max_age,
-                setup.ledger_bytes,
-            );
-            (why, m)
-        });
-    let (meta, exported) = match existing {
-        Some((None, m)) => {
-            ui::info(format!(
-                "load: executing {} (made {}s ago)",
-                plan_path.display(),
-                m.age().as_secs()
-            ));
-            (m, Found::Saved)
-        }
-        other => {
-            if let Some((Some(why), _)) = other {
-                ui::info(format!("load: making a new plan (the newest: {why})"));
+    let schema = setup.schema.clone().unwrap_or_default();
+    if let Some(saved) = Meta::read(&meta_path).filter(|_| plan_path.exists()) {
+        match use_saved(setup, args, &saved, &target, &schema)? {
+            Ok(index) => {
+                ui::info(format!(
+                    "load: executing {} (made {}s ago; its inputs are unchanged, and what it sends is built again from {})",
+                    plan_path.display(),
+                    saved.age().as_secs(),
+                    setup.input.display()
+                ));
+                return Ok(Some((saved, Found::Saved, index)));
             }
-            let schema = setup.schema.clone().unwrap_or_default();
-            let source = Source::Export(client, Duration::from_secs(args.export_timeout));
-            match plan::make(
-                &setup.input,
-                &target,
-                &schema,
-                rules,
-                &setup.validated.invalid_lines,
-                source,
-            )
-            .await?
-            {
-                Ok(made) => {
-                    plan::say(&made.meta, &setup.input, made.meta.export_calls);
-                    (made.meta, Found::Made(made.exported))
-                }
-                Err(why) if args.plan => {
-                    anyhow::bail!("load --plan: no plan can be made: {why}; nothing was sent (without --plan, the ledger would decide what is sent)")
-                }
-                Err(why) => {
-                    ui::warn(format!("load: no plan: {why}; the ledger decides what is sent, as with --from-ledger, and every customer goes by the bulk upsert, which never overwrites a field it does not carry"));
-                    return Ok(None);
-                }
-            }
+            Err(why) => ui::info(format!("load: making a new plan (the newest: {why})")),
         }
-    };
-    Ok(Some((meta, exported)))
+    }
+    let source = Source::Export(client, Duration::from_secs(args.export_timeout));
+    let made = plan::make(
+        &setup.input,
+        &target,
+        &schema,
+        rules,
+        &setup.validated.invalid_lines,
+        source,
+    )
+    .await?;
+    match made {
+        Ok(made) => {
+            plan::say(&made.meta, &setup.input, made.meta.export_calls);
+            let index = plan::replay(&made.meta, &schema, &setup.validated.invalid_lines)?
+                .map_err(|why| {
+                    anyhow::anyhow!("the plan just made does not compare the same twice: {why}")
+                })?;
+            Ok(Some((made.meta, Found::Made(made.exported), index)))
+        }
+        Err(why) if args.plan => {
+            anyhow::bail!("load --plan: no plan can be made: {why}; nothing was sent (without --plan, the ledger would decide what is sent)")
+        }
+        Err(why) => {
+            ui::warn(format!("load: no plan: {why}; the ledger decides what is sent, as with --from-ledger, and every customer goes by the bulk upsert, which never overwrites a field it does not carry"));
+            Ok(None)
+        }
+    }
+}
+
+/// A saved plan, built again from its inputs when it may be executed; Err
+/// inside says why a new one is needed. An edited plan file is refused.
+fn use_saved(
+    setup: &Setup,
+    args: &Args,
+    saved: &Meta,
+    target: &str,
+    schema: &crate::mapping::metadata_schema::CustomerSchema,
+) -> Result<std::result::Result<PlanIndex, String>> {
+    let (plan_path, _, _) = plan::paths(&setup.input);
+    if saved.executed_at.is_none() && saved.edited(&plan_path)? {
+        return Err(crate::error::UsageError::new(format!(
+            "{} was edited after `segsync plan` wrote it; the plan file is a record of what load would send, never an input, so nothing was sent. Edit {} instead and run `segsync plan` again (or delete the plan file)",
+            plan_path.display(),
+            setup.input.display()
+        ))
+        .into());
+    }
+    let now = plan::inputs(&setup.input, &saved.hashes.export_file, schema)?;
+    if let Some(why) = saved.stale(&now, target, rules(args), args.plan_max_age) {
+        return Ok(Err(why));
+    }
+    plan::replay(saved, schema, &setup.validated.invalid_lines)
 }

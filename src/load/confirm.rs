@@ -233,6 +233,7 @@ async fn record_and_confirm(
             line: c.line,
             segment_id: c.segment_id.clone(),
             fields: Some(c.fields.clone()),
+            cleared: (!c.cleared.is_empty()).then(|| c.cleared.clone()),
         })
         .collect();
     let place = s.enqueue(&id);
@@ -413,7 +414,14 @@ fn settle(
     action: AsyncAction,
 ) -> Result<Vec<u128>> {
     let status = action.status().to_string();
-    if status == "FAILED" || action.operation_status.as_deref() == Some("FAILED") {
+    // `operation_status: FAILED` on a DONE action is also how Voucherify
+    // answers a batch it partly refused: when `errors` (or an import's
+    // `failed`) names customers, they are read one by one below.
+    let names_none = action
+        .result
+        .as_ref()
+        .is_none_or(|r| r.errors().is_empty() && r.import_failures().is_empty());
+    if status == "FAILED" || (action.operation_status.as_deref() == Some("FAILED") && names_none) {
         // Voucherify's own words, when it gives them.
         let said = action
             .result
@@ -556,8 +564,8 @@ pub fn accounts_for_all(r: &AsyncResult, sent: &[LedgerCustomer]) -> bool {
         )
         .collect();
     let ours: HashSet<&str> = sent.iter().map(|c| c.source_id.as_str()).collect();
-    r.done() + r.failed() >= sent.len() as u64
-        && named.len() as u64 >= r.failed()
+    r.done() + r.failed() == sent.len() as u64
+        && named.len() as u64 == r.failed()
         && named.iter().all(|s| ours.contains(s))
 }
 
@@ -633,6 +641,7 @@ mod tests {
                 line: 2,
                 segment_id: None,
                 fields: None,
+                cleared: None,
             })
             .collect();
         let err = |s: Option<&str>| CustomerError {

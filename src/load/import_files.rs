@@ -267,6 +267,7 @@ mod tests {
             body: serde_json::to_vec(&body).unwrap(),
             segment_id: None,
             fields: vec![],
+            cleared: vec![],
         }
     }
 

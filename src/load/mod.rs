@@ -236,15 +236,12 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         )?,
         Duration::from_secs(args.poll_timeout),
     ));
-    let opened = crate::plan::file::size(&setup.ledger_file);
     let (confirmed, before) = recover(&session, &mut setup, args, &mut summary).await?;
     let mut export_calls = 0;
+    let mut snapshot_ms = None;
     if by_plan::wanted(&setup, args) {
-        // What the checks of pending batches wrote makes a saved plan stale.
-        let now = crate::plan::file::size(&setup.ledger_file);
-        if now != opened {
-            setup.ledger_bytes = now;
-        }
+        // What the checks of pending batches wrote makes a saved plan stale
+        // (the plan compares the ledger's content, `opened` lines aside).
         let ids = ledger::read(&setup.ledger_file, setup.target.as_deref())?.confirmed_ids;
         let prepared = by_plan::prepare(&mut setup, args, &session.client, ids, true)
             .await
@@ -256,6 +253,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
             summary.unchanged =
                 (meta.counts.unchanged + meta.counts.skipped).saturating_sub(summary.recovered);
             export_calls = meta.export_calls;
+            snapshot_ms = Some(meta.made_at_ms - (meta.seconds * 1000.0) as i64);
         }
     }
     let to_send = setup.batcher(args, confirmed.clone())?.count_to_send()?;
@@ -299,6 +297,10 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         export_calls,
         started,
     );
+    if let (true, Some(at)) = (args.keep_newer, snapshot_ms) {
+        let secs = (jiff::Timestamp::now().as_millisecond() - at).max(0) / 1000;
+        ui::info(format!("load: --keep-newer cannot see a change another writer made between the export's snapshot and the last send: this time a window of {secs}s"));
+    }
     if let Some(e) = results.into_iter().find_map(Result::err) {
         return Err(e.context(format!(
             "load stopped; confirmed work is in {}: rerun `segsync load` to send the rest",

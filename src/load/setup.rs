@@ -40,8 +40,6 @@ pub struct Setup {
     pub schema: Option<CustomerSchema>,
     /// The plan being executed (`super::by_plan`); None: the ledger decides.
     pub plan: Option<Arc<crate::plan::file::PlanIndex>>,
-    /// The ledger's size before this load wrote to it.
-    pub ledger_bytes: u64,
     /// Rows refused beyond what the file itself shows (edits, the schema).
     refused: Problems,
 }
@@ -62,7 +60,7 @@ impl Setup {
             Some(p) => {
                 let (keep, body) = (p.clone(), p.clone());
                 b.only(move |c| keep.sends(&c.source_id))
-                    .rewrite(move |c| body.body_of(&c.source_id))
+                    .rewrite(move |c| Ok(body.body_of(&c.source_id)))
             }
             None => b,
         })
@@ -132,7 +130,6 @@ pub async fn setup(args: &Args, data_dir: &Path) -> Result<Setup> {
             ));
         }
     }
-    let ledger_bytes = crate::plan::file::size(&ledger_file);
     let ledger = ledger::read(&ledger_file, target.as_deref())?;
     say_other_project(&ledger, &ledger_file, target.as_deref());
     let mut existing = None;
@@ -170,7 +167,6 @@ pub async fn setup(args: &Args, data_dir: &Path) -> Result<Setup> {
         existing,
         schema: project_schema,
         plan: None,
-        ledger_bytes,
         refused,
     })
 }

@@ -9,7 +9,8 @@
 //!   confirmed row equals today's and Voucherify's `updated_at` is not later
 //!   than that confirmation. Otherwise it is sent.
 //! - A field the row no longer gives is cleared only when segsync set it
-//!   (the ledger's field list) and `--clear-removed` is given.
+//!   (the ledger's fields set and not cleared since) and `--clear-removed`
+//!   is given; otherwise it is listed as a pending clear on every plan.
 //! - An update carries only the changed top-level fields. `address` and
 //!   `metadata` are objects, and whether Voucherify merges a partial one is
 //!   not written, so when any of their keys changes the whole object is
@@ -48,15 +49,40 @@ pub struct Rules {
 #[derive(Debug)]
 pub struct Change {
     pub action: Action,
-    /// Changed fields, then cleared ones.
+    /// Changed fields, then the ones to clear (see `clears`).
     pub fields: Vec<String>,
+    /// How many of `fields`, at the end, are clears: fields segsync set that
+    /// the source no longer has. Sent as null only with `--clear-removed`;
+    /// otherwise listed on every plan as pending.
+    pub clears: usize,
     pub old: Map<String, Value>,
     pub new: Map<String, Value>,
     /// Voucherify changed the customer after segsync last confirmed it.
     pub elsewhere: bool,
+    /// Voucherify's `updated_at` for this customer could not be read.
+    pub unknown_updated: bool,
     /// The request body; None when nothing is sent (see `skip`).
     pub send: Option<Value>,
     pub skip: Option<&'static str>,
+}
+
+impl Change {
+    /// The fields to clear.
+    pub fn cleared(&self) -> &[String] {
+        &self.fields[self.fields.len() - self.clears..]
+    }
+
+    /// Clears listed but not sent.
+    pub fn pending_clears(&self) -> &[String] {
+        match &self.send {
+            Some(body) if self.clears > 0 && has_null(body) => &[],
+            _ => self.cleared(),
+        }
+    }
+}
+
+fn has_null(body: &Value) -> bool {
+    !crate::records::null_fields(body).is_empty()
 }
 
 /// Marks a value the export cannot show.
@@ -149,15 +175,19 @@ pub fn compare(
         return Some(Change {
             action: Action::Create,
             fields: row.iter().map(|(f, _)| f.clone()).collect(),
+            clears: 0,
             old: Map::new(),
             new: row.into_iter().collect(),
             elsewhere: false,
+            unknown_updated: false,
             send: Some(Value::Object(body.clone())),
             skip: None,
         });
     };
     let updated_ms = held.updated_at.map(|t| t.as_millisecond());
     let elsewhere = matches!((last, updated_ms), (Some(l), Some(u)) if u > l.at_ms);
+    // Only a customer segsync confirmed can have been changed "since".
+    let unknown_updated = last.is_some() && updated_ms.is_none();
     let as_confirmed =
         matches!((last, updated_ms), (Some(l), Some(u)) if l.content == content && u <= l.at_ms);
     let (mut fields, mut old, mut new) = (Vec::new(), Map::new(), Map::new());
@@ -191,13 +221,16 @@ pub fn compare(
     if fields.is_empty() {
         return None;
     }
+    let clears = fields.len() - changed;
     let action = if changed > 0 {
         Action::Update
     } else {
         Action::Clear
     };
-    let skip = if elsewhere && rules.keep_newer {
+    let skip = if rules.keep_newer && elsewhere {
         Some("--keep-newer: Voucherify changed it after segsync last confirmed it")
+    } else if rules.keep_newer && unknown_updated {
+        Some("--keep-newer: Voucherify's updated_at for it cannot be read, so a change made there cannot be ruled out")
     } else if changed == 0 && !rules.clear_removed {
         Some("clearing needs --clear-removed")
     } else {
@@ -219,9 +252,11 @@ pub fn compare(
     Some(Change {
         action,
         fields,
+        clears,
         old,
         new,
         elsewhere,
+        unknown_updated,
         send,
         skip,
     })

@@ -1,11 +1,17 @@
 //! What the ledger says segsync last confirmed, per customer, kept small
-//! for a plan over a million customers: by 64-bit key of the source id, the
-//! content key of the row confirmed, when, which fields it gave (lists
+//! for a plan over a million customers: by 128-bit key of the source id (a
+//! collision would merge two customers), the content key of the row
+//! confirmed, when, which fields segsync has set and not cleared since (lists
 //! interned: few distinct ones), and from which profile. Source ids
 //! themselves are read again only for the few customers the orphans file
 //! names ([`source_ids_of`]).
+//!
+//! The fields segsync set are never forgotten: each confirmation adds the
+//! fields it gave and takes away those it cleared (`cleared`), so a field the
+//! source emptied stays set, and so a pending clear, until it is cleared or
+//! set again.
 
-use crate::keys::{h64, KeyMap};
+use crate::keys::{h128, KeyMap, KeyMapBuilder};
 use crate::state::ledger::{content_key, LedgerEvent};
 use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
@@ -19,26 +25,28 @@ pub struct Last {
     pub content: u64,
     /// When Voucherify confirmed it (ms since the epoch).
     pub at_ms: i64,
-    /// Index into [`Confirmed::field_lists`]; None for lines from before
-    /// plans (which fields segsync set is unknown).
+    /// Index into [`Confirmed::field_lists`]: the fields segsync set and has
+    /// not cleared since. None when only lines from before plans confirmed
+    /// the customer (which fields segsync set is unknown).
     pub fields: Option<u32>,
 }
 
-/// [`Last`] in 16 bytes: the time in the low 44 bits of the second word
+/// [`Last`] in 16 bytes, plus the confirmation's cleared list while the
+/// index is built: the time in the low 44 bits of the second word
 /// (milliseconds to the year 2527), the field list index above it.
 #[derive(Debug, Clone, Copy)]
-struct Packed(u64, u64);
+struct Packed(u64, u64, u32);
 
 const MS_BITS: u32 = 44;
 const NO_FIELDS: u64 = (1 << (64 - MS_BITS)) - 1;
 
 impl Packed {
-    fn new(l: Last) -> Packed {
+    fn new(l: Last, cleared: u32) -> Packed {
         let ms = l.at_ms.clamp(0, (1 << MS_BITS) - 1) as u64;
         let f = l
             .fields
             .map_or(NO_FIELDS, |f| u64::from(f).min(NO_FIELDS - 1));
-        Packed(l.content, (f << MS_BITS) | ms)
+        Packed(l.content, (f << MS_BITS) | ms, cleared)
     }
 
     fn last(self) -> Last {
@@ -53,29 +61,39 @@ impl Packed {
 
 #[derive(Default)]
 pub struct Confirmed {
-    by_source: KeyMap<Packed>,
-    /// Profile (64-bit key of `segment_id`) → the source id key it was last
+    by_source: KeyMap<u128, Packed>,
+    /// Profile (128-bit key of `segment_id`) → the source id key it was last
     /// confirmed under.
-    pub by_profile: KeyMap<u64>,
+    pub by_profile: KeyMap<u128, u128>,
     /// Profiles confirmed under more than one source id: the earlier ones
     /// (few; a customer left behind stays reported).
-    pub earlier: HashMap<u64, Vec<u64>>,
+    pub earlier: HashMap<u128, Vec<u128>>,
     pub field_lists: Vec<Vec<String>>,
 }
 
 impl Confirmed {
+    /// No confirmations, only field lists (for tests of the comparison).
+    #[cfg(test)]
+    pub fn with_field_lists(field_lists: Vec<Vec<String>>) -> Confirmed {
+        Confirmed {
+            field_lists,
+            ..Default::default()
+        }
+    }
+
     pub fn last(&self, sid: &str) -> Option<Last> {
-        self.by_source.get(h64(sid)).map(Packed::last)
+        self.by_source.get(h128(sid)).map(Packed::last)
     }
 
     /// Every source id key `profile` was confirmed under.
-    pub fn sources_of(&self, profile: u64) -> impl Iterator<Item = u64> + '_ {
+    pub fn sources_of(&self, profile: u128) -> impl Iterator<Item = u128> + '_ {
         self.by_profile
             .get(profile)
             .into_iter()
             .chain(self.earlier.get(&profile).into_iter().flatten().copied())
     }
 
+    /// The fields segsync set for this customer and has not cleared since.
     pub fn fields(&self, last: &Last) -> Option<&[String]> {
         last.fields.map(|i| self.field_lists[i as usize].as_slice())
     }
@@ -107,10 +125,55 @@ fn each_event(path: &Path, target: &str, mut f: impl FnMut(LedgerEvent)) -> Resu
     Ok(())
 }
 
+/// Field lists, each stored once.
+#[derive(Default)]
+struct Interned {
+    lists: Vec<Vec<String>>,
+    index: HashMap<Vec<String>, u32>,
+}
+
+impl Interned {
+    fn get(&mut self, mut f: Vec<String>) -> u32 {
+        f.sort();
+        f.dedup();
+        if let Some(i) = self.index.get(&f) {
+            return *i;
+        }
+        let i = self.lists.len() as u32;
+        self.lists.push(f.clone());
+        self.index.insert(f, i);
+        i
+    }
+
+    /// What segsync has set after `later` (a confirmation: the fields it
+    /// gave, the fields it cleared) follows `earlier`.
+    fn merge(&mut self, earlier: Packed, later: Packed) -> Packed {
+        let (e, l) = (earlier.last(), later.last());
+        let set = match (e.fields, l.fields) {
+            (Some(e), Some(l)) => {
+                let cleared = &self.lists[later.2 as usize];
+                let mut set: Vec<String> = self.lists[e as usize]
+                    .iter()
+                    .filter(|f| !cleared.contains(f))
+                    .cloned()
+                    .collect();
+                set.extend(self.lists[l as usize].iter().cloned());
+                Some(self.get(set))
+            }
+            (e, None) => e,
+            (None, l) => l,
+        };
+        Packed::new(Last { fields: set, ..l }, later.2)
+    }
+}
+
 /// Read the ledger's confirmations for `target`.
 pub fn read(path: &Path, target: &str) -> Result<Confirmed> {
-    let mut out = Confirmed::default();
-    let mut interned: HashMap<Vec<String>, u32> = HashMap::new();
+    let mut interned = Interned::default();
+    let none = interned.get(vec![]);
+    let mut by_source = KeyMapBuilder::default();
+    let mut by_profile = KeyMapBuilder::default();
+    let mut earlier = HashMap::new();
     each_event(path, target, |ev| {
         let LedgerEvent::Confirmed { at, done, .. } = ev else {
             return;
@@ -120,46 +183,49 @@ pub fn read(path: &Path, target: &str) -> Result<Confirmed> {
             .map(|t| t.as_millisecond())
             .unwrap_or(i64::MAX);
         for c in done {
-            let sid = h64(&c.source_id);
-            let fields = c.fields.map(|mut f| {
-                f.sort();
-                let next = out.field_lists.len() as u32;
-                *interned.entry(f.clone()).or_insert_with(|| {
-                    out.field_lists.push(f);
-                    next
-                })
-            });
+            let sid = h128(&c.source_id);
+            let fields = c.fields.map(|f| interned.get(f));
+            let cleared = c.cleared.map_or(none, |f| interned.get(f));
             let last = Last {
                 content: content_key(&c.hash).map_or(0, |k| (k >> 64) as u64),
                 at_ms,
                 fields,
             };
-            out.by_source
-                .push(sid, Packed::new(last), &mut |_, _, _| {});
+            by_source.push(sid, Packed::new(last, cleared), &mut |_, e, l| {
+                interned.merge(e, l)
+            });
             if let Some(seg) = &c.segment_id {
-                out.by_profile.push(h64(seg), sid, &mut |pk, old, new| {
-                    note_earlier(&mut out.earlier, pk, old, new)
+                by_profile.push(h128(seg), sid, &mut |pk, old, new| {
+                    note_earlier(&mut earlier, pk, old, new)
                 });
             }
         }
     })?;
-    out.by_source.fold(&mut |_, _, _| {});
-    out.by_source.shrink();
-    let earlier = &mut out.earlier;
-    out.by_profile
-        .fold(&mut |pk, old, new| note_earlier(earlier, pk, old, new));
-    out.by_profile.shrink();
-    Ok(out)
+    let by_source = by_source.finish(&mut |_, e, l| interned.merge(e, l));
+    let by_profile =
+        by_profile.finish(&mut |pk, old, new| note_earlier(&mut earlier, pk, old, new));
+    Ok(Confirmed {
+        by_source,
+        by_profile,
+        earlier,
+        field_lists: interned.lists,
+    })
 }
 
 /// A profile confirmed under `new` after `old`: `old` is an earlier one.
-fn note_earlier(earlier: &mut HashMap<u64, Vec<u64>>, profile: u64, old: u64, new: u64) {
+fn note_earlier(
+    earlier: &mut HashMap<u128, Vec<u128>>,
+    profile: u128,
+    old: u128,
+    new: u128,
+) -> u128 {
     if old != new {
         let e = earlier.entry(profile).or_default();
         if !e.contains(&old) {
             e.push(old);
         }
     }
+    new
 }
 
 /// The source ids (and profiles) behind some 64-bit source id keys: a
@@ -167,13 +233,13 @@ fn note_earlier(earlier: &mut HashMap<u64, Vec<u64>>, profile: u64, old: u64, ne
 pub fn source_ids_of(
     path: &Path,
     target: &str,
-    keys: &HashSet<u64>,
-) -> Result<HashMap<u64, (String, Option<String>)>> {
+    keys: &HashSet<u128>,
+) -> Result<HashMap<u128, (String, Option<String>)>> {
     let mut out = HashMap::new();
     each_event(path, target, |ev| {
         if let LedgerEvent::Confirmed { done, .. } = ev {
             for c in done {
-                let k = h64(&c.source_id);
+                let k = h128(&c.source_id);
                 if keys.contains(&k) {
                     out.insert(k, (c.source_id, c.segment_id));
                 }

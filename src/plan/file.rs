@@ -8,17 +8,24 @@
 //! value), `changed_elsewhere` (`yes` when Voucherify changed the customer
 //! after segsync last confirmed it), `skip` (why nothing is sent), `send`
 //! (the exact request body `load` sends), `segment_id`, `line` (of the
-//! customers file) and `content` (the row's content key, for the ledger).
+//! customers file), `content` (the row's content key, for the ledger) and
+//! `pending_clear` (fields the source emptied that stay as they are in
+//! Voucherify until `--clear-removed`).
+//!
+//! The plan file is an audit record, never an input: `load.plan.json`
+//! records content hashes of the inputs (`customers.csv`, the ledger, the
+//! export) and of `load.plan.csv` itself. `load` executes a plan only while
+//! every input is unchanged, refuses an edited plan file, and builds every
+//! body it sends from `customers.csv` again ([`PlanIndex`]).
 
 use super::compare::{Action, Change, Rules};
 use crate::files::AtomicFile;
-use crate::keys::h64;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub const COLUMNS: [&str; 11] = [
+pub const COLUMNS: [&str; 12] = [
     "source_id",
     "action",
     "fields",
@@ -30,6 +37,7 @@ pub const COLUMNS: [&str; 11] = [
     "segment_id",
     "line",
     "content",
+    "pending_clear",
 ];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -43,6 +51,14 @@ pub struct Counts {
     pub elsewhere: u64,
     /// Listed, not sent (`--keep-newer`, or clears without `--clear-removed`).
     pub skipped: u64,
+    /// Customers with fields the source emptied that are not cleared
+    /// (no `--clear-removed`): listed on every plan until cleared or set.
+    #[serde(default)]
+    pub pending_clear: u64,
+    /// Customers segsync confirmed whose `updated_at` the export does not
+    /// show in a readable form (`--keep-newer` skips them).
+    #[serde(default)]
+    pub unknown_updated: u64,
     pub orphans: u64,
     /// Customers in the export.
     pub exported: u64,
@@ -53,7 +69,7 @@ pub struct Counts {
 }
 
 impl Counts {
-    pub fn add(&mut self, c: &Change) {
+    pub fn add(&mut self, sid: &str, c: &Change) {
         match c.action {
             Action::Create => self.create += 1,
             Action::Update => self.update += 1,
@@ -61,29 +77,27 @@ impl Counts {
         }
         self.elsewhere += c.elsewhere as u64;
         self.skipped += c.skip.is_some() as u64;
+        self.unknown_updated += c.unknown_updated as u64;
+        let pending = c.pending_clears();
+        self.pending_clear += !pending.is_empty() as u64;
         if c.action != Action::Create {
             for f in &c.fields {
                 *self.fields.entry(f.clone()).or_default() += 1;
             }
             if self.examples.len() < 3 {
-                let sid = c
-                    .send
-                    .as_ref()
-                    .and_then(|s| s.get("source_id"))
-                    .and_then(|s| s.as_str())
-                    .unwrap_or("");
+                let shown = |f: &String| {
+                    let old = c.old.get(f).map(|v| v.to_string()).unwrap_or_default();
+                    if pending.contains(f) {
+                        format!("{f} {old} (emptied in the source; kept until --clear-removed)")
+                    } else {
+                        let new = c.new.get(f).map(|v| v.to_string()).unwrap_or_default();
+                        format!("{f} {old} → {new}")
+                    }
+                };
                 self.examples.push(format!(
                     "{} {sid}: {}",
                     c.action.name(),
-                    c.fields
-                        .iter()
-                        .map(|f| format!(
-                            "{f} {} → {}",
-                            c.old.get(f).map(|v| v.to_string()).unwrap_or_default(),
-                            c.new.get(f).map(|v| v.to_string()).unwrap_or_default()
-                        ))
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    c.fields.iter().map(shown).collect::<Vec<_>>().join("; ")
                 ));
             }
         }
@@ -92,6 +106,24 @@ impl Counts {
     /// Lines `load` sends.
     pub fn to_send(&self) -> u64 {
         self.create + self.update + self.clear - self.skipped
+    }
+
+    /// The plan's summary in one line, as `plan` and `status` print it.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} customers: {} unchanged, {} to create, {} to update, {} to clear; {} with fields the source emptied left as they are (--clear-removed clears them); {} changed in Voucherify since segsync confirmed them; {} with an unreadable updated_at; {} skipped ({}); {} orphans",
+            self.rows,
+            self.unchanged,
+            self.create,
+            self.update,
+            self.clear,
+            self.pending_clear,
+            self.elsewhere,
+            self.unknown_updated,
+            self.skipped,
+            if self.skipped > 0 { "see the skip column" } else { "none" },
+            self.orphans,
+        )
     }
 }
 
@@ -102,11 +134,9 @@ pub struct Meta {
     pub made_at_ms: i64,
     pub target: String,
     pub customers: PathBuf,
-    /// The customers file as it was: its size and modification time.
-    pub customers_bytes: u64,
-    pub customers_modified: Option<String>,
-    /// The ledger's size then: a load since changes it.
-    pub ledger_bytes: u64,
+    /// Content hashes (SHA-256, hex) of the inputs as the plan read them,
+    /// and of the plan file as written.
+    pub hashes: Hashes,
     pub rules: Rules,
     pub counts: Counts,
     pub export_calls: u64,
@@ -120,12 +150,63 @@ pub fn size(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
+/// What a plan was made from, by content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hashes {
+    pub customers: String,
+    /// The ledger as the plan read it ("" when there was none).
+    pub ledger: String,
+    /// The export file compared with, and its path.
+    pub export: String,
+    pub export_file: PathBuf,
+    /// The project's customer metadata schema, as read.
+    pub schema: String,
+    /// `load.plan.csv` as written.
+    pub plan: String,
+}
+
+/// SHA-256 of the ledger's lines but the `opened` ones (every load appends
+/// one as it starts, which changes nothing it says), "" when there is none.
+pub fn ledger_hash(p: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::BufRead;
+    let f = match std::fs::File::open(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        other => other.with_context(|| format!("cannot read {}", p.display()))?,
+    };
+    let mut h = Sha256::new();
+    let mut rdr = std::io::BufReader::new(f);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = rdr
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("cannot read {}", p.display()))?;
+        if n == 0 {
+            break;
+        }
+        if !line.starts_with(br#"{"event":"opened""#) {
+            h.update(&line);
+        }
+    }
+    Ok(crate::files::hex(&h.finalize()))
+}
+
+/// SHA-256 of a file, "" when it does not exist.
+pub fn hash_of(p: &Path) -> Result<String> {
+    match std::fs::metadata(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        _ => crate::files::sha256_file(p),
+    }
+}
+
 impl Meta {
     pub fn new(
         input: &Path,
         target: &str,
         rules: Rules,
         counts: Counts,
+        hashes: Hashes,
         export_calls: u64,
         took: std::time::Duration,
     ) -> Result<Meta> {
@@ -135,9 +216,7 @@ impl Meta {
             made_at_ms: now.as_millisecond(),
             target: target.to_string(),
             customers: input.to_path_buf(),
-            customers_bytes: size(input),
-            customers_modified: crate::files::modified(input),
-            ledger_bytes: size(&crate::state::ledger(input)),
+            hashes,
             rules,
             counts,
             export_calls,
@@ -155,16 +234,11 @@ impl Meta {
         std::time::Duration::from_millis(ms.max(0) as u64)
     }
 
-    /// Why this plan cannot be executed now, if it cannot; `ledger_bytes`
-    /// is the ledger's size before this load wrote to it.
-    pub fn stale(
-        &self,
-        input: &Path,
-        target: &str,
-        rules: Rules,
-        max_age: u64,
-        ledger_bytes: u64,
-    ) -> Option<String> {
+    /// Why this plan cannot be executed now, if it cannot: `now` are the
+    /// hashes of its inputs as they are now (the plan's own is not checked
+    /// here: see [`Meta::edited`]).
+    pub fn stale(&self, now: &Hashes, target: &str, rules: Rules, max_age: u64) -> Option<String> {
+        let was = &self.hashes;
         if self.executed_at.is_some() {
             Some("a load already executed it".into())
         } else if self.target != target {
@@ -176,15 +250,22 @@ impl Meta {
                 "it is {}s old (--plan-max-age {max_age})",
                 self.age().as_secs()
             ))
-        } else if size(input) != self.customers_bytes
-            || crate::files::modified(input) != self.customers_modified
-        {
-            Some(format!("{} changed since", input.display()))
-        } else if ledger_bytes != self.ledger_bytes {
+        } else if now.customers != was.customers {
+            Some(format!("{} changed since", self.customers.display()))
+        } else if now.ledger != was.ledger {
             Some("the ledger changed since (another load ran)".into())
+        } else if now.export != was.export {
+            Some(format!("{} changed since", was.export_file.display()))
+        } else if now.schema != was.schema {
+            Some("the project's customer metadata schema changed since".into())
         } else {
             None
         }
+    }
+
+    /// Whether `load.plan.csv` differs from what the plan wrote.
+    pub fn edited(&self, plan_file: &Path) -> Result<bool> {
+        Ok(hash_of(plan_file)? != self.hashes.plan)
     }
 }
 
@@ -208,6 +289,7 @@ impl PlanWriter {
         content: &str,
         c: &Change,
     ) -> Result<()> {
+        let pending = c.pending_clears().join("; ");
         let json = |v: &serde_json::Map<String, serde_json::Value>| serde_json::to_string(v);
         let send = match &c.send {
             Some(s) => serde_json::to_string(s)?,
@@ -225,6 +307,7 @@ impl PlanWriter {
             segment_id.unwrap_or(""),
             &line.to_string(),
             content,
+            &pending,
         ])?;
         Ok(())
     }
@@ -238,89 +321,77 @@ impl PlanWriter {
     }
 }
 
-/// A plan as `load` executes it: which source ids it sends, and where each
-/// request body is in the file (16 bytes a customer).
+/// A plan as `load` executes it: which customers it sends, and for an
+/// update or clear the body it sends, built again from `customers.csv` by
+/// the plan's own comparison ([`super::replay`]), never read back from
+/// `load.plan.csv`.
+#[derive(Default)]
 pub struct PlanIndex {
-    path: PathBuf,
-    rdr: std::sync::Mutex<csv::Reader<std::fs::File>>,
-    /// 64-bit key of the source id → (byte offset of its line, a create).
-    lines: HashMap<u64, (u64, bool)>,
+    /// 128-bit key of the source id → index into `bodies` (`CREATE`: the
+    /// customers file's row is sent whole).
+    sends: crate::keys::KeyMap<u128, u32>,
+    bodies: Vec<Box<[u8]>>,
     pub creates: u64,
     pub updates: u64,
 }
 
-impl PlanIndex {
-    pub fn read(path: &Path) -> Result<PlanIndex> {
-        let mut rdr = csv::Reader::from_path(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        rdr.headers()
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut rec = csv::StringRecord::new();
-        let mut lines = HashMap::new();
-        let (mut creates, mut updates) = (0, 0);
-        loop {
-            let pos = rdr.position().byte();
-            if !rdr
-                .read_record(&mut rec)
-                .with_context(|| format!("cannot read {}", path.display()))?
-            {
-                break;
-            }
-            if rec.get(7).unwrap_or("").is_empty() {
-                continue;
-            }
-            let create = rec.get(1) == Some("create");
-            let sid = crate::records::unguard_cell(rec.get(0).unwrap_or(""));
-            lines.insert(h64(sid), (pos, create));
-            if create {
-                creates += 1;
-            } else {
-                updates += 1;
-            }
-        }
-        Ok(PlanIndex {
-            path: path.to_path_buf(),
-            // Reads single records at known offsets: no header handling.
-            rdr: std::sync::Mutex::new(
-                csv::ReaderBuilder::new()
-                    .has_headers(false)
-                    .from_path(path)?,
-            ),
-            lines,
-            creates,
-            updates,
-        })
+const CREATE: u32 = u32::MAX;
+
+/// Builds a [`PlanIndex`] as the comparison goes.
+#[derive(Default)]
+pub struct PlanIndexBuilder {
+    sends: crate::keys::KeyMapBuilder<u128, u32>,
+    bodies: Vec<Box<[u8]>>,
+    creates: u64,
+    updates: u64,
+}
+
+impl PlanIndexBuilder {
+    pub fn add(&mut self, sid: &str, c: &Change) -> Result<()> {
+        let Some(send) = &c.send else {
+            return Ok(());
+        };
+        let at = if c.action == Action::Create {
+            self.creates += 1;
+            CREATE
+        } else {
+            self.updates += 1;
+            self.bodies
+                .push(serde_json::to_vec(send)?.into_boxed_slice());
+            (self.bodies.len() - 1) as u32
+        };
+        self.sends
+            .push(crate::keys::h128(sid), at, &mut crate::keys::later);
+        Ok(())
     }
 
+    pub fn finish(self) -> PlanIndex {
+        PlanIndex {
+            sends: self.sends.finish(&mut crate::keys::later),
+            bodies: self.bodies,
+            creates: self.creates,
+            updates: self.updates,
+        }
+    }
+}
+
+impl PlanIndex {
     /// Whether the plan sends this customer.
     pub fn sends(&self, sid: &str) -> bool {
-        self.lines.contains_key(&h64(sid))
+        self.sends.contains(crate::keys::h128(sid))
+    }
+
+    /// Whether the plan creates this customer (the export does not show it).
+    pub fn creates_customer(&self, sid: &str) -> bool {
+        self.sends.get(crate::keys::h128(sid)) == Some(CREATE)
     }
 
     /// The request body for an update or clear of `sid` (None for a create,
     /// which sends the customers file's row).
-    pub fn body_of(&self, sid: &str) -> Result<Option<Vec<u8>>> {
-        let Some(&(offset, create)) = self.lines.get(&h64(sid)) else {
-            return Ok(None);
-        };
-        if create {
-            return Ok(None);
+    pub fn body_of(&self, sid: &str) -> Option<Vec<u8>> {
+        match self.sends.get(crate::keys::h128(sid)) {
+            Some(i) if i != CREATE => Some(self.bodies[i as usize].to_vec()),
+            _ => None,
         }
-        let mut rdr = self
-            .rdr
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the plan reader was lost to a panic"))?;
-        let mut pos = csv::Position::new();
-        pos.set_byte(offset);
-        rdr.seek(pos)?;
-        let mut rec = csv::StringRecord::new();
-        rdr.read_record(&mut rec)?;
-        if crate::records::unguard_cell(rec.get(0).unwrap_or("")) != sid {
-            anyhow::bail!(
-                "{}: the line for {sid} is not where it was; rerun `segsync plan`",
-                self.path.display()
-            );
-        }
-        Ok(Some(rec.get(7).unwrap_or("").as_bytes().to_vec()))
     }
 }

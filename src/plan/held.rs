@@ -12,7 +12,7 @@
 //! without a column cannot be read.
 
 use crate::keys::h64;
-use crate::keys::KeyMap;
+use crate::keys::{KeyMap, KeyMapBuilder};
 use crate::mapping::metadata_schema::CustomerSchema;
 use anyhow::{Context, Result};
 use std::collections::HashMap;
@@ -126,7 +126,7 @@ pub struct Held {
 /// The export file, indexed by source id.
 pub struct HeldFile {
     path: PathBuf,
-    index: KeyMap<u64>,
+    index: KeyMap<u64, u64>,
     cols: Columns,
     rdr: csv::Reader<std::fs::File>,
     rec: csv::StringRecord,
@@ -147,10 +147,13 @@ impl HeldFile {
         let mut rdr = open(true)?;
         let header = rdr.headers()?.clone();
         let cols = columns(path, &header, schema)?;
-        let mut index = KeyMap::default();
+        let mut index = KeyMapBuilder::default();
         let mut rec = csv::StringRecord::new();
         let mut collisions = 0;
-        let mut collided = |_, _, _| collisions += 1;
+        let mut collided = |_, earlier, _| {
+            collisions += 1;
+            earlier
+        };
         loop {
             let pos = rdr.position().byte();
             match rdr.read_record(&mut rec) {
@@ -163,8 +166,7 @@ impl HeldFile {
             };
             index.push(h64(sid), pos, &mut collided);
         }
-        index.fold(&mut collided);
-        index.shrink();
+        let index = index.finish(&mut collided);
         Ok(HeldFile {
             path: path.to_path_buf(),
             index,

@@ -9,6 +9,8 @@
 //! held as small indexes, the customers file is read row by row.
 
 pub mod compare;
+#[cfg(test)]
+mod compare_tests;
 pub mod confirmed;
 pub mod file;
 pub mod held;
@@ -16,6 +18,7 @@ pub mod orphans;
 
 use crate::api::voucherify::VoucherifyClient;
 use crate::config::VoucherifyArgs;
+use crate::load::batch::Prepared;
 use crate::load::batch::{content_key_of, Batcher};
 use crate::load::import::{self, Exported};
 use crate::load::input::{validate, OnInvalid};
@@ -24,7 +27,7 @@ use crate::state;
 use crate::ui;
 use anyhow::Result;
 use compare::Rules;
-use file::{Counts, Meta, PlanWriter};
+use file::{Counts, Hashes, Meta, PlanIndex, PlanIndexBuilder, PlanWriter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,47 +155,39 @@ pub async fn make(
         Exported::Empty => empty,
         Exported::Unknown(why) => return Ok(Err(why.clone())),
     };
-    let mut held = held::HeldFile::open(&export_path, schema)?;
+    let mut hashes = inputs(input, &export_path, schema)?;
     let ledger_file = state::ledger(input);
     let confirmed = confirmed::read(&ledger_file, target)?;
     let (plan_path, meta_path, orphans_path) = paths(input);
     let mut writer = PlanWriter::create(&plan_path)?;
     let mut ids = orphans::Identities::default();
+    let mut held = held::HeldFile::open(&export_path, schema)?;
     let mut counts = Counts {
         exported: held.len() as u64,
         ..Default::default()
     };
-    let batcher = Batcher::new(
+    let each = Each {
         input,
-        invalid_lines.clone(),
-        Arc::new(Default::default()),
-        true,
-        100,
-        usize::MAX,
-    )?;
-    for c in batcher.customers() {
-        let c = c?;
-        let body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&c.body)?;
-        let content = (content_key_of(&c.body) >> 64) as u64;
+        invalid_lines,
+        confirmed: &confirmed,
+        schema,
+        rules,
+    };
+    each.run(&mut held, &mut counts, |c, change| {
         ids.saw(&c.source_id, c.segment_id.as_deref(), &confirmed);
-        let last = confirmed.last(&c.source_id);
-        let h = held.get(&c.source_id)?;
-        counts.rows += 1;
-        match compare::compare(&body, content, h.as_ref(), last, &confirmed, schema, rules) {
-            None => counts.unchanged += 1,
-            Some(change) => {
-                counts.add(&change);
-                writer.write(
-                    &c.source_id,
-                    c.segment_id.as_deref(),
-                    c.line,
-                    &c.hash,
-                    &change,
-                )?;
-            }
+        if let Some(change) = change {
+            writer.write(
+                &c.source_id,
+                c.segment_id.as_deref(),
+                c.line,
+                &c.hash,
+                change,
+            )?;
         }
-    }
+        Ok(())
+    })?;
     writer.commit()?;
+    hashes.plan = file::hash_of(&plan_path)?;
     counts.orphans = orphans::write(
         &orphans_path,
         ids,
@@ -206,6 +201,7 @@ pub async fn make(
         target,
         rules,
         counts,
+        hashes,
         export_calls,
         started.elapsed(),
     )?;
@@ -213,24 +209,130 @@ pub async fn make(
     Ok(Ok(Made { meta, exported }))
 }
 
+/// The content hashes of a plan's inputs as they are now (the plan file's
+/// own is filled in once it is written).
+pub fn inputs(input: &Path, export: &Path, schema: &CustomerSchema) -> Result<Hashes> {
+    use sha2::{Digest, Sha256};
+    Ok(Hashes {
+        customers: file::hash_of(input)?,
+        ledger: file::ledger_hash(&state::ledger(input))?,
+        export: file::hash_of(export)?,
+        export_file: export.to_path_buf(),
+        schema: crate::files::hex(&Sha256::digest(format!("{schema:?}").as_bytes())),
+        plan: String::new(),
+    })
+}
+
+/// The comparison of every valid row of `customers.csv`, which `make`
+/// writes down and `replay` repeats to build what `load` sends.
+struct Each<'a> {
+    input: &'a Path,
+    invalid_lines: &'a std::collections::HashSet<u64>,
+    confirmed: &'a confirmed::Confirmed,
+    schema: &'a CustomerSchema,
+    rules: Rules,
+}
+
+impl Each<'_> {
+    fn run(
+        &self,
+        held: &mut held::HeldFile,
+        counts: &mut Counts,
+        mut f: impl FnMut(&Prepared, Option<&compare::Change>) -> Result<()>,
+    ) -> Result<()> {
+        let batcher = Batcher::new(
+            self.input,
+            self.invalid_lines.clone(),
+            Arc::new(Default::default()),
+            true,
+            100,
+            usize::MAX,
+        )?;
+        for c in batcher.customers() {
+            let c = c?;
+            let body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&c.body)?;
+            let content = (content_key_of(&c.body) >> 64) as u64;
+            let last = self.confirmed.last(&c.source_id);
+            let h = held.get(&c.source_id)?;
+            counts.rows += 1;
+            let change = compare::compare(
+                &body,
+                content,
+                h.as_ref(),
+                last,
+                self.confirmed,
+                self.schema,
+                self.rules,
+            );
+            match &change {
+                None => counts.unchanged += 1,
+                Some(change) => counts.add(&c.source_id, change),
+            }
+            f(&c, change.as_ref())?;
+        }
+        Ok(())
+    }
+}
+
+/// Build again what a saved plan sends, from the inputs it was made from
+/// (the caller has checked their hashes): `customers.csv`, the ledger and
+/// the export. Err when the comparison no longer gives the plan's counts.
+pub fn replay(
+    meta: &Meta,
+    schema: &CustomerSchema,
+    invalid_lines: &std::collections::HashSet<u64>,
+) -> Result<std::result::Result<PlanIndex, String>> {
+    let confirmed = confirmed::read(&state::ledger(&meta.customers), &meta.target)?;
+    let mut held = held::HeldFile::open(&meta.hashes.export_file, schema)?;
+    let mut counts = Counts::default();
+    let mut index = PlanIndexBuilder::default();
+    let each = Each {
+        input: &meta.customers,
+        invalid_lines,
+        confirmed: &confirmed,
+        schema,
+        rules: meta.rules,
+    };
+    each.run(&mut held, &mut counts, |c, change| match change {
+        Some(change) => index.add(&c.source_id, change),
+        None => Ok(()),
+    })?;
+    let was = &meta.counts;
+    let same = (
+        counts.rows,
+        counts.create,
+        counts.update,
+        counts.clear,
+        counts.skipped,
+    ) == (was.rows, was.create, was.update, was.clear, was.skipped);
+    Ok(if same {
+        Ok(index.finish())
+    } else {
+        Err(format!(
+            "compared again, it gives {} to send where it listed {} (rows invalid now that were valid then?)",
+            counts.to_send(),
+            was.to_send()
+        ))
+    })
+}
+
 /// The summary: counts per action and per field, and a few examples.
 pub fn say(meta: &Meta, input: &Path, calls: u64) {
     let c = &meta.counts;
     let (plan_path, _, orphans_path) = paths(input);
     ui::info(format!(
-        "plan: {} customers: {} unchanged, {} to create, {} to update, {} to clear; {} changed in Voucherify since segsync confirmed them; {} skipped ({}); {} orphans{} ({:.1}s, {calls} Voucherify calls)",
-        c.rows,
-        c.unchanged,
-        c.create,
-        c.update,
-        c.clear,
-        c.elsewhere,
-        c.skipped,
-        if c.skipped > 0 { "see the skip column" } else { "none" },
-        c.orphans,
-        if c.orphans > 0 { format!(" in {}", orphans_path.display()) } else { String::new() },
+        "plan: {}{} ({:.1}s, {calls} Voucherify calls)",
+        c.summary(),
+        if c.orphans > 0 {
+            format!(" in {}", orphans_path.display())
+        } else {
+            String::new()
+        },
         meta.seconds,
     ));
+    if c.unknown_updated > 0 {
+        ui::warn(format!("plan: {} customers segsync confirmed have an updated_at the export does not show in a readable form: whether another writer changed them since cannot be told{}", c.unknown_updated, if meta.rules.keep_newer { "; --keep-newer skips them" } else { "" }));
+    }
     if !c.fields.is_empty() {
         ui::info(format!(
             "plan: fields that change: {}",

@@ -10,7 +10,7 @@
 use super::confirmed::Confirmed;
 use super::held::HeldFile;
 use crate::files::AtomicFile;
-use crate::keys::{h64, KeyMap};
+use crate::keys::{h128, later, KeyMap, KeyMapBuilder};
 use anyhow::Result;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -18,24 +18,24 @@ use std::path::Path;
 /// What the customers file says of identities, gathered row by row.
 #[derive(Default)]
 pub struct Identities {
-    /// Profiles (64-bit keys) that gave a row.
-    profiles: KeyMap<()>,
-    /// Source ids (64-bit keys) of today's rows.
-    sources: KeyMap<()>,
+    /// Profiles (128-bit keys) that gave a row.
+    profiles: KeyMapBuilder<u128, ()>,
+    /// Source ids (128-bit keys) of today's rows.
+    sources: KeyMapBuilder<u128, ()>,
     /// Old source id key → (profile, today's source id).
-    moved: HashMap<u64, (String, String)>,
+    moved: HashMap<u128, (String, String)>,
     /// Rows that named their profile.
     with_profile: u64,
 }
 
 impl Identities {
     pub fn saw(&mut self, sid: &str, segment_id: Option<&str>, confirmed: &Confirmed) {
-        let key = h64(sid);
-        self.sources.push(key, (), &mut |_, _, _| {});
+        let key = h128(sid);
+        self.sources.push(key, (), &mut later);
         let Some(seg) = segment_id else { return };
         self.with_profile += 1;
-        let pk = h64(seg);
-        self.profiles.push(pk, (), &mut |_, _, _| {});
+        let pk = h128(seg);
+        self.profiles.push(pk, (), &mut later);
         for old in confirmed.sources_of(pk).filter(|o| *o != key) {
             self.moved.insert(old, (seg.to_string(), sid.to_string()));
         }
@@ -45,18 +45,18 @@ impl Identities {
 /// Write the orphans file; returns how many it lists.
 pub fn write(
     path: &Path,
-    mut ids: Identities,
+    ids: Identities,
     confirmed: &Confirmed,
     ledger: &Path,
     target: &str,
     held: &mut HeldFile,
 ) -> Result<u64> {
-    ids.sources.fold(&mut |_, _, _| {});
-    ids.profiles.fold(&mut |_, _, _| {});
-    let mut keys: HashSet<u64> = ids
+    let sources: KeyMap<u128, ()> = ids.sources.finish(&mut later);
+    let profiles: KeyMap<u128, ()> = ids.profiles.finish(&mut later);
+    let mut keys: HashSet<u128> = ids
         .moved
         .keys()
-        .filter(|k| !ids.sources.contains(**k))
+        .filter(|k| !sources.contains(**k))
         .copied()
         .collect();
     // Profiles gone: only a file that names profiles can tell.
@@ -65,7 +65,7 @@ pub fn write(
             confirmed
                 .by_profile
                 .iter()
-                .filter(|(p, s)| !ids.profiles.contains(*p) && !ids.sources.contains(*s))
+                .filter(|(p, s)| !profiles.contains(*p) && !sources.contains(*s))
                 .map(|(_, s)| s),
         );
     }

@@ -84,6 +84,10 @@ pub struct SandboxOptions {
     pub import_fails_whole: bool,
     /// How the customer export's file is laid out (the docs show no sample).
     pub export_shape: exports::Shape,
+    /// Whether a bulk upsert's `address` and `metadata` replace the held
+    /// objects whole (true) or merge into them key by key (false): the docs
+    /// do not say, so worlds draw both readings.
+    pub replace_nested: bool,
 }
 
 /// How long answers take: `median_ms`, spread by ±`jitter` (a share of the
@@ -145,6 +149,7 @@ impl Default for SandboxOptions {
             export_without_file: false,
             export_shape: exports::Shape::Readable,
             import_fails_whole: false,
+            replace_nested: false,
         }
     }
 }

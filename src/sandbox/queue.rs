@@ -156,12 +156,13 @@ pub async fn get(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Res
     });
     if let Some(r) = &a.result {
         let failed = r["failed_count"].as_u64().unwrap_or(0);
-        body["operation_status"] = json!(if a.status == "FAILED" {
+        // The OpenAPI description's enum is SUCCESS, FAILED and UNKNOWN: a
+        // batch with any refused customer finishes DONE, operation FAILED,
+        // and names each refusal in `errors`.
+        body["operation_status"] = json!(if a.status == "FAILED" || failed > 0 {
             "FAILED"
-        } else if failed == 0 {
-            "SUCCESS"
         } else {
-            "PARTIAL_SUCCESS"
+            "SUCCESS"
         });
         let mut r = r.clone();
         if nulls && failed == 0 {

@@ -150,40 +150,73 @@ pub fn process(st: &AppState, customers: Vec<Value>) -> Value {
             continue;
         };
         st.note_applied(&sid, &c.to_string());
-        upsert(&mut held, &sid, &c);
+        upsert(&mut held, &sid, &c, st.opts.replace_nested);
     }
     json!({"done_count": done, "failed_count": errors.len(), "errors": errors})
 }
 
 /// Create or update one customer, stamping `created_at` and `updated_at`
 /// as Voucherify does.
-pub fn upsert(held: &mut std::collections::BTreeMap<String, Value>, sid: &str, c: &Value) {
+pub fn upsert(
+    held: &mut std::collections::BTreeMap<String, Value>,
+    sid: &str,
+    c: &Value,
+    replace_nested: bool,
+) {
     let now = super::exports::stamp();
     let entry = held.entry(sid.to_string()).or_insert_with(|| {
         json!({"id": format!("cust_{sid}"), "source_id": sid, "object": "customer", "created_at": now})
     });
-    merge(entry, c);
+    merge(entry, c, replace_nested);
     entry["updated_at"] = json!(now);
 }
 
 /// Upsert semantics: given fields replace, absent fields stay ("any
-/// parameters not provided in the payload will be left unchanged");
-/// `address` and `metadata` merge key by key. (Whether nested objects merge
-/// is not written; a plan sends whole objects, safe under either reading.)
-fn merge(into: &mut Value, from: &Value) {
+/// parameters not provided in the payload will be left unchanged"), and a
+/// field given as `null` is removed (how else a value is cleared is not
+/// written). `address` and `metadata` merge key by key, or, with
+/// `replace_nested`, replace the held object whole: whether nested objects
+/// merge is not written, so the worlds draw both.
+fn merge(into: &mut Value, from: &Value, replace_nested: bool) {
     let (Some(into), Some(from)) = (into.as_object_mut(), from.as_object()) else {
         return;
     };
     for (k, v) in from {
         match (k.as_str(), into.get_mut(k), v) {
-            ("address" | "metadata", Some(Value::Object(old)), Value::Object(new)) => {
+            ("address" | "metadata", Some(Value::Object(old)), Value::Object(new))
+                if !replace_nested =>
+            {
                 for (nk, nv) in new {
-                    old.insert(nk.clone(), nv.clone());
+                    if nv.is_null() {
+                        old.remove(nk);
+                    } else {
+                        old.insert(nk.clone(), nv.clone());
+                    }
                 }
+            }
+            (_, _, Value::Null) => {
+                into.remove(k);
+            }
+            ("address" | "metadata", _, Value::Object(new)) => {
+                let kept: serde_json::Map<String, Value> = new
+                    .iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                into.insert(k.clone(), Value::Object(kept));
             }
             _ => {
                 into.insert(k.clone(), v.clone());
             }
+        }
+    }
+    // An object left empty holds nothing.
+    for k in ["address", "metadata"] {
+        if into
+            .get(k)
+            .is_some_and(|v| v.as_object().is_some_and(|o| o.is_empty()))
+        {
+            into.remove(k);
         }
     }
 }

@@ -44,6 +44,13 @@ pub struct World {
     /// Segment's own destination) renames this many of the customers that
     /// have a name; the rerun's plan must set them back.
     pub renames: usize,
+    /// The rerun passes `--clear-removed`: the end state must then equal
+    /// the source exactly.
+    pub clear_removed: bool,
+    /// Between the first run and the rerun, this many profiles get activity
+    /// (a new version; where two profiles share a `user_id`, the other may
+    /// now win and leave fields empty).
+    pub touches: u64,
 }
 
 impl World {
@@ -127,12 +134,26 @@ impl World {
         } else {
             0
         };
+        // Drawn after those, for the same reason.
+        sandbox.replace_nested = r.gen_bool(0.5);
+        let mut client_args = client_args;
+        let clear_removed = r.gen_bool(0.5);
+        if clear_removed {
+            client_args.push("--clear-removed".into());
+        }
+        let touches = if r.gen_bool(0.5) {
+            r.gen_range(1..=profiles.min(20))
+        } else {
+            0
+        };
         World {
             seed,
             sandbox,
             client_args,
             concurrent_after_ms,
             renames,
+            clear_removed,
+            touches,
         }
     }
 
@@ -140,7 +161,7 @@ impl World {
     pub fn describe(&self) -> String {
         let o = &self.sandbox;
         format!(
-            "world {}: {} profiles ({}% anonymous), latency {:?}, fault rate {:.3}, segment {} req/s, voucherify {} per {}s, processing {} ms, cap {}, cycle quota {:?}, bulk quota {:?} per {}s, churn {}/s, nulls {}, export without file {}, import fails whole {}, export shape {:?}; client {}; a second run after {:?} ms; {} renamed by another writer before the rerun",
+            "world {}: {} profiles ({}% anonymous), latency {:?}, fault rate {:.3}, segment {} req/s, voucherify {} per {}s, processing {} ms, cap {}, cycle quota {:?}, bulk quota {:?} per {}s, churn {}/s, nulls {}, export without file {}, import fails whole {}, export shape {:?}, nested objects {}; client {}; a second run after {:?} ms; {} renamed by another writer and {} profiles touched before the rerun",
             self.seed,
             o.profiles,
             o.anonymous_percent,
@@ -159,9 +180,11 @@ impl World {
             o.export_without_file,
             o.import_fails_whole,
             o.export_shape,
+            if o.replace_nested { "replaced whole" } else { "merged" },
             self.client_args.join(" "),
             self.concurrent_after_ms,
-            self.renames
+            self.renames,
+            self.touches
         )
     }
 }

@@ -33,6 +33,10 @@ pub struct LedgerCustomer {
     /// clear. Absent in lines from before plans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<Vec<String>>,
+    /// The fields this request cleared (sent as null): segsync no longer
+    /// holds them set. Absent when it cleared none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared: Option<Vec<String>>,
 }
 
 /// Version 1 wrote customers as `[source_id, hash, line]`; both spellings read.
@@ -47,6 +51,8 @@ enum CustomerRepr {
         segment_id: Option<String>,
         #[serde(default)]
         fields: Option<Vec<String>>,
+        #[serde(default)]
+        cleared: Option<Vec<String>>,
     },
     Tuple(String, String, u64),
 }
@@ -60,12 +66,14 @@ impl From<CustomerRepr> for LedgerCustomer {
                 line,
                 segment_id,
                 fields,
+                cleared,
             } => LedgerCustomer {
                 source_id,
                 hash,
                 line,
                 segment_id,
                 fields,
+                cleared,
             },
             CustomerRepr::Tuple(source_id, hash, line) => LedgerCustomer {
                 source_id,
@@ -73,6 +81,7 @@ impl From<CustomerRepr> for LedgerCustomer {
                 line,
                 segment_id: None,
                 fields: None,
+                cleared: None,
             },
         }
     }
@@ -310,6 +319,7 @@ mod tests {
             line: 2,
             segment_id: None,
             fields: None,
+            cleared: None,
         }
     }
 

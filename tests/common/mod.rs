@@ -271,6 +271,115 @@ pub fn assert_end_state_with(
     }
 }
 
+/// A customer as flat fields (`name`, `address.city`, `metadata.tier`).
+fn flat_expected(
+    e: &segsync::sandbox::data::ExpectedCustomer,
+) -> std::collections::BTreeMap<String, Value> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut put = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            out.insert(k.to_string(), Value::String(v.clone()));
+        }
+    };
+    put("name", &e.name);
+    put("email", &e.email);
+    put("phone", &e.phone);
+    put("birthdate", &e.birthdate);
+    put("description", &e.description);
+    put("address.line_1", &e.address_line_1);
+    put("address.line_2", &e.address_line_2);
+    put("address.city", &e.address_city);
+    put("address.state", &e.address_state);
+    put("address.postal_code", &e.address_postal_code);
+    put("address.country", &e.address_country);
+    if let Some(Value::Object(m)) = &e.metadata {
+        for (k, v) in m {
+            out.insert(format!("metadata.{k}"), v.clone());
+        }
+    }
+    out
+}
+
+fn flat_held(c: &Value) -> std::collections::BTreeMap<String, Value> {
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in c.as_object().into_iter().flatten() {
+        match (k.as_str(), v) {
+            ("source_id" | "created_at" | "updated_at" | "id" | "object", _) => {}
+            ("address" | "metadata", Value::Object(inner)) => {
+                for (ik, iv) in inner {
+                    out.insert(format!("{k}.{ik}"), iv.clone());
+                }
+            }
+            _ => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The strict oracle of a world's end state, from the world's own history
+/// (the generator's profiles at every version they passed through), never
+/// from segsync's files:
+/// - every field the source has equals the source's value;
+/// - with `--clear-removed`, nothing else is held: the customer equals the
+///   source exactly;
+/// - without it, a field the source emptied may hold only a value that one
+///   of the customer's own profiles gave that field at an earlier version
+///   (an upsert never clears, and segsync clears only when told); a value
+///   from nowhere, or from another customer's profile, fails.
+pub fn assert_world_end_state(
+    sb: &Sandbox,
+    versions: &std::collections::HashMap<u64, u32>,
+    clear_removed: bool,
+) {
+    let data = sb.dataset();
+    let expected = data.expected_customers(versions);
+    let held = sb.customers();
+    assert_eq!(held.len(), expected.len(), "customer count");
+    assert_eq!(sb.stats()["customers_without_source_id"], 0);
+    // Every value each field of each customer ever had in the source.
+    let mut history: std::collections::HashMap<
+        String,
+        std::collections::HashMap<String, Vec<Value>>,
+    > = std::collections::HashMap::new();
+    for i in 0..data.n {
+        for v in 0..=versions.get(&i).copied().unwrap_or(0) {
+            let Some(e) = data.profile(i, v).expected else {
+                continue;
+            };
+            let h = history.entry(e.source_id.clone()).or_default();
+            for (f, val) in flat_expected(&e) {
+                h.entry(f).or_default().push(val);
+            }
+        }
+    }
+    for (sid, e) in &expected {
+        let c = held
+            .get(sid)
+            .unwrap_or_else(|| panic!("customer {sid} missing"));
+        let (want, got) = (flat_expected(e), flat_held(c));
+        for (f, v) in &want {
+            assert_eq!(got.get(f), Some(v), "{sid}: {f}");
+        }
+        for (f, v) in got.iter().filter(|(f, _)| !want.contains_key(*f)) {
+            assert!(
+                !v.is_null() && v != &Value::String(String::new()),
+                "{sid}: {f} sent empty"
+            );
+            assert!(
+                !clear_removed,
+                "{sid}: {f} holds {v}, which the source emptied, after a run with --clear-removed"
+            );
+            let had = history.get(sid).and_then(|h| h.get(f));
+            assert!(
+                had.is_some_and(|vals| vals.contains(v)),
+                "{sid}: {f} holds {v}, which none of its profiles ever gave it (history: {had:?})"
+            );
+        }
+    }
+}
+
 /// The traits the contract's default mapping reads (docs/DESIGN.md, "The
 /// mapping"), written out here so the oracle does not reuse the crate's list.
 pub const DEFAULT_MAPPING_TRAITS: &[&str] = &[
