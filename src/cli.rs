@@ -59,7 +59,7 @@ pub enum Command {
     /// Show each stage's files, counts, resume points and what comes next
     Status(crate::mapping::MappingArgs),
     /// Show what a hand edit of customers.csv changed against what transform would write
-    Diff(crate::spreadsheet::diff::Args),
+    Diff(crate::diff::Args),
     /// Print the effective mapping (default plus segsync.toml); --check compares it with the project's metadata schema
     Mapping(crate::mapping::command::Args),
     /// Serve a local emulator of both APIs (prints the variables that point segsync at it)

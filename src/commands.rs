@@ -163,7 +163,7 @@ async fn dispatch(
             }
             Ok(0)
         }
-        Command::Diff(a) => crate::spreadsheet::diff::run(&a, data).map(|_| 0),
+        Command::Diff(a) => crate::diff::run(&a, data).map(|_| 0),
         Command::Mapping(a) => crate::mapping::command::run(&a).await,
         #[cfg(feature = "sandbox")]
         Command::Sandbox(a) => crate::sandbox_command::run(a).await.map(|_| 0),

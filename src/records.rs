@@ -26,23 +26,21 @@ impl ProfileRecord {
     }
 }
 
-/// The columns of `customers.csv`, in order (docs/DESIGN.md).
-pub const COLUMNS: [&str; 14] = [
-    "source_id",
-    "name",
-    "email",
-    "phone",
-    "birthdate",
-    "description",
-    "address_line_1",
-    "address_line_2",
-    "address_city",
-    "address_state",
-    "address_postal_code",
-    "address_country",
-    "metadata",
-    "segment_id",
-];
+/// The columns of `customers.csv`, in order (docs/DESIGN.md): the source
+/// id, the standard fields ([`crate::fields::STANDARD`]), `metadata` and
+/// `segment_id`.
+pub const COLUMNS: [&str; 14] = {
+    let mut out = [""; 14];
+    out[0] = crate::fields::SOURCE_ID;
+    let mut i = 0;
+    while i < crate::fields::STANDARD.len() {
+        out[i + 1] = crate::fields::STANDARD[i].column;
+        i += 1;
+    }
+    out[12] = "metadata";
+    out[13] = "segment_id";
+    out
+};
 
 /// Every trait the default mapping (`mapping::map_profile`) reads, top level
 /// and inside `address`. It lives with the file format because the slim parse

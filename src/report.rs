@@ -117,7 +117,8 @@ pub fn load(s: &crate::load::Summary, data_dir: &Path) -> Map<String, Value> {
 
 pub fn plan(m: &crate::plan::file::Meta) -> Map<String, Value> {
     let c = &m.counts;
-    let (plan, meta, orphans) = crate::plan::paths(&m.customers);
+    let f = crate::state::Beside::of(&m.customers);
+    let (plan, meta, orphans) = (f.plan, f.plan_meta, f.orphans);
     obj(json!({
         "counts": {
             "rows": c.rows,

@@ -189,7 +189,7 @@ fn load_section(customers: &Path, next: &mut Option<String>) -> Result<()> {
         ),
         plural(state.pending.len() as u64, "batch", "batches")
     );
-    if let Some(m) = crate::plan::file::Meta::read(&crate::plan::paths(customers).1) {
+    if let Some(m) = crate::plan::file::Meta::read(&state::Beside::of(customers).plan_meta) {
         crate::outln!("           {}", plan_line(&m));
     }
     if all.torn_tail > 0 {
@@ -216,7 +216,7 @@ fn load_section(customers: &Path, next: &mut Option<String>) -> Result<()> {
 fn plan_line(m: &crate::plan::file::Meta) -> String {
     format!(
         "plan {} ({}s old{}): {}",
-        crate::plan::paths(&m.customers).0.display(),
+        state::Beside::of(&m.customers).plan.display(),
         m.age().as_secs(),
         if m.executed_at.is_some() {
             ", executed"
@@ -228,7 +228,7 @@ fn plan_line(m: &crate::plan::file::Meta) -> String {
 }
 
 fn plan_json(customers: &Path) -> serde_json::Value {
-    match crate::plan::file::Meta::read(&crate::plan::paths(customers).1) {
+    match crate::plan::file::Meta::read(&state::Beside::of(customers).plan_meta) {
         None => serde_json::Value::Null,
         Some(m) => serde_json::json!({"made_at": m.made_at, "age_seconds": m.age().as_secs(),
             "executed": m.executed_at.is_some(), "unchanged": m.counts.unchanged,

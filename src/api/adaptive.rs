@@ -8,7 +8,8 @@
 //!   start, until the first sign of trouble), then by one per window;
 //! - it **backs off** on a 429 (×0.7) and when answer times rise well above
 //!   the fastest window seen (×0.9): a queue is building at the server;
-//! - it never passes the ceiling (`--extract-concurrency`), nor, when the
+//! - it never passes the ceiling (`extract --concurrency`, `run
+//!   --extract-concurrency`), nor, when the
 //!   rate limit is known, what keeps that budget busy (Little's law: the
 //!   rate × the answer time, with headroom): more in flight would only
 //!   queue at the client's own bucket, where the serial listing calls wait

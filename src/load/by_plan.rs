@@ -55,7 +55,6 @@ pub async fn prepare(
     let Some((meta, found, index)) = find_or_make(setup, args, client).await? else {
         return Ok(None);
     };
-    let (_, meta_path, _) = plan::paths(&setup.input);
     let existing = match found {
         // Made just now: its export says who exists.
         Found::Made(exported) => Existing::from_export(exported, meta.export_calls, confirmed_ids)?,
@@ -65,7 +64,7 @@ pub async fn prepare(
         Found::Saved if meta.counts.create > 0 && args.method != Method::Bulk => {
             import::existing(
                 client,
-                &setup.input,
+                &setup.files,
                 confirmed_ids,
                 Duration::from_secs(args.export_timeout),
             )
@@ -88,7 +87,7 @@ pub async fn prepare(
     if spend {
         let mut spent = meta.clone();
         spent.executed_at = Some(crate::state::now_ms());
-        crate::files::write_atomic(&meta_path, &serde_json::to_vec_pretty(&spent)?)?;
+        crate::files::write_atomic(&setup.files.plan_meta, &serde_json::to_vec_pretty(&spent)?)?;
     }
     Ok(Some(meta))
 }
@@ -122,10 +121,10 @@ async fn find_or_make(
     client: &VoucherifyClient,
 ) -> Result<Option<(Meta, Found, PlanIndex)>> {
     let target = setup.target.clone().unwrap_or_default();
-    let (plan_path, meta_path, _) = plan::paths(&setup.input);
+    let (plan_path, meta_path) = (&setup.files.plan, &setup.files.plan_meta);
     let rules = rules(args);
     let schema = setup.schema.clone().unwrap_or_default();
-    if let Some(saved) = Meta::read(&meta_path).filter(|_| plan_path.exists()) {
+    if let Some(saved) = Meta::read(meta_path).filter(|_| plan_path.exists()) {
         match use_saved(setup, args, &saved, &target, &schema)? {
             Ok(index) => {
                 ui::info(format!(
@@ -141,7 +140,7 @@ async fn find_or_make(
     }
     let source = Source::Export(client, Duration::from_secs(args.export_timeout));
     let made = plan::make(
-        &setup.input,
+        &setup.files,
         &target,
         &schema,
         rules,
@@ -151,7 +150,7 @@ async fn find_or_make(
     .await?;
     match made {
         Ok(made) => {
-            plan::say(&made.meta, &setup.input, made.meta.export_calls);
+            plan::say(&made.meta, &setup.files, made.meta.export_calls);
             let index = plan::replay(&made.meta, &schema, &setup.validated.invalid_lines)?
                 .map_err(|why| {
                     anyhow::anyhow!("the plan just made does not compare the same twice: {why}")
@@ -177,8 +176,8 @@ fn use_saved(
     target: &str,
     schema: &crate::mapping::metadata_schema::CustomerSchema,
 ) -> Result<std::result::Result<PlanIndex, String>> {
-    let (plan_path, _, _) = plan::paths(&setup.input);
-    if saved.executed_at.is_none() && saved.edited(&plan_path)? {
+    let plan_path = &setup.files.plan;
+    if saved.executed_at.is_none() && saved.edited(plan_path)? {
         return Err(crate::error::UsageError::new(format!(
             "{} was edited after `segsync plan` wrote it; the plan file is a record of what load would send, never an input, so nothing was sent. Edit {} instead and run `segsync plan` again (or delete the plan file)",
             plan_path.display(),
@@ -186,7 +185,7 @@ fn use_saved(
         ))
         .into());
     }
-    let now = plan::inputs(&setup.input, &saved.hashes.export_file, schema)?;
+    let now = plan::inputs(&setup.files, &saved.hashes.export_file, schema)?;
     if let Some(why) = saved.stale(&now, target, rules(args), args.plan_max_age) {
         return Ok(Err(why));
     }

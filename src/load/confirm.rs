@@ -7,8 +7,8 @@
 
 use super::batch::Batch;
 use super::report::ReportRow;
+use crate::api::api_error;
 use crate::api::voucherify::{is_too_many_customers, AsyncAction, AsyncResult, VoucherifyClient};
-use crate::error::UsageError;
 use crate::state::ledger::{content_key, LedgerCustomer, LedgerEvent, LedgerWriter};
 use crate::state::now;
 use crate::ui::{self, Progress};
@@ -282,18 +282,6 @@ pub async fn send_import(
     r?;
     progress.inc(n);
     Ok(())
-}
-
-/// An API error as load reports it: 401/403 mean the keys or the region are
-/// wrong, a configuration error (exit 2) that says what to check.
-pub fn api_error(e: crate::error::ApiError) -> anyhow::Error {
-    match e.status() {
-        Some(401) | Some(403) => UsageError::new(format!(
-            "{e}\ncheck VOUCHERIFY_APPLICATION_ID and VOUCHERIFY_SECRET_KEY (Project Settings > Application Keys) and VOUCHERIFY_API_URL (your project's region)"
-        ))
-        .into(),
-        _ => e.into(),
-    }
 }
 
 /// How an async action's polls are timed.

@@ -12,12 +12,10 @@
 //! `load.import.NNN.csv`.
 
 use crate::api::voucherify::VoucherifyClient;
-use crate::files;
-use crate::state;
+pub use crate::export::{export, read_export, Exported};
 use crate::ui;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How `load` sends customers.
@@ -32,21 +30,17 @@ pub enum Method {
 }
 
 /// The standard columns of Voucherify's customer import, and the request
-/// field each one carries.
-pub const STANDARD: [(&str, &str); 12] = [
-    ("Source_id", "source_id"),
-    ("Name", "name"),
-    ("Email", "email"),
-    ("Phone", "phone"),
-    ("Birthdate", "birthdate"),
-    ("Description", "description"),
-    ("Address_line_1", "address.line_1"),
-    ("Address_line_2", "address.line_2"),
-    ("Address_City", "address.city"),
-    ("Address_State", "address.state"),
-    ("Address_Postal_Code", "address.postal_code"),
-    ("Address_Country", "address.country"),
-];
+/// field each one carries (from [`crate::fields`]).
+pub const STANDARD: [(&str, &str); 12] = {
+    let mut out = [(crate::fields::SOURCE_ID_IMPORT, crate::fields::SOURCE_ID); 12];
+    let mut i = 0;
+    while i < crate::fields::STANDARD.len() {
+        let f = crate::fields::STANDARD[i];
+        out[i + 1] = (f.import, f.path);
+        i += 1;
+    }
+    out
+};
 
 /// The columns a customer fills: the standard ones (a bit each) and its
 /// metadata keys, sorted.
@@ -88,89 +82,16 @@ impl Existing {
     }
 }
 
-/// The export file, with the content hash of the customers file it serves.
-pub fn export_paths(customers: &Path) -> (PathBuf, PathBuf) {
-    let dir = files::parent_dir(customers);
-    (dir.join("load.export.csv"), dir.join("load.export.json"))
-}
-
-/// How a customer export ended.
-pub enum Exported {
-    /// The file, saved as `load.export.csv`.
-    File(PathBuf),
-    /// `DONE` without a file, and the project holds no customer.
-    Empty,
-    /// Who exists is unknown, and why.
-    Unknown(String),
-}
-
-/// Export the customers' `fields` (`POST /v1/exports`), poll it until
-/// `deadline`, and download its file; also returns the calls it took.
-pub async fn export(
-    client: &VoucherifyClient,
-    customers: &Path,
-    fields: &[&str],
-    deadline: Duration,
-) -> Result<(Exported, u64)> {
-    let (csv_path, meta_path) = export_paths(customers);
-    let id = client.export_customers(fields).await?;
-    let mut calls = 1;
-    let started = tokio::time::Instant::now();
-    let mut wait = Duration::from_millis(200);
-    let state = loop {
-        if started.elapsed() >= deadline {
-            anyhow::bail!(
-                "Voucherify's customer export {id} did not finish within --export-timeout ({}s); nothing was sent: rerun `segsync load` (or use --method bulk)",
-                deadline.as_secs()
-            );
-        }
-        tokio::time::sleep(wait.min(deadline.saturating_sub(started.elapsed()))).await;
-        calls += 1;
-        let state = client.export(&id).await?;
-        match state.status.as_str() {
-            "DONE" | "ERROR" | "FAILED" => break state,
-            _ => wait = (wait * 2).min(Duration::from_secs(5)),
-        }
-    };
-    let url = match (state.status.as_str(), state.url) {
-        ("DONE", Some(url)) => url,
-        ("DONE", None) => {
-            // No file: maybe an empty project (a first migration), maybe not.
-            calls += 1;
-            if client.holds_any_customer().await? != Some(false) {
-                return Ok((Exported::Unknown(format!("Voucherify's customer export {id} is DONE without a file, and the project holds customers")), calls));
-            }
-            ui::info(format!("Voucherify's customer export {id} has no file and the project holds no customer: every customer is new"));
-            write_export(&csv_path, &meta_path, &id, b"source_id\n")?;
-            return Ok((Exported::Empty, calls));
-        }
-        (status, _) => {
-            let why = state.message.unwrap_or_else(|| "no message".into());
-            return Ok((
-                Exported::Unknown(format!(
-                    "Voucherify's customer export {id} ended {status}: {why}"
-                )),
-                calls,
-            ));
-        }
-    };
-    // Straight to the file: an export of a million customers is ~100 MB.
-    client.download(&url, &csv_path).await?;
-    calls += 1;
-    write_meta(&meta_path, &id)?;
-    Ok((Exported::File(csv_path), calls))
-}
-
 /// Learn which customers exist, from a new export on every run: an import
 /// fully overwrites a customer, so an export from an earlier run could miss
 /// one another writer created since. The export is polled until `deadline`.
 pub async fn existing(
     client: &VoucherifyClient,
-    customers: &Path,
+    files: &crate::state::Beside,
     confirmed_ids: HashSet<String>,
     deadline: Duration,
 ) -> Result<Existing> {
-    let (outcome, calls) = export(client, customers, &["source_id"], deadline).await?;
+    let (outcome, calls) = export(client, files, &["source_id"], deadline).await?;
     Existing::from_export(outcome, calls, confirmed_ids)
 }
 
@@ -208,51 +129,6 @@ impl Existing {
             by_file: HashSet::new(),
         })
     }
-}
-
-/// Keep the export (the audit trail of what existed) and when it was made.
-fn write_export(csv_path: &Path, meta_path: &Path, id: &str, bytes: &[u8]) -> Result<()> {
-    files::write_atomic(csv_path, bytes)?;
-    write_meta(meta_path, id)
-}
-
-fn write_meta(meta_path: &Path, id: &str) -> Result<()> {
-    files::write_atomic(
-        meta_path,
-        &serde_json::to_vec_pretty(&serde_json::json!({"export_id": id, "at": state::now()}))?,
-    )
-}
-
-/// The source ids of an export file. Its headers are human-readable, so
-/// the column is found by name, ignoring case, spaces and underscores.
-pub fn read_export(path: &Path) -> Result<HashSet<String>> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_path(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let norm = |h: &str| {
-        h.trim_start_matches('\u{feff}')
-            .chars()
-            .filter(|c| !c.is_whitespace() && *c != '_')
-            .collect::<String>()
-            .to_lowercase()
-    };
-    let headers = rdr.headers()?.clone();
-    let col = headers.iter().position(|h| norm(h) == "sourceid").ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}: Voucherify's customer export has no source id column (its columns: {}); the import cannot tell new customers from existing ones: use --method bulk",
-            path.display(),
-            headers.iter().collect::<Vec<_>>().join(", ")
-        )
-    })?;
-    let mut out = HashSet::new();
-    for rec in rdr.records() {
-        let rec = rec.with_context(|| format!("cannot read {}", path.display()))?;
-        if let Some(v) = rec.get(col).filter(|v| !v.is_empty()) {
-            out.insert(v.to_string());
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -19,16 +19,18 @@
 //! instead of resending them, and sends everything else: after a crash only
 //! unconfirmed work is sent, after a hand edit only edited rows.
 
-pub mod batch;
 pub mod by_file;
 pub mod by_plan;
 pub mod confirm;
 pub mod dry_run;
 pub mod import;
 pub mod import_files;
-pub mod input;
 pub mod report;
 pub mod setup;
+
+// The customers file's rows and batches belong to `spreadsheet`, below both
+// load and plan.
+pub use crate::spreadsheet::{batch, input};
 
 use crate::api::voucherify::MAX_REQUEST_BYTES;
 use crate::config::VoucherifyArgs;

@@ -6,7 +6,7 @@
 use super::batch::Batcher;
 use super::import::{self, Existing, Method};
 use super::input::{self, validate, OnInvalid, Validated};
-use super::{confirm, Args};
+use super::Args;
 use crate::api::http::HttpSettings;
 use crate::api::voucherify::{VoucherifyClient, MAX_REQUEST_BYTES};
 use crate::error::UsageError;
@@ -26,6 +26,8 @@ pub type Problems = HashMap<u64, Vec<(String, String)>>;
 /// What a load knows before it sends.
 pub struct Setup {
     pub input: PathBuf,
+    /// Every file kept beside the customers file.
+    pub files: state::Beside,
     /// The project (API host and application id); None for a dry run without keys.
     pub target: Option<String>,
     pub client: Option<VoucherifyClient>,
@@ -33,7 +35,7 @@ pub struct Setup {
     pub rejects: PathBuf,
     pub ledger_file: PathBuf,
     pub ledger: LedgerState,
-    pub edits: Option<crate::spreadsheet::diff::EditReport>,
+    pub edits: Option<crate::diff::EditReport>,
     /// Who exists, for `--method import` and `auto` (from a new export).
     pub existing: Option<Existing>,
     /// The project's customer metadata schema (None for a dry run without keys).
@@ -120,7 +122,8 @@ pub async fn setup(args: &Args, data_dir: &Path) -> Result<Setup> {
         Some(cfg) => Some(VoucherifyClient::new(cfg, http_settings(args))?),
         None => None,
     };
-    let ledger_file = state::ledger(&input);
+    let files = state::Beside::of(&input);
+    let ledger_file = files.ledger.clone();
     if !args.dry_run {
         let dropped = ledger::repair(&ledger_file)?;
         if dropped > 0 {
@@ -141,7 +144,7 @@ pub async fn setup(args: &Args, data_dir: &Path) -> Result<Setup> {
         if args.method != Method::Bulk && !args.plans() {
             let ex = import::existing(
                 client,
-                &input,
+                &files,
                 ledger.confirmed_ids.clone(),
                 Duration::from_secs(args.export_timeout),
             )
@@ -153,10 +156,11 @@ pub async fn setup(args: &Args, data_dir: &Path) -> Result<Setup> {
             existing = Some(ex);
         }
     }
-    let rejects = state::rejects(&input);
+    let rejects = files.rejects.clone();
     let validated = validate_rows(&input, args, &rejects, &refused)?;
     Ok(Setup {
         input,
+        files,
         target,
         client,
         validated,
@@ -201,7 +205,7 @@ async fn read_schema(
     refused: &mut Problems,
 ) -> Result<CustomerSchema> {
     let schema = crate::mapping::metadata_schema::read(client).await.map_err(|e| {
-        confirm::api_error(e).context("cannot read the project's customer metadata schema, which load checks every row against before sending")
+        crate::api::api_error(e).context("cannot read the project's customer metadata schema, which load checks every row against before sending")
     })?;
     let problems = input::schema_problems(input, &schema)?;
     if !schema.properties.is_empty() || schema.allow_defined_only == Some(true) {
@@ -231,14 +235,14 @@ fn say_other_project(ledger: &LedgerState, file: &Path, target: Option<&str>) {
 
 /// When `input` was edited after transform wrote it and the profiles it came
 /// from are beside it: what the edit changed (`segsync diff`).
-fn check_edits(input: &Path, args: &Args) -> Result<Option<crate::spreadsheet::diff::EditReport>> {
+fn check_edits(input: &Path, args: &Args) -> Result<Option<crate::diff::EditReport>> {
     if !matches!(manifest::edited_since_transform(input), Ok(Some(true))) {
         return Ok(None);
     }
-    let Some(profiles) = crate::spreadsheet::diff::profiles_for(input, None) else {
+    let Some(profiles) = crate::diff::profiles_for(input, None) else {
         return Ok(None);
     };
-    let report = crate::spreadsheet::diff::compare(input, &profiles, &args.mapping.resolve()?)?;
+    let report = crate::diff::compare(input, &profiles, &args.mapping.resolve()?)?;
     ui::info(format!(
         "load: {} is {}-separated; edits against what transform would write from {}: {}",
         input.display(),
@@ -265,7 +269,7 @@ fn check_edits(input: &Path, args: &Args) -> Result<Option<crate::spreadsheet::d
 
 /// The rows `load` refuses unless `--accept-edits`: values that lost their
 /// leading zeros (almost never intended), as validation problems by line.
-fn refused_edits(report: Option<&crate::spreadsheet::diff::EditReport>, accept: bool) -> Problems {
+fn refused_edits(report: Option<&crate::diff::EditReport>, accept: bool) -> Problems {
     let mut out = Problems::default();
     if accept {
         return out;

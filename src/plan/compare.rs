@@ -17,7 +17,8 @@
 //!   sent: what the export shows, with today's values over it.
 
 use super::confirmed::{Confirmed, Last};
-use super::held::{Held, STANDARD};
+use super::held::Held;
+use crate::fields::{self, STANDARD};
 use crate::mapping::metadata_schema::{CustomerSchema, Definition};
 use serde_json::{Map, Value};
 
@@ -115,7 +116,7 @@ fn readable<'a>(held: &'a Held, schema: &CustomerSchema, field: &str) -> Option<
         comparable(def)?;
         return held.metadata.get(key).map(String::as_str);
     }
-    let i = STANDARD.iter().position(|(f, _)| *f == field)?;
+    let (i, _) = fields::by_path(field)?;
     held.standard[i].as_deref()
 }
 
@@ -152,7 +153,7 @@ fn same(field: &str, cell: &str, new: &Value, schema: &CustomerSchema) -> bool {
         (Some("date"), Value::String(s)) => {
             s == cell || (date(s).is_some() && date(s) == date(cell))
         }
-        (None, Value::String(s)) if field == "birthdate" => {
+        (None, Value::String(s)) if fields::by_path(field).is_some_and(|(_, f)| f.date) => {
             s == cell || (date(s).is_some() && date(s) == date(cell))
         }
         (_, Value::String(s)) => s == cell,
@@ -306,8 +307,8 @@ fn request(
 fn held_object(held: &Held, schema: &CustomerSchema, group: &str) -> Map<String, Value> {
     let mut out = Map::new();
     if group == "address" {
-        for (i, (f, _)) in STANDARD.iter().enumerate() {
-            if let (Some(k), Some(cell)) = (f.strip_prefix("address."), &held.standard[i]) {
+        for (i, f) in STANDARD.iter().enumerate() {
+            if let (Some(k), Some(cell)) = (f.path.strip_prefix("address."), &held.standard[i]) {
                 if !cell.is_empty() {
                     out.insert(k.to_string(), Value::String(cell.clone()));
                 }

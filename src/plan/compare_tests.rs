@@ -7,7 +7,8 @@
 
 use super::compare::{compare, Action, Change, Rules, UNREADABLE};
 use super::confirmed::{Confirmed, Last};
-use super::held::{Held, STANDARD};
+use super::held::Held;
+use crate::fields::STANDARD;
 use crate::mapping::metadata_schema::CustomerSchema;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
@@ -32,7 +33,7 @@ fn held(cells: &[(&str, &str)], updated_ms: Option<i64>) -> Held {
         if let Some(k) = f.strip_prefix("metadata.") {
             metadata.insert(k.to_string(), cell.to_string());
         } else {
-            let i = STANDARD.iter().position(|(s, _)| s == f).unwrap();
+            let i = STANDARD.iter().position(|s| s.path == *f).unwrap();
             standard[i] = Some(cell.to_string());
         }
     }
@@ -445,8 +446,8 @@ fn draw(r: &mut impl Rng) -> Case {
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
     let mut export = held(&refs, updated);
-    for (i, (f, _)) in STANDARD.iter().enumerate() {
-        if !FIELDS.iter().any(|(g, _)| g == f) {
+    for (i, f) in STANDARD.iter().enumerate() {
+        if !FIELDS.iter().any(|(g, _)| *g == f.path) {
             export.standard[i] = Some(String::new());
         }
     }

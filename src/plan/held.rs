@@ -18,39 +18,9 @@ use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// The fields a plan compares besides metadata, as the plan names them, and
-/// their export header with case, spaces and underscores removed.
-pub const STANDARD: [(&str, &str); 11] = [
-    ("name", "name"),
-    ("email", "email"),
-    ("phone", "phone"),
-    ("birthdate", "birthdate"),
-    ("description", "description"),
-    ("address.line_1", "addressline1"),
-    ("address.line_2", "addressline2"),
-    ("address.city", "addresscity"),
-    ("address.state", "addressstate"),
-    ("address.postal_code", "addresspostalcode"),
-    ("address.country", "addresscountry"),
-];
-
-/// The fields the plan asks the export for.
-pub const EXPORT_FIELDS: [&str; 14] = [
-    "source_id",
-    "name",
-    "email",
-    "phone",
-    "birthdate",
-    "description",
-    "address_line_1",
-    "address_line_2",
-    "address_city",
-    "address_state",
-    "address_postal_code",
-    "address_country",
-    "updated_at",
-    "metadata",
-];
+// The fields a plan compares besides metadata: `crate::fields::STANDARD`,
+// in its order (a `Held`'s `standard` cells follow it).
+use crate::fields::STANDARD;
 
 fn norm(h: &str) -> String {
     h.trim_start_matches('\u{feff}')
@@ -80,8 +50,8 @@ fn columns(path: &Path, header: &csv::StringRecord, schema: &CustomerSchema) -> 
         )
     })?;
     let mut standard = [None; 11];
-    for (i, (_, h)) in STANDARD.iter().enumerate() {
-        standard[i] = find(h);
+    for (i, f) in STANDARD.iter().enumerate() {
+        standard[i] = find(&norm(f.export));
     }
     let mut metadata = HashMap::new();
     for (col, raw) in header.iter().enumerate() {

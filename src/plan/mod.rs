@@ -18,11 +18,11 @@ pub mod orphans;
 
 use crate::api::voucherify::VoucherifyClient;
 use crate::config::VoucherifyArgs;
-use crate::load::batch::Prepared;
-use crate::load::batch::{content_key_of, Batcher};
-use crate::load::import::{self, Exported};
-use crate::load::input::{validate, OnInvalid};
+use crate::export::{self, Exported};
 use crate::mapping::metadata_schema::CustomerSchema;
+use crate::spreadsheet::batch::Prepared;
+use crate::spreadsheet::batch::{content_key_of, Batcher};
+use crate::spreadsheet::input::{validate, OnInvalid};
 use crate::state;
 use crate::ui;
 use anyhow::Result;
@@ -73,16 +73,6 @@ pub struct Made {
     pub exported: Exported,
 }
 
-/// `load.plan.csv`, `load.plan.json` and `load.orphans.csv` beside `customers`.
-pub fn paths(customers: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let dir = crate::files::parent_dir(customers);
-    (
-        dir.join("load.plan.csv"),
-        dir.join("load.plan.json"),
-        dir.join("load.orphans.csv"),
-    )
-}
-
 /// A plan makes a few calls: the schema read, the export and its polls.
 fn http_settings() -> crate::api::http::HttpSettings {
     crate::api::http::HttpSettings {
@@ -113,7 +103,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Meta> {
     let client = VoucherifyClient::new(cfg, http_settings())?;
     let schema = crate::mapping::metadata_schema::read(&client)
         .await
-        .map_err(|e| crate::load::confirm::api_error(e).context("cannot read the project's customer metadata schema, which says which metadata the export shows"))?;
+        .map_err(|e| crate::api::api_error(e).context("cannot read the project's customer metadata schema, which says which metadata the export shows"))?;
     let validated = validate(&input, OnInvalid::Count, &Default::default())?;
     let rules = Rules {
         clear_removed: args.clear_removed,
@@ -123,18 +113,19 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Meta> {
         Some(f) => Source::File(f),
         None => Source::Export(&client, Duration::from_secs(args.export_timeout)),
     };
-    let made = make(&input, &target, &schema, rules, &validated.invalid_lines, source)
+    let files = state::Beside::of(&input);
+    let made = make(&files, &target, &schema, rules, &validated.invalid_lines, source)
         .await?
         .map_err(|why| anyhow::anyhow!("cannot plan: {why}; nothing can be compared (`segsync load --from-ledger` decides by the ledger alone)"))?;
     let calls = client.stats().get(&client.stats().requests);
-    say(&made.meta, &input, calls);
+    say(&made.meta, &files, calls);
     Ok(made.meta)
 }
 
 /// Make a plan: export (or read the file), compare every valid row, write
 /// the plan's files. Err inside when the export cannot say what is held.
 pub async fn make(
-    input: &Path,
+    files: &state::Beside,
     target: &str,
     schema: &CustomerSchema,
     rules: Rules,
@@ -146,20 +137,18 @@ pub async fn make(
         Source::File(f) => (Exported::File(f.to_path_buf()), 0),
         Source::Export(client, deadline) => {
             ui::info("plan: exporting Voucherify's customers (the mapped fields, updated_at and the schema's metadata)");
-            import::export(client, input, &held::EXPORT_FIELDS, deadline).await?
+            export::export(client, files, &crate::fields::export_fields(), deadline).await?
         }
     };
-    let empty = crate::files::parent_dir(input).join("load.export.csv");
     let export_path = match &exported {
         Exported::File(p) => p.clone(),
-        Exported::Empty => empty,
+        Exported::Empty => files.export.clone(),
         Exported::Unknown(why) => return Ok(Err(why.clone())),
     };
-    let mut hashes = inputs(input, &export_path, schema)?;
-    let ledger_file = state::ledger(input);
-    let confirmed = confirmed::read(&ledger_file, target)?;
-    let (plan_path, meta_path, orphans_path) = paths(input);
-    let mut writer = PlanWriter::create(&plan_path)?;
+    let input = &files.customers;
+    let mut hashes = inputs(files, &export_path, schema)?;
+    let confirmed = confirmed::read(&files.ledger, target)?;
+    let mut writer = PlanWriter::create(&files.plan)?;
     let mut ids = orphans::Identities::default();
     let mut held = held::HeldFile::open(&export_path, schema)?;
     let mut counts = Counts {
@@ -187,12 +176,12 @@ pub async fn make(
         Ok(())
     })?;
     writer.commit()?;
-    hashes.plan = file::hash_of(&plan_path)?;
+    hashes.plan = file::hash_of(&files.plan)?;
     counts.orphans = orphans::write(
-        &orphans_path,
+        &files.orphans,
         ids,
         &confirmed,
-        &ledger_file,
+        &files.ledger,
         target,
         &mut held,
     )?;
@@ -205,17 +194,17 @@ pub async fn make(
         export_calls,
         started.elapsed(),
     )?;
-    crate::files::write_atomic(&meta_path, &serde_json::to_vec_pretty(&meta)?)?;
+    crate::files::write_atomic(&files.plan_meta, &serde_json::to_vec_pretty(&meta)?)?;
     Ok(Ok(Made { meta, exported }))
 }
 
 /// The content hashes of a plan's inputs as they are now (the plan file's
 /// own is filled in once it is written).
-pub fn inputs(input: &Path, export: &Path, schema: &CustomerSchema) -> Result<Hashes> {
+pub fn inputs(files: &state::Beside, export: &Path, schema: &CustomerSchema) -> Result<Hashes> {
     use sha2::{Digest, Sha256};
     Ok(Hashes {
-        customers: file::hash_of(input)?,
-        ledger: file::ledger_hash(&state::ledger(input))?,
+        customers: file::hash_of(&files.customers)?,
+        ledger: file::ledger_hash(&files.ledger)?,
         export: file::hash_of(export)?,
         export_file: export.to_path_buf(),
         schema: crate::files::hex(&Sha256::digest(format!("{schema:?}").as_bytes())),
@@ -282,7 +271,7 @@ pub fn replay(
     schema: &CustomerSchema,
     invalid_lines: &std::collections::HashSet<u64>,
 ) -> Result<std::result::Result<PlanIndex, String>> {
-    let confirmed = confirmed::read(&state::ledger(&meta.customers), &meta.target)?;
+    let confirmed = confirmed::read(&state::Beside::of(&meta.customers).ledger, &meta.target)?;
     let mut held = held::HeldFile::open(&meta.hashes.export_file, schema)?;
     let mut counts = Counts::default();
     let mut index = PlanIndexBuilder::default();
@@ -317,9 +306,9 @@ pub fn replay(
 }
 
 /// The summary: counts per action and per field, and a few examples.
-pub fn say(meta: &Meta, input: &Path, calls: u64) {
+pub fn say(meta: &Meta, files: &state::Beside, calls: u64) {
     let c = &meta.counts;
-    let (plan_path, _, orphans_path) = paths(input);
+    let (plan_path, orphans_path) = (&files.plan, &files.orphans);
     ui::info(format!(
         "plan: {}{} ({:.1}s, {calls} Voucherify calls)",
         c.summary(),

@@ -1,8 +1,11 @@
-//! The spreadsheet round trip: reading a customers CSV by header name
-//! ([`customers_csv`], the one owner of that format's reading), telling a
-//! person's edits from a spreadsheet's damage ([`edits`]), and comparing an
-//! edited file with what transform would write ([`diff`], `segsync diff`).
+//! The customers file, as every stage after transform reads it: by header
+//! name ([`customers_csv`], the one owner of that format's reading),
+//! validated row by row ([`input`]), as request bodies in batches
+//! ([`batch`]), and with a person's edits told from a spreadsheet's damage
+//! ([`edits`]). Comparing an edited file with what transform would write is
+//! `crate::diff` (`segsync diff`), above transform.
 
+pub mod batch;
 pub mod customers_csv;
-pub mod diff;
 pub mod edits;
+pub mod input;

@@ -70,6 +70,40 @@ pub fn rejects(customers: &Path) -> PathBuf {
     parent_dir(customers).join("load.rejects.csv")
 }
 
+/// Every file `plan` and `load` keep beside a customers file, named once
+/// (callers pass this around instead of deriving paths again).
+#[derive(Debug, Clone)]
+pub struct Beside {
+    pub customers: PathBuf,
+    pub ledger: PathBuf,
+    pub report: PathBuf,
+    pub rejects: PathBuf,
+    /// `load.plan.csv`, `load.plan.json`, `load.orphans.csv`.
+    pub plan: PathBuf,
+    pub plan_meta: PathBuf,
+    pub orphans: PathBuf,
+    /// `load.export.csv` and `load.export.json` (the export's id and time).
+    pub export: PathBuf,
+    pub export_meta: PathBuf,
+}
+
+impl Beside {
+    pub fn of(customers: &Path) -> Beside {
+        let dir = parent_dir(customers);
+        Beside {
+            customers: customers.to_path_buf(),
+            ledger: dir.join("load.ledger.ndjson"),
+            report: dir.join("load-report.csv"),
+            rejects: dir.join("load.rejects.csv"),
+            plan: dir.join("load.plan.csv"),
+            plan_meta: dir.join("load.plan.json"),
+            orphans: dir.join("load.orphans.csv"),
+            export: dir.join("load.export.csv"),
+            export_meta: dir.join("load.export.json"),
+        }
+    }
+}
+
 /// `runs.ndjson` in the data directory: a line per run of a writing command.
 pub fn runs(data_dir: &Path) -> PathBuf {
     data_dir.join("runs.ndjson")

@@ -307,6 +307,18 @@ fn timestamp_scale(d: &parquet::schema::types::ColumnDescriptor) -> Option<f64> 
     }
 }
 
+/// Open a Parquet part: its footer read, or an error naming the file.
+fn open_parquet(path: &Path) -> Result<parquet::file::reader::SerializedFileReader<File>> {
+    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parquet::file::reader::SerializedFileReader::new(f).map_err(|e| {
+        UsageError::new(format!(
+            "{}: not a readable Parquet file ({e})",
+            path.display()
+        ))
+        .into()
+    })
+}
+
 /// Read a Parquet part column by column. Ok(false): a column's physical type
 /// is not one this reader handles; nothing was read.
 fn read_parquet_columns(
@@ -314,14 +326,8 @@ fn read_parquet_columns(
     key: &str,
     each: &mut dyn FnMut(Row) -> Result<()>,
 ) -> Result<bool> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let reader = SerializedFileReader::new(f).map_err(|e| {
-        UsageError::new(format!(
-            "{}: not a readable Parquet file ({e})",
-            path.display()
-        ))
-    })?;
+    use parquet::file::reader::FileReader;
+    let reader = open_parquet(path)?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
     if schema.num_columns() != schema.root_schema().get_fields().len() {
         return Ok(false); // nested columns: the record API handles them
@@ -407,15 +413,9 @@ fn read_parquet_rows(
     key: &str,
     each: &mut dyn FnMut(Row) -> Result<()>,
 ) -> Result<()> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::file::reader::FileReader;
     use parquet::record::Field;
-    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let reader = SerializedFileReader::new(f).map_err(|e| {
-        UsageError::new(format!(
-            "{}: not a readable Parquet file ({e})",
-            path.display()
-        ))
-    })?;
+    let reader = open_parquet(path)?;
     let names: Vec<String> = reader
         .metadata()
         .file_metadata()

@@ -2,7 +2,7 @@
 //! `batch_size` customers) and by bytes (under the request limit), leaving
 //! out rows the ledger shows as confirmed with the same content.
 
-use super::input::{open_csv, parse_row, read_layout, Layout};
+use super::customers_csv::{open_csv, parse_row, read_layout, Layout};
 use anyhow::Result;
 use std::collections::HashSet;
 use std::path::Path;
