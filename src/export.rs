@@ -51,33 +51,31 @@ pub async fn export(
             _ => wait = (wait * 2).min(Duration::from_secs(5)),
         }
     };
-    let url = match (state.status.as_str(), state.url) {
-        ("DONE", Some(url)) => url,
-        ("DONE", None) => {
-            // No file: maybe an empty project (a first migration), maybe not.
-            calls += 1;
-            if client.holds_any_customer().await? != Some(false) {
-                return Ok((Exported::Unknown(format!("Voucherify's customer export {id} is DONE without a file, and the project holds customers")), calls));
-            }
-            ui::info(format!("Voucherify's customer export {id} has no file and the project holds no customer: every customer is new"));
-            write_export(csv_path, meta_path, &id, b"source_id\n")?;
-            return Ok((Exported::Empty, calls));
+    if let ("DONE", Some(url)) = (state.status.as_str(), &state.url) {
+        // Straight to the file: an export of a million customers is ~100 MB.
+        client.download(url, csv_path).await?;
+        calls += 1;
+        write_meta(meta_path, &id)?;
+        return Ok((Exported::File(csv_path.clone()), calls));
+    }
+    if state.status == "DONE" {
+        // No file: maybe an empty project (a first migration), maybe not.
+        calls += 1;
+        if client.holds_any_customer().await? != Some(false) {
+            return Ok((Exported::Unknown(format!("Voucherify's customer export {id} is DONE without a file, and the project holds customers")), calls));
         }
-        (status, _) => {
-            let why = state.message.unwrap_or_else(|| "no message".into());
-            return Ok((
-                Exported::Unknown(format!(
-                    "Voucherify's customer export {id} ended {status}: {why}"
-                )),
-                calls,
-            ));
-        }
-    };
-    // Straight to the file: an export of a million customers is ~100 MB.
-    client.download(&url, csv_path).await?;
-    calls += 1;
-    write_meta(meta_path, &id)?;
-    Ok((Exported::File(csv_path.clone()), calls))
+        ui::info(format!("Voucherify's customer export {id} has no file and the project holds no customer: every customer is new"));
+        write_export(csv_path, meta_path, &id, b"source_id\n")?;
+        return Ok((Exported::Empty, calls));
+    }
+    let why = state.message.unwrap_or_else(|| "no message".into());
+    Ok((
+        Exported::Unknown(format!(
+            "Voucherify's customer export {id} ended {}: {why}",
+            state.status
+        )),
+        calls,
+    ))
 }
 
 /// Keep the export (the audit trail of what existed) and when it was made.

@@ -17,7 +17,8 @@ use super::Args;
 use crate::api::voucherify::VoucherifyClient;
 use crate::plan::compare::Rules;
 use crate::plan::file::{Meta, PlanIndex};
-use crate::plan::{self, Source};
+use crate::plan::obtain::{obtain, Obtained, Wanted};
+use crate::plan::Source;
 use crate::ui;
 use anyhow::Result;
 use std::collections::HashSet;
@@ -121,73 +122,25 @@ async fn find_or_make(
     client: &VoucherifyClient,
 ) -> Result<Option<(Meta, Found, PlanIndex)>> {
     let target = setup.target.clone().unwrap_or_default();
-    let (plan_path, meta_path) = (&setup.files.plan, &setup.files.plan_meta);
-    let rules = rules(args);
     let schema = setup.schema.clone().unwrap_or_default();
-    if let Some(saved) = Meta::read(meta_path).filter(|_| plan_path.exists()) {
-        match use_saved(setup, args, &saved, &target, &schema)? {
-            Ok(index) => {
-                ui::info(format!(
-                    "load: executing {} (made {}s ago; its inputs are unchanged, and what it sends is built again from {})",
-                    plan_path.display(),
-                    saved.age().as_secs(),
-                    setup.input.display()
-                ));
-                return Ok(Some((saved, Found::Saved, index)));
-            }
-            Err(why) => ui::info(format!("load: making a new plan (the newest: {why})")),
-        }
-    }
+    let wanted = Wanted {
+        files: &setup.files,
+        target: &target,
+        schema: &schema,
+        rules: rules(args),
+        max_age: args.plan_max_age,
+        invalid_lines: &setup.validated.invalid_lines,
+    };
     let source = Source::Export(client, Duration::from_secs(args.export_timeout));
-    let made = plan::make(
-        &setup.files,
-        &target,
-        &schema,
-        rules,
-        &setup.validated.invalid_lines,
-        source,
-    )
-    .await?;
-    match made {
-        Ok(made) => {
-            plan::say(&made.meta, &setup.files, made.meta.export_calls);
-            let index = plan::replay(&made.meta, &schema, &setup.validated.invalid_lines)?
-                .map_err(|why| {
-                    anyhow::anyhow!("the plan just made does not compare the same twice: {why}")
-                })?;
-            Ok(Some((made.meta, Found::Made(made.exported), index)))
-        }
-        Err(why) if args.plan => {
+    match obtain(&wanted, source).await? {
+        Obtained::Saved(meta, index) => Ok(Some((meta, Found::Saved, index))),
+        Obtained::Made(made, index) => Ok(Some((made.meta, Found::Made(made.exported), index))),
+        Obtained::None(why) if args.plan => {
             anyhow::bail!("load --plan: no plan can be made: {why}; nothing was sent (without --plan, the ledger would decide what is sent)")
         }
-        Err(why) => {
+        Obtained::None(why) => {
             ui::warn(format!("load: no plan: {why}; the ledger decides what is sent, as with --from-ledger, and every customer goes by the bulk upsert, which never overwrites a field it does not carry"));
             Ok(None)
         }
     }
-}
-
-/// A saved plan, built again from its inputs when it may be executed; Err
-/// inside says why a new one is needed. An edited plan file is refused.
-fn use_saved(
-    setup: &Setup,
-    args: &Args,
-    saved: &Meta,
-    target: &str,
-    schema: &crate::mapping::metadata_schema::CustomerSchema,
-) -> Result<std::result::Result<PlanIndex, String>> {
-    let plan_path = &setup.files.plan;
-    if saved.executed_at.is_none() && saved.edited(plan_path)? {
-        return Err(crate::error::UsageError::new(format!(
-            "{} was edited after `segsync plan` wrote it; the plan file is a record of what load would send, never an input, so nothing was sent. Edit {} instead and run `segsync plan` again (or delete the plan file)",
-            plan_path.display(),
-            setup.input.display()
-        ))
-        .into());
-    }
-    let now = plan::inputs(&setup.files, &saved.hashes.export_file, schema)?;
-    if let Some(why) = saved.stale(&now, target, rules(args), args.plan_max_age) {
-        return Ok(Err(why));
-    }
-    plan::replay(saved, schema, &setup.validated.invalid_lines)
 }

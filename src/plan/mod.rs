@@ -14,6 +14,7 @@ mod compare_tests;
 pub mod confirmed;
 pub mod file;
 pub mod held;
+pub mod obtain;
 pub mod orphans;
 
 use crate::api::voucherify::VoucherifyClient;
