@@ -20,6 +20,11 @@ test:
 	$(CARGO) test --all-targets
 	@if [ "$$(id -u)" = 0 ]; then $(CARGO) test --test chaos -- --ignored root_; \
 	else echo "make test: not root: the 2 root-only tests (tests/chaos.rs root_*) were not run"; fi
+	@if ! command -v mandoc >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing mandoc, which lints the man pages"; \
+	  (apt-get install -y -qq mandoc >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq mandoc >/dev/null)); fi
+	@if command -v mandoc >/dev/null; then $(CARGO) test --test json_reports -- --ignored man_pages_; \
+	else echo "make test: no mandoc (and not root to install it): the man-page lint (tests/json_reports.rs man_pages_*) was not run"; fi
 
 # The simulation suite over seeds 1..WORLDS (CI runs 30 of them in `make test`).
 # A failing world prints its seed and the command that replays it.

@@ -68,7 +68,7 @@ pub enum Command {
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish)
     Completions(CompletionsArgs),
     /// Print the man page (roff), generated from the same definition as --help
-    Man,
+    Man(ManArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -93,10 +93,33 @@ impl Command {
             #[cfg(feature = "sandbox")]
             Command::Sandbox(_) => "sandbox",
             Command::Completions(_) => "completions",
-            Command::Man => "man",
+            Command::Man(_) => "man",
         }
     }
 }
+
+/// `segsync man`: the pages, from the same definition as `--help`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ManArgs {
+    /// Write one page per command (segsync.1, segsync-extract.1, …) into DIR instead of printing segsync.1
+    #[arg(long = "out", value_name = "DIR")]
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// Every subcommand's name, as a usage error's document names it.
+pub const COMMANDS: [&str; 11] = [
+    "extract",
+    "transform",
+    "plan",
+    "load",
+    "run",
+    "status",
+    "diff",
+    "mapping",
+    "sandbox",
+    "completions",
+    "man",
+];
 
 /// `run`'s own flags. Each stage flag it repeats under a prefixed name takes
 /// its default and its range check from the stage module, so they live in

@@ -38,10 +38,7 @@ pub fn main() -> ExitCode {
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
+        Err(e) => return parse_failed(e),
     };
     ui::set_verbosity(cli.verbose as i8 - cli.quiet as i8);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -60,6 +57,44 @@ pub fn main() -> ExitCode {
     if json {
         crate::report::print(&doc);
     }
+    // A signal ended it: the runtime's tasks are dropped as a kill would
+    // drop them, which every stage resumes from.
+    rt.shutdown_background();
+    ExitCode::from(code)
+}
+
+/// Command lines clap refused or answered itself (`--help`, `--version`):
+/// under `--json`, one document still (a usage error, exit 2).
+fn parse_failed(e: clap::Error) -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let code = if e.use_stderr() { 2 } else { 0 };
+    if !json {
+        let _ = e.print();
+        return ExitCode::from(code);
+    }
+    // Everything human goes to stderr; stdout carries the document alone.
+    eprint!("{}", e.render());
+    let command = args
+        .iter()
+        .find_map(|a| crate::cli::COMMANDS.iter().find(|c| **c == a.as_str()))
+        .copied()
+        .unwrap_or("segsync");
+    let doc = match e.kind() {
+        clap::error::ErrorKind::DisplayVersion => {
+            let mut body = Map::new();
+            body.insert("version".into(), json!(crate::cli::VERSION));
+            report::document("version", 0, body)
+        }
+        _ if code == 0 => report::document(command, 0, Map::new()),
+        _ => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("usage error").trim();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            report::failure(command, 2, first)
+        }
+    };
+    report::print(&doc);
     ExitCode::from(code)
 }
 
@@ -96,7 +131,10 @@ pub async fn execute(cli: Cli) -> (u8, Value) {
             Err(e) => return finish(name, Err(e), body),
         },
     };
-    let r = dispatch(cli.command, &data, &mut body).await;
+    let r = tokio::select! {
+        r = dispatch(cli.command, &data, &mut body) => r,
+        s = interrupted() => Err(anyhow::Error::new(s)),
+    };
     let (code, doc) = finish(name, r, body);
     if let Some((_held, dir)) = &lock {
         if let Err(e) = report::remember(dir, &doc) {
@@ -107,6 +145,22 @@ pub async fn execute(cli: Cli) -> (u8, Value) {
         }
     }
     (code, doc)
+}
+
+/// SIGINT or SIGTERM arrived: the command stops where it is (every stage
+/// resumes from there), and its document and `runs.ndjson` line say so.
+async fn interrupted() -> crate::error::Interrupted {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => crate::error::Interrupted::Term,
+        _ = int.recv() => crate::error::Interrupted::Int,
+    }
 }
 
 /// The exit status and document of a command's outcome; an error is also
@@ -146,7 +200,7 @@ async fn dispatch(
         }
         Command::Plan(a) => {
             let m = crate::plan::run(&a, data).await?;
-            body.extend(report::plan(&m));
+            body.extend(report::plan(&m, data));
             Ok(0)
         }
         Command::Load(a) => {
@@ -173,13 +227,76 @@ async fn dispatch(
             emit_text(body, "script", out);
             Ok(0)
         }
-        Command::Man => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(cli_command()).render(&mut out)?;
-            emit_text(body, "man", out);
+        Command::Man(a) => {
+            let Some(dir) = a.out else {
+                let mut out = Vec::new();
+                man_page(cli_command()).render(&mut out)?;
+                let out = tidy_roff(&String::from_utf8_lossy(&out)).into_bytes();
+                emit_text(body, "man", out);
+                return Ok(0);
+            };
+            let written = write_man_pages(&dir)?;
+            ui::info(format!(
+                "man: {} pages written to {} (segsync.1 and one per command); `man -l {}` reads one",
+                written.len(),
+                dir.display(),
+                dir.join("segsync-load.1").display()
+            ));
+            body.insert(
+                "files".into(),
+                json!(written
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()),
+            );
             Ok(0)
         }
     }
+}
+
+/// One page, dated by the commit it was built from.
+fn man_page(cmd: clap::Command) -> clap_mangen::Man {
+    clap_mangen::Man::new(cmd)
+        .date(env!("SEGSYNC_DATE"))
+        .source(format!("segsync {}", env!("CARGO_PKG_VERSION")))
+        .manual("segsync manual")
+}
+
+/// clap_mangen's roff, with what `mandoc -Tlint` warns of mended: a blank
+/// line between two `.br` (a paragraph break inside a list of values) is one
+/// `.sp`, and no line ends in white space.
+fn tidy_roff(roff: &str) -> String {
+    let mut out = String::with_capacity(roff.len());
+    for line in roff.replace("\n.br\n\n.br\n", "\n.sp\n").lines() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `segsync.1` and a page per command (`segsync-load.1`), every flag in it.
+fn write_man_pages(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    fn pages(cmd: clap::Command, dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+            pages(sub, dir, out)?;
+        }
+        let page = man_page(cmd);
+        let path = dir.join(page.get_filename());
+        let mut bytes = Vec::new();
+        page.render(&mut bytes)?;
+        crate::files::write_atomic(
+            &path,
+            tidy_roff(&String::from_utf8_lossy(&bytes)).as_bytes(),
+        )?;
+        out.push(path);
+        Ok(())
+    }
+    crate::files::ensure_dir(dir)?;
+    let mut cmd = cli_command().disable_help_subcommand(true);
+    cmd.build();
+    let mut out = Vec::new();
+    pages(cmd, dir, &mut out)?;
+    Ok(out)
 }
 
 fn cli_command() -> clap::Command {

@@ -71,6 +71,14 @@ pub enum ApiError {
         resets_at: Option<String>,
         advice: String,
     },
+    /// The answer came, but this machine could not keep it (a permission,
+    /// a full disk): never retried as if the network had failed.
+    #[error("{api} {endpoint}: {message}")]
+    Local {
+        api: &'static str,
+        endpoint: String,
+        message: String,
+    },
     #[error("{api} {endpoint}: response breaks the API contract: {message}")]
     Contract {
         api: &'static str,
@@ -120,10 +128,28 @@ impl ApiError {
 }
 
 /// Which exit status an error deserves.
+/// A signal stopped the command (exit 128 + its number, as shells report).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub enum Interrupted {
+    #[error("interrupted by SIGINT; the command stopped where it was: run it again to resume")]
+    Int,
+    #[error("interrupted by SIGTERM; the command stopped where it was: run it again to resume")]
+    Term,
+}
+
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
+        match cause.downcast_ref::<Interrupted>() {
+            Some(Interrupted::Int) => return 130,
+            Some(Interrupted::Term) => return 143,
+            None => {}
+        }
         if cause.downcast_ref::<UsageError>().is_some()
             || cause.downcast_ref::<InputErrors>().is_some()
+            || matches!(
+                cause.downcast_ref::<ApiError>(),
+                Some(ApiError::Local { .. })
+            )
         {
             return 2;
         }

@@ -39,7 +39,7 @@ pub async fn export(
     let state = loop {
         if started.elapsed() >= deadline {
             anyhow::bail!(
-                "Voucherify's customer export {id} did not finish within --export-timeout ({}s); nothing was sent: rerun `segsync load` (or use --method bulk)",
+                "Voucherify's customer export {id} did not finish within --export-timeout ({}s); nothing was sent: rerun `segsync load` (it resumes polling the same export), give it longer with --export-timeout SECONDS, or decide by the ledger alone with `load --from-ledger`",
                 deadline.as_secs()
             );
         }

@@ -115,7 +115,7 @@ pub fn load(s: &crate::load::Summary, data_dir: &Path) -> Map<String, Value> {
     m
 }
 
-pub fn plan(m: &crate::plan::file::Meta) -> Map<String, Value> {
+pub fn plan(m: &crate::plan::file::Meta, data_dir: &Path) -> Map<String, Value> {
     let c = &m.counts;
     let f = crate::state::Beside::of(&m.customers);
     let (plan, meta, orphans) = (f.plan, f.plan_meta, f.orphans);
@@ -128,15 +128,17 @@ pub fn plan(m: &crate::plan::file::Meta) -> Map<String, Value> {
             "clear": c.clear,
             "changed_elsewhere": c.elsewhere,
             "skipped": c.skipped,
+            "pending_clear": c.pending_clear,
+            "unknown_updated": c.unknown_updated,
             "orphans": c.orphans,
             "exported": c.exported,
-            "calls": m.export_calls,
+            "calls": m.calls.max(m.export_calls),
         },
-        "fields": c.fields,
+        "fields_changed": c.fields,
         "files": {
-            "plan": plan.display().to_string(),
-            "meta": meta.display().to_string(),
-            "orphans": orphans.display().to_string(),
+            "plan": rel(data_dir, &plan),
+            "meta": rel(data_dir, &meta),
+            "orphans": rel(data_dir, &orphans),
         },
     }))
 }
@@ -163,10 +165,7 @@ pub fn remember(data_dir: &Path, doc: &Value) -> Result<()> {
         return Ok(());
     }
     let path = crate::state::runs(data_dir);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)?;
+    let mut f = files::open_append(&path)?;
     f.write_all(format!("{doc}\n").as_bytes())?;
     drop(f);
     let lines: Vec<String> = std::io::BufReader::new(std::fs::File::open(&path)?)

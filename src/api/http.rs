@@ -214,10 +214,14 @@ async fn read_body(mut resp: reqwest::Response, to: Option<&std::path::Path>) ->
             Err(e) => Attempt::Transport(describe_transport(&e)),
         };
     };
-    // A file that cannot be written is retried like a cut answer (bounded),
-    // then reported with the file's own error.
-    let local =
-        |e: anyhow::Error| Attempt::Transport(format!("the answer could not be saved: {e:#}"));
+    // A file that cannot be written is this machine's fault, not the
+    // network's: never retried, reported with the file's own error.
+    let local = |e: anyhow::Error| {
+        Attempt::Local(format!(
+            "the answer could not be saved to {}: {e:#}; fix the file's directory (permissions, free space) and run again",
+            path.display()
+        ))
+    };
     let mut file = match crate::files::AtomicFile::create(path) {
         Ok(f) => f,
         Err(e) => return local(e),

@@ -21,6 +21,9 @@ pub enum Attempt {
     /// The request never produced a complete response (timeout, refused or
     /// reset connection, truncated body).
     Transport(String),
+    /// The response came but could not be kept on this machine (a file that
+    /// cannot be written): not retried; the error names the file.
+    Local(String),
 }
 
 /// How a service's answers are judged. One implementation per API client.
@@ -179,6 +182,13 @@ where
         let outcome = attempt().await;
         let (wait, last) = match outcome {
             Attempt::Response(r) if r.status.is_success() => return Ok(r),
+            Attempt::Local(message) => {
+                return Err(ApiError::Local {
+                    api: logic.api(),
+                    endpoint: endpoint.to_string(),
+                    message,
+                })
+            }
             Attempt::Response(r) => {
                 let status = r.status;
                 let message = logic

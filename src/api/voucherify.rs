@@ -101,7 +101,8 @@ pub struct AsyncAction {
     #[serde(default)]
     pub status: Option<String>,
     /// Milliseconds Voucherify spent on the action (when it reports it).
-    #[serde(default)]
+    /// Signed: the spec gives no minimum, and a negative figure is no figure.
+    #[serde(default, deserialize_with = "non_negative")]
     pub processing_time: Option<u64>,
     #[serde(default)]
     pub result: Option<AsyncResult>,
@@ -127,11 +128,22 @@ impl AsyncAction {
     }
 }
 
+/// A count or duration the spec types as a plain (signed) integer: read
+/// whatever its sign; a negative one says nothing, so it is absent.
+fn non_negative<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v: Option<serde_json::Number> = Option::deserialize(d)?;
+    Ok(v.and_then(|n| {
+        n.as_i64()
+            .and_then(|i| u64::try_from(i).ok())
+            .or_else(|| n.as_u64())
+    }))
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct AsyncResult {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_negative")]
     pub done_count: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_negative")]
     pub failed_count: Option<u64>,
     /// Per-customer errors of a bulk update.
     #[serde(default)]
@@ -434,6 +446,17 @@ mod tests {
             serde_json::from_str(r#"{"status":"ENQUEUED","result":null,"processing_time":null}"#)
                 .unwrap();
         assert!(a.result.is_none() && !a.is_finished());
+        // Integers without a minimum in the spec: a negative one is read, and
+        // says nothing.
+        let a: AsyncAction = serde_json::from_str(
+            r#"{"status":"DONE","processing_time":-1,"result":{"done_count":2,"failed_count":-1}}"#,
+        )
+        .unwrap();
+        assert_eq!(a.processing_time, None);
+        assert_eq!(
+            a.result.as_ref().map(|r| (r.done(), r.failed())),
+            Some((2, 0))
+        );
         let a: AsyncAction = serde_json::from_str(r#"{"status":null}"#).unwrap();
         assert_eq!(a.status(), "");
         assert!(

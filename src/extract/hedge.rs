@@ -46,11 +46,12 @@ impl Hedge {
     }
 
     /// Run `read`; if it is still unanswered after a few typical answer
-    /// times while the run is draining, run it once more and take whichever
-    /// answers first.
-    pub async fn read<T, Fut>(&self, read: impl Fn() -> Fut) -> T
+    /// times while the run is draining, run it once more and take the first
+    /// *success*: a copy that fails while the other is still out waits for
+    /// the other, and only when both fail is the first failure returned.
+    pub async fn read<T, E, Fut>(&self, read: impl Fn() -> Fut) -> Result<T, E>
     where
-        Fut: Future<Output = T>,
+        Fut: Future<Output = Result<T, E>>,
     {
         let first = read();
         tokio::pin!(first);
@@ -67,8 +68,14 @@ impl Hedge {
                 let second = read();
                 tokio::pin!(second);
                 return tokio::select! {
-                    r = &mut first => r,
-                    r = &mut second => r,
+                    r = &mut first => match r {
+                        Ok(v) => Ok(v),
+                        Err(e) => second.await.or(Err(e)),
+                    },
+                    r = &mut second => match r {
+                        Ok(v) => Ok(v),
+                        Err(e) => first.await.or(Err(e)),
+                    },
                 };
             }
         }
@@ -81,13 +88,38 @@ mod tests {
     use std::sync::atomic::AtomicU32;
 
     /// The first call answers after 10 s, later ones after 100 ms.
-    fn slow_then_fast(calls: &AtomicU32) -> impl Future<Output = u32> + '_ {
+    fn slow_then_fast(calls: &AtomicU32) -> impl Future<Output = Result<u32, u32>> + '_ {
         let n = calls.fetch_add(1, Ordering::Relaxed);
         async move {
             let wait = if n == 0 { 10_000 } else { 100 };
             tokio::time::sleep(Duration::from_millis(wait)).await;
-            n
+            Ok(n)
         }
+    }
+
+    /// The first call succeeds after 1 s, the second fails after 100 ms.
+    fn slow_ok_then_fast_error(calls: &AtomicU32) -> impl Future<Output = Result<u32, u32>> + '_ {
+        let n = calls.fetch_add(1, Ordering::Relaxed);
+        async move {
+            if n == 0 {
+                tokio::time::sleep(Duration::from_millis(1_000)).await;
+                Ok(n)
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(n)
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_that_fails_first_waits_for_the_other() {
+        let h = Hedge::default();
+        h.set_typical(Duration::from_millis(100));
+        h.set_draining(true);
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        assert_eq!(h.read(|| slow_ok_then_fast_error(&calls)).await, Ok(0));
+        assert_eq!(started.elapsed(), Duration::from_millis(1_000));
     }
 
     #[tokio::test(start_paused = true)]
@@ -97,14 +129,14 @@ mod tests {
         let calls = AtomicU32::new(0);
         // Not draining: the slow answer is waited for.
         let started = tokio::time::Instant::now();
-        assert_eq!(h.read(|| slow_then_fast(&calls)).await, 0);
+        assert_eq!(h.read(|| slow_then_fast(&calls)).await, Ok(0));
         assert_eq!(started.elapsed(), Duration::from_secs(10));
         assert_eq!(h.sent.load(Ordering::Relaxed), 0);
         // Draining: after 3 typical answer times, a second read wins.
         h.set_draining(true);
         calls.store(0, Ordering::Relaxed);
         let started = tokio::time::Instant::now();
-        assert_eq!(h.read(|| slow_then_fast(&calls)).await, 1);
+        assert_eq!(h.read(|| slow_then_fast(&calls)).await, Ok(1));
         assert_eq!(started.elapsed(), Duration::from_millis(400));
         assert_eq!(h.sent.load(Ordering::Relaxed), 1);
     }
@@ -115,7 +147,7 @@ mod tests {
         h.set_typical(Duration::from_millis(100));
         h.set_draining(true);
         let calls = AtomicU32::new(1); // every call is fast
-        assert_eq!(h.read(|| slow_then_fast(&calls)).await, 1);
+        assert_eq!(h.read(|| slow_then_fast(&calls)).await, Ok(1));
         assert_eq!(calls.load(Ordering::Relaxed), 2);
         assert_eq!(h.sent.load(Ordering::Relaxed), 0);
     }

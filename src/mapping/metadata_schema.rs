@@ -69,10 +69,13 @@ impl CustomerSchema {
     /// The customer schema from a `GET /v1/metadata-schemas` answer; an empty
     /// (anything goes) schema when the project defines none.
     pub fn from_answer(v: &Value) -> Result<CustomerSchema, String> {
-        let schemas = v
-            .get("schemas")
-            .and_then(Value::as_array)
-            .ok_or("no `schemas` array")?;
+        // `schemas` is nullable: null and [] both mean the project defines no
+        // schema; a missing key is a broken answer.
+        let schemas = match v.get("schemas") {
+            Some(Value::Null) => return Ok(CustomerSchema::default()),
+            Some(Value::Array(a)) => a,
+            _ => return Err("no `schemas` array".into()),
+        };
         for s in schemas {
             if s.get("related_object").and_then(Value::as_str) == Some("customer") {
                 return serde_json::from_value(s.clone()).map_err(|e| e.to_string());
@@ -281,6 +284,11 @@ mod tests {
         assert_eq!(s.allow_defined_only, Some(true));
         assert!(s.properties.contains_key("plan"));
         let none = CustomerSchema::from_answer(&json!({"schemas": []})).unwrap();
+        assert_eq!(
+            CustomerSchema::from_answer(&json!({"schemas": null})).unwrap(),
+            none,
+            "nullable: null is no schema"
+        );
         assert!(none.check(json!({"x": 1}).as_object().unwrap()).is_empty());
     }
 

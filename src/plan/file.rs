@@ -140,6 +140,10 @@ pub struct Meta {
     pub rules: Rules,
     pub counts: Counts,
     pub export_calls: u64,
+    /// Every Voucherify call the command made (the schema read too); 0 in
+    /// the file, set by `segsync plan` for its report.
+    #[serde(default)]
+    pub calls: u64,
     pub seconds: f64,
     /// Set when a load starts to execute the plan: it is then spent.
     #[serde(default)]
@@ -220,6 +224,7 @@ impl Meta {
             rules,
             counts,
             export_calls,
+            calls: 0,
             seconds: took.as_secs_f64(),
             executed_at: None,
         })

@@ -14,7 +14,7 @@
 use crate::keys::h64;
 use crate::keys::{KeyMap, KeyMapBuilder};
 use crate::mapping::metadata_schema::CustomerSchema;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -43,11 +43,11 @@ fn columns(path: &Path, header: &csv::StringRecord, schema: &CustomerSchema) -> 
     let names: Vec<String> = header.iter().map(norm).collect();
     let find = |want: &str| names.iter().position(|n| n == want);
     let source_id = find("sourceid").ok_or_else(|| {
-        anyhow::anyhow!(
+        crate::error::UsageError::new(format!(
             "{}: Voucherify's customer export has no source id column (its columns: {}); nothing can be compared",
             path.display(),
             header.iter().collect::<Vec<_>>().join(", ")
-        )
+        ))
     })?;
     let mut standard = [None; 11];
     for (i, f) in STANDARD.iter().enumerate() {
@@ -107,15 +107,29 @@ pub struct HeldFile {
 impl HeldFile {
     /// Index `path` (one pass).
     pub fn open(path: &Path, schema: &CustomerSchema) -> Result<HeldFile> {
+        // An export is read whole or refused, naming the file: a rerun that
+        // compares the same file cannot fix it.
+        let refuse = |what: String| {
+            crate::error::UsageError::new(format!(
+                "{}: {what}; it cannot be compared (a new export, or another --export-file, can)",
+                path.display()
+            ))
+        };
+        if !path.is_file() {
+            return Err(refuse("not a file".into()).into());
+        }
         let open = |headers: bool| {
             csv::ReaderBuilder::new()
-                .flexible(true)
+                .flexible(!headers)
                 .has_headers(headers)
                 .from_path(path)
-                .with_context(|| format!("cannot read {}", path.display()))
+                .map_err(|e| refuse(format!("cannot be read ({e})")))
         };
         let mut rdr = open(true)?;
-        let header = rdr.headers()?.clone();
+        let header = rdr
+            .headers()
+            .map_err(|e| refuse(format!("its header cannot be read ({e})")))?
+            .clone();
         let cols = columns(path, &header, schema)?;
         let mut index = KeyMapBuilder::default();
         let mut rec = csv::StringRecord::new();
@@ -129,7 +143,10 @@ impl HeldFile {
             match rdr.read_record(&mut rec) {
                 Ok(false) => break,
                 Ok(true) => {}
-                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+                Err(e) => {
+                    let line = e.position().map_or(0, |p| p.line());
+                    return Err(refuse(format!("line {line}: {e} (a torn or damaged file)")).into());
+                }
             }
             let Some(sid) = rec.get(cols.source_id).filter(|s| !s.is_empty()) else {
                 continue;

@@ -111,16 +111,25 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Meta> {
         keep_newer: args.keep_newer,
     };
     let source = match &args.export_file {
+        Some(f) if !f.is_file() => {
+            return Err(crate::error::UsageError::new(format!(
+                "{}: --export-file names no file (a directory, or nothing); give the customer export's CSV file",
+                f.display()
+            ))
+            .into())
+        }
         Some(f) => Source::File(f),
         None => Source::Export(&client, Duration::from_secs(args.export_timeout)),
     };
     let files = state::Beside::of(&input);
+    // A damaged ledger stops a plan as it stops a load (exit 2, naming the line).
+    crate::state::ledger::read(&files.ledger, Some(&target))?;
     let made = make(&files, &target, &schema, rules, &validated.invalid_lines, source)
         .await?
         .map_err(|why| anyhow::anyhow!("cannot plan: {why}; nothing can be compared (`segsync load --from-ledger` decides by the ledger alone)"))?;
     let calls = client.stats().get(&client.stats().requests);
     say(&made.meta, &files, calls);
-    Ok(made.meta)
+    Ok(Meta { calls, ..made.meta })
 }
 
 /// Make a plan: export (or read the file), compare every valid row, write

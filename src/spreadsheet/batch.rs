@@ -187,11 +187,11 @@ impl Batcher {
             }
             // The hex form only for what may be sent (the ledger keeps it).
             let hash = format!("{key:032x}");
-            if body.len() + 2 > self.max_bytes {
+            if body.len() + 2 > crate::api::voucherify::MAX_REQUEST_BYTES {
                 return Some(Err(anyhow::anyhow!(
                     "line {line}: this customer alone is {} bytes, over the request limit of {}",
                     body.len(),
-                    self.max_bytes
+                    crate::api::voucherify::MAX_REQUEST_BYTES
                 )));
             }
             let c = Prepared {

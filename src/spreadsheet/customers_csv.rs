@@ -119,16 +119,22 @@ pub fn read_layout(
     }
 }
 
+/// An address of the form `local@domain.tld`: one `@`, a local part of
+/// dot-separated atoms, a domain of non-empty dot-separated labels, and
+/// none of the characters that separate or quote addresses (`,;<>()[]":\\`)
+/// or white space: two addresses in one cell, or a doubled `@`, are refused.
 pub fn plausible_email(e: &str) -> bool {
-    let Some((local, domain)) = e.rsplit_once('@') else {
+    let mut parts = e.split('@');
+    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
-    !local.is_empty()
-        && !domain.is_empty()
+    let atoms = |s: &str| !s.is_empty() && s.split('.').all(|a| !a.is_empty());
+    atoms(local)
+        && atoms(domain)
         && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !e
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || ",;<>()[]\":\\".contains(c))
 }
 
 /// Build a row from a CSV record and check it; problems are column: message.
@@ -164,6 +170,12 @@ pub fn parse_row(layout: &Layout, rec: &csv::ByteRecord) -> (CustomerRow, Vec<(S
         Some(s) if s.trim().is_empty() => problems.push((
             "source_id".into(),
             "only whitespace; every customer needs a source_id".into(),
+        )),
+        // Voucherify would keep `" u1"` and `"u1"` as two customers; the
+        // source decides, and segsync never trims silently.
+        Some(s) if s.trim() != s => problems.push((
+            "source_id".into(),
+            format!("{s:?} has white space at its start or end, which would make it another customer than {:?}; fix it in the source (segsync never trims)", s.trim()),
         )),
         _ => {}
     }
@@ -208,7 +220,23 @@ mod tests {
         for ok in ["a@b.co", "first.last+tag@example.com", "Zoë@exämple.de"] {
             assert!(plausible_email(ok), "{ok}");
         }
-        for bad in ["", "a", "a@", "@b.co", "a@b", "a b@c.de", "a@.de", "a@de."] {
+        for bad in [
+            "",
+            "a",
+            "a@",
+            "@b.co",
+            "a@b",
+            "a b@c.de",
+            "a@.de",
+            "a@de.",
+            "a@@example.com",
+            "a@x.com,b@x.com",
+            "a@x.com;b@x.com",
+            "Ann <a@x.com>",
+            "a..b@x.com",
+            "a@x..com",
+            ".a@x.com",
+        ] {
             assert!(!plausible_email(bad), "{bad}");
         }
     }

@@ -32,6 +32,27 @@ pub enum OnInvalid<'a> {
     Count,
 }
 
+/// A row whose request body alone is over Voucherify's request limit can
+/// never be sent: an invalid row, like any other (exit 2, or set aside).
+/// Only rows big enough to matter are serialized to know (escaping can grow
+/// a cell up to six times).
+fn too_large(rec: &csv::ByteRecord, row: &crate::records::CustomerRow) -> Option<(String, String)> {
+    use crate::api::voucherify::MAX_REQUEST_BYTES;
+    if rec.as_slice().len() < MAX_REQUEST_BYTES / 6 {
+        return None;
+    }
+    let body = row.to_request().ok()?;
+    let n = serde_json::to_vec(&body)
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX);
+    (n + 2 > MAX_REQUEST_BYTES).then(|| {
+        (
+            "row".into(),
+            format!("this customer's request alone is {n} bytes, over Voucherify's request limit of {MAX_REQUEST_BYTES} bytes (10 MB): no load can send it; shorten its cells"),
+        )
+    })
+}
+
 /// Check every row of `path`; `extra` adds problems found elsewhere (the
 /// spreadsheet damage `diff` finds), by line.
 pub fn validate(
@@ -97,6 +118,9 @@ pub fn validate(
         let (row, mut errs) = parse_row(&layout, &rec);
         if let Some(more) = extra.get(&line) {
             errs.extend(more.iter().cloned());
+        }
+        if let Some(e) = too_large(&rec, &row) {
+            errs.push(e);
         }
         if let Some(sid) = &row.source_id {
             match seen.get(&h128(sid)) {

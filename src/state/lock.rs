@@ -8,6 +8,7 @@ use crate::error::UsageError;
 use anyhow::{Context, Result};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 pub const LOCK: &str = ".segsync.lock";
@@ -41,18 +42,31 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
 pub fn acquire(dir: &Path, command: &str) -> Result<DirLock> {
     ensure_dir(dir)?;
     let path = dir.join(LOCK);
-    let mut file = OpenOptions::new()
+    let mut file = match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
-        .with_context(|| {
-            format!(
-                "{} is not writable (cannot create its lock file {LOCK}): make it writable, or choose another --data-dir",
+    {
+        Ok(f) => f,
+        // No rerun fixes a permission: exit 2, naming what to fix.
+        Err(e) if path.exists() => {
+            return Err(crate::error::UsageError::new(format!(
+                "cannot open the lock file {} ({e}): it belongs to another user or is read-only; run as its owner, or choose another --data-dir",
+                path.display()
+            ))
+            .into())
+        }
+        Err(e) => {
+            return Err(crate::error::UsageError::new(format!(
+                "{} is not writable (cannot create its lock file {LOCK}: {e}): make it writable, or choose another --data-dir",
                 dir.display()
-            )
-        })?;
+            ))
+            .into())
+        }
+    };
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
