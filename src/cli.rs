@@ -158,6 +158,12 @@ pub struct RunArgs {
     /// Send null for mapped fields the source no longer has and segsync itself set before (as `load --clear-removed`)
     #[arg(long = "clear-removed")]
     pub clear_removed: bool,
+    /// Export every customer again for the plan, not only those updated since the kept export
+    #[arg(long = "full-export")]
+    pub full_export: bool,
+    /// Days after which the plan's export is full again instead of a delta
+    #[arg(long = "full-export-every", default_value_t = 7, value_name = "DAYS")]
+    pub full_export_every: u64,
     /// How load sends: bulk, import (new customers by CSV import), auto
     #[arg(long, value_enum, default_value_t = load::import::Method::Bulk)]
     pub method: load::import::Method,

@@ -394,6 +394,10 @@ fn load_args(a: &RunArgs) -> load::Args {
         plan_max_age: crate::plan::DEFAULT_MAX_AGE,
         clear_removed: a.clear_removed,
         keep_newer: false,
+        exports: crate::plan::ExportArgs {
+            full_export: a.full_export,
+            full_export_every: a.full_export_every,
+        },
         accept_edits: false,
         method: a.method,
         export_timeout: load::DEFAULT_EXPORT_TIMEOUT,

@@ -582,7 +582,7 @@ async fn root_an_unwritable_directory_is_a_clear_error_and_the_file_there_stays(
         let _ = std::process::Command::new("chattr")
             .args(["-i", locked.to_str().unwrap()])
             .status();
-        assert_eq!(r.code, 1, "{}", r.all());
+        assert_eq!(r.code, 2, "{}", r.all());
         assert!(
             r.stderr.contains("locked") && r.stderr.contains("writable"),
             "{}",

@@ -214,3 +214,162 @@ async fn a_required_metadata_key_is_checked_for_new_customers_by_every_method() 
         let _: Value = held["old"].clone();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_a_killed_run_left_behind_is_polled_again_not_started_anew() {
+    // Exports take 4 s here, so the first plan is killed while it polls.
+    let sb = sandbox(segsync::sandbox::SandboxOptions {
+        processing_ms: 4000,
+        ..opts(0)
+    })
+    .await;
+    sb.seed_customers([json!({"source_id": "a", "name": "Ann Able"})]);
+    let dir = tempdir();
+    let csv = dir.path().join("customers.csv");
+    std::fs::write(&csv, THREE).unwrap();
+    let path = csv.to_str().unwrap();
+    let mut child = command(dir.path(), Some(&sb), &["plan", "--in", path])
+        .spawn()
+        .unwrap();
+    let meta = dir.path().join("load.export.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&meta).is_ok_and(|m| m.contains("pending")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the export never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().await.unwrap();
+    assert_eq!(requests(&sb, "voucherify.exports_created"), 1);
+    let r = segsync(dir.path(), Some(&sb), &["plan", "--in", path]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("is polled again"), "{}", r.stderr);
+    assert_eq!(
+        requests(&sb, "voucherify.exports_created"),
+        1,
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stderr.contains("2 to create, 1 to update"),
+        "{}",
+        r.stderr
+    );
+    // Downloaded: the next plan starts a new export.
+    let r = segsync(dir.path(), Some(&sb), &["plan", "--in", path]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(requests(&sb, "voucherify.exports_created"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_exports_only_what_changed_and_plans_as_a_full_export_would() {
+    let sb = sandbox(opts(0)).await;
+    let dir = tempdir();
+    let csv = dir.path().join("customers.csv");
+    let mut content = String::from("source_id,name,email\n");
+    for i in 0..100 {
+        content.push_str(&format!("c{i:03},Name {i},c{i}@example.com\n"));
+    }
+    std::fs::write(&csv, &content).unwrap();
+    let path = csv.to_str().unwrap();
+    let r = segsync(dir.path(), Some(&sb), &["load", "--in", path]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("compared with a full export"),
+        "{}",
+        r.stderr
+    );
+    // Another writer changes 1% of the customers, and Segment another one.
+    sb.another_writer("c007", &json!({"name": "Renamed"}))
+        .unwrap();
+    std::fs::write(&csv, content.replace("Name 42,", "Name Forty-two,")).unwrap();
+    let r = segsync(dir.path(), Some(&sb), &["plan", "--in", path]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    // The delta holds the customers updated since the kept export: every
+    // one the first load sent (updated after the export was made) and the
+    // renamed one, not the whole project.
+    assert!(r.stderr.contains("a delta export ("), "{}", r.stderr);
+    let delta = read_csv(&dir.path().join("load.export.delta.csv"));
+    assert!(delta.len() <= 101, "{}", delta.len());
+    let by_delta = std::fs::read_to_string(dir.path().join("load.plan.csv")).unwrap();
+    let lines = plan_lines(dir.path());
+    let changed: Vec<&str> = lines.iter().map(|l| l["source_id"].as_str()).collect();
+    assert_eq!(changed, ["c007", "c042"], "{lines:?}");
+    // A full export gives the same plan, line for line.
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["plan", "--in", path, "--full-export"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("compared with a full export"),
+        "{}",
+        r.stderr
+    );
+    let by_full = std::fs::read_to_string(dir.path().join("load.plan.csv")).unwrap();
+    assert_eq!(by_delta, by_full);
+    // The load sends them; the next rerun's delta holds just those two.
+    let r = segsync(dir.path(), Some(&sb), &["load", "--in", path]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    // A rerun a while later (the snapshot's margin, a minute by default, is
+    // one second here, and a second passes).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let margin = |args: &[&str]| {
+        let mut c = command(dir.path(), Some(&sb), args);
+        c.env("SEGSYNC_SNAPSHOT_MARGIN_SECS", "1");
+        c.output()
+    };
+    let r: Run = margin(&["plan", "--in", path, "--full-export"])
+        .await
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{}", r.all());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    sb.another_writer("c010", &json!({"email": "changed@example.com"}))
+        .unwrap();
+    let r: Run = margin(&["plan", "--in", path]).await.unwrap().into();
+    assert_eq!(r.code, 0, "{}", r.all());
+    let delta = read_csv(&dir.path().join("load.export.delta.csv"));
+    assert!(
+        delta.len() <= 10,
+        "at most 10% of the customers: {}",
+        delta.len()
+    );
+    assert_eq!(delta.len(), 1, "only c010 changed since");
+    let lines = plan_lines(dir.path());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["source_id"], "c010");
+    let r = segsync(dir.path(), Some(&sb), &["load", "--in", path]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let r = segsync(dir.path(), Some(&sb), &["plan", "--in", path]).await;
+    assert!(plan_lines(dir.path()).is_empty(), "{}", r.all());
+    assert_eq!(sb.customers()["c007"]["name"], "Name 7");
+    assert_eq!(sb.customers()["c042"]["name"], "Name Forty-two");
+    // Another writer creates a customer (never updated: no updated_at, the
+    // pessimistic reading of a nullable field) that the source now has too:
+    // the delta must see it, so the import never overwrites it.
+    sb.seed_customers([json!({"source_id": "c100", "phone": "+48 600 000 000"})]);
+    let grown = content.replace("Name 42,", "Name Forty-two,") + "c100,Name 100,c100@example.com\n";
+    std::fs::write(&csv, grown).unwrap();
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["load", "--in", path, "--method", "import"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("a delta export ("), "{}", r.stderr);
+    // It is seen to exist: an update, never a create (which the import
+    // would send as a file that overwrites it whole).
+    assert!(
+        r.stderr.contains("0 to create, 1 to update"),
+        "{}",
+        r.stderr
+    );
+    let c = &sb.customers()["c100"];
+    assert_eq!(c["phone"], "+48 600 000 000", "{c}");
+    assert_eq!(c["name"], "Name 100", "{c}");
+}

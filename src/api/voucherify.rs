@@ -200,6 +200,8 @@ pub struct ExportState {
     pub status: String,
     pub url: Option<String>,
     pub message: Option<String>,
+    /// When Voucherify made the export (nullable).
+    pub created_at: Option<String>,
 }
 
 /// Whether the application keys may go with a request to `url`: the same
@@ -333,13 +335,35 @@ impl VoucherifyClient {
     }
 
     /// `POST /v1/exports` of every customer's `source_id`; returns the export id.
-    pub async fn export_customers(&self, fields: &[&str]) -> Result<String, ApiError> {
+    /// `POST /v1/exports` of customers' `fields`; with `after`, only those
+    /// updated or created after it (`filters`, junction `or`, of
+    /// `updated_at` and `created_at` `conditions.$after`: the
+    /// `ExportCustomerFilters` of the API reference). Returns the export's id
+    /// and its `created_at` (nullable).
+    pub async fn export_customers(
+        &self,
+        fields: &[&str],
+        after: Option<&str>,
+    ) -> Result<(String, Option<String>), ApiError> {
         let endpoint = "POST /v1/exports";
         let url = format!("{}/v1/exports", self.base);
-        let body =
-            serde_json::json!({"exported_object": "customer", "parameters": {"fields": fields}});
+        let mut params = serde_json::json!({"fields": fields});
+        if let Some(a) = after {
+            // A customer created and never updated may have a null
+            // `updated_at`: ask for those created after it too.
+            params["filters"] = serde_json::json!({
+                "junction": "or",
+                "updated_at": {"conditions": {"$after": [a]}},
+                "created_at": {"conditions": {"$after": [a]}}
+            });
+        }
+        let body = serde_json::json!({"exported_object": "customer", "parameters": params});
         let v = self.call(endpoint, |c| c.post(&url).json(&body)).await?;
-        Self::field(&v, endpoint, "id")
+        let created = v
+            .get("created_at")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok((Self::field(&v, endpoint, "id")?, created))
     }
 
     /// `GET /v1/exports/{id}`: where the export stands.
@@ -353,6 +377,7 @@ impl VoucherifyClient {
             status: text(v.get("status")).unwrap_or_default(),
             url: text(result.and_then(|r| r.get("url"))),
             message: text(result.and_then(|r| r.get("message"))).or_else(|| text(v.get("message"))),
+            created_at: text(v.get("created_at")),
         })
     }
 

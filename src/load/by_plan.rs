@@ -131,7 +131,11 @@ async fn find_or_make(
         max_age: args.plan_max_age,
         invalid_lines: &setup.validated.invalid_lines,
     };
-    let source = Source::Export(client, Duration::from_secs(args.export_timeout));
+    let source = Source::Export(
+        client,
+        Duration::from_secs(args.export_timeout),
+        args.exports.exports(),
+    );
     match obtain(&wanted, source).await? {
         Obtained::Saved(meta, index) => Ok(Some((meta, Found::Saved, index))),
         Obtained::Made(made, index) => Ok(Some((made.meta, Found::Made(made.exported), index))),

@@ -121,6 +121,8 @@ pub struct Args {
     /// Skip customers Voucherify changed after segsync last confirmed them (by default Segment wins)
     #[arg(long = "keep-newer")]
     pub keep_newer: bool,
+    #[command(flatten)]
+    pub exports: crate::plan::ExportArgs,
     /// How to send: bulk (every customer through the bulk upsert), import (new customers by CSV import, existing ones by bulk), auto (import when it saves calls)
     #[arg(long, value_enum, default_value_t = import::Method::Bulk)]
     pub method: import::Method,

@@ -140,6 +140,10 @@ pub struct Meta {
     pub rules: Rules,
     pub counts: Counts,
     pub export_calls: u64,
+    /// What the plan compared with: a full export, a delta applied to the
+    /// kept one, or a file given.
+    #[serde(default)]
+    pub export_kind: String,
     /// Every Voucherify call the command made (the schema read too); 0 in
     /// the file, set by `segsync plan` for its report.
     #[serde(default)]
@@ -170,7 +174,8 @@ pub struct Hashes {
 }
 
 /// SHA-256 of the ledger's lines but the `opened` ones (every load appends
-/// one as it starts, which changes nothing it says), "" when there is none.
+/// one as it starts, which changes nothing it says), "" when there is none
+/// or it holds nothing else.
 pub fn ledger_hash(p: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     use std::io::BufRead;
@@ -181,6 +186,7 @@ pub fn ledger_hash(p: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut rdr = std::io::BufReader::new(f);
     let mut line = Vec::new();
+    let mut any = false;
     loop {
         line.clear();
         let n = rdr
@@ -190,10 +196,16 @@ pub fn ledger_hash(p: &Path) -> Result<String> {
             break;
         }
         if !line.starts_with(br#"{"event":"opened""#) {
+            any = true;
             h.update(&line);
         }
     }
-    Ok(crate::files::hex(&h.finalize()))
+    // A ledger of `opened` lines alone says what no ledger says.
+    Ok(if any {
+        crate::files::hex(&h.finalize())
+    } else {
+        String::new()
+    })
 }
 
 /// SHA-256 of a file, "" when it does not exist.
@@ -224,6 +236,7 @@ impl Meta {
             rules,
             counts,
             export_calls,
+            export_kind: String::new(),
             calls: 0,
             seconds: took.as_secs_f64(),
             executed_at: None,

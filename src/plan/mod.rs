@@ -56,15 +56,47 @@ pub struct Args {
     #[arg(long = "export-file", value_name = "FILE")]
     pub export_file: Option<PathBuf>,
     #[command(flatten)]
+    pub exports: ExportArgs,
+    #[command(flatten)]
     pub voucherify: VoucherifyArgs,
 }
 
 /// Where a plan's state comes from.
 pub enum Source<'a> {
-    /// A new export, polled for at most this long.
-    Export(&'a VoucherifyClient, Duration),
+    /// A new export (a delta of the kept one when it allows), polled for at
+    /// most this long.
+    Export(&'a VoucherifyClient, Duration, Exports),
     /// An export file already downloaded.
     File(&'a Path),
+}
+
+/// When a plan's export may be a delta of the kept one.
+#[derive(Debug, Clone, Copy)]
+pub struct Exports {
+    /// A full export again when the kept one's is older than this.
+    pub full_every: Duration,
+    /// Always a full export.
+    pub force_full: bool,
+}
+
+/// The flags that set [`Exports`], on `plan` and `load`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// Export every customer again, not only those updated since the kept export
+    #[arg(long = "full-export")]
+    pub full_export: bool,
+    /// Days after which a full export is taken again instead of a delta
+    #[arg(long = "full-export-every", default_value_t = 7, value_name = "DAYS")]
+    pub full_export_every: u64,
+}
+
+impl ExportArgs {
+    pub fn exports(&self) -> Exports {
+        Exports {
+            full_every: Duration::from_secs(self.full_export_every * 86_400),
+            force_full: self.full_export,
+        }
+    }
 }
 
 /// A plan made.
@@ -119,7 +151,11 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Meta> {
             .into())
         }
         Some(f) => Source::File(f),
-        None => Source::Export(&client, Duration::from_secs(args.export_timeout)),
+        None => Source::Export(
+            &client,
+            Duration::from_secs(args.export_timeout),
+            args.exports.exports(),
+        ),
     };
     let files = state::Beside::of(&input);
     // A damaged ledger stops a plan as it stops a load (exit 2, naming the line).
@@ -143,11 +179,29 @@ pub async fn make(
     source: Source<'_>,
 ) -> Result<Result<Made, String>> {
     let started = std::time::Instant::now();
-    let (exported, export_calls) = match source {
-        Source::File(f) => (Exported::File(f.to_path_buf()), 0),
-        Source::Export(client, deadline) => {
+    let (exported, export_calls, export_kind) = match source {
+        Source::File(f) => (
+            Exported::File(f.to_path_buf()),
+            0,
+            "the file given".to_string(),
+        ),
+        Source::Export(client, deadline, exports) => {
             ui::info("plan: exporting Voucherify's customers (the mapped fields, updated_at and the schema's metadata)");
-            export::export(client, files, &crate::fields::export_fields(), deadline).await?
+            let policy = export::Policy {
+                target,
+                full_every: exports.full_every,
+                force_full: exports.force_full,
+            };
+            let fields = crate::fields::export_fields();
+            let (e, calls, kind) =
+                export::export_held(client, files, &fields, deadline, &policy).await?;
+            let kind = match kind {
+                export::Kind::Full => "a full export".to_string(),
+                export::Kind::Delta { rows } => format!(
+                    "a delta export ({rows} customers updated since the kept one) applied to the kept export"
+                ),
+            };
+            (e, calls, kind)
         }
     };
     let export_path = match &exported {
@@ -195,7 +249,7 @@ pub async fn make(
         target,
         &mut held,
     )?;
-    let meta = Meta::new(
+    let mut meta = Meta::new(
         input,
         target,
         rules,
@@ -204,6 +258,7 @@ pub async fn make(
         export_calls,
         started.elapsed(),
     )?;
+    meta.export_kind = export_kind;
     crate::files::write_atomic(&files.plan_meta, &serde_json::to_vec_pretty(&meta)?)?;
     Ok(Ok(Made { meta, exported }))
 }
@@ -319,6 +374,14 @@ pub fn replay(
 pub fn say(meta: &Meta, files: &state::Beside, calls: u64) {
     let c = &meta.counts;
     let (plan_path, orphans_path) = (&files.plan, &files.orphans);
+    ui::info(format!(
+        "plan: compared with {}",
+        if meta.export_kind.is_empty() {
+            "an export"
+        } else {
+            &meta.export_kind
+        }
+    ));
     ui::info(format!(
         "plan: {}{} ({:.1}s, {calls} Voucherify calls)",
         c.summary(),

@@ -39,8 +39,95 @@ use std::time::{Duration, Instant};
 /// An export the project made: its file, rendered when it was created.
 pub struct Export {
     created: Instant,
+    /// Voucherify's `created_at` of the export.
+    created_at: String,
     token: String,
     file: Bytes,
+}
+
+/// One condition of an export's filters: a field (`created_at`,
+/// `updated_at`), `$after` or `$before`, and a time.
+type Cond = (String, bool, jiff::Timestamp);
+
+/// `parameters.filters`: `created_at` and `updated_at` with `$after` and
+/// `$before` conditions (each a timestamp, or an array of one, as the docs'
+/// examples write filter values), joined by `junction` `and` (the default)
+/// or `or`. Anything else under `filters` is refused: the sandbox would
+/// otherwise export more than asked without a word.
+fn parse_filters(filters: &Value) -> Result<(bool, Vec<Cond>), String> {
+    let Some(f) = filters.as_object() else {
+        return if filters.is_null() {
+            Ok((false, vec![]))
+        } else {
+            Err("filters must be an object".into())
+        };
+    };
+    let mut or = false;
+    let mut out = Vec::new();
+    for (k, v) in f {
+        match k.as_str() {
+            "junction" => match v.as_str().map(str::to_ascii_lowercase).as_deref() {
+                Some("and") => {}
+                Some("or") => or = true,
+                _ => return Err("junction is \"and\" or \"or\"".into()),
+            },
+            "created_at" | "updated_at" => {
+                let Some(c) = v.get("conditions").and_then(Value::as_object) else {
+                    return Err(format!("filters.{k} needs conditions"));
+                };
+                for (op, val) in c {
+                    let t = match val {
+                        Value::String(s) => s.as_str(),
+                        Value::Array(a) if a.len() == 1 && a[0].is_string() => {
+                            a[0].as_str().unwrap_or_default()
+                        }
+                        _ => return Err(format!("filters.{k}.conditions.{op}: a timestamp")),
+                    };
+                    let Ok(t) = t.parse::<jiff::Timestamp>() else {
+                        return Err(format!(
+                            "filters.{k}.conditions.{op}: {t:?} is no timestamp"
+                        ));
+                    };
+                    let after = match op.as_str() {
+                        "$after" => true,
+                        "$before" => false,
+                        _ => {
+                            return Err(format!(
+                                "the sandbox filters {k} by $after and $before, not {op}"
+                            ))
+                        }
+                    };
+                    out.push((k.clone(), after, t));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "the sandbox does not filter customer exports by {other}"
+                ))
+            }
+        }
+    }
+    Ok((or, out))
+}
+
+/// Whether a customer passes the filters. A customer without the field
+/// (an `updated_at` that is null: never updated) passes no condition on it.
+fn passes(c: &Value, (or, conds): &(bool, Vec<Cond>)) -> bool {
+    if conds.is_empty() {
+        return true;
+    }
+    let one = |(field, after, t): &Cond| {
+        let v = c
+            .get(field)
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<jiff::Timestamp>().ok());
+        v.is_some_and(|v| if *after { v > *t } else { v < *t })
+    };
+    if *or {
+        conds.iter().any(one)
+    } else {
+        conds.iter().all(one)
+    }
 }
 
 /// How an export's file is laid out. The docs name the fields and say the
@@ -128,27 +215,44 @@ pub async fn create_export(State(st): State<Arc<AppState>>, body: Bytes) -> Resp
             "invalid_export",
         );
     }
+    st.stats.count("voucherify.exports_created");
+    let window = match parse_filters(&v["parameters"]["filters"]) {
+        Ok(w) => w,
+        Err(why) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Invalid export",
+                &why,
+                "invalid_export",
+            )
+        }
+    };
     let id = format!("exp_{:016x}", rand::thread_rng().gen::<u64>());
-    let file = render(&st, &fields);
+    let created_at = stamp();
+    let file = render(&st, &fields, &window);
     if let Ok(mut e) = st.exports.lock() {
         e.insert(
             id.clone(),
             Export {
                 created: Instant::now(),
+                created_at: created_at.clone(),
                 token: format!("{:024x}", rand::thread_rng().gen::<u128>()),
                 file,
             },
         );
     }
     Json(
-        json!({"id": id, "object": "export", "status": "SCHEDULED", "exported_object": "customer",
-        "parameters": {"fields": fields}, "result": null}),
+        json!({"id": id, "object": "export", "created_at": created_at, "status": "SCHEDULED",
+        "exported_object": "customer", "parameters": {"fields": fields, "filters": v["parameters"]["filters"]},
+        "result": null}),
     )
     .into_response()
 }
 
-/// The CSV of the customers held now, with the requested fields.
-fn render(st: &AppState, fields: &[String]) -> Bytes {
+/// The CSV of the customers held now that pass the filters, with the
+/// requested fields.
+fn render(st: &AppState, fields: &[String], filters: &(bool, Vec<Cond>)) -> Bytes {
+    let inside = |c: &Value| passes(c, filters);
     let defined: Vec<String> = st
         .metadata_schema
         .read()
@@ -199,7 +303,7 @@ fn render(st: &AppState, fields: &[String]) -> Bytes {
         .from_writer(out);
     let _ = w.write_record(columns.iter().map(|(h, _)| h));
     if let Ok(held) = st.customers.lock() {
-        for c in held.values() {
+        for c in held.values().filter(|c| inside(c)) {
             let _ = w.write_record(columns.iter().map(|(_, f)| cell(c, f)));
         }
     }
@@ -251,7 +355,8 @@ pub async fn get_export(
         Value::Null
     };
     Json(
-        json!({"id": id, "object": "export", "status": if done { "DONE" } else { "SCHEDULED" },
+        json!({"id": id, "object": "export", "created_at": e.created_at,
+        "status": if done { "DONE" } else { "SCHEDULED" },
         "exported_object": "customer", "result": result}),
     )
     .into_response()

@@ -395,7 +395,14 @@ impl Sandbox {
         if let Ok(mut held) = self.state.customers.lock() {
             for c in customers {
                 if let Some(sid) = c.get("source_id").and_then(Value::as_str) {
-                    held.insert(sid.to_string(), c.clone());
+                    // Created by another writer and never updated: a
+                    // `created_at`, and (the pessimistic reading of a
+                    // nullable field) no `updated_at`.
+                    let mut c = c.clone();
+                    if c.get("created_at").is_none() {
+                        c["created_at"] = Value::String(exports::stamp());
+                    }
+                    held.insert(sid.to_string(), c);
                 }
             }
         }

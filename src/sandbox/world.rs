@@ -146,6 +146,11 @@ impl World {
         } else {
             0
         };
+        // The rerun's plan compares with a full export, or a delta applied
+        // to the one the first run kept: both must end exact.
+        if r.gen_bool(0.5) {
+            client_args.push("--full-export".into());
+        }
         World {
             seed,
             sandbox,

@@ -82,9 +82,16 @@ pub struct Beside {
     pub plan: PathBuf,
     pub plan_meta: PathBuf,
     pub orphans: PathBuf,
-    /// `load.export.csv` and `load.export.json` (the export's id and time).
+    /// `load.export.csv` and `load.export.json` (the export's id and time):
+    /// what a plan compares with, kept for the next plan's delta.
     pub export: PathBuf,
     pub export_meta: PathBuf,
+    /// `load.export.delta.csv`: the last delta export, as downloaded.
+    pub export_delta: PathBuf,
+    /// `load.export.ids.csv`/`.json`: the source-id export that tells the
+    /// import who exists, kept apart from the plan's.
+    pub export_ids: PathBuf,
+    pub export_ids_meta: PathBuf,
 }
 
 impl Beside {
@@ -100,6 +107,9 @@ impl Beside {
             orphans: dir.join("load.orphans.csv"),
             export: dir.join("load.export.csv"),
             export_meta: dir.join("load.export.json"),
+            export_delta: dir.join("load.export.delta.csv"),
+            export_ids: dir.join("load.export.ids.csv"),
+            export_ids_meta: dir.join("load.export.ids.json"),
         }
     }
 }

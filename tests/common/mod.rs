@@ -189,6 +189,7 @@ const ENDPOINTS: &[&str] = &[
     "voucherify.customers_import_csv",
     "voucherify.customers_list",
     "voucherify.exports",
+    "voucherify.exports_created",
     "voucherify.export_download",
     "voucherify.async_action",
     "voucherify.metadata_schemas",
