@@ -364,6 +364,7 @@ fn extract_args(a: &RunArgs, incremental: bool) -> extract::Args {
     extract::Args {
         from: extract::Source::Api,
         dir: None,
+        ignore: Vec::new(),
         trait_values: None,
         out: None,
         concurrency: a.extract_concurrency,

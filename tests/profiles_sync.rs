@@ -215,6 +215,20 @@ async fn bad_unloads_are_named_by_file_and_row_and_text_values_stay_text() {
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(
         r.stderr
+            .contains("part-2.parquet: named as Parquet but its bytes are plain text"),
+        "{}",
+        r.stderr
+    );
+    // Parquet's magic, a torn middle.
+    std::fs::write(
+        u.join("user_traits/part-2.parquet"),
+        b"PAR1 torn in the middle PAR1",
+    )
+    .unwrap();
+    let r = run(extract()).await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
             .contains("part-2.parquet: not a readable Parquet file"),
         "{}",
         r.stderr

@@ -66,6 +66,9 @@ pub struct Args {
     /// The unload folder (with --from profiles-sync)
     #[arg(value_name = "UNLOAD_DIR", required_if_eq("from", "profiles-sync"))]
     pub dir: Option<PathBuf>,
+    /// With --from profiles-sync: leave out files of the unload whose path (below UNLOAD_DIR) or name matches this glob; every other file is read, skipped as a marker, or refused by name (repeatable)
+    #[arg(long = "ignore", value_name = "GLOB")]
+    pub ignore: Vec<String>,
     /// How Profiles Sync trait values are read [default: JSON when every value parses as JSON, else text]
     #[arg(long = "trait-values", value_enum)]
     pub trait_values: Option<profiles_sync::TraitValues>,
@@ -212,7 +215,15 @@ fn from_profiles_sync(args: &Args, out: &Path) -> Result<Summary> {
             "--from profiles-sync needs the unload folder: segsync extract --from profiles-sync DIR",
         )
     })?;
-    let s = profiles_sync::run(&dir, out, &wanted, args.trait_values)?;
+    let ignore = args
+        .ignore
+        .iter()
+        .map(|g| {
+            glob::Pattern::new(g)
+                .map_err(|e| UsageError::new(format!("--ignore {g:?}: not a glob ({e})")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let s = profiles_sync::run(&dir, &ignore, out, &wanted, args.trait_values)?;
     Ok(Summary {
         profiles: s.profiles,
         ..Default::default()

@@ -23,16 +23,18 @@
 //! JSON they are read as JSON, otherwise as text (`--trait-values` decides
 //! instead), and the summary says which.
 
+mod cells;
 mod group;
 mod parts;
 mod spill;
+pub mod unload;
 
 use super::fetcher::Wanted;
 use crate::files::{self, AtomicFile};
 use crate::state::{self, checkpoint, checkpoint::Checkpoint};
 use crate::ui::{self, Progress};
 use anyhow::Result;
-use parts::{parts, read_part, Row};
+use parts::{read_part, Row};
 use spill::{Kind, Spill, Spilled};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -59,15 +61,37 @@ pub struct Summary {
     pub json_values: bool,
 }
 
+/// What the unload held: parts by kind, markers skipped, files ignored.
+fn say_inventory(traits: &unload::Inventory, ids: &unload::Inventory) {
+    use unload::Content;
+    let (mut parquet, mut gzip, mut text) = (0, 0, 0);
+    for p in traits.parts.iter().chain(&ids.parts) {
+        match unload::sniff(p) {
+            Ok(Content::Parquet) => parquet += 1,
+            Ok(Content::Gzip) => gzip += 1,
+            _ => text += 1,
+        }
+    }
+    let markers = traits.markers.len() + ids.markers.len();
+    let ignored = traits.ignored.len() + ids.ignored.len();
+    crate::ui::info(format!(
+        "extract: the unload holds {parquet} Parquet, {gzip} gzipped CSV and {text} CSV parts; {markers} markers skipped by name (_SUCCESS, _committed_*, .crc, …){}",
+        if ignored > 0 { format!("; {ignored} files ignored (--ignore)") } else { String::new() }
+    ));
+}
+
 pub fn run(
     dir: &Path,
+    ignore: &[glob::Pattern],
     out: &Path,
     wanted: &Wanted,
     values: Option<TraitValues>,
 ) -> Result<Summary> {
     let started = Instant::now();
-    let trait_parts = parts(dir, "user_traits")?;
-    let id_parts = parts(dir, "user_identifiers")?;
+    let traits = unload::inventory(dir, "user_traits", ignore)?;
+    let ids = unload::inventory(dir, "user_identifiers", ignore)?;
+    say_inventory(&traits, &ids);
+    let (trait_parts, id_parts) = (traits.parts, ids.parts);
     files::ensure_dir(&files::parent_dir(out))?;
     let tmp = files::parent_dir(out).join(".profiles-sync.tmp");
     let _ = std::fs::remove_dir_all(&tmp);

@@ -5,11 +5,12 @@
 //! readers' buffers: the caller checks that what it keeps is UTF-8, and copies
 //! only that.
 
+use super::cells::{parse_seq, parse_ts_text, timestamp_unit, ts_cell};
 use crate::error::UsageError;
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One row of either table, as read, borrowed from the reader's buffers:
 /// only what is kept gets copied. Text is as stored: not yet checked to be
@@ -60,68 +61,29 @@ fn columns(names: &[String], key: &str, file: &Path) -> Result<Columns> {
     })
 }
 
-fn parse_seq(s: &str, file: &Path, row: u64) -> Result<i64> {
-    let t = s.trim();
-    t.parse::<i64>()
-        .ok()
-        .or_else(|| {
-            t.parse::<f64>()
-                .ok()
-                .filter(|f| f.fract() == 0.0)
-                .map(|f| f as i64)
-        })
-        .ok_or_else(|| {
-            UsageError::new(format!(
-                "{}: row {row}: seq {s:?} is not a number",
-                file.display()
-            ))
-            .into()
-        })
-}
-
-fn parse_ts_text(s: &str) -> Option<i64> {
-    let t = s.trim();
-    if let Ok(n) = t.parse::<i64>() {
-        // Epoch seconds, milliseconds or microseconds, by size.
-        return Some(match n {
-            n if n > 100_000_000_000_000 => n / 1000,
-            n if n > 100_000_000_000 => n,
-            n => n * 1000,
-        });
-    }
-    crate::dates::parse_timestamp(&t.replace(' ', "T")).map(|t| t.as_millisecond())
-}
-
 /// Reads one part file, row by row.
 pub fn read_part(path: &Path, key: &str, each: &mut dyn FnMut(Row) -> Result<()>) -> Result<()> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if name.ends_with(".parquet") {
-        return read_parquet(path, key, each);
+    use super::unload::{named, sniff, Content};
+    let content = sniff(path)?;
+    if let Some(name) = named(path).filter(|n| *n != content) {
+        let is = |c: Content| match c {
+            Content::Parquet => "Parquet",
+            Content::Gzip => "gzip-compressed",
+            Content::Text => "plain text",
+        };
+        return Err(UsageError::new(format!(
+            "{}: named as {} but its bytes are {}; rename it to what it is",
+            path.display(),
+            is(name),
+            is(content)
+        ))
+        .into());
     }
-    let mut f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut magic = [0u8; 2];
-    let n = f
-        .read(&mut magic)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    std::io::Seek::rewind(&mut f).with_context(|| format!("cannot read {}", path.display()))?;
-    let gzip = n == 2 && magic == [0x1f, 0x8b];
-    match (name.ends_with(".gz"), gzip) {
-        (true, true) => read_csv(path, flate2::read::MultiGzDecoder::new(f), key, each),
-        (false, false) => read_csv(path, f, key, each),
-        (true, false) => Err(UsageError::new(format!(
-            "{}: named .gz but not gzip-compressed; rename it (.csv) or compress it",
-            path.display()
-        ))
-        .into()),
-        (false, true) => Err(UsageError::new(format!(
-            "{}: gzip-compressed but not named .gz; rename it .csv.gz",
-            path.display()
-        ))
-        .into()),
+    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    match content {
+        Content::Parquet => read_parquet(path, key, each),
+        Content::Gzip => read_csv(path, flate2::read::MultiGzDecoder::new(f), key, each),
+        Content::Text => read_csv(path, f, key, each),
     }
 }
 
@@ -166,7 +128,10 @@ fn read_csv(
             // An unload writes NULL as an empty field (or \N).
             value: (!value.is_empty() && value != "\\N").then_some(value.as_bytes()),
             seq: parse_seq(get(c.seq), path, n)?,
-            ts: c.ts.and_then(|i| parse_ts_text(get(i))),
+            ts: match c.ts {
+                Some(i) => ts_cell(get(i), path, n)?,
+                None => None,
+            },
         })?;
     }
 }
@@ -186,6 +151,8 @@ struct ColumnBatches {
     texts: Vec<parquet::data_type::ByteArray>,
     ints: Vec<i64>,
     int32s: Vec<i32>,
+    /// INT96 timestamps, read then kept in `ints` as milliseconds.
+    int96s: Vec<parquet::data_type::Int96>,
     /// Per row of the batch, the index of its value, or NULL_SLOT.
     slots: Vec<u32>,
 }
@@ -199,12 +166,14 @@ impl ColumnBatches {
         Ok(match reader {
             ColumnReader::ByteArrayColumnReader(_)
             | ColumnReader::Int64ColumnReader(_)
+            | ColumnReader::Int96ColumnReader(_)
             | ColumnReader::Int32ColumnReader(_) => Some(ColumnBatches {
                 reader,
                 defs: Vec::with_capacity(BATCH_ROWS),
                 texts: Vec::new(),
                 ints: Vec::new(),
                 int32s: Vec::new(),
+                int96s: Vec::new(),
                 slots: Vec::with_capacity(BATCH_ROWS),
             }),
             _ => None,
@@ -228,6 +197,17 @@ impl ColumnBatches {
             }
             ColumnReader::Int32ColumnReader(r) => {
                 r.read_records(BATCH_ROWS, Some(defs), None, &mut self.int32s)?
+            }
+            ColumnReader::Int96ColumnReader(r) => {
+                self.int96s.clear();
+                let read = r.read_records(BATCH_ROWS, Some(defs), None, &mut self.int96s)?;
+                // Julian day and nanoseconds of the day: milliseconds, floored.
+                self.ints.extend(
+                    self.int96s
+                        .iter()
+                        .map(|t| t.to_nanos().div_euclid(1_000_000)),
+                );
+                read
             }
             _ => anyhow::bail!("a column type this reader does not handle"),
         };
@@ -256,7 +236,8 @@ impl ColumnBatches {
         let slot = self.slots[i];
         let get = |v: &[i64]| (slot != NULL_SLOT).then(|| v[slot as usize]);
         match self.reader {
-            parquet::column::reader::ColumnReader::Int64ColumnReader(_) => Some(get(&self.ints)),
+            parquet::column::reader::ColumnReader::Int64ColumnReader(_)
+            | parquet::column::reader::ColumnReader::Int96ColumnReader(_) => Some(get(&self.ints)),
             parquet::column::reader::ColumnReader::Int32ColumnReader(_) => {
                 Some((slot != NULL_SLOT).then(|| i64::from(self.int32s[slot as usize])))
             }
@@ -289,24 +270,6 @@ impl ColumnBatches {
     }
 }
 
-/// Milliseconds per unit of an INT64 timestamp column (by its logical or
-/// converted type); None for a plain number.
-fn timestamp_scale(d: &parquet::schema::types::ColumnDescriptor) -> Option<f64> {
-    use parquet::basic::{ConvertedType, LogicalType, TimeUnit};
-    match d.logical_type() {
-        Some(LogicalType::Timestamp { unit, .. }) => Some(match unit {
-            TimeUnit::MILLIS(_) => 1.0,
-            TimeUnit::MICROS(_) => 0.001,
-            TimeUnit::NANOS(_) => 0.000_001,
-        }),
-        _ => match d.converted_type() {
-            ConvertedType::TIMESTAMP_MILLIS => Some(1.0),
-            ConvertedType::TIMESTAMP_MICROS => Some(0.001),
-            _ => None,
-        },
-    }
-}
-
 /// Open a Parquet part: its footer read, or an error naming the file.
 fn open_parquet(path: &Path) -> Result<parquet::file::reader::SerializedFileReader<File>> {
     let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -329,14 +292,13 @@ fn read_parquet_columns(
     use parquet::file::reader::FileReader;
     let reader = open_parquet(path)?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
-    if schema.num_columns() != schema.root_schema().get_fields().len() {
-        return Ok(false); // nested columns: the record API handles them
-    }
+    // Leaf columns by path: a column nested in a struct beside the five
+    // this reads is `outer.inner`, and never taken for one of them.
     let names: Vec<String> = (0..schema.num_columns())
-        .map(|i| schema.column(i).name().to_string())
+        .map(|i| schema.column(i).path().parts().join("."))
         .collect();
     let c = columns(&names, key, path)?;
-    let ts_scale = c.ts.and_then(|i| timestamp_scale(&schema.column(i)));
+    let ts_unit = c.ts.and_then(|i| timestamp_unit(&schema.column(i)));
     let mut row_no = 0u64;
     let (mut b1, mut b2, mut b3) = (String::new(), String::new(), String::new());
     for g in 0..reader.num_row_groups() {
@@ -380,11 +342,14 @@ fn read_parquet_columns(
                         parse_seq(text.unwrap_or(""), path, row_no)?
                     }
                 };
-                let t = match (&ts, ts_scale) {
-                    (Some(col), Some(scale)) if col.int(r).is_some() => {
-                        col.int(r).flatten().map(|n| (n as f64 * scale) as i64)
+                let t = match (&ts, ts_unit) {
+                    (Some(col), Some(unit)) if col.int(r).is_some() => {
+                        col.int(r).flatten().map(|n| unit.to_ms(n))
                     }
-                    (Some(col), _) => col.text(r, &mut b1).ok().flatten().and_then(parse_ts_text),
+                    (Some(col), _) => match col.text(r, &mut b1) {
+                        Ok(Some(text)) => ts_cell(text, path, row_no)?,
+                        _ => None,
+                    },
                     (None, _) => None,
                 };
                 each(Row {
@@ -454,7 +419,16 @@ fn read_parquet_rows(
         .root_schema()
         .get_fields()
         .to_vec();
-    let projection = parquet::schema::types::Type::group_type_builder("schema")
+    // The projection keeps the file's own root name (DuckDB writes
+    // `duckdb_schema`): the reader refuses a projection under another name.
+    let root_name = reader
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .root_schema()
+        .name()
+        .to_string();
+    let projection = parquet::schema::types::Type::group_type_builder(&root_name)
         .with_fields(wanted.iter().map(|i| fields[*i].clone()).collect())
         .build()
         .map_err(|e| UsageError::new(format!("{}: {e}", path.display())))?;
@@ -479,13 +453,21 @@ fn read_parquet_rows(
             other => Some(other.to_string()),
         }
     };
+    let unit = all.ts.and_then(|i| {
+        let d = reader.metadata().file_metadata().schema_descr_ptr();
+        (0..d.num_columns())
+            .find(|c| d.column(*c).path().parts() == [fields[i].name()])
+            .and_then(|c| timestamp_unit(&d.column(c)))
+    });
     let ts = |f: &Field| -> Option<i64> {
-        match f {
-            Field::TimestampMillis(n) => Some(*n),
-            Field::TimestampMicros(n) => Some(n / 1000),
-            Field::Date(d) => Some(*d as i64 * 86_400_000),
-            Field::Str(s) => parse_ts_text(s),
-            Field::Long(n) => parse_ts_text(&n.to_string()),
+        match (f, unit) {
+            (Field::TimestampMillis(n), _) => Some(*n),
+            (Field::TimestampMicros(n), _) => Some(n.div_euclid(1_000)),
+            (Field::Date(d), _) => Some(i64::from(*d) * 86_400_000),
+            (Field::Long(n), Some(u)) => Some(u.to_ms(*n)),
+            (Field::Int(n), Some(u)) => Some(u.to_ms(i64::from(*n))),
+            (Field::Str(s), _) => parse_ts_text(s),
+            (Field::Long(n), None) => parse_ts_text(&n.to_string()),
             _ => None,
         }
     };
@@ -522,52 +504,4 @@ fn read_parquet_rows(
         })?;
     }
     Ok(())
-}
-
-/// A table's folder, found case-insensitively, and its part files.
-pub fn parts(dir: &Path, table: &str) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        UsageError::new(format!(
-            "{}: cannot read the unload folder ({e})",
-            dir.display()
-        ))
-    })?;
-    let folder = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.is_dir()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.eq_ignore_ascii_case(table))
-        })
-        .ok_or_else(|| {
-            UsageError::new(format!(
-                "{}: no {table}/ folder; unload Profiles Sync's {table} table there (see the README's \"Large spaces\")",
-                dir.display()
-            ))
-        })?;
-    let mut out: Vec<PathBuf> = std::fs::read_dir(&folder)
-        .with_context(|| format!("cannot read {}", folder.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            let n = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            p.is_file()
-                && (n.ends_with(".parquet") || n.ends_with(".csv") || n.ends_with(".csv.gz"))
-        })
-        .collect();
-    out.sort();
-    if out.is_empty() {
-        return Err(UsageError::new(format!(
-            "{}: no part files (*.parquet, *.csv, *.csv.gz)",
-            folder.display()
-        ))
-        .into());
-    }
-    Ok(out)
 }
