@@ -102,6 +102,12 @@ async fn profile_listing_pages_to_the_end_with_opaque_cursors() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 250, "no profile listed twice");
+    // `next=0` is the first page, as the original script asks for it (its
+    // default start is "0", and it ran against Segment so).
+    let (status, _, first) = api.seg("", &[("limit", "100"), ("next", "0")]).await;
+    assert_eq!(status, 200, "{first}");
+    let (_, _, plain) = api.seg("", &[("limit", "100")]).await;
+    assert_eq!(first["data"], plain["data"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

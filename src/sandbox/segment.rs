@@ -92,7 +92,9 @@ fn paging(q: &HashMap<String, String>, kind: &str, max: usize) -> Result<(usize,
             }
         },
     };
-    let offset = match q.get("next").filter(|s| !s.is_empty()) {
+    // `next=0` is the first page, as Segment takes it: the original script
+    // starts its listing so.
+    let offset = match q.get("next").filter(|s| !s.is_empty() && *s != "0") {
         None => 0,
         Some(c) => match decode_cursor(kind, c) {
             Some(o) => o,
