@@ -51,6 +51,9 @@ pub struct Args {
     /// A bulk upsert's address and metadata replace the held objects whole (default: merged key by key; the docs do not say which)
     #[arg(long = "replace-nested")]
     pub replace_nested: bool,
+    /// Accept bulk-request properties Voucherify's published schema does not name (the original script sends system_metadata); by default they are refused
+    #[arg(long = "accept-undocumented")]
+    pub accept_undocumented: bool,
     /// Voucherify API calls left in the monthly cycle before 429 api_calls_cycle
     #[arg(long = "cycle-quota", value_name = "CALLS")]
     pub cycle_quota: Option<u64>,
@@ -213,6 +216,7 @@ fn sandbox_options(a: &Args, metadata_schema: Option<serde_json::Value>) -> Sand
         max_body_bytes: a.max_body_bytes,
         null_fields: a.null_fields,
         replace_nested: a.replace_nested,
+        accept_undocumented: a.accept_undocumented,
         cycle_quota: a.cycle_quota,
         bulk_quota: a.bulk_quota,
         bulk_window: std::time::Duration::from_secs(a.bulk_window_secs),

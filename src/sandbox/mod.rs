@@ -88,6 +88,10 @@ pub struct SandboxOptions {
     /// objects whole (true) or merge into them key by key (false): the docs
     /// do not say, so worlds draw both readings.
     pub replace_nested: bool,
+    /// Accept bulk-request properties Voucherify's published schema does
+    /// not name (by default refused, which holds segsync's own requests to
+    /// the schema; the original script sends `system_metadata`).
+    pub accept_undocumented: bool,
 }
 
 /// How long answers take: `median_ms`, spread by ±`jitter` (a share of the
@@ -150,6 +154,7 @@ impl Default for SandboxOptions {
             export_shape: exports::Shape::Readable,
             import_fails_whole: false,
             replace_nested: false,
+            accept_undocumented: false,
         }
     }
 }
