@@ -131,9 +131,14 @@ pub async fn execute(cli: Cli) -> (u8, Value) {
             Err(e) => return finish(name, Err(e), body),
         },
     };
+    // The sandbox stops on a signal by design (exit 0): it handles them.
+    #[cfg(feature = "sandbox")]
+    let serves = matches!(cli.command, Command::Sandbox(_));
+    #[cfg(not(feature = "sandbox"))]
+    let serves = false;
     let r = tokio::select! {
         r = dispatch(cli.command, &data, &mut body) => r,
-        s = interrupted() => Err(anyhow::Error::new(s)),
+        s = interrupted(), if !serves => Err(anyhow::Error::new(s)),
     };
     let (code, doc) = finish(name, r, body);
     if let Some((_held, dir)) = &lock {

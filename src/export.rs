@@ -356,8 +356,10 @@ fn snapshot_of(created_at: &str) -> Option<String> {
     )
 }
 
-/// Header names compared as the export's human-readable headers vary.
-fn norm(h: &str) -> String {
+/// A header as the export's human-readable headers are compared: case,
+/// white space, underscores and a byte-order mark ignored (`Source ID`,
+/// `source_id`, `Address City`).
+pub fn header_key(h: &str) -> String {
     h.trim_start_matches('\u{feff}')
         .chars()
         .filter(|c| !c.is_whitespace() && *c != '_')
@@ -381,7 +383,7 @@ pub fn apply_delta(kept: &Path, delta: &Path) -> Result<std::result::Result<u64,
     let kept_header = k.byte_headers()?.clone();
     let names = |h: &csv::ByteRecord| -> Vec<String> {
         h.iter()
-            .map(|c| norm(&String::from_utf8_lossy(c)))
+            .map(|c| header_key(&String::from_utf8_lossy(c)))
             .collect()
     };
     if names(&header) != names(&kept_header) {
@@ -462,15 +464,8 @@ pub fn read_export(path: &Path) -> Result<HashSet<String>> {
         .has_headers(true)
         .from_path(path)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let norm = |h: &str| {
-        h.trim_start_matches('\u{feff}')
-            .chars()
-            .filter(|c| !c.is_whitespace() && *c != '_')
-            .collect::<String>()
-            .to_lowercase()
-    };
     let headers = rdr.headers()?.clone();
-    let col = headers.iter().position(|h| norm(h) == "sourceid").ok_or_else(|| {
+    let col = headers.iter().position(|h| header_key(h) == "sourceid").ok_or_else(|| {
         anyhow::anyhow!(
             "{}: Voucherify's customer export has no source id column (its columns: {}); the import cannot tell new customers from existing ones: use --method bulk",
             path.display(),

@@ -6,47 +6,22 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::path::Path;
-
-fn schema() -> jsonschema::Validator {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/report.schema.json"),
-    )
-    .expect("docs/report.schema.json");
-    let v: Value = serde_json::from_str(&text).expect("the schema is JSON");
-    jsonschema::validator_for(&v).expect("a valid JSON Schema")
-}
-
-/// stdout is exactly one JSON document, valid against the schema.
-fn document(r: &Run, schema: &jsonschema::Validator) -> Value {
-    let lines: Vec<&str> = r.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "one document on stdout, nothing else: {}",
-        r.all()
-    );
-    let doc: Value = serde_json::from_str(lines[0]).expect("stdout is JSON");
-    let errors: Vec<String> = schema.iter_errors(&doc).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{errors:?}\n{doc:#}");
-    doc
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_prints_one_document_the_schema_accepts() {
-    let schema = schema();
+    let schema = report_schema();
     let sb = sandbox(opts(80)).await;
     let dir = tempdir();
     // An empty data directory first.
     let r = segsync(dir.path(), Some(&sb), &["--json", "status"]).await;
     assert_eq!(r.code, 0, "{}", r.all());
-    let doc = document(&r, &schema);
+    let doc = one_document(&r, &schema);
     assert_eq!(doc["stages"]["extract"]["state"], "absent");
     assert_eq!(doc["next"], "segsync extract");
 
     let r = segsync(dir.path(), Some(&sb), &["--json", "run"]).await;
     assert_eq!(r.code, 0, "{}", r.all());
-    let doc = document(&r, &schema);
+    let doc = one_document(&r, &schema);
     assert_eq!(doc["command"], "run");
     let held = sb.customers().len() as u64;
     assert_eq!(doc["stages"]["load"]["counts"]["confirmed_total"], held);
@@ -59,7 +34,7 @@ async fn every_command_prints_one_document_the_schema_accepts() {
     eprintln!("run --json: {doc}");
 
     let r = segsync(dir.path(), Some(&sb), &["--json", "status"]).await;
-    let doc = document(&r, &schema);
+    let doc = one_document(&r, &schema);
     for stage in ["extract", "transform", "load"] {
         assert_eq!(doc["stages"][stage]["state"], "complete", "{doc:#}");
     }
@@ -77,13 +52,13 @@ async fn every_command_prints_one_document_the_schema_accepts() {
     ] {
         let r = segsync(dir.path(), Some(&sb), args).await;
         assert_eq!(r.code, 0, "{args:?}: {}", r.all());
-        let doc = document(&r, &schema);
+        let doc = one_document(&r, &schema);
         assert_eq!(doc["ok"], true);
     }
     // A failure still writes its document: the error, the status, what next.
     let r = segsync(dir.path(), None, &["--json", "load"]).await;
     assert_eq!(r.code, 2, "{}", r.all());
-    let doc = document(&r, &schema);
+    let doc = one_document(&r, &schema);
     assert_eq!(
         (doc["ok"].clone(), doc["exit"].clone()),
         (Value::Bool(false), 2.into())

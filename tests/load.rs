@@ -167,16 +167,7 @@ async fn customers_voucherify_rejects_go_to_the_report_with_exit_3() {
         .find(|e| e["event"] == "confirmed")
         .expect("a confirmed line");
     let id = confirmed["async_action_id"].as_str().unwrap();
-    let action: Value = reqwest::Client::new()
-        .get(format!("{}/v1/async-actions/{id}", sb.url()))
-        .header("X-App-Id", &sb.creds.app_id)
-        .header("X-App-Token", &sb.creds.secret_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let action = voucherify_get(&sb, &format!("/v1/async-actions/{id}")).await;
     assert_eq!(action["status"], "DONE", "{action}");
     assert_eq!(action["operation_status"], "FAILED", "{action}");
     assert_eq!(action["result"]["done_count"], 2, "{action}");

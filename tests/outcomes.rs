@@ -5,32 +5,11 @@
 
 mod common;
 use common::*;
-use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-
-fn schema() -> jsonschema::Validator {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/report.schema.json"),
-    )
-    .expect("docs/report.schema.json");
-    jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("a valid schema")
-}
-
-/// stdout holds exactly one document, and the schema accepts it.
-fn one_document(r: &Run, schema: &jsonschema::Validator) -> Value {
-    let lines: Vec<&str> = r.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one document on stdout: {}", r.all());
-    let doc: Value = serde_json::from_str(lines[0]).expect("stdout is JSON");
-    let errors: Vec<String> = schema.iter_errors(&doc).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{errors:?}\n{doc:#}");
-    assert_eq!(doc["exit"], r.code, "the document's exit is the process's");
-    doc
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_errors_version_plan_and_status_on_a_file_each_print_one_valid_document() {
-    let schema = schema();
+    let schema = report_schema();
     let sb = sandbox(opts(30)).await;
     let dir = tempdir();
     for (args, code, command) in [
@@ -110,7 +89,7 @@ async fn usage_errors_version_plan_and_status_on_a_file_each_print_one_valid_doc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_ends_with_one_document_and_a_line_in_runs_ndjson_and_files_are_owner_only() {
-    let schema = schema();
+    let schema = report_schema();
     // Slow answers, so the run is still going when the signal comes.
     let sb = sandbox(segsync::sandbox::SandboxOptions {
         latency_ms: 150,
@@ -197,4 +176,32 @@ async fn a_local_permission_error_is_never_retried_as_the_network() {
     assert!(!r.stderr.contains("gave up after"), "{}", r.stderr);
     let downloads = requests(&sb, "voucherify.export_download");
     assert_eq!(downloads, 1, "one download, not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_ledger_line_stops_plan_as_it_stops_load() {
+    let sb = sandbox(opts(0)).await;
+    let dir = tempdir();
+    let csv = dir.path().join("customers.csv");
+    std::fs::write(&csv, "source_id,name\na,Ann\n").unwrap();
+    let path = csv.to_str().unwrap();
+    assert_eq!(
+        segsync(dir.path(), Some(&sb), &["load", "--in", path])
+            .await
+            .code,
+        0
+    );
+    let ledger = dir.path().join("load.ledger.ndjson");
+    let mut text = std::fs::read_to_string(&ledger).unwrap();
+    text.insert_str(0, "{\"event\": \"confirmed\", garbage\n");
+    std::fs::write(&ledger, text).unwrap();
+    for cmd in ["plan", "load"] {
+        let r = segsync(dir.path(), Some(&sb), &[cmd, "--in", path]).await;
+        assert_eq!(r.code, 2, "{cmd}: {}", r.all());
+        assert!(
+            r.stderr.contains("load.ledger.ndjson:1"),
+            "{cmd}: {}",
+            r.stderr
+        );
+    }
 }

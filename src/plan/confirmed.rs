@@ -99,18 +99,37 @@ impl Confirmed {
     }
 }
 
-/// Each ledger line for `target`, parsed, in order (torn or foreign lines
-/// skipped: `load` reports those).
+/// Each ledger line for `target`, parsed, in order. A torn last line (no
+/// newline: a run killed mid-write) is skipped, as `load` cuts it; a
+/// complete line that is no ledger line stops the plan as it stops a load
+/// (exit 2, naming the line).
 fn each_event(path: &Path, target: &str, mut f: impl FnMut(LedgerEvent)) -> Result<()> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        let Ok(ev) = serde_json::from_str::<LedgerEvent>(&line) else {
-            continue;
+    let mut rdr = std::io::BufReader::new(file);
+    let mut line = String::new();
+    for n in 1.. {
+        line.clear();
+        if rdr
+            .read_line(&mut line)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            == 0
+        {
+            break;
+        }
+        let ev = match serde_json::from_str::<LedgerEvent>(line.trim_end()) {
+            Ok(ev) => ev,
+            Err(_) if !line.ends_with('\n') => break,
+            Err(e) => {
+                return Err(crate::error::UsageError::new(format!(
+                    "{}:{n}: not a ledger line ({e}); the ledger was damaged (it is written by segsync only): restore it from a backup, or move it aside, in which case the next `segsync load` sends every row again",
+                    path.display()
+                ))
+                .into())
+            }
         };
         let t = match &ev {
             LedgerEvent::Opened { target, .. }

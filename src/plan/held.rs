@@ -22,13 +22,7 @@ use std::path::{Path, PathBuf};
 // in its order (a `Held`'s `standard` cells follow it).
 use crate::fields::STANDARD;
 
-fn norm(h: &str) -> String {
-    h.trim_start_matches('\u{feff}')
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '_')
-        .collect::<String>()
-        .to_lowercase()
-}
+use crate::export::header_key as norm;
 
 /// Where each field is in the export.
 struct Columns {

@@ -158,8 +158,6 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Meta> {
         ),
     };
     let files = state::Beside::of(&input);
-    // A damaged ledger stops a plan as it stops a load (exit 2, naming the line).
-    crate::state::ledger::read(&files.ledger, Some(&target))?;
     let made = make(&files, &target, &schema, rules, &validated.invalid_lines, source)
         .await?
         .map_err(|why| anyhow::anyhow!("cannot plan: {why}; nothing can be compared (`segsync load --from-ledger` decides by the ledger alone)"))?;

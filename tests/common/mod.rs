@@ -464,3 +464,29 @@ pub fn simple_customers(prefix: &str, n: usize) -> String {
     }
     s
 }
+
+/// docs/report.schema.json, compiled by an independent implementation.
+pub fn report_schema() -> jsonschema::Validator {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/report.schema.json"),
+    )
+    .expect("docs/report.schema.json");
+    let v: Value = serde_json::from_str(&text).expect("the schema is JSON");
+    jsonschema::validator_for(&v).expect("a valid JSON Schema")
+}
+
+/// stdout is exactly one JSON document, and the schema accepts it.
+pub fn one_document(r: &Run, schema: &jsonschema::Validator) -> Value {
+    let lines: Vec<&str> = r.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one document on stdout, nothing else: {}",
+        r.all()
+    );
+    let doc: Value = serde_json::from_str(lines[0]).expect("stdout is JSON");
+    let errors: Vec<String> = schema.iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{doc:#}");
+    assert_eq!(doc["exit"], r.code, "the document's exit is the process's");
+    doc
+}
