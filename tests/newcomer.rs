@@ -226,7 +226,8 @@ async fn misnamed_gzip_parts_and_an_empty_profile_id_are_exit_2_naming_file_and_
     let r = segsync(dir.path(), None, &extract).await;
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(
-        r.stderr.contains("named .gz but not gzip-compressed"),
+        r.stderr
+            .contains("part-0.csv.gz: named as gzip-compressed but its bytes are plain text"),
         "{}",
         r.stderr
     );
@@ -237,7 +238,8 @@ async fn misnamed_gzip_parts_and_an_empty_profile_id_are_exit_2_naming_file_and_
     let r = segsync(dir.path(), None, &extract).await;
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(
-        r.stderr.contains("gzip-compressed but not named .gz"),
+        r.stderr
+            .contains("part-0.csv: named as plain text but its bytes are gzip-compressed"),
         "{}",
         r.stderr
     );
