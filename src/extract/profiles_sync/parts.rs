@@ -5,7 +5,7 @@
 //! readers' buffers: the caller checks that what it keeps is UTF-8, and copies
 //! only that.
 
-use super::cells::{parse_seq, parse_ts_text, timestamp_unit, ts_cell};
+use super::cells::{parse_seq, parse_ts_text, timestamp_unit, ts_cell, TsUnit};
 use crate::error::UsageError;
 use anyhow::{Context, Result};
 use std::fs::File;
@@ -432,45 +432,13 @@ fn read_parquet_rows(
         .with_fields(wanted.iter().map(|i| fields[*i].clone()).collect())
         .build()
         .map_err(|e| UsageError::new(format!("{}: {e}", path.display())))?;
-    let text = |f: &Field| -> Option<String> {
-        match f {
-            Field::Null => None,
-            Field::Str(s) => Some(s.clone()),
-            Field::Bytes(b) => Some(String::from_utf8_lossy(b.data()).into_owned()),
-            Field::Bool(b) => Some(b.to_string()),
-            Field::Byte(n) => Some(n.to_string()),
-            Field::Short(n) => Some(n.to_string()),
-            Field::Int(n) => Some(n.to_string()),
-            Field::Long(n) => Some(n.to_string()),
-            Field::UByte(n) => Some(n.to_string()),
-            Field::UShort(n) => Some(n.to_string()),
-            Field::UInt(n) => Some(n.to_string()),
-            Field::ULong(n) => Some(n.to_string()),
-            Field::Float(n) => Some(n.to_string()),
-            Field::Double(n) => Some(n.to_string()),
-            Field::TimestampMillis(n) => Some(n.to_string()),
-            Field::TimestampMicros(n) => Some((n / 1000).to_string()),
-            other => Some(other.to_string()),
-        }
-    };
     let unit = all.ts.and_then(|i| {
         let d = reader.metadata().file_metadata().schema_descr_ptr();
         (0..d.num_columns())
             .find(|c| d.column(*c).path().parts() == [fields[i].name()])
             .and_then(|c| timestamp_unit(&d.column(c)))
     });
-    let ts = |f: &Field| -> Option<i64> {
-        match (f, unit) {
-            (Field::TimestampMillis(n), _) => Some(*n),
-            (Field::TimestampMicros(n), _) => Some(n.div_euclid(1_000)),
-            (Field::Date(d), _) => Some(i64::from(*d) * 86_400_000),
-            (Field::Long(n), Some(u)) => Some(u.to_ms(*n)),
-            (Field::Int(n), Some(u)) => Some(u.to_ms(i64::from(*n))),
-            (Field::Str(s), _) => parse_ts_text(s),
-            (Field::Long(n), None) => parse_ts_text(&n.to_string()),
-            _ => None,
-        }
-    };
+    let ts = |f: &Field| field_ts(f, unit);
     let rows = reader.get_row_iter(Some(projection)).map_err(|e| {
         UsageError::new(format!(
             "{}: not a readable Parquet file ({e})",
@@ -492,9 +460,13 @@ fn read_parquet_rows(
             Field::Int(n) => *n as i64,
             Field::UInt(n) => *n as i64,
             Field::ULong(n) => *n as i64,
-            other => parse_seq(&text(other).unwrap_or_default(), path, n as u64 + 1)?,
+            other => parse_seq(&field_text(other).unwrap_or_default(), path, n as u64 + 1)?,
         };
-        let (id, key, value) = (text(get(c.id)), text(get(c.key)), text(get(c.value)));
+        let (id, key, value) = (
+            field_text(get(c.id)),
+            field_text(get(c.key)),
+            field_text(get(c.value)),
+        );
         each(Row {
             id: id.as_deref().unwrap_or_default().as_bytes(),
             key: key.as_deref().unwrap_or_default().as_bytes(),
@@ -504,4 +476,44 @@ fn read_parquet_rows(
         })?;
     }
     Ok(())
+}
+
+/// A record-API cell as text (None: null).
+fn field_text(f: &parquet::record::Field) -> Option<String> {
+    use parquet::record::Field;
+    match f {
+        Field::Null => None,
+        Field::Str(s) => Some(s.clone()),
+        Field::Bytes(b) => Some(String::from_utf8_lossy(b.data()).into_owned()),
+        Field::Bool(b) => Some(b.to_string()),
+        Field::Byte(n) => Some(n.to_string()),
+        Field::Short(n) => Some(n.to_string()),
+        Field::Int(n) => Some(n.to_string()),
+        Field::Long(n) => Some(n.to_string()),
+        Field::UByte(n) => Some(n.to_string()),
+        Field::UShort(n) => Some(n.to_string()),
+        Field::UInt(n) => Some(n.to_string()),
+        Field::ULong(n) => Some(n.to_string()),
+        Field::Float(n) => Some(n.to_string()),
+        Field::Double(n) => Some(n.to_string()),
+        Field::TimestampMillis(n) => Some(n.to_string()),
+        Field::TimestampMicros(n) => Some(n.div_euclid(1_000).to_string()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// A record-API timestamp cell in ms, by the column's unit when the cell is
+/// a plain number.
+fn field_ts(f: &parquet::record::Field, unit: Option<TsUnit>) -> Option<i64> {
+    use parquet::record::Field;
+    match (f, unit) {
+        (Field::TimestampMillis(n), _) => Some(*n),
+        (Field::TimestampMicros(n), _) => Some(n.div_euclid(1_000)),
+        (Field::Date(d), _) => Some(i64::from(*d) * 86_400_000),
+        (Field::Long(n), Some(u)) => Some(u.to_ms(*n)),
+        (Field::Int(n), Some(u)) => Some(u.to_ms(i64::from(*n))),
+        (Field::Str(s), _) => parse_ts_text(s),
+        (Field::Long(n), None) => parse_ts_text(&n.to_string()),
+        _ => None,
+    }
 }
