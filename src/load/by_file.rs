@@ -101,7 +101,7 @@ pub async fn send(
         .batcher(args, confirmed.clone())?
         .only(move |c| importable(c, &ex))
         .customers();
-    let files = write_files(&setup.input, rows, args.max_file_bytes as usize)?;
+    let files = write_files(&setup.files.dir, rows, args.max_file_bytes as usize)?;
     ui::info(format!(
         "load: {} new customers go by import in {} files ({}), one set of filled columns a file; customers the project holds ({} exported), typed or sparse metadata and keys a header cannot carry go by bulk",
         plan.customers,

@@ -16,7 +16,7 @@
 
 use super::batch::Prepared;
 use super::import::{Existing, Signature, STANDARD};
-use crate::files::{self, AtomicFile};
+use crate::files::AtomicFile;
 use anyhow::Result;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -219,13 +219,14 @@ impl Writer {
 }
 
 /// Write the customers as Voucherify import files of at most `max_bytes`
-/// each (measured as written), one column signature a file.
+/// each (measured as written), one column signature a file, in `dir` (the
+/// customers file's folder).
 pub fn write_files(
-    customers: &Path,
+    dir: &Path,
     rows: impl IntoIterator<Item = Result<Prepared>>,
     max_bytes: usize,
 ) -> Result<Vec<ImportFile>> {
-    let dir = files::parent_dir(customers);
+    let dir = dir.to_path_buf();
     let next = (1..)
         .find(|n| !dir.join(format!("load.import.{n:03}.csv")).exists())
         .unwrap_or(1);
@@ -339,7 +340,12 @@ mod tests {
                 )
             })
             .collect();
-        let files = write_files(&customers, rows.into_iter().map(Ok), 2_000).unwrap();
+        let files = write_files(
+            &crate::files::parent_dir(&customers),
+            rows.into_iter().map(Ok),
+            2_000,
+        )
+        .unwrap();
         assert!(files.len() > 2);
         assert_eq!(files[0].name, "load.import.001.csv");
         assert_eq!(files.iter().map(|f| f.customers.len()).sum::<usize>(), 60);

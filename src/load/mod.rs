@@ -245,8 +245,9 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     let mut snapshot_ms = None;
     if by_plan::wanted(&setup, args) {
         // What the checks of pending batches wrote makes a saved plan stale
-        // (the plan compares the ledger's content, `opened` lines aside).
-        let ids = ledger::read(&setup.ledger_file, setup.target.as_deref())?.confirmed_ids;
+        // (the plan compares the ledger's content, `opened` lines aside);
+        // `recover` added the customers they confirmed to these ids.
+        let ids = std::mem::take(&mut setup.ledger.confirmed_ids);
         let prepared = by_plan::prepare(&mut setup, args, &session.client, ids, true)
             .await
             .map_err(|e| {
@@ -290,9 +291,6 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     fill(&mut summary, &session, before);
     summary.calls = session.client.stats().get(&session.client.stats().requests);
     summary.budget = session.client.budget();
-    summary.confirmed_total = ledger::read(&setup.ledger_file, setup.target.as_deref())
-        .map(|l| l.confirmed_ids.len() as u64)
-        .unwrap_or(0);
     say(
         &summary,
         &session,
@@ -301,6 +299,10 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         export_calls,
         started,
     );
+    // For the JSON report (the lines above do not print it).
+    summary.confirmed_total = ledger::read(&setup.ledger_file, setup.target.as_deref())
+        .map(|l| l.confirmed_ids.len() as u64)
+        .unwrap_or(0);
     if let (true, Some(at)) = (args.keep_newer, snapshot_ms) {
         let secs = (jiff::Timestamp::now().as_millisecond() - at).max(0) / 1000;
         ui::info(format!("load: --keep-newer cannot see a change another writer made between the export's snapshot and the last send: this time a window of {secs}s"));
@@ -336,19 +338,36 @@ async fn recover(
         confirmed: session.confirmed.load(Ordering::Relaxed),
     };
     let mut confirmed = std::mem::take(&mut setup.ledger.confirmed);
-    let unchanged_before = if recovered.is_empty() {
-        None
-    } else {
-        let mut b = setup.batcher(args, Arc::new(confirmed.clone()))?;
-        b.count_to_send()?;
-        Some(b.unchanged)
-    };
-    confirmed.extend(recovered);
-    let confirmed = Arc::new(confirmed);
-    let mut b = setup.batcher(args, confirmed.clone())?;
+    // One pass: rows the ledger showed confirmed before this run are
+    // unchanged; rows only the checks confirmed are recovered.
+    let checked: Arc<HashSet<u128>> = Arc::new(
+        recovered
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| !confirmed.contains(k))
+            .collect(),
+    );
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (only, count) = (checked.clone(), seen.clone());
+    let mut b = setup
+        .batcher(args, Arc::new(confirmed.clone()))?
+        .only(move |c| {
+            let hit = u128::from_str_radix(&c.hash, 16).is_ok_and(|k| only.contains(&k));
+            if hit {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            !hit
+        });
     b.count_to_send()?;
-    summary.unchanged = unchanged_before.unwrap_or(b.unchanged);
-    summary.recovered = b.unchanged - summary.unchanged;
+    summary.unchanged = b.unchanged;
+    summary.recovered = seen.load(Ordering::Relaxed);
+    for (key, source_id) in recovered {
+        confirmed.insert(key);
+        if !source_id.is_empty() {
+            setup.ledger.confirmed_ids.insert(source_id);
+        }
+    }
+    let confirmed = Arc::new(confirmed);
     Ok((confirmed, before))
 }
 
@@ -410,12 +429,12 @@ fn say(
 }
 
 /// Actions a killed run left pending: check them instead of resending.
-/// Returns the content keys they confirmed.
+/// Returns the content keys they confirmed, with their source ids.
 async fn recover_pending(
     session: &Arc<Session>,
     pending: Vec<(String, Vec<ledger::LedgerCustomer>)>,
     concurrency: u32,
-) -> Result<Vec<u128>> {
+) -> Result<Vec<(u128, String)>> {
     if pending.is_empty() {
         return Ok(vec![]);
     }
@@ -446,8 +465,17 @@ async fn recover_one(
     session: &Session,
     id: String,
     customers: Vec<ledger::LedgerCustomer>,
-) -> Result<Vec<u128>> {
-    match confirm::confirm(session, &id, customers, Duration::ZERO).await {
+) -> Result<Vec<(u128, String)>> {
+    let ids: std::collections::HashMap<u128, String> = customers
+        .iter()
+        .filter_map(|c| Some((u128::from_str_radix(&c.hash, 16).ok()?, c.source_id.clone())))
+        .collect();
+    let confirmed = confirm::confirm(session, &id, customers, Duration::ZERO).await;
+    match confirmed {
+        Ok(keys) => Ok(keys
+            .into_iter()
+            .map(|k| (k, ids.get(&k).cloned().unwrap_or_default()))
+            .collect()),
         Err(e) if e.downcast_ref::<ApiError>().and_then(ApiError::status) == Some(404) => {
             ui::warn(format!(
                 "load: async action {id} is unknown to Voucherify (404); its customers are sent again"
@@ -460,7 +488,7 @@ async fn recover_one(
             })?;
             Ok(vec![])
         }
-        r => r,
+        Err(e) => Err(e),
     }
 }
 

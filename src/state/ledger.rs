@@ -282,16 +282,20 @@ pub struct LedgerWriter {
 impl LedgerWriter {
     /// Open for appending and record that a load for `target` started.
     pub fn open(path: &Path, target: &str) -> Result<LedgerWriter> {
-        let w = LedgerWriter {
-            file: Mutex::new(files::open_append(path)?),
-            target: target.to_string(),
-        };
-        w.append(&LedgerEvent::Opened {
+        let mut line = serde_json::to_vec(&LedgerEvent::Opened {
             at: super::now(),
             target: target.to_string(),
             version: VERSION,
         })?;
-        Ok(w)
+        line.push(b'\n');
+        let mut file = files::open_append(path)?;
+        file.write_all(&line)
+            .and_then(|()| file.flush())
+            .context("cannot append to the load ledger")?;
+        Ok(LedgerWriter {
+            file: Mutex::new(file),
+            target: target.to_string(),
+        })
     }
 
     pub fn append(&self, ev: &LedgerEvent) -> Result<()> {

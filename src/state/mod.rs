@@ -74,6 +74,8 @@ pub fn rejects(customers: &Path) -> PathBuf {
 /// (callers pass this around instead of deriving paths again).
 #[derive(Debug, Clone)]
 pub struct Beside {
+    /// The folder they share (the import files go there too).
+    pub dir: PathBuf,
     pub customers: PathBuf,
     pub ledger: PathBuf,
     pub report: PathBuf,
@@ -98,6 +100,7 @@ impl Beside {
     pub fn of(customers: &Path) -> Beside {
         let dir = parent_dir(customers);
         Beside {
+            dir: dir.clone(),
             customers: customers.to_path_buf(),
             ledger: dir.join("load.ledger.ndjson"),
             report: dir.join("load-report.csv"),
