@@ -23,7 +23,7 @@ rm -rf "$W" && mkdir -p "$W"
 ROWS=()
 . bench/lib.sh
 
-vf_calls() { stats | jq '[.requests | to_entries[] | select(.key | startswith("voucherify.")) | .value] | add'; }
+vf_calls() { stats | jq '[.requests | to_entries[] | select(.key | startswith("voucherify.")) | .value] | add // 0'; }
 received() { stats | jq '.customers_received // 0'; }
 
 # customers N FILE: name, email and a metadata key the schema defines.
@@ -95,6 +95,49 @@ for scenario in "nothing changed|same" "1% renamed in Voucherify by another writ
   rerun "$KEY" ledger; L_CALLS=$CALLS L_SENT=$SENT L_DRIFT=$DRIFT
   rerun "$KEY" plan; P_CALLS=$CALLS P_SENT=$SENT P_DRIFT=$DRIFT
   row "rerun of $CALLS_N customers, $WHAT" "load (plan): $P_CALLS Voucherify calls, $P_SENT customers sent, $P_DRIFT left renamed" "load --from-ledger: $L_CALLS calls, $L_SENT sent, $L_DRIFT left renamed" "$(( P_CALLS - L_CALLS )) calls more, $(( L_DRIFT - P_DRIFT )) more customers set right"
+done
+
+# A plan's rerun after another writer renamed 1%: a delta export (customers
+# updated since the kept export) against a full one, from the same state.
+# Both plans must be the same file and find every renamed customer.
+say "== a plan's rerun after 1% renamed elsewhere: delta export against full"
+D=$W/delta && mkdir -p "$D" && cp "$W/customers.csv" "$D/"
+project "$D"
+# The kept export's snapshot is its creation less a minute for clocks
+# (docs/DESIGN.md): a delta right after the load would hold the whole load.
+sleep 61
+"$BIN" -q --data-dir "$D" plan 2> "$D/first.err" || { cat "$D/first.err" >&2; exit 1; }
+for i in $(seq 0 100 $(( CALLS_N - 1 ))); do printf 'p%07d\n' "$i"; done | xargs -P 8 -I{} curl -s -o /dev/null -X POST \
+  -H 'content-type: application/json' -d '{"name": "Renamed elsewhere"}' "$VOUCHERIFY_API_URL/_sandbox/customers/{}"
+RENAMED_N=$(( (CALLS_N + 99) / 100 ))
+rows_of() { echo $(( $(wc -l < "$1") - 1 )); }
+plan_once() { # FLAGS...: sets CALLS, UPDATES; keeps the plan as $D/plan.$KIND.csv
+  local c0; c0=$(vf_calls)
+  measure "$D/$KIND" "$BIN" --data-dir "$D" plan "$@"
+  CALLS=$(( $(vf_calls) - c0 ))
+  UPDATES=$(grep -o '[0-9]* to update' "$D/$KIND.err" | grep -o '^[0-9]*')
+  [[ $UPDATES -eq $RENAMED_N ]] || { say "plan ($KIND) found $UPDATES of $RENAMED_N renamed"; exit 1; }
+  cp "$D/load.plan.csv" "$D/plan.$KIND.csv"
+}
+KIND=delta plan_once; DELTA_CALLS=$CALLS DELTA_SECS=$SECS DELTA_ROWS=$(rows_of "$D/load.export.delta.csv")
+grep -q 'a delta export' "$D/delta.err" || { say "the rerun did not take a delta export"; cat "$D/delta.err" >&2; exit 1; }
+KIND=full plan_once --full-export; FULL_CALLS=$CALLS FULL_SECS=$SECS FULL_ROWS=$(rows_of "$D/load.export.csv")
+cmp -s "$D/plan.delta.csv" "$D/plan.full.csv" || { say "the plans from a delta and from a full export differ"; diff "$D/plan.delta.csv" "$D/plan.full.csv" | head >&2; exit 1; }
+row "plan's rerun, $CALLS_N customers held, 1% renamed elsewhere" "delta export: $DELTA_ROWS customers exported, $DELTA_CALLS Voucherify calls, $DELTA_SECS s; $RENAMED_N updates found" "full export (--full-export): $FULL_ROWS customers exported, $FULL_CALLS calls, $FULL_SECS s; the same plan, byte for byte" "$(calc "100 * $DELTA_ROWS / $FULL_ROWS")% of the rows"
+stop_sandbox
+
+# Polls while an export runs: the sandbox's export takes a minute, then
+# five (`--export-ms`); a plan's calls are the schema read, the export's
+# creation, its polls and its download.
+for MINUTES in ${BENCH_PLAN_EXPORT_MINUTES:-1 5}; do
+  say "== a plan whose export takes $MINUTES minute(s)"
+  D=$W/slow$MINUTES && mkdir -p "$D" && customers 10 "$D/customers.csv"
+  start_sandbox --profiles 10 --voucherify-rpm 0 --processing-ms 5 --export-ms $(( MINUTES * 60000 )) --metadata-schema "$W/schema.json"
+  C0=$(vf_calls)
+  measure "$D/plan" "$BIN" --data-dir "$D" plan --export-timeout $(( MINUTES * 60 + 120 ))
+  CALLS=$(( $(vf_calls) - C0 ))
+  row "plan, an export taking $MINUTES min" "$CALLS Voucherify calls ($(( CALLS - 3 )) polls), $SECS s" "the schema read, the export's creation and its download: 3 calls" "$(calc "$SECS / ($MINUTES * 60)")x the export's time"
+  stop_sandbox
 done
 rm -rf "$W"
 

@@ -1,19 +1,35 @@
 //! In-memory keys of strings, for sets and maps over our own input (ids,
-//! `source_id`s): 64 bits, or 128 (two independently seeded SipHashes) where
-//! a collision would merge two different things. Never written to a file.
+//! `source_id`s): 64 bits, or 128 where a collision would merge two
+//! different things. XXH3: fast on short strings, and its bits spread
+//! evenly (a [`KeyMap`]'s directory relies on it). Never written to a file.
 
-use std::hash::{Hash, Hasher};
+use twox_hash::{XxHash3_128, XxHash3_64};
 
 pub fn h64(s: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
+    XxHash3_64::oneshot(s.as_bytes())
 }
 
 pub fn h128(s: &str) -> u128 {
-    let mut b = std::collections::hash_map::DefaultHasher::new();
-    (0x5E6u32, s).hash(&mut b);
-    ((h64(s) as u128) << 64) | b.finish() as u128
+    XxHash3_128::oneshot(s.as_bytes())
+}
+
+/// A key of a [`KeyMap`]: ordered, with top bits that spread evenly (a
+/// hash), which the map's directory uses to jump near a key.
+pub trait Key: Copy + Ord {
+    /// The key's highest 64 bits.
+    fn top(self) -> u64;
+}
+
+impl Key for u64 {
+    fn top(self) -> u64 {
+        self
+    }
+}
+
+impl Key for u128 {
+    fn top(self) -> u64 {
+        (self >> 64) as u64
+    }
 }
 
 /// Builds a [`KeyMap`]: append `key → value` in any order, then
@@ -30,7 +46,7 @@ pub struct KeyMapBuilder<K, V> {
     folded: usize,
 }
 
-impl<K: Copy + Ord, V: Copy> Default for KeyMapBuilder<K, V> {
+impl<K: Key, V: Copy> Default for KeyMapBuilder<K, V> {
     fn default() -> Self {
         KeyMapBuilder {
             entries: Vec::new(),
@@ -39,7 +55,7 @@ impl<K: Copy + Ord, V: Copy> Default for KeyMapBuilder<K, V> {
     }
 }
 
-impl<K: Copy + Ord, V: Copy> KeyMapBuilder<K, V> {
+impl<K: Key, V: Copy> KeyMapBuilder<K, V> {
     pub fn push(&mut self, key: K, value: V, merge: &mut impl FnMut(K, V, V) -> V) {
         if self.entries.len() == self.entries.capacity() && self.entries.len() >= 1024 {
             self.fold(merge);
@@ -77,33 +93,64 @@ impl<K: Copy + Ord, V: Copy> KeyMapBuilder<K, V> {
     pub fn finish(mut self, merge: &mut impl FnMut(K, V, V) -> V) -> KeyMap<K, V> {
         self.fold(merge);
         self.entries.shrink_to_fit();
-        KeyMap {
-            entries: self.entries,
-        }
+        KeyMap::indexed(self.entries)
     }
 }
 
-/// A read-only map from keys to small values, read by binary search: about
-/// the key's size a key more than the values, where a hash map takes two to
-/// four times that (and double while it grows). Made by [`KeyMapBuilder`].
+/// A read-only map from keys to small values: about the key's size a key
+/// more than the values, where a hash map takes two to four times that (and
+/// double while it grows). Made by [`KeyMapBuilder`].
+///
+/// Read through a directory by the keys' top bits (about 8 keys a slot, 4
+/// bytes each), then a binary search within the slot: a lookup touches a
+/// cache line or two of a large map, where a binary search over a million
+/// entries misses the cache some twenty times.
 pub struct KeyMap<K, V> {
     entries: Vec<(K, V)>,
+    /// `dir[j]`: the first entry whose top `bits` bits are at least `j`.
+    dir: Vec<u32>,
+    bits: u32,
 }
 
-impl<K: Copy + Ord, V: Copy> Default for KeyMap<K, V> {
+impl<K: Key, V: Copy> Default for KeyMap<K, V> {
     fn default() -> Self {
-        KeyMap {
-            entries: Vec::new(),
-        }
+        KeyMap::indexed(Vec::new())
     }
 }
 
-impl<K: Copy + Ord, V: Copy> KeyMap<K, V> {
+impl<K: Key, V: Copy> KeyMap<K, V> {
+    /// The map over sorted, folded entries, with its directory.
+    fn indexed(entries: Vec<(K, V)>) -> KeyMap<K, V> {
+        let bits = (entries.len() / 8).max(1).ilog2().min(24);
+        let slot = |k: K| {
+            if bits == 0 {
+                0
+            } else {
+                (k.top() >> (64 - bits)) as usize
+            }
+        };
+        let mut dir = vec![0u32; (1 << bits) + 1];
+        let mut at = 0;
+        for (j, d) in dir.iter_mut().enumerate() {
+            while at < entries.len() && slot(entries[at].0) < j {
+                at += 1;
+            }
+            *d = at as u32;
+        }
+        KeyMap { entries, dir, bits }
+    }
+
     pub fn get(&self, key: K) -> Option<V> {
-        self.entries
+        let j = if self.bits == 0 {
+            0
+        } else {
+            (key.top() >> (64 - self.bits)) as usize
+        };
+        let (lo, hi) = (self.dir[j] as usize, self.dir[j + 1] as usize);
+        self.entries[lo..hi]
             .binary_search_by_key(&key, |e| e.0)
             .ok()
-            .map(|i| self.entries[i].1)
+            .map(|i| self.entries[lo + i].1)
     }
 
     pub fn contains(&self, key: K) -> bool {

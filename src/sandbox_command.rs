@@ -42,6 +42,9 @@ pub struct Args {
     /// Time an async action takes from ENQUEUED to DONE
     #[arg(long = "processing-ms", default_value_t = 200)]
     pub processing_ms: u64,
+    /// Time a customer export takes from SCHEDULED to DONE [default: --processing-ms]
+    #[arg(long = "export-ms")]
+    pub export_ms: Option<u64>,
     /// Largest Voucherify request body in bytes before 413
     #[arg(long = "max-body-bytes", default_value_t = crate::sandbox::MAX_BODY)]
     pub max_body_bytes: usize,
@@ -213,6 +216,7 @@ fn sandbox_options(a: &Args, metadata_schema: Option<serde_json::Value>) -> Sand
         segment_rps: a.segment_rps,
         voucherify_rpm: a.voucherify_rpm,
         processing_ms: a.processing_ms,
+        export_ms: a.export_ms,
         max_body_bytes: a.max_body_bytes,
         null_fields: a.null_fields,
         replace_nested: a.replace_nested,

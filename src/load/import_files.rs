@@ -269,6 +269,7 @@ mod tests {
             segment_id: None,
             fields: vec![],
             cleared: vec![],
+            request: Default::default(),
         }
     }
 
@@ -365,7 +366,7 @@ mod tests {
             }
         }
         let more = write_files(
-            &customers,
+            &crate::files::parent_dir(&customers),
             vec![Ok(prepared("z", serde_json::json!({"source_id": "z"})))],
             2_000,
         )

@@ -12,8 +12,10 @@
 //! set again.
 
 use crate::keys::{h128, KeyMap, KeyMapBuilder};
-use crate::state::ledger::{content_key, LedgerEvent};
+use crate::state::ledger::content_key;
 use anyhow::{Context, Result};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::path::Path;
@@ -99,17 +101,52 @@ impl Confirmed {
     }
 }
 
-/// Each ledger line for `target`, parsed, in order. A torn last line (no
-/// newline: a run killed mid-write) is skipped, as `load` cuts it; a
-/// complete line that is no ledger line stops the plan as it stops a load
-/// (exit 2, naming the line).
-fn each_event(path: &Path, target: &str, mut f: impl FnMut(LedgerEvent)) -> Result<()> {
+/// One ledger line as a plan reads it: borrowed from the line, so a
+/// million confirmed customers cost no allocation each; what a plan does not
+/// use (a submission's customers) is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct LineView<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow)]
+    target: Cow<'a, str>,
+    #[serde(borrow, default)]
+    at: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    done: Option<Vec<CustomerView<'a>>>,
+}
+
+/// One confirmed customer of a ledger line (`LedgerCustomer`, borrowed).
+#[derive(serde::Deserialize)]
+struct CustomerView<'a> {
+    #[serde(borrow)]
+    source_id: Cow<'a, str>,
+    #[serde(borrow)]
+    hash: Cow<'a, str>,
+    #[serde(borrow, default)]
+    segment_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    fields: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cleared: Option<&'a RawValue>,
+}
+
+const EVENTS: [&str; 4] = ["opened", "submitted", "confirmed", "abandoned"];
+
+/// Each confirmation of `target` in the ledger, in order: when, and who.
+/// A line that is not a ledger line stops the read (exit 2, naming it); a
+/// torn last line (an interrupted run's) ends it.
+fn each_confirmed(
+    path: &Path,
+    target: &str,
+    mut f: impl FnMut(&str, Vec<CustomerView>) -> Result<()>,
+) -> Result<()> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let mut rdr = std::io::BufReader::new(file);
+    let mut rdr = std::io::BufReader::with_capacity(1 << 20, file);
     let mut line = String::new();
     for n in 1.. {
         line.clear();
@@ -120,26 +157,30 @@ fn each_event(path: &Path, target: &str, mut f: impl FnMut(LedgerEvent)) -> Resu
         {
             break;
         }
-        let ev = match serde_json::from_str::<LedgerEvent>(line.trim_end()) {
-            Ok(ev) => ev,
+        let view = serde_json::from_str::<LineView>(line.trim_end()).map_err(|e| e.to_string());
+        let view = match view {
+            Ok(v) if EVENTS.contains(&v.event.as_ref()) => v,
             Err(_) if !line.ends_with('\n') => break,
-            Err(e) => {
+            other => {
+                let why = other.err().unwrap_or_else(|| "an unknown event".into());
                 return Err(crate::error::UsageError::new(format!(
-                    "{}:{n}: not a ledger line ({e}); the ledger was damaged (it is written by segsync only): restore it from a backup, or move it aside, in which case the next `segsync load` sends every row again",
+                    "{}:{n}: not a ledger line ({why}); the ledger was damaged (it is written by segsync only): restore it from a backup, or move it aside, in which case the next `segsync load` sends every row again",
                     path.display()
                 ))
-                .into())
+                .into());
             }
         };
-        let t = match &ev {
-            LedgerEvent::Opened { target, .. }
-            | LedgerEvent::Submitted { target, .. }
-            | LedgerEvent::Confirmed { target, .. }
-            | LedgerEvent::Abandoned { target, .. } => target,
-        };
-        if t == target {
-            f(ev);
+        if view.event != "confirmed" || view.target != target {
+            continue;
         }
+        let (Some(at), Some(done)) = (view.at, view.done) else {
+            return Err(crate::error::UsageError::new(format!(
+                "{}:{n}: a confirmation without its time or customers; the ledger was damaged (it is written by segsync only)",
+                path.display()
+            ))
+            .into());
+        };
+        f(&at, done)?;
     }
     Ok(())
 }
@@ -166,6 +207,28 @@ impl Interned {
 
     /// What segsync has set after `later` (a confirmation: the fields it
     /// gave, the fields it cleared) follows `earlier`.
+    /// A field list as the ledger spells it (a JSON array of names), by its
+    /// text: the ledger repeats a few lists a million times.
+    fn get_raw(
+        &mut self,
+        by_text: &mut HashMap<String, u32>,
+        raw: &RawValue,
+        path: &Path,
+    ) -> Result<u32> {
+        if let Some(i) = by_text.get(raw.get()) {
+            return Ok(*i);
+        }
+        let list: Vec<String> = serde_json::from_str(raw.get()).map_err(|e| {
+            crate::error::UsageError::new(format!(
+                "{}: a field list that is not a list of names ({e}); the ledger was damaged (it is written by segsync only)",
+                path.display()
+            ))
+        })?;
+        let i = self.get(list);
+        by_text.insert(raw.get().to_string(), i);
+        Ok(i)
+    }
+
     fn merge(&mut self, earlier: Packed, later: Packed) -> Packed {
         let (e, l) = (earlier.last(), later.last());
         let set = match (e.fields, l.fields) {
@@ -193,18 +256,22 @@ pub fn read(path: &Path, target: &str) -> Result<Confirmed> {
     let mut by_source = KeyMapBuilder::default();
     let mut by_profile = KeyMapBuilder::default();
     let mut earlier = HashMap::new();
-    each_event(path, target, |ev| {
-        let LedgerEvent::Confirmed { at, done, .. } = ev else {
-            return;
-        };
+    let mut by_text = HashMap::new();
+    each_confirmed(path, target, |at, done| {
         let at_ms = at
             .parse::<jiff::Timestamp>()
             .map(|t| t.as_millisecond())
             .unwrap_or(i64::MAX);
         for c in done {
             let sid = h128(&c.source_id);
-            let fields = c.fields.map(|f| interned.get(f));
-            let cleared = c.cleared.map_or(none, |f| interned.get(f));
+            let fields = c
+                .fields
+                .map(|f| interned.get_raw(&mut by_text, f, path))
+                .transpose()?;
+            let cleared = match c.cleared {
+                Some(f) => interned.get_raw(&mut by_text, f, path)?,
+                None => none,
+            };
             let last = Last {
                 content: content_key(&c.hash).map_or(0, |k| (k >> 64) as u64),
                 at_ms,
@@ -219,6 +286,7 @@ pub fn read(path: &Path, target: &str) -> Result<Confirmed> {
                 });
             }
         }
+        Ok(())
     })?;
     let by_source = by_source.finish(&mut |_, e, l| interned.merge(e, l));
     let by_profile =
@@ -255,15 +323,17 @@ pub fn source_ids_of(
     keys: &HashSet<u128>,
 ) -> Result<HashMap<u128, (String, Option<String>)>> {
     let mut out = HashMap::new();
-    each_event(path, target, |ev| {
-        if let LedgerEvent::Confirmed { done, .. } = ev {
-            for c in done {
-                let k = h128(&c.source_id);
-                if keys.contains(&k) {
-                    out.insert(k, (c.source_id, c.segment_id));
-                }
+    each_confirmed(path, target, |_, done| {
+        for c in done {
+            let k = h128(&c.source_id);
+            if keys.contains(&k) {
+                out.insert(
+                    k,
+                    (c.source_id.into_owned(), c.segment_id.map(Cow::into_owned)),
+                );
             }
         }
+        Ok(())
     })?;
     Ok(out)
 }

@@ -22,7 +22,12 @@ use std::path::{Path, PathBuf};
 // in its order (a `Held`'s `standard` cells follow it).
 use crate::fields::STANDARD;
 
+use super::digest::{Kind, Layout};
 use crate::export::header_key as norm;
+
+/// Marks an index entry whose digest cannot be used: two records share its
+/// 64-bit key (or the export lists one customer twice).
+const NO_DIGEST: u64 = 1 << 63;
 
 /// Where each field is in the export.
 struct Columns {
@@ -31,6 +36,8 @@ struct Columns {
     updated_at: Option<usize>,
     /// Defined metadata key → column.
     metadata: HashMap<String, usize>,
+    /// The comparable columns, for the digests (`super::digest`).
+    layout: Layout,
 }
 
 fn columns(path: &Path, header: &csv::StringRecord, schema: &CustomerSchema) -> Result<Columns> {
@@ -69,11 +76,20 @@ fn columns(path: &Path, header: &csv::StringRecord, schema: &CustomerSchema) -> 
             metadata.insert(k.clone(), col);
         }
     }
+    let mut comparable: Vec<(String, usize, Kind)> = metadata
+        .iter()
+        .filter_map(|(k, c)| Some((k.clone(), *c, Kind::metadata(&schema.properties[k])?)))
+        .collect();
+    comparable.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Columns {
         source_id,
         standard,
         updated_at: find("updatedat"),
         metadata,
+        layout: Layout {
+            standard,
+            metadata: comparable,
+        },
     })
 }
 
@@ -90,7 +106,8 @@ pub struct Held {
 /// The export file, indexed by source id.
 pub struct HeldFile {
     path: PathBuf,
-    index: KeyMap<u64, u64>,
+    /// 64-bit key of the source id → (the record's offset, its digest).
+    index: KeyMap<u64, (u64, u128)>,
     cols: Columns,
     rdr: csv::Reader<std::fs::File>,
     rec: csv::StringRecord,
@@ -128,9 +145,9 @@ impl HeldFile {
         let mut index = KeyMapBuilder::default();
         let mut rec = csv::StringRecord::new();
         let mut collisions = 0;
-        let mut collided = |_, earlier, _| {
+        let mut collided = |_, (at, digest): (u64, u128), _| {
             collisions += 1;
-            earlier
+            (at | NO_DIGEST, digest)
         };
         loop {
             let pos = rdr.position().byte();
@@ -145,7 +162,8 @@ impl HeldFile {
             let Some(sid) = rec.get(cols.source_id).filter(|s| !s.is_empty()) else {
                 continue;
             };
-            index.push(h64(sid), pos, &mut collided);
+            let digest = cols.layout.of_record(sid, &rec);
+            index.push(h64(sid), (pos, digest), &mut collided);
         }
         let index = index.finish(&mut collided);
         Ok(HeldFile {
@@ -172,11 +190,35 @@ impl HeldFile {
         self.cols.metadata.contains_key(key)
     }
 
+    /// Where the comparable fields are (for a row's digest).
+    pub fn layout(&self) -> &Layout {
+        &self.cols.layout
+    }
+
+    /// Whether the export shows `sid`, and its digest when usable: Some(None)
+    /// when it does but the digest cannot speak for it.
+    pub fn digest(&self, sid: &str) -> Option<Option<u128>> {
+        let (at, digest) = self.index.get(h64(sid))?;
+        Some((at & NO_DIGEST == 0).then_some(digest))
+    }
+
+    /// Whether the export has a comparable column for `field` (`name`,
+    /// `address.city`, `metadata.KEY`): its value can be read back.
+    pub fn readable(&self, field: &str) -> bool {
+        match field.strip_prefix("metadata.") {
+            Some(key) => self.cols.layout.metadata.iter().any(|(k, _, _)| k == key),
+            None => {
+                crate::fields::by_path(field).is_some_and(|(i, _)| self.cols.standard[i].is_some())
+            }
+        }
+    }
+
     /// The customer `sid` as exported; None when the export lacks it.
     pub fn get(&mut self, sid: &str) -> Result<Option<Held>> {
-        let Some(offset) = self.index.get(h64(sid)) else {
+        let Some((offset, _)) = self.index.get(h64(sid)) else {
             return Ok(None);
         };
+        let offset = offset & !NO_DIGEST;
         let mut pos = csv::Position::new();
         pos.set_byte(offset);
         self.rdr.seek(pos)?;

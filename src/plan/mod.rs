@@ -12,6 +12,9 @@ pub mod compare;
 #[cfg(test)]
 mod compare_tests;
 pub mod confirmed;
+pub mod digest;
+#[cfg(test)]
+mod digest_tests;
 pub mod file;
 pub mod held;
 pub mod obtain;
@@ -137,7 +140,6 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Meta> {
     let schema = crate::mapping::metadata_schema::read(&client)
         .await
         .map_err(|e| crate::api::api_error(e).context("cannot read the project's customer metadata schema, which says which metadata the export shows"))?;
-    let validated = validate(&input, OnInvalid::Count, &Default::default())?;
     let rules = Rules {
         clear_removed: args.clear_removed,
         keep_newer: args.keep_newer,
@@ -158,12 +160,20 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Meta> {
         ),
     };
     let files = state::Beside::of(&input);
-    let made = make(&files, &target, &schema, rules, &validated.invalid_lines, source)
+    let made = make(&files, &target, &schema, rules, Invalid::Validate, source)
         .await?
         .map_err(|why| anyhow::anyhow!("cannot plan: {why}; nothing can be compared (`segsync load --from-ledger` decides by the ledger alone)"))?;
     let calls = client.stats().get(&client.stats().requests);
     say(&made.meta, &files, calls);
     Ok(Meta { calls, ..made.meta })
+}
+
+/// The rows of `customers.csv` a plan leaves out.
+pub enum Invalid<'a> {
+    /// Known already (`load` validated every row).
+    Known(&'a std::collections::HashSet<u64>),
+    /// Found by validating the file as the plan reads its other inputs.
+    Validate,
 }
 
 /// Make a plan: export (or read the file), compare every valid row, write
@@ -173,7 +183,7 @@ pub async fn make(
     target: &str,
     schema: &CustomerSchema,
     rules: Rules,
-    invalid_lines: &std::collections::HashSet<u64>,
+    invalid_lines: Invalid<'_>,
     source: Source<'_>,
 ) -> Result<Result<Made, String>> {
     let started = std::time::Instant::now();
@@ -208,18 +218,37 @@ pub async fn make(
         Exported::Unknown(why) => return Ok(Err(why.clone())),
     };
     let input = &files.customers;
-    let mut hashes = inputs(files, &export_path, schema)?;
-    let confirmed = confirmed::read(&files.ledger, target)?;
+    // The inputs are read two at a time: the ledger beside the rows'
+    // validation (for `segsync plan`), then the export's index beside the
+    // inputs' hashes. The two pairs that need the most memory (the ledger's
+    // long lines, the index as it grows) are not read at once.
+    let failed = |what: &str| anyhow::anyhow!("plan: reading {what} failed unexpectedly (a panic)");
+    let (confirmed, invalid_lines) = std::thread::scope(|s| {
+        let invalid = s.spawn(|| match invalid_lines {
+            Invalid::Known(lines) => Ok(lines.clone()),
+            Invalid::Validate => {
+                validate(input, OnInvalid::Count, &Default::default()).map(|v| v.invalid_lines)
+            }
+        });
+        let confirmed = confirmed::read(&files.ledger, target);
+        let invalid = invalid.join().map_err(|_| failed("customers.csv"));
+        Ok::<_, anyhow::Error>((confirmed?, invalid??))
+    })?;
+    let (mut hashes, mut held) = std::thread::scope(|s| {
+        let hashes = s.spawn(|| inputs(files, &export_path, schema));
+        let held = held::HeldFile::open(&export_path, schema);
+        let hashes = hashes.join().map_err(|_| failed("the inputs' hashes"));
+        Ok::<_, anyhow::Error>((hashes??, held?))
+    })?;
     let mut writer = PlanWriter::create(&files.plan)?;
     let mut ids = orphans::Identities::default();
-    let mut held = held::HeldFile::open(&export_path, schema)?;
     let mut counts = Counts {
         exported: held.len() as u64,
         ..Default::default()
     };
     let each = Each {
         input,
-        invalid_lines,
+        invalid_lines: &invalid_lines,
         confirmed: &confirmed,
         schema,
         rules,
@@ -300,30 +329,122 @@ impl Each<'_> {
             100,
             usize::MAX,
         )?;
-        for c in batcher.customers() {
-            let c = c?;
-            let body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&c.body)?;
-            let content = (content_key_of(&c.body) >> 64) as u64;
-            let last = self.confirmed.last(&c.source_id);
-            let h = held.get(&c.source_id)?;
-            counts.rows += 1;
-            let change = compare::compare(
-                &body,
-                content,
-                h.as_ref(),
-                last,
-                self.confirmed,
-                self.schema,
-                self.rules,
-            );
-            match &change {
-                None => counts.unchanged += 1,
-                Some(change) => counts.add(&c.source_id, change),
+        // Reading the rows (CSV, request bodies, content keys) runs on a
+        // thread of its own, a chunk ahead of the comparison. Compared
+        // chunks go back to be dropped by the thread that made them (memory
+        // freed across threads costs the allocator a lock each time).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Row>>>(4);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<Row>>();
+        std::thread::scope(|s| {
+            s.spawn(move || read_rows(batcher, tx, done_rx));
+            self.compare_rows(rx, done_tx, held, counts, &mut f)
+        })
+    }
+
+    fn compare_rows(
+        &self,
+        rows: std::sync::mpsc::Receiver<Result<Vec<Row>>>,
+        done: std::sync::mpsc::Sender<Vec<Row>>,
+        held: &mut held::HeldFile,
+        counts: &mut Counts,
+        f: &mut impl FnMut(&Prepared, Option<&compare::Change>) -> Result<()>,
+    ) -> Result<()> {
+        // Per field list of the ledger: whether the export can read back
+        // every field in it (else a field segsync set may be unreadable).
+        let mut lists_readable: std::collections::HashMap<u32, bool> = Default::default();
+        for chunk in rows {
+            let chunk = chunk?;
+            for c in &chunk {
+                self.compare_row(c, &c.request, held, counts, &mut lists_readable)
+                    .and_then(|change| f(c, change.as_ref()))?;
             }
-            f(&c, change.as_ref())?;
+            let _ = done.send(chunk);
         }
         Ok(())
     }
+
+    /// One row against the export and the ledger.
+    fn compare_row(
+        &self,
+        c: &Prepared,
+        body: &serde_json::Map<String, serde_json::Value>,
+        held: &mut held::HeldFile,
+        counts: &mut Counts,
+        lists_readable: &mut std::collections::HashMap<u32, bool>,
+    ) -> Result<Option<compare::Change>> {
+        let last = self.confirmed.last(&c.source_id);
+        counts.rows += 1;
+        // The fast path (`digest`): the export shows exactly this row.
+        if let Some(Some(digest)) = held.digest(&c.source_id) {
+            let set_readable = last.and_then(|l| l.fields).is_none_or(|i| {
+                *lists_readable.entry(i).or_insert_with(|| {
+                    self.confirmed.field_lists[i as usize]
+                        .iter()
+                        .all(|f| held.readable(f))
+                })
+            });
+            if set_readable && held.layout().of_body(body) == Some(digest) {
+                counts.unchanged += 1;
+                return Ok(None);
+            }
+        }
+        // The content key's first 64 bits (`Prepared::hash` is its hex).
+        let content = c
+            .hash
+            .get(..16)
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .unwrap_or_else(|| (content_key_of(&c.body) >> 64) as u64);
+        let h = held.get(&c.source_id)?;
+        let change = compare::compare(
+            body,
+            content,
+            h.as_ref(),
+            last,
+            self.confirmed,
+            self.schema,
+            self.rules,
+        );
+        match &change {
+            None => counts.unchanged += 1,
+            Some(change) => counts.add(&c.source_id, change),
+        }
+        Ok(change)
+    }
+}
+
+/// A row to compare: the customer, with its request (`Prepared::request`).
+type Row = Prepared;
+
+/// Read every row into chunks for the comparison; a problem ends the
+/// chunks with it.
+fn read_rows(
+    batcher: Batcher,
+    tx: std::sync::mpsc::SyncSender<Result<Vec<Row>>>,
+    done: std::sync::mpsc::Receiver<Vec<Row>>,
+) {
+    const CHUNK: usize = 1024;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    for c in batcher.customers() {
+        if chunk.is_empty() {
+            while let Ok(compared) = done.try_recv() {
+                drop(compared);
+            }
+        }
+        match c {
+            Ok(c) => chunk.push(c),
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        }
+        if chunk.len() == CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+            if tx.send(Ok(full)).is_err() {
+                return;
+            }
+        }
+    }
+    let _ = tx.send(Ok(chunk));
 }
 
 /// Build again what a saved plan sends, from the inputs it was made from

@@ -50,7 +50,16 @@ pub async fn obtain(w: &Wanted<'_>, source: Source<'_>) -> Result<Obtained> {
             Err(why) => ui::info(format!("load: making a new plan (the newest: {why})")),
         }
     }
-    let made = match make(files, w.target, w.schema, w.rules, w.invalid_lines, source).await? {
+    let made = match make(
+        files,
+        w.target,
+        w.schema,
+        w.rules,
+        super::Invalid::Known(w.invalid_lines),
+        source,
+    )
+    .await?
+    {
         Ok(made) => made,
         Err(why) => return Ok(Obtained::None(why)),
     };

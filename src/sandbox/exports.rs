@@ -341,7 +341,8 @@ pub async fn get_export(
             "not_found",
         );
     };
-    let done = e.created.elapsed() >= Duration::from_millis(st.opts.processing_ms);
+    let takes = st.opts.export_ms.unwrap_or(st.opts.processing_ms);
+    let done = e.created.elapsed() >= Duration::from_millis(takes);
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())

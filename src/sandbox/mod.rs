@@ -51,6 +51,8 @@ pub struct SandboxOptions {
     pub segment_rps: u32,
     pub voucherify_rpm: u32,
     pub processing_ms: u64,
+    /// Time an export takes to be DONE (None: `processing_ms`).
+    pub export_ms: Option<u64>,
     /// Length of Voucherify's rate-limit window (a minute; shorter in tests).
     pub voucherify_window: Duration,
     /// Largest request body Voucherify accepts (10 MB; smaller in tests).
@@ -138,6 +140,7 @@ impl Default for SandboxOptions {
             segment_rps: 100,
             voucherify_rpm: 2000,
             processing_ms: 200,
+            export_ms: None,
             voucherify_window: Duration::from_secs(60),
             max_body_bytes: MAX_BODY,
             max_customers: voucherify::MAX_CUSTOMERS,

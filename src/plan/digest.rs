@@ -1,0 +1,233 @@
+//! A plan's fast path: one 128-bit digest per customer of what the export
+//! shows in comparable form, and the same digest of a row's request body.
+//! Equal digests mean that [`super::compare::compare`] finds every field of
+//! the row the same and nothing else set in the export, so the customer is
+//! unchanged without reading its export record back. Unequal digests (or a
+//! row the digest cannot speak for) say nothing: the full comparison runs.
+//!
+//! Each value is reduced to the form in which the comparison's `same`
+//! treats it as equal, tagged by kind, so equal forms are always `same`:
+//! text as it is; a date by its `YYYY-MM-DD` when it has one; a date-time
+//! by its instant when it parses; a number by its value as f64; a boolean
+//! by its value. A row value of another kind than its field's (a string for
+//! a number key) has no digest: the full comparison decides. The source id
+//! is part of the digest, so a digest never speaks for another customer.
+
+use crate::fields::STANDARD;
+use crate::mapping::metadata_schema::Definition;
+use serde_json::{Map, Value};
+
+/// How a field's values compare (the comparison's `same`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Date,
+    DateTime,
+    Number,
+    Boolean,
+}
+
+impl Kind {
+    /// A standard field's kind (`STANDARD[i]`).
+    pub fn standard(i: usize) -> Kind {
+        if STANDARD[i].date {
+            Kind::Date
+        } else {
+            Kind::Text
+        }
+    }
+
+    /// A defined metadata key's kind; None when its export text cannot be
+    /// compared (arrays, objects, geopoints, undocumented types).
+    pub fn metadata(def: &Definition) -> Option<Kind> {
+        if def.array == Some(true) {
+            return None;
+        }
+        match def.ty.as_deref()? {
+            "string" | "image_url" => Some(Kind::Text),
+            "date" => Some(Kind::Date),
+            "datetime" => Some(Kind::DateTime),
+            "number" => Some(Kind::Number),
+            "boolean" => Some(Kind::Boolean),
+            _ => None,
+        }
+    }
+}
+
+/// A value in its compared form.
+enum Form<'a> {
+    Text(&'a str),
+    Date(&'a str),
+    Instant(i128),
+    Number(u64),
+    Bool(bool),
+}
+
+fn date(s: &str) -> Option<&str> {
+    s.get(..10).filter(|d| crate::dates::is_real_date(d))
+}
+
+fn number(n: f64) -> u64 {
+    // -0 and 0 are equal as f64, so one form.
+    if n == 0.0 {
+        0
+    } else {
+        n.to_bits()
+    }
+}
+
+/// An exported cell (not empty) in its compared form.
+fn cell_form(kind: Kind, cell: &str) -> Form<'_> {
+    match kind {
+        Kind::Text => Form::Text(cell),
+        Kind::Date => date(cell).map_or(Form::Text(cell), Form::Date),
+        Kind::DateTime => match cell.trim().parse::<jiff::Timestamp>() {
+            Ok(t) => Form::Instant(t.as_nanosecond()),
+            Err(_) => Form::Text(cell),
+        },
+        Kind::Number => match cell.trim().parse::<f64>() {
+            Ok(n) => Form::Number(number(n)),
+            Err(_) => Form::Text(cell),
+        },
+        Kind::Boolean => match cell.trim() {
+            t if t.eq_ignore_ascii_case("true") => Form::Bool(true),
+            t if t.eq_ignore_ascii_case("false") => Form::Bool(false),
+            _ => Form::Text(cell),
+        },
+    }
+}
+
+/// A row's value in its compared form; None when the comparison would not
+/// call it the same as any cell by these forms.
+fn value_form(kind: Kind, v: &Value) -> Option<Form<'_>> {
+    Some(match (kind, v) {
+        (Kind::Text, Value::String(s)) => Form::Text(s),
+        (Kind::Date, Value::String(s)) => date(s).map_or(Form::Text(s), Form::Date),
+        (Kind::DateTime, Value::String(s)) => match s.parse::<jiff::Timestamp>() {
+            Ok(t) => Form::Instant(t.as_nanosecond()),
+            Err(_) => Form::Text(s),
+        },
+        (Kind::Number, Value::Number(n)) => Form::Number(number(n.as_f64()?)),
+        (Kind::Boolean, Value::Bool(b)) => Form::Bool(*b),
+        _ => return None,
+    })
+}
+
+/// Builds one digest: the source id, then each field's path and form, in
+/// the standard fields' order and then by metadata key, each piece with its
+/// length, hashed at once (XXH3, 128 bits).
+struct Builder(Vec<u8>);
+
+impl Builder {
+    fn new(source_id: &str) -> Builder {
+        let mut b = Builder(Vec::with_capacity(256));
+        b.bytes(source_id.as_bytes());
+        b
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(b);
+    }
+
+    fn field(&mut self, path: (u8, &str), form: Form) {
+        self.0.push(path.0);
+        self.bytes(path.1.as_bytes());
+        match form {
+            Form::Text(s) => {
+                self.0.push(b's');
+                self.bytes(s.as_bytes());
+            }
+            Form::Date(d) => {
+                self.0.push(b'd');
+                self.bytes(d.as_bytes());
+            }
+            Form::Instant(t) => {
+                self.0.push(b't');
+                self.0.extend_from_slice(&t.to_le_bytes());
+            }
+            Form::Number(n) => {
+                self.0.push(b'n');
+                self.0.extend_from_slice(&n.to_le_bytes());
+            }
+            Form::Bool(b) => self.0.extend_from_slice(if b { b"b1" } else { b"b0" }),
+        }
+    }
+
+    fn finish(self) -> u128 {
+        twox_hash::XxHash3_128::oneshot(&self.0)
+    }
+}
+
+/// Where the comparable fields are in the export: `standard[i]` is
+/// `STANDARD[i]`'s column; `metadata` holds (key, column, kind), by key.
+pub struct Layout {
+    pub standard: [Option<usize>; 11],
+    pub metadata: Vec<(String, usize, Kind)>,
+}
+
+impl Layout {
+    /// The digest of an export record: every non-empty comparable cell.
+    pub fn of_record(&self, source_id: &str, rec: &csv::StringRecord) -> u128 {
+        let mut b = Builder::new(source_id);
+        for (i, col) in self.standard.iter().enumerate() {
+            if let Some(cell) = col.and_then(|c| rec.get(c)).filter(|c| !c.is_empty()) {
+                b.field((0, STANDARD[i].path), cell_form(Kind::standard(i), cell));
+            }
+        }
+        for (key, col, kind) in &self.metadata {
+            if let Some(cell) = rec.get(*col).filter(|c| !c.is_empty()) {
+                b.field((1, key), cell_form(*kind, cell));
+            }
+        }
+        b.finish()
+    }
+
+    /// The digest of a row's request body, when every field it gives has a
+    /// comparable column and a value of its field's kind; None otherwise.
+    pub fn of_body(&self, body: &Map<String, Value>) -> Option<u128> {
+        let mut standard: [Option<&Value>; 11] = Default::default();
+        let mut metadata: Vec<(&str, &Value)> = Vec::new();
+        let mut source_id = None;
+        for (k, v) in body {
+            match (k.as_str(), v) {
+                ("source_id", Value::String(s)) => source_id = Some(s.as_str()),
+                ("metadata", Value::Object(m)) => {
+                    metadata.extend(m.iter().map(|(k, v)| (k.as_str(), v)))
+                }
+                ("address", Value::Object(m)) => {
+                    for (k, v) in m {
+                        standard[standard_index(&format!("address.{k}"))?] = Some(v);
+                    }
+                }
+                (path, v) => standard[standard_index(path)?] = Some(v),
+            }
+        }
+        let mut b = Builder::new(source_id?);
+        for (i, v) in standard.iter().enumerate() {
+            if let Some(v) = v {
+                self.standard[i]?;
+                b.field((0, STANDARD[i].path), value_form(Kind::standard(i), v)?);
+            }
+        }
+        metadata.sort_unstable_by_key(|(k, _)| *k);
+        let mut at = 0;
+        for (key, v) in metadata {
+            // Both lists are sorted by key: walk them together.
+            while self
+                .metadata
+                .get(at)
+                .is_some_and(|(k, _, _)| k.as_str() < key)
+            {
+                at += 1;
+            }
+            let (k, _, kind) = self.metadata.get(at).filter(|(k, _, _)| k == key)?;
+            b.field((1, k), value_form(*kind, v)?);
+        }
+        Some(b.finish())
+    }
+}
+
+fn standard_index(path: &str) -> Option<usize> {
+    STANDARD.iter().position(|f| f.path == path)
+}
