@@ -34,7 +34,7 @@ use crate::files::{self, AtomicFile};
 use crate::state::{self, checkpoint, checkpoint::Checkpoint};
 use crate::ui::{self, Progress};
 use anyhow::Result;
-use parts::{read_part, Row};
+use parts::{read_part, Row, Slice};
 use spill::{Kind, Spill, Spilled};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -98,16 +98,17 @@ pub fn run(
     files::ensure_dir(&tmp)?;
     let progress = Progress::new("extract", "rows", None);
     let workers = crate::pool::workers();
-    let jobs: Vec<(Table, &PathBuf)> = trait_parts
+    let parts: Vec<(Table, &PathBuf)> = trait_parts
         .iter()
         .map(|p| (Table::Traits, p))
         .chain(id_parts.iter().map(|p| (Table::Identifiers, p)))
         .collect();
-    let input_bytes: u64 = jobs
+    let input_bytes: u64 = parts
         .iter()
         .filter_map(|(_, p)| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
+    let jobs = share_out(&parts);
     let partitions = spill::partitions_for(input_bytes);
     let read = pass1(
         &tmp,
@@ -195,11 +196,40 @@ struct Read {
     spills: Vec<Spilled>,
 }
 
-/// Pass 1: the part files shared out among the workers; each spills its
-/// rows to its own file, partitioned by profile.
+/// What pass 1's workers take, one at a time: a part file, or one row group
+/// of a Parquet part that has several (so a warehouse's one large file is
+/// read by every worker).
+type Job<'a> = (Table, &'a PathBuf, Option<Slice>);
+
+fn share_out<'a>(parts: &[(Table, &'a PathBuf)]) -> Vec<Job<'a>> {
+    let mut jobs = Vec::new();
+    for &(table, part) in parts {
+        match parts::row_groups(part).filter(|g| g.len() > 1) {
+            Some(groups) => {
+                let mut first_row = 0;
+                for (g, rows) in groups.iter().enumerate() {
+                    jobs.push((
+                        table,
+                        part,
+                        Some(Slice {
+                            groups: g..g + 1,
+                            first_row,
+                        }),
+                    ));
+                    first_row += rows;
+                }
+            }
+            None => jobs.push((table, part, None)),
+        }
+    }
+    jobs
+}
+
+/// Pass 1: the part files (and row groups) shared out among the workers;
+/// each spills its rows to its own file, partitioned by profile.
 fn pass1(
     tmp: &Path,
-    jobs: &[(Table, &PathBuf)],
+    jobs: &[Job],
     partitions: usize,
     workers: usize,
     wanted: &Wanted,
@@ -222,11 +252,13 @@ fn pass1(
     let worker = |w: usize| -> Result<Spilled> {
         let path = tmp.join(format!("w{w}.bin"));
         let mut spill = Spill::create(path, partitions, SPILL_BYTES / workers)?;
-        while let Some(&(table, part)) = jobs.get(next_job.fetch_add(1, Ordering::Relaxed)) {
-            let mut row_no = 0u64;
-            let result = read_part(part, table.key_column(), &mut |r: Row| {
-                row_no += 1;
-                if row_no.is_multiple_of(65_536) {
+        while let Some((table, part, slice)) = jobs.get(next_job.fetch_add(1, Ordering::Relaxed)) {
+            let (table, first_row) = (*table, slice.as_ref().map_or(0, |s| s.first_row));
+            let mut read = 0u64;
+            let result = read_part(part, table.key_column(), slice.as_ref(), &mut |r: Row| {
+                read += 1;
+                let row_no = first_row + read;
+                if read.is_multiple_of(65_536) {
                     let n = rows.fetch_add(65_536, Ordering::Relaxed) + 65_536;
                     progress.set_position(n);
                     progress.tick(|| format!("reading {}", part.display()));
@@ -278,7 +310,7 @@ fn pass1(
                 }
                 Ok(())
             });
-            rows.fetch_add(row_no % 65_536, Ordering::Relaxed);
+            rows.fetch_add(read % 65_536, Ordering::Relaxed);
             result?;
         }
         spill.finish()

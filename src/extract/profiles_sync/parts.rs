@@ -61,8 +61,34 @@ fn columns(names: &[String], key: &str, file: &Path) -> Result<Columns> {
     })
 }
 
-/// Reads one part file, row by row.
-pub fn read_part(path: &Path, key: &str, each: &mut dyn FnMut(Row) -> Result<()>) -> Result<()> {
+/// A share of a Parquet part: some of its row groups, so one large file is
+/// read by every worker. `first_row` is the number of rows before them (a
+/// row's number in errors counts from the file's start).
+#[derive(Debug, Clone)]
+pub struct Slice {
+    pub groups: std::ops::Range<usize>,
+    pub first_row: u64,
+}
+
+/// The rows of each row group of a Parquet part; None for any other file
+/// (or one whose footer cannot be read: reading it whole names the damage).
+pub fn row_groups(path: &Path) -> Option<Vec<u64>> {
+    use parquet::file::reader::FileReader;
+    if super::unload::sniff(path).ok()? != super::unload::Content::Parquet {
+        return None;
+    }
+    let reader = open_parquet(path).ok()?;
+    let groups = reader.metadata().row_groups();
+    Some(groups.iter().map(|g| g.num_rows().max(0) as u64).collect())
+}
+
+/// Reads one part file (or a [`Slice`] of a Parquet one), row by row.
+pub fn read_part(
+    path: &Path,
+    key: &str,
+    slice: Option<&Slice>,
+    each: &mut dyn FnMut(Row) -> Result<()>,
+) -> Result<()> {
     use super::unload::{named, sniff, Content};
     let content = sniff(path)?;
     if let Some(name) = named(path).filter(|n| *n != content) {
@@ -81,7 +107,7 @@ pub fn read_part(path: &Path, key: &str, each: &mut dyn FnMut(Row) -> Result<()>
     }
     let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     match content {
-        Content::Parquet => read_parquet(path, key, each),
+        Content::Parquet => read_parquet(path, key, slice, each),
         Content::Gzip => read_csv(path, flate2::read::MultiGzDecoder::new(f), key, each),
         Content::Text => read_csv(path, f, key, each),
     }
@@ -287,6 +313,7 @@ fn open_parquet(path: &Path) -> Result<parquet::file::reader::SerializedFileRead
 fn read_parquet_columns(
     path: &Path,
     key: &str,
+    slice: Option<&Slice>,
     each: &mut dyn FnMut(Row) -> Result<()>,
 ) -> Result<bool> {
     use parquet::file::reader::FileReader;
@@ -299,9 +326,12 @@ fn read_parquet_columns(
         .collect();
     let c = columns(&names, key, path)?;
     let ts_unit = c.ts.and_then(|i| timestamp_unit(&schema.column(i)));
-    let mut row_no = 0u64;
+    let (groups, mut row_no) = match slice {
+        Some(s) => (s.groups.clone(), s.first_row),
+        None => (0..reader.num_row_groups(), 0),
+    };
     let (mut b1, mut b2, mut b3) = (String::new(), String::new(), String::new());
-    for g in 0..reader.num_row_groups() {
+    for g in groups {
         let rg = reader.get_row_group(g)?;
         let open = |i: usize| ColumnBatches::open(rg.as_ref(), i);
         let (Some(mut ids), Some(mut keys), Some(mut values), Some(mut seqs)) =
@@ -365,17 +395,23 @@ fn read_parquet_columns(
     Ok(true)
 }
 
-fn read_parquet(path: &Path, key: &str, each: &mut dyn FnMut(Row) -> Result<()>) -> Result<()> {
-    if read_parquet_columns(path, key, each)? {
+fn read_parquet(
+    path: &Path,
+    key: &str,
+    slice: Option<&Slice>,
+    each: &mut dyn FnMut(Row) -> Result<()>,
+) -> Result<()> {
+    if read_parquet_columns(path, key, slice, each)? {
         return Ok(());
     }
-    read_parquet_rows(path, key, each)
+    read_parquet_rows(path, key, slice, each)
 }
 
 /// The record API: any column types, one row at a time (slower).
 fn read_parquet_rows(
     path: &Path,
     key: &str,
+    slice: Option<&Slice>,
     each: &mut dyn FnMut(Row) -> Result<()>,
 ) -> Result<()> {
     use parquet::file::reader::FileReader;
@@ -439,41 +475,49 @@ fn read_parquet_rows(
             .and_then(|c| timestamp_unit(&d.column(c)))
     });
     let ts = |f: &Field| field_ts(f, unit);
-    let rows = reader.get_row_iter(Some(projection)).map_err(|e| {
+    let unreadable = |e: parquet::errors::ParquetError| {
         UsageError::new(format!(
             "{}: not a readable Parquet file ({e})",
             path.display()
         ))
-    })?;
-    for (n, row) in rows.enumerate() {
-        let row = row.map_err(|e| {
-            UsageError::new(format!(
-                "{}: row {}: unreadable ({e})",
-                path.display(),
-                n + 1
-            ))
-        })?;
-        let fields: Vec<&Field> = row.get_column_iter().map(|(_, f)| f).collect();
-        let get = |i: usize| fields.get(i).copied().unwrap_or(&Field::Null);
-        let seq = match get(c.seq) {
-            Field::Long(n) => *n,
-            Field::Int(n) => *n as i64,
-            Field::UInt(n) => *n as i64,
-            Field::ULong(n) => *n as i64,
-            other => parse_seq(&field_text(other).unwrap_or_default(), path, n as u64 + 1)?,
-        };
-        let (id, key, value) = (
-            field_text(get(c.id)),
-            field_text(get(c.key)),
-            field_text(get(c.value)),
-        );
-        each(Row {
-            id: id.as_deref().unwrap_or_default().as_bytes(),
-            key: key.as_deref().unwrap_or_default().as_bytes(),
-            value: value.as_deref().map(str::as_bytes),
-            seq,
-            ts: c.ts.and_then(|i| ts(get(i))),
-        })?;
+    };
+    let (groups, first_row) = match slice {
+        Some(s) => (s.groups.clone(), s.first_row),
+        None => (0..reader.num_row_groups(), 0),
+    };
+    let mut n = first_row as usize;
+    for g in groups {
+        let rg = reader.get_row_group(g).map_err(unreadable)?;
+        for row in rg
+            .get_row_iter(Some(projection.clone()))
+            .map_err(unreadable)?
+        {
+            n += 1;
+            let row = row.map_err(|e| {
+                UsageError::new(format!("{}: row {n}: unreadable ({e})", path.display()))
+            })?;
+            let fields: Vec<&Field> = row.get_column_iter().map(|(_, f)| f).collect();
+            let get = |i: usize| fields.get(i).copied().unwrap_or(&Field::Null);
+            let seq = match get(c.seq) {
+                Field::Long(n) => *n,
+                Field::Int(n) => *n as i64,
+                Field::UInt(n) => *n as i64,
+                Field::ULong(n) => *n as i64,
+                other => parse_seq(&field_text(other).unwrap_or_default(), path, n as u64)?,
+            };
+            let (id, key, value) = (
+                field_text(get(c.id)),
+                field_text(get(c.key)),
+                field_text(get(c.value)),
+            );
+            each(Row {
+                id: id.as_deref().unwrap_or_default().as_bytes(),
+                key: key.as_deref().unwrap_or_default().as_bytes(),
+                value: value.as_deref().map(str::as_bytes),
+                seq,
+                ts: c.ts.and_then(|i| ts(get(i))),
+            })?;
+        }
     }
     Ok(())
 }
