@@ -12,7 +12,7 @@
 #    against Parquet, at 100,000 profiles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -c 'import duckdb' 2>/dev/null || { echo "installing duckdb (a bench dependency) with pip" >&2; pip install -q duckdb; }
+python3 -c 'import duckdb, pyarrow' 2>/dev/null || { echo "installing duckdb and pyarrow (bench dependencies) with pip" >&2; pip install -q duckdb pyarrow; }
 
 T=${TARGET_DIR:-target}
 BIN=$T/release/segsync

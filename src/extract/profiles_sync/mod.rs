@@ -196,30 +196,39 @@ struct Read {
     spills: Vec<Spilled>,
 }
 
-/// What pass 1's workers take, one at a time: a part file, or one row group
-/// of a Parquet part that has several (so a warehouse's one large file is
-/// read by every worker).
+/// What pass 1's workers take, one at a time: a part file, or a run of row
+/// groups of a large Parquet part (so a warehouse's one large file is read
+/// by every worker, while small parts stay whole: each job opens its file).
 type Job<'a> = (Table, &'a PathBuf, Option<Slice>);
 
+/// A large part is cut into runs of row groups of about this many
+/// compressed bytes (`SEGSYNC_SLICE_BYTES` sets it for tests: 1 makes every
+/// row group a job).
+const SLICE_BYTES: u64 = 32 << 20;
+
 fn share_out<'a>(parts: &[(Table, &'a PathBuf)]) -> Vec<Job<'a>> {
+    let slice_bytes = std::env::var("SEGSYNC_SLICE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SLICE_BYTES)
+        .max(1);
     let mut jobs = Vec::new();
     for &(table, part) in parts {
-        match parts::row_groups(part).filter(|g| g.len() > 1) {
-            Some(groups) => {
-                let mut first_row = 0;
-                for (g, rows) in groups.iter().enumerate() {
-                    jobs.push((
-                        table,
-                        part,
-                        Some(Slice {
-                            groups: g..g + 1,
-                            first_row,
-                        }),
-                    ));
-                    first_row += rows;
-                }
+        let groups = parts::row_groups(part).unwrap_or_default();
+        if groups.len() < 2 || groups.iter().map(|g| g.1).sum::<u64>() < 2 * slice_bytes {
+            jobs.push((table, part, None));
+            continue;
+        }
+        let (mut start, mut first_row, mut rows, mut bytes) = (0, 0, 0, 0);
+        for (g, (n, size)) in groups.iter().enumerate() {
+            rows += n;
+            bytes += size;
+            if bytes >= slice_bytes || g + 1 == groups.len() {
+                let groups = start..g + 1;
+                jobs.push((table, part, Some(Slice { groups, first_row })));
+                (start, first_row, bytes) = (g + 1, first_row + rows, 0);
+                rows = 0;
             }
-            None => jobs.push((table, part, None)),
         }
     }
     jobs

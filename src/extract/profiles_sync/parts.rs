@@ -70,16 +70,27 @@ pub struct Slice {
     pub first_row: u64,
 }
 
-/// The rows of each row group of a Parquet part; None for any other file
-/// (or one whose footer cannot be read: reading it whole names the damage).
-pub fn row_groups(path: &Path) -> Option<Vec<u64>> {
+/// The rows and compressed bytes of each row group of a Parquet part; None
+/// for any other file (or one whose footer cannot be read: reading it whole
+/// names the damage).
+pub fn row_groups(path: &Path) -> Option<Vec<(u64, u64)>> {
     use parquet::file::reader::FileReader;
     if super::unload::sniff(path).ok()? != super::unload::Content::Parquet {
         return None;
     }
     let reader = open_parquet(path).ok()?;
     let groups = reader.metadata().row_groups();
-    Some(groups.iter().map(|g| g.num_rows().max(0) as u64).collect())
+    Some(
+        groups
+            .iter()
+            .map(|g| {
+                (
+                    g.num_rows().max(0) as u64,
+                    g.compressed_size().max(0) as u64,
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Reads one part file (or a [`Slice`] of a Parquet one), row by row.
