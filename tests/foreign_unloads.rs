@@ -4,8 +4,9 @@
 //! profiles the generator computed from the rows themselves: every trait,
 //! every user_id in order, and the profile's first and last timestamps, to
 //! the millisecond. Each variant is read twice: parts whole, and every row
-//! group of a Parquet part a job of its own (`SEGSYNC_SLICE_BYTES=1`, as a
-//! large part is shared out among the workers).
+//! group of a Parquet part a job of its own with every partition reduced to
+//! what its lines show (`SEGSYNC_SLICE_BYTES=1`, `SEGSYNC_REDUCE_BYTES=0`:
+//! how a large part and a huge profile are read).
 
 mod common;
 use common::*;
@@ -63,7 +64,7 @@ async fn every_foreign_unload_gives_exactly_the_generators_profiles() {
     for (v, sliced) in variants.iter().flat_map(|v| [(v, false), (v, true)]) {
         let name = v.file_name().unwrap().to_string_lossy().to_string();
         let name = if sliced {
-            format!("{name} (row groups apart)")
+            format!("{name} (row groups apart, partitions reduced)")
         } else {
             name
         };
@@ -85,6 +86,7 @@ async fn every_foreign_unload_gives_exactly_the_generators_profiles() {
         );
         if sliced {
             c.env("SEGSYNC_SLICE_BYTES", "1");
+            c.env("SEGSYNC_REDUCE_BYTES", "0");
         }
         let r: Run = c.output().await.expect("segsync runs").into();
         if r.code != 0 {

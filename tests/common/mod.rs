@@ -2,6 +2,8 @@
 //! loopback port, and the real `segsync` binary run against it.
 #![allow(dead_code)]
 
+pub mod unload;
+
 use segsync::sandbox::{Sandbox, SandboxOptions};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,8 @@ const OUR_VARS: &[&str] = &[
     "IDENTIFIER_SAVED_AS_SOURCE_ID",
     "SEGSYNC_DATA_DIR",
     "SEGSYNC_MAPPING",
+    "SEGSYNC_SLICE_BYTES",
+    "SEGSYNC_REDUCE_BYTES",
 ];
 
 pub fn opts(profiles: u64) -> SandboxOptions {

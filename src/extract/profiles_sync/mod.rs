@@ -26,6 +26,7 @@
 mod cells;
 mod group;
 mod parts;
+mod reduce;
 mod spill;
 pub mod unload;
 
@@ -358,6 +359,16 @@ impl Keeps {
     }
 }
 
+/// The spilled bytes above which a partition is read through
+/// [`reduce::reduced`] (`SEGSYNC_REDUCE_BYTES` sets it for tests: 0 reduces
+/// every partition).
+fn reduce_above() -> u64 {
+    std::env::var("SEGSYNC_REDUCE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(reduce::HOLD_BYTES)
+}
+
 /// Pass 2: partitions grouped by profile on every core, written in order.
 /// Returns the profiles written.
 fn pass2(
@@ -376,7 +387,12 @@ fn pass2(
         workers,
         |p| -> Result<(Vec<u8>, u64)> {
             let mut buf = Vec::new();
-            spill::read_partition(spills, p, &mut buf)?;
+            if spill::partition_bytes(spills, p) > reduce_above() {
+                // One profile's rows too many to hold: only what its line shows.
+                reduce::reduced(spills, p, tmp, &mut buf)?;
+            } else {
+                spill::read_partition(spills, p, &mut buf)?;
+            }
             let recs = spill::records(&buf, tmp)?;
             let mut lines = Vec::with_capacity(buf.len() / 2);
             let n = group::write_profiles(&recs, shape, &mut lines)?;

@@ -105,21 +105,7 @@ impl Spill {
         let p = partition_of(id, self.bufs.len());
         let b = &mut self.bufs[p];
         let before = b.len();
-        b.push(kind as u8);
-        put_str16(b, id).map_err(|_| "canonical_segment_id")?;
-        b.extend_from_slice(&ts.unwrap_or(NO_TS).to_le_bytes());
-        if let Some((seq, key, value)) = kept {
-            b.extend_from_slice(&seq.to_le_bytes());
-            put_str16(b, key).map_err(|_| "the name or type")?;
-            match value {
-                Some(v) if v.len() < NULL as usize => {
-                    b.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                    b.extend_from_slice(v);
-                }
-                Some(_) => return Err("the value"),
-                None => b.extend_from_slice(&NULL.to_le_bytes()),
-            }
-        }
+        encode(b, kind, id, ts, kept)?;
         self.buffered += b.len() - before;
         Ok(())
     }
@@ -160,6 +146,33 @@ impl Spill {
     }
 }
 
+/// Append one record to `b`. Err: an id or a key longer than a record can
+/// hold (65,535 bytes), or a value of 4 GB or more (naming which).
+pub fn encode(
+    b: &mut Vec<u8>,
+    kind: Kind,
+    id: &[u8],
+    ts: Option<i64>,
+    kept: Option<Kept>,
+) -> Result<(), &'static str> {
+    b.push(kind as u8);
+    put_str16(b, id).map_err(|_| "canonical_segment_id")?;
+    b.extend_from_slice(&ts.unwrap_or(NO_TS).to_le_bytes());
+    if let Some((seq, key, value)) = kept {
+        b.extend_from_slice(&seq.to_le_bytes());
+        put_str16(b, key).map_err(|_| "the name or type")?;
+        match value {
+            Some(v) if v.len() < NULL as usize => {
+                b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                b.extend_from_slice(v);
+            }
+            Some(_) => return Err("the value"),
+            None => b.extend_from_slice(&NULL.to_le_bytes()),
+        }
+    }
+    Ok(())
+}
+
 fn put_str16(b: &mut Vec<u8>, s: &[u8]) -> Result<(), ()> {
     let n = u16::try_from(s.len()).map_err(|_| ())?;
     b.extend_from_slice(&n.to_le_bytes());
@@ -178,21 +191,58 @@ pub struct Spilled {
 /// Read partition `p` from every spill file into `buf` (cleared first).
 pub fn read_partition(spills: &[Spilled], p: usize, buf: &mut Vec<u8>) -> Result<()> {
     buf.clear();
+    each_place(spills, p, |file, len, path| {
+        let start = buf.len();
+        buf.resize(start + len, 0);
+        file.read_exact(&mut buf[start..])
+            .with_context(|| format!("cannot read {}", path.display()))
+    })
+}
+
+/// Each chunk of partition `p`: its file, positioned at it, and its length.
+fn each_place(
+    spills: &[Spilled],
+    p: usize,
+    mut f: impl FnMut(&mut File, usize, &Path) -> Result<()>,
+) -> Result<()> {
     for s in spills {
         if s.chunks[p].is_empty() {
             continue;
         }
-        let mut f =
+        let mut file =
             File::open(&s.path).with_context(|| format!("cannot read {}", s.path.display()))?;
         for &(off, len) in &s.chunks[p] {
-            let start = buf.len();
-            buf.resize(start + len as usize, 0);
-            f.seek(SeekFrom::Start(off))
-                .and_then(|_| f.read_exact(&mut buf[start..]))
+            file.seek(SeekFrom::Start(off))
                 .with_context(|| format!("cannot read {}", s.path.display()))?;
+            f(&mut file, len as usize, &s.path)?;
         }
     }
     Ok(())
+}
+
+/// The bytes partition `p` spilled, in every file.
+pub fn partition_bytes(spills: &[Spilled], p: usize) -> u64 {
+    spills
+        .iter()
+        .flat_map(|s| &s.chunks[p])
+        .map(|c| c.1 as u64)
+        .sum()
+}
+
+/// Each chunk of partition `p`, one at a time (read into `chunk`): a chunk
+/// holds whole records.
+pub fn each_chunk(
+    spills: &[Spilled],
+    p: usize,
+    chunk: &mut Vec<u8>,
+    mut f: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    each_place(spills, p, |file, len, path| {
+        chunk.resize(len, 0);
+        file.read_exact(chunk)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        f(chunk)
+    })
 }
 
 /// One record, borrowed from a partition's bytes (UTF-8 text: pass 1
