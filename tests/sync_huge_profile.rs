@@ -5,7 +5,7 @@
 //! measured by the kernel, not by segsync) is the one extract's.
 
 mod common;
-use common::unload::{children_peak_mb, write_part};
+use common::unload::{children_peak_mb, extract_lines, write_part};
 use common::*;
 
 /// The ceiling, as tests/sync_memory.rs's: a quarter of DuckDB's peak on the
@@ -47,24 +47,7 @@ async fn a_profile_with_more_kept_values_than_the_memory_ceiling_is_grouped_in_b
         kept_mb > 3 * CEILING_MB,
         "the profile is larger than the ceiling"
     );
-    let before = children_peak_mb();
-    assert!(
-        before < CEILING_MB,
-        "no child so far came near the ceiling ({before} MB)"
-    );
-    let r = segsync(
-        dir.path(),
-        None,
-        &[
-            "extract",
-            "--from",
-            "profiles-sync",
-            unload.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert_eq!(r.code, 0, "{}", r.all());
-    let lines = read_lines(&data(dir.path()).join("profiles.ndjson"));
+    let lines = extract_lines(dir.path(), &unload, CEILING_MB).await;
     assert_eq!(lines.len(), 1);
     // The latest version (the highest seq) wins.
     assert_eq!(

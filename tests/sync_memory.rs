@@ -4,7 +4,7 @@
 //! not by segsync) is the one extract's.
 
 mod common;
-use common::unload::{children_peak_mb, write_part};
+use common::unload::{children_peak_mb, extract_lines, write_part};
 use common::*;
 
 /// The ceiling the extract must stay under, whatever the row group's size:
@@ -54,24 +54,7 @@ async fn a_row_group_larger_than_the_memory_ceiling_is_read_in_bounded_memory() 
         decoded_mb > 3 * CEILING_MB,
         "the row group is larger than the ceiling"
     );
-    let before = children_peak_mb();
-    assert!(
-        before < CEILING_MB,
-        "no child so far came near the ceiling ({before} MB)"
-    );
-    let r = segsync(
-        dir.path(),
-        None,
-        &[
-            "extract",
-            "--from",
-            "profiles-sync",
-            unload.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert_eq!(r.code, 0, "{}", r.all());
-    let lines = read_lines(&data(dir.path()).join("profiles.ndjson"));
+    let lines = extract_lines(dir.path(), &unload, CEILING_MB).await;
     assert_eq!(lines.len(), PROFILES);
     for l in &lines {
         let n: usize = l["segment_id"].as_str().unwrap()[1..].parse().unwrap();

@@ -14,12 +14,13 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
-fn schema() -> CustomerSchema {
+pub(super) fn schema() -> CustomerSchema {
     serde_json::from_value(json!({"properties": {
         "tier": {"type": "string"},
         "n": {"type": "number"},
         "on": {"type": "boolean"},
         "day": {"type": "date"},
+        "when": {"type": "datetime"},
         "obj": {"type": "object"},
     }}))
     .unwrap()
@@ -335,7 +336,7 @@ fn cell_of(field: &str, v: &Value, r: &mut impl Rng) -> String {
     }
 }
 
-type Model = BTreeMap<String, Value>;
+pub(super) type Model = BTreeMap<String, Value>;
 
 /// A request applied to the model: top-level fields replace, null removes;
 /// `address` and `metadata` merge key by key, or replace the object whole.
@@ -367,7 +368,7 @@ fn apply(model: &mut Model, send: &Value, replace: bool) {
     }
 }
 
-fn to_body(fields: &Model) -> Map<String, Value> {
+pub(super) fn to_body(fields: &Model) -> Map<String, Value> {
     let mut body = Map::new();
     body.insert("source_id".into(), json!("a"));
     for (f, v) in fields {

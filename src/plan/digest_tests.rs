@@ -6,6 +6,7 @@
 //! contradict) finds the customer unchanged.
 
 use super::compare::{compare, Rules};
+use super::compare_tests::schema;
 use super::confirmed::Confirmed;
 use super::digest::{Kind, Layout};
 use super::held::Held;
@@ -13,18 +14,6 @@ use crate::fields::STANDARD;
 use crate::mapping::metadata_schema::CustomerSchema;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
-
-fn schema() -> CustomerSchema {
-    serde_json::from_value(json!({"properties": {
-        "tier": {"type": "string"},
-        "n": {"type": "number"},
-        "on": {"type": "boolean"},
-        "day": {"type": "date"},
-        "when": {"type": "datetime"},
-        "obj": {"type": "object"},
-    }}))
-    .unwrap()
-}
 
 /// The export's columns, in order: source id, then these fields.
 const COLUMNS: [&str; 9] = [
@@ -122,20 +111,14 @@ fn held(cells: &[String]) -> Held {
     }
 }
 
+/// The row's request: `compare_tests`'s, with this source id.
 fn body(fields: &[(&str, Value)], source_id: &str) -> Map<String, Value> {
-    let mut body = Map::new();
+    let model: super::compare_tests::Model = fields
+        .iter()
+        .map(|(f, v)| (f.to_string(), v.clone()))
+        .collect();
+    let mut body = super::compare_tests::to_body(&model);
     body.insert("source_id".into(), json!(source_id));
-    for (f, v) in fields {
-        match f.split_once('.') {
-            Some((group, key)) => {
-                let o = body.entry(group).or_insert_with(|| json!({}));
-                o.as_object_mut().unwrap().insert(key.into(), v.clone());
-            }
-            None => {
-                body.insert(f.to_string(), v.clone());
-            }
-        }
-    }
     body
 }
 

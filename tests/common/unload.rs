@@ -80,3 +80,26 @@ pub fn children_peak_mb() -> i64 {
     assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) }, 0);
     u.ru_maxrss / 1024
 }
+
+/// Run `segsync extract --from profiles-sync UNLOAD` in `dir`, after checking
+/// that no child so far came near `ceiling_mb`; its lines, once it exited 0.
+pub async fn extract_lines(dir: &Path, unload: &Path, ceiling_mb: i64) -> Vec<serde_json::Value> {
+    let before = children_peak_mb();
+    assert!(
+        before < ceiling_mb,
+        "no child so far came near the ceiling ({before} MB)"
+    );
+    let r = super::segsync(
+        dir,
+        None,
+        &[
+            "extract",
+            "--from",
+            "profiles-sync",
+            unload.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    super::read_lines(&super::data(dir).join("profiles.ndjson"))
+}
