@@ -233,6 +233,22 @@ async fn bad_unloads_are_named_by_file_and_row_and_text_values_stay_text() {
         "{}",
         r.stderr
     );
+    // A sound footer over a damaged page (pyarrow's file, bytes overwritten).
+    let mut sound = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/unloads/pyarrow_none/user_traits/part-0.parquet"),
+    )
+    .unwrap();
+    sound[200..600].fill(0xFF);
+    std::fs::write(u.join("user_traits/part-2.parquet"), sound).unwrap();
+    let r = run(extract()).await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("part-2.parquet: unreadable (")
+            && r.stderr.contains("the file is damaged"),
+        "{}",
+        r.stderr
+    );
     std::fs::remove_file(u.join("user_traits/part-2.parquet")).unwrap();
     // Plain text values (not JSON) are read as text; the latest seq wins.
     std::fs::write(

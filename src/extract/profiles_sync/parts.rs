@@ -118,7 +118,19 @@ pub fn read_part(
     }
     let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     match content {
-        Content::Parquet => read_parquet(path, key, slice, each),
+        Content::Parquet => read_parquet(path, key, slice, each).map_err(|e| {
+            // The decoder's own words name no file: a damaged page, a torn
+            // column chunk. Rows our reader refused are named already.
+            match e.downcast_ref::<parquet::errors::ParquetError>() {
+                Some(p) => UsageError::new(format!(
+                    "{}{}: unreadable ({p}): the file is damaged; unload it again (a rerun cannot fix it)",
+                    path.display(),
+                    slice.map_or(String::new(), |s| format!(" (row groups {:?})", s.groups))
+                ))
+                .into(),
+                None => e,
+            }
+        }),
         Content::Gzip => read_csv(path, flate2::read::MultiGzDecoder::new(f), key, each),
         Content::Text => read_csv(path, f, key, each),
     }
