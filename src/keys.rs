@@ -215,4 +215,34 @@ mod tests {
         assert_eq!(m.iter().map(|(_, v)| v).sum::<u64>(), 3000);
         assert_eq!(m.get(0), Some(429));
     }
+
+    #[test]
+    fn the_directory_finds_every_key_of_hashed_ids_and_no_other() {
+        // Keys as the plan's are: hashes of ids, spread over every slot.
+        let mut m = KeyMapBuilder::default();
+        for i in 0..100_000u64 {
+            m.push(h64(&format!("p{i:07}")), i, &mut later);
+        }
+        let m = m.finish(&mut later);
+        assert_eq!(m.len(), 100_000);
+        assert!(m.bits > 10, "a directory of {} bits", m.bits);
+        for i in 0..100_000u64 {
+            assert_eq!(m.get(h64(&format!("p{i:07}"))), Some(i), "p{i:07}");
+        }
+        for i in 100_000..110_000u64 {
+            assert_eq!(m.get(h64(&format!("p{i:07}"))), None);
+        }
+        // The extremes of the key space sit in the first and last slots.
+        let mut e = KeyMapBuilder::default();
+        for k in [0u64, 1, u64::MAX - 1, u64::MAX] {
+            e.push(k, k, &mut later);
+        }
+        for i in 0..100u64 {
+            e.push(i << 50, i, &mut later);
+        }
+        let e = e.finish(&mut later);
+        for k in [0u64, 1, u64::MAX - 1, u64::MAX] {
+            assert_eq!(e.get(k), Some(k));
+        }
+    }
 }

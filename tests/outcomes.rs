@@ -192,16 +192,34 @@ async fn a_damaged_ledger_line_stops_plan_as_it_stops_load() {
         0
     );
     let ledger = dir.path().join("load.ledger.ndjson");
-    let mut text = std::fs::read_to_string(&ledger).unwrap();
-    text.insert_str(0, "{\"event\": \"confirmed\", garbage\n");
-    std::fs::write(&ledger, text).unwrap();
-    for cmd in ["plan", "load"] {
-        let r = segsync(dir.path(), Some(&sb), &[cmd, "--in", path]).await;
-        assert_eq!(r.code, 2, "{cmd}: {}", r.all());
-        assert!(
-            r.stderr.contains("load.ledger.ndjson:1"),
-            "{cmd}: {}",
-            r.stderr
-        );
+    let sound = std::fs::read_to_string(&ledger).unwrap();
+    let first: serde_json::Value = serde_json::from_str(sound.lines().next().unwrap()).unwrap();
+    let head = format!(
+        r#""at":"2026-01-01T00:00:00Z","target":{}"#,
+        first["target"]
+    );
+    let who = r#"{"source_id":"a","hash":"00"}"#;
+    // Torn JSON; JSON that is no event; events without what they require
+    // (a plan reads the ledger through a lighter view than load: both refuse).
+    let damages = [
+        r#"{"event": "confirmed", garbage"#.to_string(),
+        format!(r#"{{"event":"retried",{head}}}"#),
+        format!(
+            r#"{{"event":"confirmed",{head},"async_action_id":"a","status":"DONE","done":[{who}],"failed":[]}}"#
+        ),
+        format!(r#"{{"event":"confirmed",{head},"async_action_id":"a","done":[],"failed":[]}}"#),
+        format!(r#"{{"event":"submitted",{head},"async_action_id":"a"}}"#),
+    ];
+    for damage in &damages {
+        std::fs::write(&ledger, format!("{damage}\n{sound}")).unwrap();
+        for cmd in ["plan", "load"] {
+            let r = segsync(dir.path(), Some(&sb), &[cmd, "--in", path]).await;
+            assert_eq!(r.code, 2, "{cmd} on {damage}: {}", r.all());
+            assert!(
+                r.stderr.contains("load.ledger.ndjson:1"),
+                "{cmd} on {damage}: {}",
+                r.stderr
+            );
+        }
     }
 }

@@ -14,6 +14,7 @@
 use crate::keys::{h128, KeyMap, KeyMapBuilder};
 use crate::state::ledger::content_key;
 use anyhow::{Context, Result};
+use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -110,10 +111,46 @@ struct LineView<'a> {
     event: Cow<'a, str>,
     #[serde(borrow)]
     target: Cow<'a, str>,
-    #[serde(borrow, default)]
-    at: Option<Cow<'a, str>>,
+    /// Every event has its time.
+    #[serde(borrow)]
+    at: Cow<'a, str>,
+    // What the other events require, checked present (not read).
+    #[serde(default)]
+    version: Option<IgnoredAny>,
+    #[serde(default)]
+    async_action_id: Option<IgnoredAny>,
+    #[serde(default)]
+    customers: Option<IgnoredAny>,
+    #[serde(default)]
+    status: Option<IgnoredAny>,
+    #[serde(default)]
+    failed: Option<IgnoredAny>,
+    #[serde(default)]
+    reason: Option<IgnoredAny>,
     #[serde(borrow, default)]
     done: Option<Vec<CustomerView<'a>>>,
+}
+
+impl LineView<'_> {
+    /// The fields its event requires (`LedgerEvent`) that it lacks.
+    fn missing(&self) -> Option<&'static str> {
+        let has = |f: &Option<IgnoredAny>| f.is_some();
+        let known = ["opened", "submitted", "confirmed", "abandoned"];
+        if !known.contains(&self.event.as_ref()) {
+            return Some("a known event");
+        }
+        match self.event.as_ref() {
+            "opened" if !has(&self.version) => Some("version"),
+            "opened" => None,
+            _ if !has(&self.async_action_id) => Some("async_action_id"),
+            "submitted" if !has(&self.customers) => Some("customers"),
+            "confirmed" if !has(&self.status) => Some("status"),
+            "confirmed" if self.done.is_none() => Some("done"),
+            "confirmed" if !has(&self.failed) => Some("failed"),
+            "abandoned" if !has(&self.reason) => Some("reason"),
+            _ => None,
+        }
+    }
 }
 
 /// One confirmed customer of a ledger line (`LedgerCustomer`, borrowed).
@@ -123,6 +160,9 @@ struct CustomerView<'a> {
     source_id: Cow<'a, str>,
     #[serde(borrow)]
     hash: Cow<'a, str>,
+    /// Required in a ledger line; not used by a plan.
+    #[allow(dead_code)]
+    line: u64,
     #[serde(borrow, default)]
     segment_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -130,8 +170,6 @@ struct CustomerView<'a> {
     #[serde(borrow, default)]
     cleared: Option<&'a RawValue>,
 }
-
-const EVENTS: [&str; 4] = ["opened", "submitted", "confirmed", "abandoned"];
 
 /// Each confirmation of `target` in the ledger, in order: when, and who.
 /// A line that is not a ledger line stops the read (exit 2, naming it); a
@@ -146,6 +184,13 @@ fn each_confirmed(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
+    let damaged = |n: usize, why: &str| -> anyhow::Error {
+        crate::error::UsageError::new(format!(
+            "{}:{n}: not a ledger line ({why}); the ledger was damaged (it is written by segsync only): restore it from a backup, or move it aside, in which case the next `segsync load` sends every row again",
+            path.display()
+        ))
+        .into()
+    };
     let mut rdr = std::io::BufReader::with_capacity(1 << 20, file);
     let mut line = String::new();
     for n in 1.. {
@@ -159,27 +204,17 @@ fn each_confirmed(
         }
         let view = serde_json::from_str::<LineView>(line.trim_end()).map_err(|e| e.to_string());
         let view = match view {
-            Ok(v) if EVENTS.contains(&v.event.as_ref()) => v,
+            Ok(v) => match v.missing() {
+                None => v,
+                Some(what) => return Err(damaged(n, &format!("no {what}"))),
+            },
             Err(_) if !line.ends_with('\n') => break,
-            other => {
-                let why = other.err().unwrap_or_else(|| "an unknown event".into());
-                return Err(crate::error::UsageError::new(format!(
-                    "{}:{n}: not a ledger line ({why}); the ledger was damaged (it is written by segsync only): restore it from a backup, or move it aside, in which case the next `segsync load` sends every row again",
-                    path.display()
-                ))
-                .into());
-            }
+            Err(why) => return Err(damaged(n, &why)),
         };
         if view.event != "confirmed" || view.target != target {
             continue;
         }
-        let (Some(at), Some(done)) = (view.at, view.done) else {
-            return Err(crate::error::UsageError::new(format!(
-                "{}:{n}: a confirmation without its time or customers; the ledger was damaged (it is written by segsync only)",
-                path.display()
-            ))
-            .into());
-        };
+        let (at, done) = (view.at, view.done.unwrap_or_default());
         f(&at, done)?;
     }
     Ok(())
