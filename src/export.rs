@@ -70,7 +70,7 @@ pub struct Record {
 /// again for a minute's worth. Both stamps are Voucherify's own clock.
 pub const SNAPSHOT_MARGIN: Duration = Duration::from_secs(60);
 
-fn read_record(meta_path: &Path) -> Option<Record> {
+pub fn read_record(meta_path: &Path) -> Option<Record> {
     serde_json::from_slice(&std::fs::read(meta_path).ok()?).ok()
 }
 
@@ -86,6 +86,9 @@ pub struct Policy<'a> {
     pub full_every: Duration,
     /// A full export whatever is kept (`--full-export`).
     pub force_full: bool,
+    /// Use the kept export as it is, without a call, when it is this one
+    /// (by id) and younger than this.
+    pub reuse: Option<(String, Duration)>,
 }
 
 /// Which kind of export a plan compared with.
@@ -122,6 +125,36 @@ fn delta_after(prev: &Record, files: &Beside, fields: &[&str], p: &Policy<'_>) -
     .then(|| prev.snapshot.clone())?
 }
 
+/// The kept export's kind, when the policy reuses it as it is: the export
+/// named, downloaded for these fields in this project, and young enough.
+fn reusable(prev: &Record, files: &Beside, fields: &[&str], p: &Policy<'_>) -> Option<Kind> {
+    let (id, max_age) = p.reuse.as_ref()?;
+    let age_ms = prev
+        .at
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| jiff::Timestamp::now().as_millisecond() - t.as_millisecond())?;
+    let young = (0..=max_age.as_millis() as i64).contains(&age_ms);
+    let same = prev
+        .fields
+        .iter()
+        .map(String::as_str)
+        .eq(fields.iter().copied());
+    (prev.export_id == *id
+        && !id.is_empty()
+        && prev.state == "downloaded"
+        && prev.target == p.target
+        && same
+        && young
+        && files.export.is_file())
+    .then_some(match prev.kind.as_str() {
+        "delta" => Kind::Delta {
+            rows: prev.delta_rows,
+        },
+        _ => Kind::Full,
+    })
+}
+
 /// The export a plan compares with: a delta applied to the kept file when
 /// it is fresh enough, else a full one. Returns the outcome, the calls it
 /// took and its kind.
@@ -133,6 +166,9 @@ pub async fn export_held(
     policy: &Policy<'_>,
 ) -> Result<(Exported, u64, Kind)> {
     let prev = read_record(&files.export_meta).unwrap_or_default();
+    if let Some(kind) = reusable(&prev, files, fields, policy) {
+        return Ok((Exported::File(files.export.clone()), 0, kind));
+    }
     let after = match prev.state.as_str() {
         // A stopped run's export, polled again with what it asked.
         "pending"

@@ -1,7 +1,8 @@
 //! In-memory keys of strings, for sets and maps over our own input (ids,
 //! `source_id`s): 64 bits, or 128 where a collision would merge two
 //! different things. XXH3: fast on short strings, and its bits spread
-//! evenly (a [`KeyMap`]'s directory relies on it). Never written to a file.
+//! evenly (a [`KeyMap`]'s directory relies on it). Written to a file only
+//! in the ledger's index (`plan::ledger_index`), which says so in its header.
 
 use twox_hash::{XxHash3_128, XxHash3_64};
 
@@ -11,6 +12,36 @@ pub fn h64(s: &str) -> u64 {
 
 pub fn h128(s: &str) -> u128 {
     XxHash3_128::oneshot(s.as_bytes())
+}
+
+/// Hashing for sets of keys that are hashes already ([`h128`]'s): their
+/// low 64 bits as they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spread;
+
+pub struct SpreadHasher(u64);
+
+impl std::hash::BuildHasher for Spread {
+    type Hasher = SpreadHasher;
+    fn build_hasher(&self) -> SpreadHasher {
+        SpreadHasher(0)
+    }
+}
+
+impl std::hash::Hasher for SpreadHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not a hash already: mix the bytes in.
+        self.0 = XxHash3_64::oneshot_with_seed(self.0, bytes);
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= n as u64;
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
 }
 
 /// A key of a [`KeyMap`]: ordered, with top bits that spread evenly (a
@@ -89,6 +120,23 @@ impl<K: Key, V: Copy> KeyMapBuilder<K, V> {
         self.folded = out;
     }
 
+    /// Add entries pushed after every entry already here.
+    pub fn extend(&mut self, later: Vec<(K, V)>) {
+        self.entries.extend(later);
+    }
+
+    /// A builder that holds `map` already: what is pushed after it comes
+    /// later (room for an eighth more is made at once, so a short tail does
+    /// not double the vector).
+    pub fn seeded(map: KeyMap<K, V>) -> KeyMapBuilder<K, V> {
+        let mut entries = map.entries;
+        entries.reserve(entries.len() / 8 + 1024);
+        KeyMapBuilder {
+            folded: entries.len(),
+            entries,
+        }
+    }
+
     /// The map, sorted and folded, its unused room given back.
     pub fn finish(mut self, merge: &mut impl FnMut(K, V, V) -> V) -> KeyMap<K, V> {
         self.fold(merge);
@@ -101,10 +149,11 @@ impl<K: Key, V: Copy> KeyMapBuilder<K, V> {
 /// more than the values, where a hash map takes two to four times that (and
 /// double while it grows). Made by [`KeyMapBuilder`].
 ///
-/// Read through a directory by the keys' top bits (about 8 keys a slot, 4
-/// bytes each), then a binary search within the slot: a lookup touches a
-/// cache line or two of a large map, where a binary search over a million
-/// entries misses the cache some twenty times.
+/// Read through a directory by the keys' top bits (one or two keys a slot,
+/// 4 bytes a slot), then a search within the slot: a lookup touches a cache
+/// line of the directory and one or two of the entries, where a binary
+/// search over a million entries misses the cache some twenty times (and
+/// eight keys a slot, five times).
 pub struct KeyMap<K, V> {
     entries: Vec<(K, V)>,
     /// `dir[j]`: the first entry whose top `bits` bits are at least `j`.
@@ -121,7 +170,7 @@ impl<K: Key, V: Copy> Default for KeyMap<K, V> {
 impl<K: Key, V: Copy> KeyMap<K, V> {
     /// The map over sorted, folded entries, with its directory.
     fn indexed(entries: Vec<(K, V)>) -> KeyMap<K, V> {
-        let bits = (entries.len() / 8).max(1).ilog2().min(24);
+        let bits = entries.len().max(1).ilog2().min(26);
         let slot = |k: K| {
             if bits == 0 {
                 0
@@ -140,7 +189,26 @@ impl<K: Key, V: Copy> KeyMap<K, V> {
         KeyMap { entries, dir, bits }
     }
 
+    /// The map over entries read back from a file: None unless their keys
+    /// strictly increase (sorted, folded), as [`KeyMap::entries`] gave them.
+    pub fn from_sorted(entries: Vec<(K, V)>) -> Option<KeyMap<K, V>> {
+        entries
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0)
+            .then(|| KeyMap::indexed(entries))
+    }
+
+    /// The entries, by key.
+    pub fn entries(&self) -> &[(K, V)] {
+        &self.entries
+    }
+
     pub fn get(&self, key: K) -> Option<V> {
+        self.position(key).map(|i| self.entries[i].1)
+    }
+
+    /// Where `key` is among the entries (0 to `len() - 1`, by key).
+    pub fn position(&self, key: K) -> Option<usize> {
         let j = if self.bits == 0 {
             0
         } else {
@@ -150,7 +218,7 @@ impl<K: Key, V: Copy> KeyMap<K, V> {
         self.entries[lo..hi]
             .binary_search_by_key(&key, |e| e.0)
             .ok()
-            .map(|i| self.entries[lo + i].1)
+            .map(|i| lo + i)
     }
 
     pub fn contains(&self, key: K) -> bool {

@@ -135,7 +135,20 @@ impl CustomerRow {
     /// The request body for this customer: only the fields that have a value,
     /// in the shape of Voucherify's bulk schema. `segment_id` is never sent.
     pub fn to_request(&self) -> Result<Value, String> {
-        let mut m = Map::new();
+        let metadata = match self.metadata.as_ref().filter(|v| !v.is_empty()) {
+            Some(meta) => match serde_json::from_str::<Value>(meta) {
+                Ok(Value::Object(o)) => Some(o),
+                _ => return Err("metadata is not a JSON object".into()),
+            },
+            None => None,
+        };
+        Ok(Value::Object(self.request_with(metadata)))
+    }
+
+    /// [`CustomerRow::to_request`] with the metadata cell already parsed
+    /// (None when the cell is empty).
+    pub fn request_with(&self, metadata: Option<Map<String, Value>>) -> Map<String, Value> {
+        let mut m = Map::with_capacity(8);
         let put = |m: &mut Map<String, Value>, k: &str, v: &Option<String>| {
             if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
                 m.insert(k.to_string(), Value::String(v.clone()));
@@ -157,15 +170,10 @@ impl CustomerRow {
         if !address.is_empty() {
             m.insert("address".into(), Value::Object(address));
         }
-        if let Some(meta) = self.metadata.as_ref().filter(|v| !v.is_empty()) {
-            match serde_json::from_str::<Value>(meta) {
-                Ok(Value::Object(o)) => {
-                    m.insert("metadata".into(), Value::Object(o));
-                }
-                _ => return Err("metadata is not a JSON object".into()),
-            }
+        if let Some(o) = metadata {
+            m.insert("metadata".into(), Value::Object(o));
         }
-        Ok(Value::Object(m))
+        m
     }
 }
 

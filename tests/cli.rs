@@ -295,3 +295,51 @@ async fn run_refuses_out_of_range_stage_flags_as_usage_errors() {
         assert!(r.stderr.contains(args[1]), "{args:?}: {}", r.stderr);
     }
 }
+
+/// `run` starts the plan's export as it starts, beside extract and
+/// transform (issue 33): the plan compares with that export, so no export
+/// is made after extract, and the run ends exact. The export is slow (2 s)
+/// and Segment paced, so the two overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_starts_the_plans_export_beside_extract_and_the_plan_uses_it() {
+    let mut o = opts(150);
+    o.segment_rps = 200;
+    o.export_ms = Some(2000);
+    let sb = sandbox(o).await;
+    let dir = tempdir();
+    let r = segsync(dir.path(), Some(&sb), &["run"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        sb.customers().len(),
+        sb.dataset().expected_customers(&Default::default()).len()
+    );
+    assert_eq!(
+        requests(&sb, "voucherify.exports_created"),
+        1,
+        "{}",
+        sb.stats()
+    );
+    assert!(
+        r.stderr.contains("made beside extract as the run started"),
+        "{}",
+        r.stderr
+    );
+    // Again, after another writer renamed a customer: the rerun's export
+    // (a delta of the kept one) is made beside extract too, and the rename
+    // is set back.
+    let (sid, before) = (sb.customers().into_iter())
+        .find_map(|(sid, c)| c["name"].is_string().then(|| (sid, c["name"].clone())))
+        .expect("a customer with a name");
+    sb.another_writer(&sid, &serde_json::json!({"name": "Renamed elsewhere"}))
+        .unwrap();
+    let r = segsync(dir.path(), Some(&sb), &["run"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        requests(&sb, "voucherify.exports_created"),
+        2,
+        "{}",
+        sb.stats()
+    );
+    assert!(r.stderr.contains("made beside extract"), "{}", r.stderr);
+    assert_eq!(sb.customers()[&sid]["name"], before, "{}", r.all());
+}

@@ -269,7 +269,6 @@ mod tests {
             segment_id: None,
             fields: vec![],
             cleared: vec![],
-            request: Default::default(),
         }
     }
 

@@ -38,7 +38,7 @@ pub struct Last {
 /// index is built: the time in the low 44 bits of the second word
 /// (milliseconds to the year 2527), the field list index above it.
 #[derive(Debug, Clone, Copy)]
-struct Packed(u64, u64, u32);
+pub(super) struct Packed(pub u64, pub u64, pub u32);
 
 const MS_BITS: u32 = 44;
 const NO_FIELDS: u64 = (1 << (64 - MS_BITS)) - 1;
@@ -52,7 +52,7 @@ impl Packed {
         Packed(l.content, (f << MS_BITS) | ms, cleared)
     }
 
-    fn last(self) -> Last {
+    pub(super) fn last(self) -> Last {
         let f = self.1 >> MS_BITS;
         Last {
             content: self.0,
@@ -64,7 +64,7 @@ impl Packed {
 
 #[derive(Default)]
 pub struct Confirmed {
-    by_source: KeyMap<u128, Packed>,
+    pub(super) by_source: KeyMap<u128, Packed>,
     /// Profile (128-bit key of `segment_id`) → the source id key it was last
     /// confirmed under.
     pub by_profile: KeyMap<u128, u128>,
@@ -85,7 +85,12 @@ impl Confirmed {
     }
 
     pub fn last(&self, sid: &str) -> Option<Last> {
-        self.by_source.get(h128(sid)).map(Packed::last)
+        self.last_of(h128(sid))
+    }
+
+    /// [`Confirmed::last`] by the source id's key.
+    pub fn last_of(&self, key: u128) -> Option<Last> {
+        self.by_source.get(key).map(Packed::last)
     }
 
     /// Every source id key `profile` was confirmed under.
@@ -171,20 +176,33 @@ struct CustomerView<'a> {
     cleared: Option<&'a RawValue>,
 }
 
-/// Each confirmation of `target` in the ledger, in order: when, and who.
-/// A line that is not a ledger line stops the read (exit 2, naming it); a
-/// torn last line (an interrupted run's) ends it.
+/// Where a read of the ledger starts, or where it ended: the bytes of
+/// whole lines before it, and how many lines they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark {
+    pub bytes: u64,
+    pub lines: u64,
+}
+
+/// Each confirmation of `target` in the ledger from `from` on, in order:
+/// when, and who. A line that is not a ledger line stops the read (exit 2,
+/// naming it); a torn last line (an interrupted run's) ends it. Returns the
+/// end of the last whole line.
 fn each_confirmed(
     path: &Path,
     target: &str,
+    from: Mark,
     mut f: impl FnMut(&str, Vec<CustomerView>) -> Result<()>,
-) -> Result<()> {
-    let file = match std::fs::File::open(path) {
+) -> Result<Mark> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Mark::default()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let damaged = |n: usize, why: &str| -> anyhow::Error {
+    file.seek(SeekFrom::Start(from.bytes))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let damaged = |n: u64, why: &str| -> anyhow::Error {
         crate::error::UsageError::new(format!(
             "{}:{n}: not a ledger line ({why}); the ledger was damaged (it is written by segsync only): restore it from a backup, or move it aside, in which case the next `segsync load` sends every row again",
             path.display()
@@ -193,31 +211,41 @@ fn each_confirmed(
     };
     let mut rdr = std::io::BufReader::with_capacity(1 << 20, file);
     let mut line = String::new();
-    for n in 1.. {
+    let mut at = from;
+    loop {
         line.clear();
-        if rdr
+        let n = rdr
             .read_line(&mut line)
-            .with_context(|| format!("cannot read {}", path.display()))?
-            == 0
-        {
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
             break;
+        }
+        // A last line without its newline is read when it parses, but an
+        // index never covers it (it may yet be torn away).
+        let whole = line.ends_with('\n');
+        let number = at.lines + 1;
+        if whole {
+            at = Mark {
+                bytes: at.bytes + n as u64,
+                lines: number,
+            };
         }
         let view = serde_json::from_str::<LineView>(line.trim_end()).map_err(|e| e.to_string());
         let view = match view {
             Ok(v) => match v.missing() {
                 None => v,
-                Some(what) => return Err(damaged(n, &format!("no {what}"))),
+                Some(what) => return Err(damaged(number, &format!("no {what}"))),
             },
-            Err(_) if !line.ends_with('\n') => break,
-            Err(why) => return Err(damaged(n, &why)),
+            Err(_) if !whole => break,
+            Err(why) => return Err(damaged(number, &why)),
         };
         if view.event != "confirmed" || view.target != target {
             continue;
         }
-        let (at, done) = (view.at, view.done.unwrap_or_default());
-        f(&at, done)?;
+        let (when, done) = (view.at, view.done.unwrap_or_default());
+        f(&when, done)?;
     }
-    Ok(())
+    Ok(at)
 }
 
 /// Field lists, each stored once.
@@ -284,28 +312,93 @@ impl Interned {
     }
 }
 
-/// Read the ledger's confirmations for `target`.
+/// Read the ledger's confirmations for `target`: from its index
+/// ([`super::ledger_index`]) and the lines added since, when the index is
+/// the ledger's; the whole ledger otherwise (and the index is written again
+/// when more than a little was read).
 pub fn read(path: &Path, target: &str) -> Result<Confirmed> {
-    let mut interned = Interned::default();
-    let none = interned.get(vec![]);
-    let mut by_source = KeyMapBuilder::default();
-    let mut by_profile = KeyMapBuilder::default();
-    let mut earlier = HashMap::new();
-    let mut by_text = HashMap::new();
-    each_confirmed(path, target, |at, done| {
+    let kept = super::ledger_index::load(path, target);
+    let (mut building, from) = match kept {
+        Some((confirmed, mark)) => (Building::new(Some(confirmed)), mark),
+        None => (Building::new(None), Mark::default()),
+    };
+    let end = each_confirmed(path, target, from, |at, done| {
+        building.apply(at, done, path)
+    })?;
+    let confirmed = building.finish();
+    if end.bytes - from.bytes > super::ledger_index::rewrite_after() {
+        if let Err(e) = super::ledger_index::save(path, target, end, &confirmed) {
+            crate::ui::warn(format!(
+                "plan: could not keep the ledger's index ({e:#}); the next plan reads the whole ledger again"
+            ));
+        }
+    }
+    Ok(confirmed)
+}
+
+/// The confirmations read so far.
+struct Building {
+    interned: Interned,
+    none: u32,
+    by_text: HashMap<String, u32>,
+    by_source: KeyMapBuilder<u128, Packed>,
+    by_profile: KeyMapBuilder<u128, u128>,
+    earlier: HashMap<u128, Vec<u128>>,
+}
+
+impl Building {
+    /// From nothing, or from what the ledger's index kept.
+    fn new(kept: Option<Confirmed>) -> Building {
+        let mut interned = Interned::default();
+        let (by_source, by_profile, earlier) = match kept {
+            Some(c) => {
+                // The lists keep their places: the entries name them by it.
+                for (i, list) in c.field_lists.iter().enumerate() {
+                    interned.index.insert(list.clone(), i as u32);
+                }
+                interned.lists = c.field_lists;
+                (
+                    KeyMapBuilder::seeded(c.by_source),
+                    KeyMapBuilder::seeded(c.by_profile),
+                    c.earlier,
+                )
+            }
+            None => Default::default(),
+        };
+        let none = interned.get(vec![]);
+        Building {
+            interned,
+            none,
+            by_text: HashMap::new(),
+            by_source,
+            by_profile,
+            earlier,
+        }
+    }
+
+    /// One confirmation: when, and who.
+    fn apply(&mut self, at: &str, done: Vec<CustomerView>, path: &Path) -> Result<()> {
         let at_ms = at
             .parse::<jiff::Timestamp>()
             .map(|t| t.as_millisecond())
             .unwrap_or(i64::MAX);
+        let Building {
+            interned,
+            none,
+            by_text,
+            by_source,
+            by_profile,
+            earlier,
+        } = self;
         for c in done {
             let sid = h128(&c.source_id);
             let fields = c
                 .fields
-                .map(|f| interned.get_raw(&mut by_text, f, path))
+                .map(|f| interned.get_raw(by_text, f, path))
                 .transpose()?;
             let cleared = match c.cleared {
-                Some(f) => interned.get_raw(&mut by_text, f, path)?,
-                None => none,
+                Some(f) => interned.get_raw(by_text, f, path)?,
+                None => *none,
             };
             let last = Last {
                 content: content_key(&c.hash).map_or(0, |k| (k >> 64) as u64),
@@ -317,21 +410,31 @@ pub fn read(path: &Path, target: &str) -> Result<Confirmed> {
             });
             if let Some(seg) = &c.segment_id {
                 by_profile.push(h128(seg), sid, &mut |pk, old, new| {
-                    note_earlier(&mut earlier, pk, old, new)
+                    note_earlier(earlier, pk, old, new)
                 });
             }
         }
         Ok(())
-    })?;
-    let by_source = by_source.finish(&mut |_, e, l| interned.merge(e, l));
-    let by_profile =
-        by_profile.finish(&mut |pk, old, new| note_earlier(&mut earlier, pk, old, new));
-    Ok(Confirmed {
-        by_source,
-        by_profile,
-        earlier,
-        field_lists: interned.lists,
-    })
+    }
+
+    fn finish(self) -> Confirmed {
+        let Building {
+            mut interned,
+            by_source,
+            by_profile,
+            mut earlier,
+            ..
+        } = self;
+        let by_source = by_source.finish(&mut |_, e, l| interned.merge(e, l));
+        let by_profile =
+            by_profile.finish(&mut |pk, old, new| note_earlier(&mut earlier, pk, old, new));
+        Confirmed {
+            by_source,
+            by_profile,
+            earlier,
+            field_lists: interned.lists,
+        }
+    }
 }
 
 /// A profile confirmed under `new` after `old`: `old` is an earlier one.
@@ -358,7 +461,7 @@ pub fn source_ids_of(
     keys: &HashSet<u128>,
 ) -> Result<HashMap<u128, (String, Option<String>)>> {
     let mut out = HashMap::new();
-    each_confirmed(path, target, |_, done| {
+    each_confirmed(path, target, Mark::default(), |_, done| {
         for c in done {
             let k = h128(&c.source_id);
             if keys.contains(&k) {

@@ -134,7 +134,7 @@ pub struct Meta {
     pub made_at_ms: i64,
     pub target: String,
     pub customers: PathBuf,
-    /// Content hashes (SHA-256, hex) of the inputs as the plan read them,
+    /// Content hashes (XXH3-128, hex) of the inputs as the plan read them,
     /// and of the plan file as written.
     pub hashes: Hashes,
     pub rules: Rules,
@@ -173,47 +173,78 @@ pub struct Hashes {
     pub plan: String,
 }
 
-/// SHA-256 of the ledger's lines but the `opened` ones (every load appends
+/// XXH3-128 of the ledger's lines but the `opened` ones (every load appends
 /// one as it starts, which changes nothing it says), "" when there is none
 /// or it holds nothing else.
 pub fn ledger_hash(p: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::BufRead;
-    let f = match std::fs::File::open(p) {
+    use std::io::Read;
+    let mut f = match std::fs::File::open(p) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
         other => other.with_context(|| format!("cannot read {}", p.display()))?,
     };
-    let mut h = Sha256::new();
-    let mut rdr = std::io::BufReader::new(f);
-    let mut line = Vec::new();
-    let mut any = false;
+    const OPENED: &[u8] = br#"{"event":"opened""#;
+    let mut h = twox_hash::XxHash3_128::new();
+    // Read in blocks; each line is hashed from the block in place. A line
+    // that runs past a block's end is carried into the next.
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut filled, mut any) = (0, false);
     loop {
-        line.clear();
-        let n = rdr
-            .read_until(b'\n', &mut line)
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = f
+            .read(&mut buf[filled..])
             .with_context(|| format!("cannot read {}", p.display()))?;
+        let end = filled + n;
+        let mut start = 0;
+        while let Some(i) = memchr::memchr(b'\n', &buf[start..end]) {
+            let line = &buf[start..start + i + 1];
+            if !line.starts_with(OPENED) {
+                any = true;
+                h.write(line);
+            }
+            start += i + 1;
+        }
         if n == 0 {
+            // A last line without its newline.
+            let line = &buf[start..end];
+            if !line.is_empty() && !line.starts_with(OPENED) {
+                any = true;
+                h.write(line);
+            }
             break;
         }
-        if !line.starts_with(br#"{"event":"opened""#) {
-            any = true;
-            h.update(&line);
-        }
+        buf.copy_within(start..end, 0);
+        filled = end - start;
     }
     // A ledger of `opened` lines alone says what no ledger says.
     Ok(if any {
-        crate::files::hex(&h.finalize())
+        format!("{:032x}", h.finish_128())
     } else {
         String::new()
     })
 }
 
-/// SHA-256 of a file, "" when it does not exist.
+/// A file's content hash (XXH3-128, in hex: it tells a changed input from
+/// the same one, which is all a plan asks of it); empty when it is missing.
 pub fn hash_of(p: &Path) -> Result<String> {
-    match std::fs::metadata(p) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        _ => crate::files::sha256_file(p),
+    use std::io::Read;
+    let mut f = match std::fs::File::open(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        other => other.with_context(|| format!("cannot read {}", p.display()))?,
+    };
+    let mut h = twox_hash::XxHash3_128::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", p.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.write(&buf[..n]);
     }
+    Ok(format!("{:032x}", h.finish_128()))
 }
 
 impl Meta {

@@ -11,8 +11,8 @@
 //! `_`, `:` or a space, then a defined key, is that key's column. A field
 //! without a column cannot be read.
 
-use crate::keys::h64;
-use crate::keys::{KeyMap, KeyMapBuilder};
+use crate::keys::KeyMap;
+use crate::keys::{h128, Spread};
 use crate::mapping::metadata_schema::CustomerSchema;
 use anyhow::Result;
 use std::collections::HashMap;
@@ -25,8 +25,8 @@ use crate::fields::STANDARD;
 use super::digest::{Kind, Layout};
 use crate::export::header_key as norm;
 
-/// Marks an index entry whose digest cannot be used: two records share its
-/// 64-bit key (or the export lists one customer twice).
+/// Marks an index entry whose digest cannot be used: the export lists one
+/// customer twice (or two records share its 128-bit key).
 const NO_DIGEST: u64 = 1 << 63;
 
 /// Where each field is in the export.
@@ -93,6 +93,100 @@ fn columns(path: &Path, header: &csv::StringRecord, schema: &CustomerSchema) -> 
     })
 }
 
+/// The index over every record's entry: by key, and by offset within a
+/// key (an unstable sort, which needs no room beside the entries); a key
+/// listed again keeps its first record, its digest marked unusable. Also
+/// how many entries were folded so.
+fn fold(mut entries: Vec<(u128, (u64, u128))>) -> (KeyMap<u128, (u64, u128)>, u64) {
+    entries.sort_unstable_by_key(|(k, (at, _))| (*k, *at));
+    let (mut out, mut collisions) = (0, 0);
+    for i in 0..entries.len() {
+        if out > 0 && entries[out - 1].0 == entries[i].0 {
+            entries[out - 1].1 .0 |= NO_DIGEST;
+            collisions += 1;
+        } else {
+            entries[out] = entries[i];
+            out += 1;
+        }
+    }
+    entries.truncate(out);
+    entries.shrink_to_fit();
+    let index = KeyMap::from_sorted(entries).expect("sorted and folded");
+    (index, collisions)
+}
+
+/// Index the records `rdr` reads (positions offset by `base`) until one
+/// starts at or past `stop`: true when none ran past it (or at the end).
+fn index_records<R: std::io::Read>(
+    rdr: &mut csv::Reader<R>,
+    base: u64,
+    stop: Option<u64>,
+    cols: &Columns,
+    rec: &mut csv::StringRecord,
+    push: &mut impl FnMut(u128, (u64, u128)),
+) -> Result<bool, csv::Error> {
+    loop {
+        let pos = base + rdr.position().byte();
+        if let Some(stop) = stop.filter(|s| pos >= *s) {
+            return Ok(pos == stop);
+        }
+        if !rdr.read_record(rec)? {
+            return Ok(true);
+        }
+        let Some(sid) = rec.get(cols.source_id).filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        push(h128(sid), (pos, cols.layout.of_record(sid, rec)));
+    }
+}
+
+/// The entries of the records from byte `at` to the end (the export's
+/// second half).
+fn index_from(path: &Path, at: u64, cols: &Columns) -> Result<Vec<(u128, (u64, u128))>> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(at))?;
+    let mut rdr = csv::ReaderBuilder::new().has_headers(false).from_reader(f);
+    let mut out = Vec::new();
+    let mut rec = csv::StringRecord::new();
+    index_records(&mut rdr, at, None, cols, &mut rec, &mut |k, v| {
+        out.push((k, v))
+    })?;
+    Ok(out)
+}
+
+/// Where a record may start near the middle of a file of `min` bytes or
+/// more, its body starting at `body`: after the first line end past the
+/// middle with an even count of quotes before it (outside any quoted cell,
+/// by RFC 4180's quoting; the caller checks it against a reader's records).
+fn halfway(path: &Path, body: u64, min: u64) -> Option<u64> {
+    use std::io::Read;
+    let size = std::fs::metadata(path).ok()?.len();
+    if size < min.max(1) {
+        return None;
+    }
+    let mid = body + (size - body) / 2;
+    let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).ok()?);
+    std::io::copy(&mut (&mut f).take(body), &mut std::io::sink()).ok()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut at, mut quotes) = (body, 0u64);
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        for i in memchr::memchr2_iter(b'"', b'\n', &buf[..n]) {
+            let pos = at + i as u64;
+            if buf[i] == b'"' {
+                quotes += 1;
+            } else if pos >= mid && quotes % 2 == 0 {
+                return Some(pos + 1).filter(|p| *p < size);
+            }
+        }
+        at += n as u64;
+    }
+}
+
 /// One customer as the export shows it. `None`: the field has no column.
 pub struct Held {
     /// Per [`STANDARD`] field: the cell (empty = no value).
@@ -106,11 +200,12 @@ pub struct Held {
 /// The export file, indexed by source id.
 pub struct HeldFile {
     path: PathBuf,
-    /// 64-bit key of the source id → (the record's offset, its digest).
-    index: KeyMap<u64, (u64, u128)>,
+    /// 128-bit key of the source id → (the record's offset, its digest).
+    index: KeyMap<u128, (u64, u128)>,
     cols: Columns,
-    rdr: csv::Reader<std::fs::File>,
-    rec: csv::StringRecord,
+    /// Reads records back (the comparison's, one at a time): behind a lock
+    /// so the index can be shared with the threads that read the rows.
+    reader: std::sync::Mutex<(csv::Reader<std::fs::File>, csv::StringRecord)>,
     /// Source ids whose 64-bit keys collide: looked up by scanning.
     pub collisions: u64,
 }
@@ -118,6 +213,12 @@ pub struct HeldFile {
 impl HeldFile {
     /// Index `path` (one pass).
     pub fn open(path: &Path, schema: &CustomerSchema) -> Result<HeldFile> {
+        Self::open_split(path, schema, 8 << 20)
+    }
+
+    /// [`HeldFile::open`], reading files of `split_min` bytes or more in
+    /// two halves at once.
+    fn open_split(path: &Path, schema: &CustomerSchema, split_min: u64) -> Result<HeldFile> {
         // An export is read whole or refused, naming the file: a rerun that
         // compares the same file cannot fix it.
         let refuse = |what: String| {
@@ -142,37 +243,45 @@ impl HeldFile {
             .map_err(|e| refuse(format!("its header cannot be read ({e})")))?
             .clone();
         let cols = columns(path, &header, schema)?;
-        let mut index = KeyMapBuilder::default();
         let mut rec = csv::StringRecord::new();
-        let mut collisions = 0;
-        let mut collided = |_, (at, digest): (u64, u128), _| {
-            collisions += 1;
-            (at | NO_DIGEST, digest)
+        let damaged = |e: csv::Error| {
+            let line = e.position().map_or(0, |p| p.line());
+            anyhow::Error::from(refuse(format!("line {line}: {e} (a torn or damaged file)")))
         };
-        loop {
-            let pos = rdr.position().byte();
-            match rdr.read_record(&mut rec) {
-                Ok(false) => break,
-                Ok(true) => {}
-                Err(e) => {
-                    let line = e.position().map_or(0, |p| p.line());
-                    return Err(refuse(format!("line {line}: {e} (a torn or damaged file)")).into());
-                }
+        // A large export is read in two halves at once: the second from a
+        // record boundary found by counting quotes, kept only when the
+        // first half's reader, which reads from the start, ends exactly
+        // there (else the second half is read again after the first).
+        let body = rdr.position().byte();
+        let mut entries = Vec::new();
+        let second = std::thread::scope(|s| {
+            let second = halfway(path, body, split_min).map(|at| {
+                let cols = &cols;
+                (at, s.spawn(move || index_from(path, at, cols)))
+            });
+            let stop = second.as_ref().map(|(at, _)| *at);
+            let ended = index_records(&mut rdr, 0, stop, &cols, &mut rec, &mut |k, v| {
+                entries.push((k, v))
+            });
+            let second = second.and_then(|(_, h)| h.join().ok()?.ok());
+            ended.map(|at_stop| second.filter(|_| at_stop))
+        });
+        match second.map_err(damaged)? {
+            Some(half) => entries.extend(half),
+            None => {
+                index_records(&mut rdr, 0, None, &cols, &mut rec, &mut |k, v| {
+                    entries.push((k, v))
+                })
+                .map_err(damaged)?;
             }
-            let Some(sid) = rec.get(cols.source_id).filter(|s| !s.is_empty()) else {
-                continue;
-            };
-            let digest = cols.layout.of_record(sid, &rec);
-            index.push(h64(sid), (pos, digest), &mut collided);
         }
-        let index = index.finish(&mut collided);
+        let (index, collisions) = fold(entries);
         Ok(HeldFile {
             path: path.to_path_buf(),
             index,
             cols,
             // Reads single records at known offsets: no header handling.
-            rdr: open(false)?,
-            rec,
+            reader: std::sync::Mutex::new((open(false)?, rec)),
             collisions,
         })
     }
@@ -195,11 +304,13 @@ impl HeldFile {
         &self.cols.layout
     }
 
-    /// Whether the export shows `sid`, and its digest when usable: Some(None)
-    /// when it does but the digest cannot speak for it.
-    pub fn digest(&self, sid: &str) -> Option<Option<u128>> {
-        let (at, digest) = self.index.get(h64(sid))?;
-        Some((at & NO_DIGEST == 0).then_some(digest))
+    /// Whether the export shows the source id of this key: its place in the
+    /// index (0 to `len() - 1`), and its digest when usable (None when the
+    /// digest cannot speak for it).
+    pub fn place(&self, key: u128) -> Option<(u32, Option<u128>)> {
+        let at = self.index.position(key)?;
+        let (_, (offset, digest)) = self.index.entries()[at];
+        Some((at as u32, (offset & NO_DIGEST == 0).then_some(digest)))
     }
 
     /// Whether the export has a comparable column for `field` (`name`,
@@ -214,38 +325,40 @@ impl HeldFile {
     }
 
     /// The customer `sid` as exported; None when the export lacks it.
-    pub fn get(&mut self, sid: &str) -> Result<Option<Held>> {
-        let Some((offset, _)) = self.index.get(h64(sid)) else {
+    pub fn get(&self, sid: &str) -> Result<Option<Held>> {
+        let Some((offset, _)) = self.index.get(h128(sid)) else {
             return Ok(None);
         };
         let offset = offset & !NO_DIGEST;
         let mut pos = csv::Position::new();
         pos.set_byte(offset);
-        self.rdr.seek(pos)?;
-        if !self.rdr.read_record(&mut self.rec)? {
+        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let (rdr, rec) = &mut *reader;
+        rdr.seek(pos)?;
+        if !rdr.read_record(rec)? {
             return Ok(None);
         }
-        if self.rec.get(self.cols.source_id) != Some(sid) {
-            // Two source ids share a 64-bit key: find this one the slow way.
-            return self.scan(sid);
+        if rec.get(self.cols.source_id) != Some(sid) {
+            // The export lists this key twice: find this one the slow way.
+            return self.scan(sid, rec);
         }
-        Ok(Some(self.held()))
+        Ok(Some(self.held(rec)))
     }
 
-    fn scan(&mut self, sid: &str) -> Result<Option<Held>> {
+    fn scan(&self, sid: &str, rec: &mut csv::StringRecord) -> Result<Option<Held>> {
         let mut rdr = csv::ReaderBuilder::new()
             .flexible(true)
             .from_path(&self.path)?;
-        while rdr.read_record(&mut self.rec)? {
-            if self.rec.get(self.cols.source_id) == Some(sid) {
-                return Ok(Some(self.held()));
+        while rdr.read_record(rec)? {
+            if rec.get(self.cols.source_id) == Some(sid) {
+                return Ok(Some(self.held(rec)));
             }
         }
         Ok(None)
     }
 
-    fn held(&self) -> Held {
-        let cell = |c: Option<usize>| c.map(|c| self.rec.get(c).unwrap_or("").to_string());
+    fn held(&self, rec: &csv::StringRecord) -> Held {
+        let cell = |c: Option<usize>| c.map(|c| rec.get(c).unwrap_or("").to_string());
         let mut standard: [Option<String>; 11] = Default::default();
         for (i, c) in self.cols.standard.iter().enumerate() {
             standard[i] = cell(*c);
@@ -255,13 +368,13 @@ impl HeldFile {
             updated_at: self
                 .cols
                 .updated_at
-                .and_then(|c| self.rec.get(c))
+                .and_then(|c| rec.get(c))
                 .and_then(|t| t.trim().parse().ok()),
             metadata: self
                 .cols
                 .metadata
                 .iter()
-                .map(|(k, c)| (k.clone(), self.rec.get(*c).unwrap_or("").to_string()))
+                .map(|(k, c)| (k.clone(), rec.get(*c).unwrap_or("").to_string()))
                 .collect(),
         }
     }
@@ -281,9 +394,100 @@ impl HeldFile {
     }
 }
 
+/// A set of source ids (by key) laid over the export's index: a bit per
+/// customer the export shows (a million cost 128 KB, read in the cache),
+/// a hash set for the others (few, on a rerun).
+pub struct Present {
+    bits: Vec<u64>,
+    others: std::collections::HashSet<u128, Spread>,
+}
+
+impl Present {
+    pub fn new(held: &HeldFile) -> Present {
+        Present {
+            bits: vec![0; held.len().div_ceil(64)],
+            others: Default::default(),
+        }
+    }
+
+    /// Add the key (its place in the export's index, when it has one);
+    /// false when it was there already.
+    pub fn insert(&mut self, at: Option<u32>, key: u128) -> bool {
+        match at {
+            Some(at) => {
+                let (word, bit) = (at as usize / 64, 1u64 << (at % 64));
+                let new = self.bits[word] & bit == 0;
+                self.bits[word] |= bit;
+                new
+            }
+            None => self.others.insert(key),
+        }
+    }
+
+    pub fn contains(&self, held: &HeldFile, key: u128) -> bool {
+        match held.index.position(key) {
+            Some(at) => self.bits[at / 64] & (1 << (at % 64)) != 0,
+            None => self.others.contains(&key),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn schema() -> CustomerSchema {
+        serde_json::from_value(serde_json::json!({"properties": {"tier": {"type": "string"}}}))
+            .unwrap()
+    }
+
+    /// Every customer's place, digest and record, as one reading gives them.
+    fn everything(f: &HeldFile, ids: &[String]) -> Vec<String> {
+        let mut out = vec![format!("{} {}", f.len(), f.collisions)];
+        for id in ids {
+            let place = f.place(h128(id));
+            let held = f
+                .get(id)
+                .unwrap()
+                .map(|h| format!("{:?} {:?}", h.standard, h.metadata));
+            out.push(format!("{id} {place:?} {held:?}"));
+        }
+        out
+    }
+
+    /// An export read in two halves gives what one reading gives, whatever
+    /// the quotes around the middle: cells with quoted line ends and
+    /// quotes, a bare quote in an unquoted cell (which misleads the quote
+    /// count: the halves are then not kept), and a customer listed twice,
+    /// once in each half.
+    #[test]
+    fn an_export_read_in_two_halves_is_read_as_in_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for (case, stray) in [("quoted", false), ("stray quote", true)] {
+            let p = dir.path().join(format!("{case}.csv"));
+            let mut text = String::from("Source ID,Name,Description,metadata.tier\n");
+            let mut ids = Vec::new();
+            for i in 0..3000 {
+                let id = format!("c{i}");
+                let name = match i % 4 {
+                    0 => format!("\"Ann \"\"{i}\"\"\""),
+                    1 => format!("\"line one\nline two {i}\""),
+                    2 if stray && i == 1002 => format!("ab\"c{i}"),
+                    _ => format!("Name {i}"),
+                };
+                text.push_str(&format!("{id},{name},\"d\n\n{i}\",t{}\n", i % 3));
+                ids.push(id);
+            }
+            text.push_str("c7,Again,,t9\n");
+            ids.push("absent".into());
+            std::fs::write(&p, &text).unwrap();
+            let one = HeldFile::open_split(&p, &schema(), u64::MAX).unwrap();
+            let two = HeldFile::open_split(&p, &schema(), 0).unwrap();
+            assert_eq!(one.len(), 3000, "{case}");
+            assert_eq!(one.collisions, 1, "{case}: c7 is listed twice");
+            assert_eq!(everything(&one, &ids), everything(&two, &ids), "{case}");
+        }
+    }
 
     #[test]
     fn columns_are_found_by_human_readable_names_and_metadata_by_defined_key() {
@@ -300,7 +504,7 @@ mod tests {
             "properties": {"tier": {"type": "string"}, "big_spender": {"type": "boolean"}}
         }))
         .unwrap();
-        let mut f = HeldFile::open(&p, &schema).unwrap();
+        let f = HeldFile::open(&p, &schema).unwrap();
         assert_eq!(f.len(), 2);
         let a = f.get("a").unwrap().unwrap();
         assert_eq!(a.standard[0].as_deref(), Some("Ann"));

@@ -17,23 +17,21 @@ pub mod digest;
 mod digest_tests;
 pub mod file;
 pub mod held;
+mod ledger_index;
 pub mod obtain;
 pub mod orphans;
+pub mod rows;
 
 use crate::api::voucherify::VoucherifyClient;
 use crate::config::VoucherifyArgs;
 use crate::export::{self, Exported};
 use crate::mapping::metadata_schema::CustomerSchema;
-use crate::spreadsheet::batch::Prepared;
-use crate::spreadsheet::batch::{content_key_of, Batcher};
-use crate::spreadsheet::input::{validate, OnInvalid};
 use crate::state;
 use crate::ui;
 use anyhow::Result;
 use compare::Rules;
 use file::{Counts, Hashes, Meta, PlanIndex, PlanIndexBuilder, PlanWriter};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 pub const DEFAULT_MAX_AGE: u64 = 300;
@@ -74,12 +72,15 @@ pub enum Source<'a> {
 }
 
 /// When a plan's export may be a delta of the kept one.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Exports {
     /// A full export again when the kept one's is older than this.
     pub full_every: Duration,
     /// Always a full export.
     pub force_full: bool,
+    /// The kept export is used as it is, without a call, when it is this
+    /// one (`run` started it beside extract) and younger than the age.
+    pub reuse: Option<(String, Duration)>,
 }
 
 /// The flags that set [`Exports`], on `plan` and `load`.
@@ -91,6 +92,10 @@ pub struct ExportArgs {
     /// Days after which a full export is taken again instead of a delta
     #[arg(long = "full-export-every", default_value_t = 7, value_name = "DAYS")]
     pub full_export_every: u64,
+    /// The export `run` started beside extract (its id), to be used as it
+    /// is while younger than the plan's maximum age.
+    #[arg(skip)]
+    pub reuse: Option<(String, Duration)>,
 }
 
 impl ExportArgs {
@@ -98,6 +103,7 @@ impl ExportArgs {
         Exports {
             full_every: Duration::from_secs(self.full_export_every * 86_400),
             force_full: self.full_export,
+            reuse: self.reuse.clone(),
         }
     }
 }
@@ -110,7 +116,7 @@ pub struct Made {
 }
 
 /// A plan makes a few calls: the schema read, the export and its polls.
-fn http_settings() -> crate::api::http::HttpSettings {
+pub fn http_settings() -> crate::api::http::HttpSettings {
     crate::api::http::HttpSettings {
         concurrency: 2,
         rate: None,
@@ -199,16 +205,20 @@ pub async fn make(
                 target,
                 full_every: exports.full_every,
                 force_full: exports.force_full,
+                reuse: exports.reuse.clone(),
             };
             let fields = crate::fields::export_fields();
             let (e, calls, kind) =
                 export::export_held(client, files, &fields, deadline, &policy).await?;
-            let kind = match kind {
+            let mut kind = match kind {
                 export::Kind::Full => "a full export".to_string(),
                 export::Kind::Delta { rows } => format!(
                     "a delta export ({rows} customers updated since the kept one) applied to the kept export"
                 ),
             };
+            if calls == 0 && exports.reuse.is_some() {
+                kind.push_str(", made beside extract as the run started");
+            }
             (e, calls, kind)
         }
     };
@@ -218,30 +228,20 @@ pub async fn make(
         Exported::Unknown(why) => return Ok(Err(why.clone())),
     };
     let input = &files.customers;
-    // The inputs are read two at a time: the ledger beside the rows'
-    // validation (for `segsync plan`), then the export's index beside the
-    // inputs' hashes. The two pairs that need the most memory (the ledger's
-    // long lines, the index as it grows) are not read at once.
+    // The ledger first (from its index, `ledger_index`, and the lines added
+    // since), then the export's index (two halves at once) beside the
+    // inputs' hashes, then the rows on every core (`rows`), validated as
+    // they are compared.
     let failed = |what: &str| anyhow::anyhow!("plan: reading {what} failed unexpectedly (a panic)");
-    let (confirmed, invalid_lines) = std::thread::scope(|s| {
-        let invalid = s.spawn(|| match invalid_lines {
-            Invalid::Known(lines) => Ok(lines.clone()),
-            Invalid::Validate => {
-                validate(input, OnInvalid::Count, &Default::default()).map(|v| v.invalid_lines)
-            }
-        });
-        let confirmed = confirmed::read(&files.ledger, target);
-        let invalid = invalid.join().map_err(|_| failed("customers.csv"));
-        Ok::<_, anyhow::Error>((confirmed?, invalid??))
-    })?;
-    let (mut hashes, mut held) = std::thread::scope(|s| {
+    let confirmed = confirmed::read(&files.ledger, target)?;
+    let (mut hashes, held) = std::thread::scope(|s| {
         let hashes = s.spawn(|| inputs(files, &export_path, schema));
         let held = held::HeldFile::open(&export_path, schema);
         let hashes = hashes.join().map_err(|_| failed("the inputs' hashes"));
         Ok::<_, anyhow::Error>((hashes??, held?))
     })?;
     let mut writer = PlanWriter::create(&files.plan)?;
-    let mut ids = orphans::Identities::default();
+    let mut ids = orphans::Identities::new(&held);
     let mut counts = Counts {
         exported: held.len() as u64,
         ..Default::default()
@@ -253,18 +253,8 @@ pub async fn make(
         schema,
         rules,
     };
-    each.run(&mut held, &mut counts, |c, change| {
-        ids.saw(&c.source_id, c.segment_id.as_deref(), &confirmed);
-        if let Some(change) = change {
-            writer.write(
-                &c.source_id,
-                c.segment_id.as_deref(),
-                c.line,
-                &c.hash,
-                change,
-            )?;
-        }
-        Ok(())
+    each.run(&held, &mut counts, Some(&mut ids), |c, hash, change| {
+        writer.write(&c.source_id, c.segment_id.as_deref(), c.line, hash, change)
     })?;
     writer.commit()?;
     hashes.plan = file::hash_of(&files.plan)?;
@@ -274,7 +264,7 @@ pub async fn make(
         &confirmed,
         &files.ledger,
         target,
-        &mut held,
+        &held,
     )?;
     let mut meta = Meta::new(
         input,
@@ -308,143 +298,69 @@ pub fn inputs(files: &state::Beside, export: &Path, schema: &CustomerSchema) -> 
 /// writes down and `replay` repeats to build what `load` sends.
 struct Each<'a> {
     input: &'a Path,
-    invalid_lines: &'a std::collections::HashSet<u64>,
+    invalid_lines: &'a Invalid<'a>,
     confirmed: &'a confirmed::Confirmed,
     schema: &'a CustomerSchema,
     rules: Rules,
 }
 
 impl Each<'_> {
+    /// Compare every row (read on every core, `rows`), calling `f` with
+    /// each change and its row's content key (hex), in file order.
     fn run(
         &self,
-        held: &mut held::HeldFile,
+        held: &held::HeldFile,
         counts: &mut Counts,
-        mut f: impl FnMut(&Prepared, Option<&compare::Change>) -> Result<()>,
+        mut ids: Option<&mut orphans::Identities>,
+        mut f: impl FnMut(&rows::Row, &str, &compare::Change) -> Result<()>,
     ) -> Result<()> {
-        let batcher = Batcher::new(
-            self.input,
-            self.invalid_lines.clone(),
-            Arc::new(Default::default()),
-            true,
-            100,
-            usize::MAX,
-        )?;
-        // Reading the rows (CSV, request bodies, content keys) runs on a
-        // thread of its own, a chunk ahead of the comparison. Compared
-        // chunks go back to be dropped by the thread that made them (memory
-        // freed across threads costs the allocator a lock each time).
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Row>>>(4);
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<Row>>();
-        std::thread::scope(|s| {
-            s.spawn(move || read_rows(batcher, tx, done_rx));
-            self.compare_rows(rx, done_tx, held, counts, &mut f)
+        let readable: Vec<bool> = (self.confirmed.field_lists.iter())
+            .map(|list| list.iter().all(|f| held.readable(f)))
+            .collect();
+        let shared = rows::Shared {
+            skip: match self.invalid_lines {
+                Invalid::Known(lines) => rows::Skip::Lines(lines),
+                Invalid::Validate => rows::Skip::Invalid,
+            },
+            held,
+            confirmed: self.confirmed,
+            all_readable: readable.iter().all(|r| *r),
+            readable,
+        };
+        rows::each(self.input, &shared, |verdict| {
+            let (seen, row) = match verdict {
+                rows::Verdict::Invalid(_) => return Ok(()),
+                rows::Verdict::Unchanged(seen) => (seen, None),
+                rows::Verdict::Compare(seen, row) => (seen, Some(row)),
+            };
+            if let Some(ids) = ids.as_deref_mut() {
+                ids.saw(seen);
+            }
+            counts.rows += 1;
+            let Some(row) = row else {
+                counts.unchanged += 1;
+                return Ok(());
+            };
+            let key = row.content_key()?;
+            let change = compare::compare(
+                &row.request,
+                (key >> 64) as u64,
+                held.get(&row.source_id)?.as_ref(),
+                self.confirmed.last(&row.source_id),
+                self.confirmed,
+                self.schema,
+                self.rules,
+            );
+            match &change {
+                None => counts.unchanged += 1,
+                Some(change) => {
+                    counts.add(&row.source_id, change);
+                    f(&row, &format!("{key:032x}"), change)?;
+                }
+            }
+            Ok(())
         })
     }
-
-    fn compare_rows(
-        &self,
-        rows: std::sync::mpsc::Receiver<Result<Vec<Row>>>,
-        done: std::sync::mpsc::Sender<Vec<Row>>,
-        held: &mut held::HeldFile,
-        counts: &mut Counts,
-        f: &mut impl FnMut(&Prepared, Option<&compare::Change>) -> Result<()>,
-    ) -> Result<()> {
-        // Per field list of the ledger: whether the export can read back
-        // every field in it (else a field segsync set may be unreadable).
-        let mut lists_readable: std::collections::HashMap<u32, bool> = Default::default();
-        for chunk in rows {
-            let chunk = chunk?;
-            for c in &chunk {
-                self.compare_row(c, &c.request, held, counts, &mut lists_readable)
-                    .and_then(|change| f(c, change.as_ref()))?;
-            }
-            let _ = done.send(chunk);
-        }
-        Ok(())
-    }
-
-    /// One row against the export and the ledger.
-    fn compare_row(
-        &self,
-        c: &Prepared,
-        body: &serde_json::Map<String, serde_json::Value>,
-        held: &mut held::HeldFile,
-        counts: &mut Counts,
-        lists_readable: &mut std::collections::HashMap<u32, bool>,
-    ) -> Result<Option<compare::Change>> {
-        let last = self.confirmed.last(&c.source_id);
-        counts.rows += 1;
-        // The fast path (`digest`): the export shows exactly this row.
-        if let Some(Some(digest)) = held.digest(&c.source_id) {
-            let set_readable = last.and_then(|l| l.fields).is_none_or(|i| {
-                *lists_readable.entry(i).or_insert_with(|| {
-                    self.confirmed.field_lists[i as usize]
-                        .iter()
-                        .all(|f| held.readable(f))
-                })
-            });
-            if set_readable && held.layout().of_body(body) == Some(digest) {
-                counts.unchanged += 1;
-                return Ok(None);
-            }
-        }
-        // The content key's first 64 bits (`Prepared::hash` is its hex).
-        let content = c
-            .hash
-            .get(..16)
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
-            .unwrap_or_else(|| (content_key_of(&c.body) >> 64) as u64);
-        let h = held.get(&c.source_id)?;
-        let change = compare::compare(
-            body,
-            content,
-            h.as_ref(),
-            last,
-            self.confirmed,
-            self.schema,
-            self.rules,
-        );
-        match &change {
-            None => counts.unchanged += 1,
-            Some(change) => counts.add(&c.source_id, change),
-        }
-        Ok(change)
-    }
-}
-
-/// A row to compare: the customer, with its request (`Prepared::request`).
-type Row = Prepared;
-
-/// Read every row into chunks for the comparison; a problem ends the
-/// chunks with it.
-fn read_rows(
-    batcher: Batcher,
-    tx: std::sync::mpsc::SyncSender<Result<Vec<Row>>>,
-    done: std::sync::mpsc::Receiver<Vec<Row>>,
-) {
-    const CHUNK: usize = 1024;
-    let mut chunk = Vec::with_capacity(CHUNK);
-    for c in batcher.customers() {
-        if chunk.is_empty() {
-            while let Ok(compared) = done.try_recv() {
-                drop(compared);
-            }
-        }
-        match c {
-            Ok(c) => chunk.push(c),
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        }
-        if chunk.len() == CHUNK {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-            if tx.send(Ok(full)).is_err() {
-                return;
-            }
-        }
-    }
-    let _ = tx.send(Ok(chunk));
 }
 
 /// Build again what a saved plan sends, from the inputs it was made from
@@ -456,19 +372,19 @@ pub fn replay(
     invalid_lines: &std::collections::HashSet<u64>,
 ) -> Result<std::result::Result<PlanIndex, String>> {
     let confirmed = confirmed::read(&state::Beside::of(&meta.customers).ledger, &meta.target)?;
-    let mut held = held::HeldFile::open(&meta.hashes.export_file, schema)?;
+    let held = held::HeldFile::open(&meta.hashes.export_file, schema)?;
     let mut counts = Counts::default();
     let mut index = PlanIndexBuilder::default();
+    let invalid_lines = Invalid::Known(invalid_lines);
     let each = Each {
         input: &meta.customers,
-        invalid_lines,
+        invalid_lines: &invalid_lines,
         confirmed: &confirmed,
         schema,
         rules: meta.rules,
     };
-    each.run(&mut held, &mut counts, |c, change| match change {
-        Some(change) => index.add(&c.source_id, change),
-        None => Ok(()),
+    each.run(&held, &mut counts, None, |c, _, change| {
+        index.add(&c.source_id, change)
     })?;
     let was = &meta.counts;
     let same = (

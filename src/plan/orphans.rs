@@ -8,7 +8,8 @@
 //! `in_voucherify` (whether the export shows it), `what_to_do`.
 
 use super::confirmed::Confirmed;
-use super::held::HeldFile;
+use super::held::{HeldFile, Present};
+use super::rows::Found;
 use crate::files::AtomicFile;
 use crate::keys::{h128, later, KeyMap, KeyMapBuilder};
 use anyhow::Result;
@@ -16,29 +17,67 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 /// What the customers file says of identities, gathered row by row.
-#[derive(Default)]
 pub struct Identities {
     /// Profiles (128-bit keys) that gave a row.
     profiles: KeyMapBuilder<u128, ()>,
-    /// Source ids (128-bit keys) of today's rows.
-    sources: KeyMapBuilder<u128, ()>,
+    /// Source ids of today's rows.
+    sources: Present,
     /// Old source id key → (profile, today's source id).
     moved: HashMap<u128, (String, String)>,
     /// Rows that named their profile.
     with_profile: u64,
 }
 
-impl Identities {
-    pub fn saw(&mut self, sid: &str, segment_id: Option<&str>, confirmed: &Confirmed) {
-        let key = h128(sid);
-        self.sources.push(key, (), &mut later);
-        let Some(seg) = segment_id else { return };
-        self.with_profile += 1;
-        let pk = h128(seg);
-        self.profiles.push(pk, (), &mut later);
-        for old in confirmed.sources_of(pk).filter(|o| *o != key) {
-            self.moved.insert(old, (seg.to_string(), sid.to_string()));
+/// One row's identities, worked out where the row is read.
+pub struct Seen {
+    /// The row's source id key.
+    pub key: u128,
+    /// Its place in the export's index, when the export shows it.
+    pub at: Option<u32>,
+    /// Its profile's key, when the row names one.
+    pub profile: Option<u128>,
+    /// Source ids the profile was confirmed under before (old key → the
+    /// profile and today's source id): few, usually none.
+    pub moved: Vec<(u128, (String, String))>,
+}
+
+impl Seen {
+    pub fn of(found: Found, sid: &str, segment_id: Option<&str>, confirmed: &Confirmed) -> Seen {
+        let key = found.key;
+        let profile = segment_id.map(h128);
+        let moved = match (profile, segment_id) {
+            (Some(pk), Some(seg)) => confirmed
+                .sources_of(pk)
+                .filter(|o| *o != key)
+                .map(|old| (old, (seg.to_string(), sid.to_string())))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Seen {
+            key,
+            at: found.at,
+            profile,
+            moved,
         }
+    }
+}
+
+impl Identities {
+    pub fn new(held: &HeldFile) -> Identities {
+        Identities {
+            profiles: Default::default(),
+            sources: Present::new(held),
+            moved: Default::default(),
+            with_profile: 0,
+        }
+    }
+
+    pub fn saw(&mut self, seen: Seen) {
+        self.sources.insert(seen.at, seen.key);
+        let Some(pk) = seen.profile else { return };
+        self.with_profile += 1;
+        self.profiles.push(pk, (), &mut later);
+        self.moved.extend(seen.moved);
     }
 }
 
@@ -49,14 +88,14 @@ pub fn write(
     confirmed: &Confirmed,
     ledger: &Path,
     target: &str,
-    held: &mut HeldFile,
+    held: &HeldFile,
 ) -> Result<u64> {
-    let sources: KeyMap<u128, ()> = ids.sources.finish(&mut later);
+    let sources = |k: u128| ids.sources.contains(held, k);
     let profiles: KeyMap<u128, ()> = ids.profiles.finish(&mut later);
     let mut keys: HashSet<u128> = ids
         .moved
         .keys()
-        .filter(|k| !sources.contains(**k))
+        .filter(|k| !sources(**k))
         .copied()
         .collect();
     // Profiles gone: only a file that names profiles can tell.
@@ -65,7 +104,7 @@ pub fn write(
             confirmed
                 .by_profile
                 .iter()
-                .filter(|(p, s)| !profiles.contains(*p) && !sources.contains(*s))
+                .filter(|(p, s)| !profiles.contains(*p) && !sources(*s))
                 .map(|(_, s)| s),
         );
     }

@@ -20,9 +20,6 @@ pub struct Prepared {
     pub fields: Vec<String>,
     /// The fields the body clears (a plan's `--clear-removed` request).
     pub cleared: Vec<String>,
-    /// The row's request as a JSON object (what `body` was written from),
-    /// for a plan's comparison.
-    pub request: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A batch: customers and the request body holding them.
@@ -177,13 +174,9 @@ impl Batcher {
                     "line {line} changed since validation; rerun `segsync load`"
                 )));
             };
-            let (body, fields, request) = match row.to_request().and_then(|v| {
+            let (body, fields) = match row.to_request().and_then(|v| {
                 let b = serde_json::to_vec(&v).map_err(|e| e.to_string())?;
-                let fields = crate::records::field_names(&v);
-                match v {
-                    serde_json::Value::Object(m) => Ok((b, fields, m)),
-                    _ => Err("a request that is not an object".to_string()),
-                }
+                Ok((b, crate::records::field_names(&v)))
             }) {
                 Ok(b) => b,
                 Err(e) => return Some(Err(anyhow::anyhow!("line {line}: {e}"))),
@@ -210,7 +203,6 @@ impl Batcher {
                 segment_id: row.segment_id,
                 fields,
                 cleared: Vec::new(),
-                request,
             };
             if self.only.as_ref().is_some_and(|keep| !keep(&c)) {
                 continue;

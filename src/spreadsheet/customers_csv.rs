@@ -139,7 +139,22 @@ pub fn plausible_email(e: &str) -> bool {
 
 /// Build a row from a CSV record and check it; problems are column: message.
 pub fn parse_row(layout: &Layout, rec: &csv::ByteRecord) -> (CustomerRow, Vec<(String, String)>) {
+    let (row, problems, _) = parse_row_keeping_metadata(layout, rec);
+    (row, problems)
+}
+
+/// A row, its problems by column, and its metadata object when parsed.
+pub type Parsed = (
+    CustomerRow,
+    Vec<(String, String)>,
+    Option<serde_json::Map<String, Value>>,
+);
+
+/// [`parse_row`], giving back the metadata object it parsed to check it
+/// (so a caller that builds the request does not parse it again).
+pub fn parse_row_keeping_metadata(layout: &Layout, rec: &csv::ByteRecord) -> Parsed {
     let mut row = CustomerRow::default();
+    let mut metadata = None;
     let mut problems = Vec::new();
     for (field, raw) in layout.fields.iter().zip(rec.iter()) {
         let col = COLUMNS[*field];
@@ -192,7 +207,7 @@ pub fn parse_row(layout: &Layout, rec: &csv::ByteRecord) -> (CustomerRow, Vec<(S
     }
     if let Some(m) = &row.metadata {
         match serde_json::from_str::<Value>(m) {
-            Ok(Value::Object(_)) => {}
+            Ok(Value::Object(o)) => metadata = Some(o),
             Ok(_) => problems.push((
                 "metadata".into(),
                 "must be a JSON object like {\"key\":\"value\"}".into(),
@@ -208,7 +223,7 @@ pub fn parse_row(layout: &Layout, rec: &csv::ByteRecord) -> (CustomerRow, Vec<(S
             ));
         }
     }
-    (row, problems)
+    (row, problems, metadata)
 }
 
 #[cfg(test)]

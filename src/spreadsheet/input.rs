@@ -53,6 +53,30 @@ fn too_large(rec: &csv::ByteRecord, row: &crate::records::CustomerRow) -> Option
     })
 }
 
+/// One row parsed and checked on its own (every rule but duplicates, which
+/// need the rows before it): its problems, by column.
+pub fn check_row(
+    layout: &Layout,
+    rec: &csv::ByteRecord,
+) -> (crate::records::CustomerRow, Vec<(String, String)>) {
+    let (row, errs, _) = check_row_keeping_metadata(layout, rec);
+    (row, errs)
+}
+
+/// [`check_row`], giving back the parsed metadata object (see
+/// `parse_row_keeping_metadata`).
+pub fn check_row_keeping_metadata(
+    layout: &Layout,
+    rec: &csv::ByteRecord,
+) -> crate::spreadsheet::customers_csv::Parsed {
+    let (row, mut errs, metadata) =
+        crate::spreadsheet::customers_csv::parse_row_keeping_metadata(layout, rec);
+    if let Some(e) = too_large(rec, &row) {
+        errs.push(e);
+    }
+    (row, errs, metadata)
+}
+
 /// Check every row of `path`; `extra` adds problems found elsewhere (the
 /// spreadsheet damage `diff` finds), by line.
 pub fn validate(
@@ -115,12 +139,9 @@ pub fn validate(
         }
         rows += 1;
         let line = layout.line(rec.position());
-        let (row, mut errs) = parse_row(&layout, &rec);
+        let (row, mut errs) = check_row(&layout, &rec);
         if let Some(more) = extra.get(&line) {
             errs.extend(more.iter().cloned());
-        }
-        if let Some(e) = too_large(&rec, &row) {
-            errs.push(e);
         }
         if let Some(sid) = &row.source_id {
             match seen.get(&h128(sid)) {

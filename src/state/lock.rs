@@ -7,7 +7,7 @@
 use crate::error::UsageError;
 use anyhow::{Context, Result};
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Seek, Write};
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -88,16 +88,19 @@ pub fn acquire(dir: &Path, command: &str) -> Result<DirLock> {
         "pid": std::process::id(),
         "started_at": super::now(),
     });
-    file.set_len(0)?;
-    file.rewind()?;
-    file.write_all(format!("{holder}\n").as_bytes())?;
-    file.flush()?;
+    // Written over the old holder in place, then cut to length: a command
+    // refused meanwhile reads a whole first line (the old holder's or this
+    // one's), never the empty file a truncation first would show it.
+    let line = format!("{holder}\n");
+    std::os::unix::fs::FileExt::write_all_at(&file, line.as_bytes(), 0)?;
+    file.set_len(line.len() as u64)?;
     Ok(DirLock { _file: file })
 }
 
 /// The holder as a person reads it.
 fn describe(holder: &str) -> String {
-    match serde_json::from_str::<serde_json::Value>(holder.trim()) {
+    let first = holder.lines().next().unwrap_or("");
+    match serde_json::from_str::<serde_json::Value>(first.trim()) {
         Ok(h) => format!(
             "`segsync {}` (pid {}, started at {})",
             h["command"].as_str().unwrap_or("?"),

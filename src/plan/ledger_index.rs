@@ -1,0 +1,350 @@
+//! `load.ledger.index`: what a plan made of the ledger's confirmations
+//! ([`Confirmed`]), kept beside the ledger so the next plan reads only the
+//! lines added since. The ledger is append-only, so the index names how much
+//! of it it covers (bytes, lines) and that part's XXH3-128; a plan uses the
+//! index only when the ledger still starts with exactly those bytes, for the
+//! same project. Anything else (another ledger, a damaged or torn index,
+//! another version) is not an error: the ledger is read whole, as without
+//! an index. The index is only ever a shortcut; deleting it costs one slow
+//! plan.
+//!
+//! Layout, little-endian: the header line, the project, the mark and the
+//! prefix's hash, the field lists, the source ids' entries (key, content,
+//! time and fields, cleared list), the profiles' entries, the earlier
+//! source ids of profiles, and an XXH3-64 of everything before it.
+
+use super::confirmed::{Confirmed, Mark, Packed};
+use crate::keys::KeyMap;
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+const HEADER: &[u8] = b"segsync ledger index 1 (a cache of load.ledger.ndjson; safe to delete)\n";
+
+/// The index of the ledger at `ledger`.
+pub fn path_of(ledger: &Path) -> PathBuf {
+    ledger.with_file_name("load.ledger.index")
+}
+
+/// Bytes of ledger read past the index after which a plan writes it again
+/// (`SEGSYNC_LEDGER_INDEX_BYTES`, for tests).
+pub fn rewrite_after() -> u64 {
+    std::env::var("SEGSYNC_LEDGER_INDEX_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 20)
+}
+
+/// The XXH3-128 of the first `len` bytes of `path`; None when it is shorter.
+fn prefix_hash(path: &Path, len: u64) -> Option<u128> {
+    let mut f = std::fs::File::open(path).ok()?.take(len);
+    let mut h = twox_hash::XxHash3_128::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut read = 0u64;
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        h.write(&buf[..n]);
+        read += n as u64;
+    }
+    (read == len).then(|| h.finish_128())
+}
+
+/// Writes and hashes at once.
+struct Out<W: Write> {
+    w: W,
+    h: twox_hash::XxHash3_64,
+}
+
+impl<W: Write> Out<W> {
+    fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.h.write(b);
+        self.w.write_all(b)
+    }
+    fn u32(&mut self, n: u32) -> std::io::Result<()> {
+        self.put(&n.to_le_bytes())
+    }
+    fn u64(&mut self, n: u64) -> std::io::Result<()> {
+        self.put(&n.to_le_bytes())
+    }
+    fn u128(&mut self, n: u128) -> std::io::Result<()> {
+        self.put(&n.to_le_bytes())
+    }
+    fn text(&mut self, s: &str) -> std::io::Result<()> {
+        self.u32(s.len() as u32)?;
+        self.put(s.as_bytes())
+    }
+}
+
+/// Keep `confirmed`, read from the ledger up to `end`.
+pub fn save(ledger: &Path, target: &str, end: Mark, confirmed: &Confirmed) -> Result<()> {
+    let path = path_of(ledger);
+    let hash = prefix_hash(ledger, end.bytes)
+        .with_context(|| format!("{} changed while it was read", ledger.display()))?;
+    let mut file = crate::files::AtomicFile::create(&path)?;
+    let mut out = Out {
+        w: file.writer(),
+        h: twox_hash::XxHash3_64::new(),
+    };
+    let written = (|| -> std::io::Result<()> {
+        out.put(HEADER)?;
+        out.text(target)?;
+        out.u64(end.bytes)?;
+        out.u64(end.lines)?;
+        out.u128(hash)?;
+        out.u32(confirmed.field_lists.len() as u32)?;
+        for list in &confirmed.field_lists {
+            out.u32(list.len() as u32)?;
+            for f in list {
+                out.text(f)?;
+            }
+        }
+        out.u64(confirmed.by_source.len() as u64)?;
+        for (k, p) in confirmed.by_source.entries() {
+            out.u128(*k)?;
+            out.u64(p.0)?;
+            out.u64(p.1)?;
+            out.u32(p.2)?;
+        }
+        out.u64(confirmed.by_profile.len() as u64)?;
+        for (k, v) in confirmed.by_profile.entries() {
+            out.u128(*k)?;
+            out.u128(*v)?;
+        }
+        out.u32(confirmed.earlier.len() as u32)?;
+        for (k, olds) in &confirmed.earlier {
+            out.u128(*k)?;
+            out.u32(olds.len() as u32)?;
+            for o in olds {
+                out.u128(*o)?;
+            }
+        }
+        let sum = out.h.finish();
+        out.w.write_all(&sum.to_le_bytes())
+    })();
+    written.with_context(|| format!("cannot write {}", path.display()))?;
+    file.commit()
+}
+
+/// Reads and hashes at once; a short read is None.
+struct In<R: Read> {
+    r: R,
+    h: twox_hash::XxHash3_64,
+}
+
+impl<R: Read> In<R> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let mut b = [0u8; N];
+        self.r.read_exact(&mut b).ok()?;
+        self.h.write(&b);
+        Some(b)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_le_bytes)
+    }
+    fn u128(&mut self) -> Option<u128> {
+        self.take().map(u128::from_le_bytes)
+    }
+    /// A count of items at least `each` bytes long: None when the file
+    /// could not hold that many (a damaged count never allocates).
+    fn count(&mut self, n: u64, each: u64, size: u64) -> Option<usize> {
+        (n.saturating_mul(each) <= size).then_some(n as usize)
+    }
+    fn text(&mut self, size: u64) -> Option<String> {
+        let n = self.u32()? as u64;
+        let n = self.count(n, 1, size)?;
+        let mut b = vec![0u8; n];
+        self.r.read_exact(&mut b).ok()?;
+        self.h.write(&b);
+        String::from_utf8(b).ok()
+    }
+}
+
+/// The confirmations the index kept and where in the ledger they end,
+/// when the index is this ledger's, for this project, whole.
+pub fn load(ledger: &Path, target: &str) -> Option<(Confirmed, Mark)> {
+    let path = path_of(ledger);
+    let file = std::fs::File::open(&path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut r = In {
+        r: BufReader::with_capacity(1 << 20, file),
+        h: twox_hash::XxHash3_64::new(),
+    };
+    let header: [u8; HEADER.len()] = r.take()?;
+    if header != HEADER || r.text(size)? != target {
+        return None;
+    }
+    let mark = Mark {
+        bytes: r.u64()?,
+        lines: r.u64()?,
+    };
+    let hash = r.u128()?;
+    // The ledger is hashed beside the index's read.
+    let same = std::thread::scope(|s| {
+        let same = s.spawn(|| prefix_hash(ledger, mark.bytes) == Some(hash));
+        let confirmed = read_body(&mut r, size);
+        (same.join().unwrap_or(false), confirmed)
+    });
+    match same {
+        (true, Some(c)) => Some((c, mark)),
+        _ => None,
+    }
+}
+
+fn read_body<R: Read>(r: &mut In<R>, size: u64) -> Option<Confirmed> {
+    let n = r.u32()? as u64;
+    let mut field_lists = Vec::with_capacity(r.count(n, 4, size)?);
+    for _ in 0..n {
+        let m = r.u32()? as u64;
+        let mut list = Vec::with_capacity(r.count(m, 4, size)?);
+        for _ in 0..m {
+            list.push(r.text(size)?);
+        }
+        field_lists.push(list);
+    }
+    let lists = field_lists.len() as u64;
+    let n = r.u64()?;
+    let mut by_source = Vec::with_capacity(r.count(n, 36, size)?);
+    for _ in 0..n {
+        let (k, content, rest, cleared) = (r.u128()?, r.u64()?, r.u64()?, r.u32()?);
+        let p = Packed(content, rest, cleared);
+        let fields_ok = p.last().fields.is_none_or(|f| u64::from(f) < lists);
+        if !fields_ok || u64::from(cleared) >= lists {
+            return None;
+        }
+        by_source.push((k, p));
+    }
+    let n = r.u64()?;
+    let mut by_profile = Vec::with_capacity(r.count(n, 32, size)?);
+    for _ in 0..n {
+        by_profile.push((r.u128()?, r.u128()?));
+    }
+    let n = r.u32()? as u64;
+    let mut earlier = HashMap::with_capacity(r.count(n, 20, size)?);
+    for _ in 0..n {
+        let k = r.u128()?;
+        let m = r.u32()? as u64;
+        let mut olds = Vec::with_capacity(r.count(m, 16, size)?);
+        for _ in 0..m {
+            olds.push(r.u128()?);
+        }
+        earlier.insert(k, olds);
+    }
+    let sum = r.h.finish();
+    let mut stored = [0u8; 8];
+    r.r.read_exact(&mut stored).ok()?;
+    let mut rest = [0u8; 1];
+    let at_end = matches!(r.r.read(&mut rest), Ok(0));
+    (u64::from_le_bytes(stored) == sum && at_end).then_some(())?;
+    Some(Confirmed {
+        by_source: KeyMap::from_sorted(by_source)?,
+        by_profile: KeyMap::from_sorted(by_profile)?,
+        earlier,
+        field_lists,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::confirmed::{read, Confirmed};
+    use super::*;
+    use crate::keys::h128;
+
+    fn line(n: usize, target: &str) -> String {
+        let fields = ["[\"name\"]", "[\"email\",\"name\"]", "[\"metadata.tier\"]"][n % 3];
+        let cleared = if n.is_multiple_of(5) {
+            ",\"cleared\":[\"name\"]"
+        } else {
+            ""
+        };
+        format!(
+            "{{\"event\":\"confirmed\",\"at\":\"2026-01-0{}T00:00:00Z\",\"target\":\"{target}\",\"async_action_id\":\"a{n}\",\"status\":\"DONE\",\"failed\":[],\"done\":[{{\"source_id\":\"c{}\",\"hash\":\"{:032x}\",\"line\":2,\"segment_id\":\"s{}\",\"fields\":{fields}{cleared}}}]}}\n",
+            1 + n % 9,
+            n % 40,
+            n,
+            n % 25
+        )
+    }
+
+    fn ledger(lines: std::ops::Range<usize>) -> String {
+        let mut out = String::new();
+        for n in lines {
+            if n.is_multiple_of(7) {
+                out.push_str("{\"event\":\"opened\",\"at\":\"2026-01-01T00:00:00Z\",\"target\":\"t\",\"version\":2}\n");
+            }
+            out.push_str(&line(n, if n.is_multiple_of(11) { "other" } else { "t" }));
+        }
+        out
+    }
+
+    /// What a plan reads of every customer and profile.
+    fn seen(c: &Confirmed) -> String {
+        let mut out = format!("{:?} {:?}\n", c.field_lists, {
+            let mut e: Vec<_> = c.earlier.iter().collect();
+            e.sort();
+            e
+        });
+        for i in 0..45 {
+            let sid = format!("c{i}");
+            let last = c.last(&sid);
+            let set = last.and_then(|l| c.fields(&l).map(<[String]>::to_vec));
+            let sources: Vec<u128> = c.sources_of(h128(&format!("s{i}"))).collect();
+            out.push_str(&format!("{sid} {last:?} {set:?} {sources:?}\n"));
+        }
+        out
+    }
+
+    /// The index and the lines added since give what the whole ledger
+    /// gives; an index that is not this ledger's is passed over.
+    #[test]
+    fn an_index_and_the_lines_since_read_as_the_whole_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, whole) = (
+            dir.path().join("load.ledger.ndjson"),
+            dir.path().join("whole"),
+        );
+        std::fs::create_dir(&whole).unwrap();
+        let (first, all) = (ledger(0..120), ledger(0..300));
+        std::fs::write(&p, &first).unwrap();
+        let kept = read(&p, "t").unwrap();
+        let mark = Mark {
+            bytes: first.len() as u64,
+            lines: first.lines().count() as u64,
+        };
+        save(&p, "t", mark, &kept).unwrap();
+        std::fs::write(&p, &all).unwrap();
+        std::fs::write(whole.join("load.ledger.ndjson"), &all).unwrap();
+        let expected = seen(&read(&whole.join("load.ledger.ndjson"), "t").unwrap());
+        assert!(!path_of(&whole.join("load.ledger.ndjson")).exists());
+        assert_eq!(
+            load(&p, "t").map(|(_, m)| m),
+            Some(mark),
+            "the index is used"
+        );
+        assert_eq!(seen(&read(&p, "t").unwrap()), expected);
+        assert!(load(&p, "other").is_none(), "another project's");
+        // The ledger's first part changed (as long as before): passed over.
+        std::fs::write(&p, all.replacen("\"a1\"", "\"b1\"", 1)).unwrap();
+        assert!(load(&p, "t").is_none());
+        std::fs::write(&p, &all).unwrap();
+        // A damaged index: each byte changed in turn (a sample), and torn.
+        let index = std::fs::read(path_of(&p)).unwrap();
+        for at in (0..index.len()).step_by(97).chain([index.len() - 1]) {
+            let mut bad = index.clone();
+            bad[at] ^= 0x20;
+            std::fs::write(path_of(&p), &bad).unwrap();
+            assert!(load(&p, "t").is_none(), "byte {at} changed");
+            assert_eq!(seen(&read(&p, "t").unwrap()), expected, "byte {at} changed");
+        }
+        std::fs::write(path_of(&p), &index[..index.len() / 2]).unwrap();
+        assert!(load(&p, "t").is_none(), "torn");
+        assert_eq!(seen(&read(&p, "t").unwrap()), expected);
+    }
+}

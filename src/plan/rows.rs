@@ -1,0 +1,287 @@
+//! The rows of `customers.csv` as a plan reads them, on every core. One
+//! thread cuts the file into records; two workers check each record as
+//! `validate` does (every rule but duplicates), build its request, and settle
+//! the rows whose digest the export shows ([`super::digest`], the fast path:
+//! most rows of a rerun). The comparison receives, in file order, a verdict
+//! per row: invalid, unchanged, or a row to compare in full. Duplicates are
+//! found there, in file order, as `validate` finds them: the first row of a
+//! source id is the one read, the later ones are invalid.
+
+use super::confirmed::Confirmed;
+use super::held::{HeldFile, Present};
+use super::orphans::Seen;
+use crate::keys::h128;
+use crate::spreadsheet::input::{check_row_keeping_metadata, open_csv, read_layout, Layout};
+use anyhow::Result;
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+
+/// A row the comparison decides.
+pub struct Row {
+    pub source_id: String,
+    pub segment_id: Option<String>,
+    pub line: u64,
+    /// The row's request as a JSON object.
+    pub request: Map<String, Value>,
+}
+
+impl Row {
+    /// The row's request body and its content key (`content_key_of`),
+    /// exactly as `load`'s batcher makes them.
+    pub fn content_key(&self) -> Result<u128> {
+        let body = serde_json::to_vec(&self.request)?;
+        Ok(crate::spreadsheet::batch::content_key_of(&body))
+    }
+}
+
+/// What a worker made of one record.
+pub enum Verdict {
+    /// Left out of the plan; its source id, when the row has one, still
+    /// makes a later row with it a duplicate (as in `validate`).
+    Invalid(Option<Found>),
+    /// The export shows exactly this row and can read back every field
+    /// segsync set: unchanged, without a full comparison.
+    Unchanged(Seen),
+    /// The full comparison decides.
+    Compare(Seen, Box<Row>),
+}
+
+/// Which rows are left out.
+pub enum Skip<'a> {
+    /// These lines (`load` validated every row); any other row that does
+    /// not read cleanly changed since, which is an error.
+    Lines(&'a HashSet<u64>),
+    /// Every row that fails validation.
+    Invalid,
+}
+
+/// What the workers share.
+pub struct Shared<'a> {
+    pub skip: Skip<'a>,
+    pub held: &'a HeldFile,
+    pub confirmed: &'a Confirmed,
+    /// Per field list of the ledger: whether the export can read back every
+    /// field in it (else a field segsync set may be unreadable).
+    pub readable: Vec<bool>,
+    /// Every list in `readable` is.
+    pub all_readable: bool,
+}
+
+const CHUNK: usize = 1024;
+const WORKERS: usize = 2;
+
+/// Records of one chunk: (line, record, or the CSV error's text).
+type Records = Vec<(u64, Result<csv::ByteRecord, String>)>;
+
+/// Read `input` on every core, calling `f` with each verdict in file order
+/// (duplicates already turned into `Invalid`); the first error stops it.
+pub fn each(input: &Path, shared: &Shared, mut f: impl FnMut(Verdict) -> Result<()>) -> Result<()> {
+    let mut rdr = open_csv(input)?;
+    let layout = read_layout(input, &mut rdr).map_err(|problems| crate::error::InputErrors {
+        problems,
+        hint: format!("{}: fix the header; nothing was sent", input.display()),
+    })?;
+    let (todo_tx, todo_rx) = sync_channel::<(u64, Records)>(WORKERS * 2);
+    let todo_rx = Arc::new(Mutex::new(todo_rx));
+    let (done_tx, done_rx) = sync_channel::<(u64, Result<Vec<Verdict>>)>(WORKERS * 2);
+    let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Records>();
+    std::thread::scope(|s| {
+        let layout = &layout;
+        s.spawn(move || split(rdr, layout, todo_tx, spare_rx));
+        for _ in 0..WORKERS {
+            let (todo, done, spare) = (todo_rx.clone(), done_tx.clone(), spare_tx.clone());
+            s.spawn(move || work(layout, shared, &todo, &done, &spare));
+        }
+        drop(done_tx);
+        let find_duplicates = matches!(shared.skip, Skip::Invalid);
+        in_order(done_rx, find_duplicates, shared.held, &mut f)
+    })
+}
+
+/// Cut the file into chunks of records (reusing the chunks the workers
+/// are done with).
+fn split(
+    mut rdr: csv::Reader<std::fs::File>,
+    layout: &Layout,
+    todo: SyncSender<(u64, Records)>,
+    spare: Receiver<Records>,
+) {
+    for seq in 0.. {
+        let mut chunk = spare.try_recv().unwrap_or_default();
+        let mut n = 0;
+        let mut end = false;
+        while n < CHUNK {
+            if chunk.len() == n {
+                chunk.push((0, Ok(csv::ByteRecord::new())));
+            }
+            let slot = &mut chunk[n];
+            let mut rec = match std::mem::replace(&mut slot.1, Err(String::new())) {
+                Ok(rec) => rec,
+                Err(_) => csv::ByteRecord::new(),
+            };
+            match rdr.read_byte_record(&mut rec) {
+                Ok(false) => {
+                    end = true;
+                    break;
+                }
+                Ok(true) => *slot = (layout.line(rec.position()), Ok(rec)),
+                Err(e) => *slot = (layout.line(e.position()), Err(e.to_string())),
+            }
+            n += 1;
+        }
+        chunk.truncate(n);
+        if todo.send((seq, chunk)).is_err() || end {
+            return;
+        }
+    }
+}
+
+fn work(
+    layout: &Layout,
+    shared: &Shared,
+    todo: &Mutex<Receiver<(u64, Records)>>,
+    done: &SyncSender<(u64, Result<Vec<Verdict>>)>,
+    spare: &std::sync::mpsc::Sender<Records>,
+) {
+    loop {
+        let next = todo
+            .lock()
+            .map_err(|_| ())
+            .and_then(|r| r.recv().map_err(|_| ()));
+        let Ok((seq, chunk)) = next else { return };
+        // The export's digests first, in a loop of lookups alone: the
+        // processor overlaps their cache misses, which one lookup per row
+        // among the row's other work cannot.
+        let found: Vec<Option<Found>> = (chunk.iter())
+            .map(|(_, rec)| {
+                let key = h128(source_cell(layout, rec.as_ref().ok()?)?);
+                let place = shared.held.place(key);
+                Some(Found {
+                    key,
+                    at: place.map(|p| p.0),
+                    digest: place.and_then(|p| p.1),
+                })
+            })
+            .collect();
+        let verdicts = (chunk.iter().zip(found))
+            .map(|((line, rec), found)| judge(layout, shared, *line, rec, found))
+            .collect::<Result<Vec<_>>>();
+        let _ = spare.send(chunk);
+        if done.send((seq, verdicts)).is_err() {
+            return;
+        }
+    }
+}
+
+/// A record's source id as `parse_row` reads it (unguarded; None when
+/// empty or not UTF-8).
+fn source_cell<'r>(layout: &Layout, rec: &'r csv::ByteRecord) -> Option<&'r str> {
+    let at = layout.fields.iter().position(|f| *f == 0)?;
+    let text = std::str::from_utf8(rec.get(at)?).ok()?;
+    Some(crate::records::unguard_cell(text)).filter(|s| !s.is_empty())
+}
+
+/// A record's source id as the export's index knows it.
+#[derive(Clone, Copy)]
+pub struct Found {
+    /// The source id's key.
+    pub key: u128,
+    /// Its place in the export's index, when the export shows it.
+    pub at: Option<u32>,
+    /// The export's digest of it, when usable.
+    pub digest: Option<u128>,
+}
+
+/// One record's verdict; `found` is its source id in the export's index
+/// (None when it has none).
+fn judge(
+    layout: &Layout,
+    shared: &Shared,
+    line: u64,
+    rec: &Result<csv::ByteRecord, String>,
+    found: Option<Found>,
+) -> Result<Verdict> {
+    let changed = |why: &str| {
+        anyhow::anyhow!("line {line} changed since validation ({why}); rerun `segsync load`")
+    };
+    let skip_lines = match shared.skip {
+        Skip::Lines(lines) if lines.contains(&line) => return Ok(Verdict::Invalid(None)),
+        Skip::Lines(_) => true,
+        Skip::Invalid => false,
+    };
+    let rec = match rec {
+        Ok(rec) => rec,
+        Err(e) if skip_lines => return Err(changed(e)),
+        // A ragged row cannot be mapped to columns: invalid.
+        Err(_) => return Ok(Verdict::Invalid(None)),
+    };
+    let (row, problems, metadata) = check_row_keeping_metadata(layout, rec);
+    let (source_id, found) = match (row.source_id.clone(), found) {
+        (Some(sid), Some(found)) if problems.is_empty() => (sid, found),
+        _ if skip_lines => return Err(changed("it no longer reads as a valid row")),
+        _ => return Ok(Verdict::Invalid(found)),
+    };
+    // A row without problems has its metadata parsed already, when it has any.
+    let request = row.request_with(metadata);
+    let seen = Seen::of(
+        found,
+        &source_id,
+        row.segment_id.as_deref(),
+        shared.confirmed,
+    );
+    if let Some(digest) = found.digest {
+        // When the export reads back every field list, which fields this
+        // customer had set needs no lookup.
+        let set_readable = shared.all_readable
+            || (shared.confirmed.last_of(seen.key))
+                .and_then(|l| l.fields)
+                .is_none_or(|i| shared.readable[i as usize]);
+        if set_readable && shared.held.layout().of_body(&request) == Some(digest) {
+            return Ok(Verdict::Unchanged(seen));
+        }
+    }
+    Ok(Verdict::Compare(
+        seen,
+        Box::new(Row {
+            source_id,
+            segment_id: row.segment_id,
+            line,
+            request,
+        }),
+    ))
+}
+
+/// The verdicts in file order, duplicates made invalid.
+fn in_order(
+    done: Receiver<(u64, Result<Vec<Verdict>>)>,
+    find_duplicates: bool,
+    held: &HeldFile,
+    f: &mut impl FnMut(Verdict) -> Result<()>,
+) -> Result<()> {
+    let mut waiting = std::collections::BTreeMap::new();
+    let mut next = 0u64;
+    let mut seen = Present::new(held);
+    for (seq, verdicts) in done {
+        waiting.insert(seq, verdicts);
+        while let Some(verdicts) = waiting.remove(&next) {
+            next += 1;
+            for v in verdicts? {
+                let found = match &v {
+                    Verdict::Invalid(found) => found.map(|f| (f.at, f.key)),
+                    Verdict::Unchanged(s) | Verdict::Compare(s, _) => Some((s.at, s.key)),
+                };
+                let repeat =
+                    find_duplicates && found.is_some_and(|(at, key)| !seen.insert(at, key));
+                match v {
+                    Verdict::Invalid(_) => {}
+                    _ if repeat => {}
+                    v => f(v)?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
