@@ -312,12 +312,14 @@ impl Interned {
     }
 }
 
-/// Read the ledger's confirmations for `target`: from its index
-/// ([`super::ledger_index`]) and the lines added since, when the index is
-/// the ledger's; the whole ledger otherwise (and the index is written again
-/// when more than a little was read).
-pub fn read(path: &Path, target: &str) -> Result<Confirmed> {
-    let kept = super::ledger_index::load(path, target);
+/// Read the ledger's confirmations for `target` from `from` on, starting
+/// from what an index kept of the lines before it (`super::ledger_index`,
+/// which reads through this); also where the read ended.
+pub fn read_from(
+    path: &Path,
+    target: &str,
+    kept: Option<(Confirmed, Mark)>,
+) -> Result<(Confirmed, Mark, Mark)> {
     let (mut building, from) = match kept {
         Some((confirmed, mark)) => (Building::new(Some(confirmed)), mark),
         None => (Building::new(None), Mark::default()),
@@ -325,15 +327,7 @@ pub fn read(path: &Path, target: &str) -> Result<Confirmed> {
     let end = each_confirmed(path, target, from, |at, done| {
         building.apply(at, done, path)
     })?;
-    let confirmed = building.finish();
-    if end.bytes - from.bytes > super::ledger_index::rewrite_after() {
-        if let Err(e) = super::ledger_index::save(path, target, end, &confirmed) {
-            crate::ui::warn(format!(
-                "plan: could not keep the ledger's index ({e:#}); the next plan reads the whole ledger again"
-            ));
-        }
-    }
-    Ok(confirmed)
+    Ok((building.finish(), from, end))
 }
 
 /// The confirmations read so far.

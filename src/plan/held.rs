@@ -394,6 +394,17 @@ impl HeldFile {
     }
 }
 
+/// A record's source id as the export's index knows it.
+#[derive(Clone, Copy)]
+pub struct Found {
+    /// The source id's key.
+    pub key: u128,
+    /// Its place in the export's index, when the export shows it.
+    pub at: Option<u32>,
+    /// The export's digest of it, when usable.
+    pub digest: Option<u128>,
+}
+
 /// A set of source ids (by key) laid over the export's index: a bit per
 /// customer the export shows (a million cost 128 KB, read in the cache),
 /// a hash set for the others (few, on a rerun).

@@ -23,6 +23,22 @@ use std::path::{Path, PathBuf};
 
 const HEADER: &[u8] = b"segsync ledger index 1 (a cache of load.ledger.ndjson; safe to delete)\n";
 
+/// Read the ledger's confirmations for `target`: from its index and the
+/// lines added since, when the index is the ledger's; the whole ledger
+/// otherwise (and the index is written again when more than a little was
+/// read).
+pub fn read(path: &Path, target: &str) -> Result<Confirmed> {
+    let (confirmed, from, end) = super::confirmed::read_from(path, target, load(path, target))?;
+    if end.bytes - from.bytes > rewrite_after() {
+        if let Err(e) = save(path, target, end, &confirmed) {
+            crate::ui::warn(format!(
+                "plan: could not keep the ledger's index ({e:#}); the next plan reads the whole ledger again"
+            ));
+        }
+    }
+    Ok(confirmed)
+}
+
 /// The index of the ledger at `ledger`.
 pub fn path_of(ledger: &Path) -> PathBuf {
     ledger.with_file_name("load.ledger.index")
@@ -253,7 +269,7 @@ fn read_body<R: Read>(r: &mut In<R>, size: u64) -> Option<Confirmed> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::confirmed::{read, Confirmed};
+    use super::super::confirmed::Confirmed;
     use super::*;
     use crate::keys::h128;
 

@@ -233,7 +233,7 @@ pub async fn make(
     // inputs' hashes, then the rows on every core (`rows`), validated as
     // they are compared.
     let failed = |what: &str| anyhow::anyhow!("plan: reading {what} failed unexpectedly (a panic)");
-    let confirmed = confirmed::read(&files.ledger, target)?;
+    let confirmed = ledger_index::read(&files.ledger, target)?;
     let (mut hashes, held) = std::thread::scope(|s| {
         let hashes = s.spawn(|| inputs(files, &export_path, schema));
         let held = held::HeldFile::open(&export_path, schema);
@@ -371,7 +371,7 @@ pub fn replay(
     schema: &CustomerSchema,
     invalid_lines: &std::collections::HashSet<u64>,
 ) -> Result<std::result::Result<PlanIndex, String>> {
-    let confirmed = confirmed::read(&state::Beside::of(&meta.customers).ledger, &meta.target)?;
+    let confirmed = ledger_index::read(&state::Beside::of(&meta.customers).ledger, &meta.target)?;
     let held = held::HeldFile::open(&meta.hashes.export_file, schema)?;
     let mut counts = Counts::default();
     let mut index = PlanIndexBuilder::default();

@@ -8,8 +8,7 @@
 //! `in_voucherify` (whether the export shows it), `what_to_do`.
 
 use super::confirmed::Confirmed;
-use super::held::{HeldFile, Present};
-use super::rows::Found;
+use super::held::{Found, HeldFile, Present};
 use crate::files::AtomicFile;
 use crate::keys::{h128, later, KeyMap, KeyMapBuilder};
 use anyhow::Result;

@@ -8,7 +8,7 @@
 //! source id is the one read, the later ones are invalid.
 
 use super::confirmed::Confirmed;
-use super::held::{HeldFile, Present};
+use super::held::{Found, HeldFile, Present};
 use super::orphans::Seen;
 use crate::keys::h128;
 use crate::spreadsheet::input::{check_row_keeping_metadata, open_csv, read_layout, Layout};
@@ -182,17 +182,6 @@ fn source_cell<'r>(layout: &Layout, rec: &'r csv::ByteRecord) -> Option<&'r str>
     let at = layout.fields.iter().position(|f| *f == 0)?;
     let text = std::str::from_utf8(rec.get(at)?).ok()?;
     Some(crate::records::unguard_cell(text)).filter(|s| !s.is_empty())
-}
-
-/// A record's source id as the export's index knows it.
-#[derive(Clone, Copy)]
-pub struct Found {
-    /// The source id's key.
-    pub key: u128,
-    /// Its place in the export's index, when the export shows it.
-    pub at: Option<u32>,
-    /// The export's digest of it, when usable.
-    pub digest: Option<u128>,
 }
 
 /// One record's verdict; `found` is its source id in the export's index
