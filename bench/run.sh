@@ -183,8 +183,10 @@ done
   printf '%s\n' "${MEM[@]}"
 } > bench/RESULTS.md
 stop_sandbox
-# Profiles Sync (bench/profiles_sync.sh) and the plan (bench/plan.sh) write
+# Profiles Sync (bench/profiles_sync.sh), the plan (bench/plan.sh) and the
+# pipelined run (bench/pipeline.sh) write
 # their own sections.
 bash bench/profiles_sync.sh
 bash bench/plan.sh
+bash bench/pipeline.sh
 cat bench/RESULTS.md

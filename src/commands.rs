@@ -339,18 +339,28 @@ async fn run_all(a: &RunArgs, data: &Path, body: &mut Map<String, Value>) -> any
         "run: full extract"
     });
     let mut stages = Map::new();
-    // The plan's export starts now, beside extract and transform: a slow
-    // export (minutes, on a large project) is no longer added to the run.
-    let export = prefetch_export(a, data);
+    // Beside extract: the plan's export, and the customers of the profiles
+    // extract writes, sent as they come (`pipeline`).
+    let since = std::time::SystemTime::now();
+    let mut la = load_args(a);
+    let export = crate::pipeline::prefetch_export(&la, data);
     let stop = |e: anyhow::Error| {
         if let Some(task) = &export {
             task.abort();
         }
         e
     };
-    let s = extract::run(&extract_args(a, incremental), data)
-        .await
-        .map_err(stop)?;
+    let (tx, rx) = tokio::sync::watch::channel(crate::pipeline::Extract::Running);
+    let extracting = async {
+        let r = extract::run(&extract_args(a, incremental), data).await;
+        let _ = tx.send(match r {
+            Ok(_) => crate::pipeline::Extract::Done,
+            Err(_) => crate::pipeline::Extract::Failed,
+        });
+        r
+    };
+    let (s, early) = tokio::join!(extracting, crate::pipeline::follow(&la, data, since, rx));
+    let s = s.map_err(stop)?;
     stages.insert(
         "extract".into(),
         Value::Object(report::extract(&s, data, &profiles)),
@@ -370,54 +380,25 @@ async fn run_all(a: &RunArgs, data: &Path, body: &mut Map<String, Value>) -> any
         Value::Object(report::transform(&s, data)),
     );
     body.insert("stages".into(), Value::Object(stages.clone()));
-    let mut la = load_args(a);
+    // The export shows Voucherify as the run started: the plan uses it as
+    // it is only when nothing was sent since; else it brings it up to date
+    // by a delta (the customers sent early, and any other writer's).
     if let Some(task) = export {
         let max_age = std::time::Duration::from_secs(la.plan_max_age);
-        la.exports.reuse = task.await.ok().flatten().map(|id| (id, max_age));
+        let id = task.await.ok().flatten();
+        la.exports.reuse = id.filter(|_| early.sent == 0).map(|id| (id, max_age));
     }
     let s = load::run(&la, data).await?;
-    stages.insert("load".into(), Value::Object(report::load(&s, data)));
+    let mut load_stage = report::load(&s, data);
+    if let Some(Value::Object(counts)) = load_stage.get_mut("counts") {
+        // What went beside extract, before the load's own sends.
+        counts.insert("sent_early".into(), early.sent.into());
+        counts.insert("confirmed_early".into(), early.confirmed.into());
+        counts.insert("batches_early".into(), early.batches.into());
+    }
+    stages.insert("load".into(), Value::Object(load_stage));
     body.insert("stages".into(), Value::Object(stages));
     Ok(if s.failed > 0 { 3 } else { 0 })
-}
-
-/// The export a plan compares with, made in a task of its own as the run
-/// starts (`export::export_held`, as the plan makes it: a delta of the kept
-/// export when it allows); the task gives its id. The plan uses it as it is
-/// while younger than `--plan-max-age`; a failure is said, and the plan
-/// exports again. None when the load makes no plan.
-fn prefetch_export(a: &RunArgs, data: &Path) -> Option<tokio::task::JoinHandle<Option<String>>> {
-    let args = load_args(a);
-    if !args.plans() {
-        return None;
-    }
-    let cfg = a.voucherify.resolve().ok()?;
-    let target = config::project_target(&cfg.api_url, &cfg.app_id);
-    let client =
-        crate::api::voucherify::VoucherifyClient::new(cfg, crate::plan::http_settings()).ok()?;
-    let files = state::Beside::of(&state::customers(data));
-    let exports = args.exports.exports();
-    let deadline = std::time::Duration::from_secs(args.export_timeout);
-    Some(tokio::spawn(async move {
-        let policy = crate::export::Policy {
-            target: &target,
-            full_every: exports.full_every,
-            force_full: exports.force_full,
-            reuse: None,
-        };
-        let fields = crate::fields::export_fields();
-        match crate::export::export_held(&client, &files, &fields, deadline, &policy).await {
-            Ok((crate::export::Exported::File(_) | crate::export::Exported::Empty, _, _)) => {
-                ui::debug("run: Voucherify's customer export, made beside extract, is ready");
-                crate::export::read_record(&files.export_meta).map(|r| r.export_id)
-            }
-            Ok(_) => None,
-            Err(e) => {
-                ui::warn(format!("run: Voucherify's customer export, started beside extract, failed ({e:#}); the plan exports again"));
-                None
-            }
-        }
-    }))
 }
 
 fn extract_args(a: &RunArgs, incremental: bool) -> extract::Args {

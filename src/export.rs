@@ -134,7 +134,9 @@ fn reusable(prev: &Record, files: &Beside, fields: &[&str], p: &Policy<'_>) -> O
         .parse::<jiff::Timestamp>()
         .ok()
         .map(|t| jiff::Timestamp::now().as_millisecond() - t.as_millisecond())?;
-    let young = (0..=max_age.as_millis() as i64).contains(&age_ms);
+    // `at` is rounded to the second, so it may read up to half a second
+    // ahead of now.
+    let young = (-1000..=max_age.as_millis() as i64).contains(&age_ms);
     let same = prev
         .fields
         .iter()

@@ -26,6 +26,7 @@ pub mod files;
 pub mod keys;
 pub mod load;
 pub mod mapping;
+pub mod pipeline;
 pub mod plan;
 pub mod pool;
 pub mod records;

@@ -1,7 +1,7 @@
 //! Messages and progress for a person watching: verbosity levels, a progress
 //! bar on a terminal and a plain periodic line otherwise.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicI8, Ordering};
 use std::time::{Duration, Instant};
@@ -79,15 +79,16 @@ pub fn warn(msg: impl AsRef<str>) {
 }
 
 fn emit(msg: &str) {
-    // Route through the active progress bar so lines do not tear it.
-    if let Some(bar) = ACTIVE_BAR.lock().ok().and_then(|g| g.clone()) {
-        bar.suspend(|| eprintln!("{msg}"));
-    } else {
-        eprintln!("{msg}");
-    }
+    // Through the bars, so lines do not tear them.
+    bars().suspend(|| eprintln!("{msg}"));
 }
 
-static ACTIVE_BAR: std::sync::Mutex<Option<ProgressBar>> = std::sync::Mutex::new(None);
+/// Every progress bar on the terminal, one line each: the stages `run`
+/// overlaps show at once (extract, and the customers sent beside it).
+fn bars() -> &'static MultiProgress {
+    static BARS: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(MultiProgress::new)
+}
 
 /// Progress of a long stage. On a terminal an indicatif bar; otherwise a plain
 /// line to stderr every few seconds, so logs of unattended runs show life.
@@ -105,10 +106,10 @@ pub struct Progress {
 impl Progress {
     pub fn new(label: &'static str, unit: &'static str, total: Option<u64>) -> Progress {
         let bar = if std::io::stderr().is_terminal() && verbosity() >= 0 {
-            let bar = match total {
+            let bar = bars().add(match total {
                 Some(t) => ProgressBar::new(t),
                 None => ProgressBar::new_spinner(),
-            };
+            });
             let template = if total.is_some() {
                 "{prefix:>9} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta} {msg}"
             } else {
@@ -119,9 +120,6 @@ impl Progress {
             }
             bar.set_prefix(label);
             bar.enable_steady_tick(Duration::from_millis(200));
-            if let Ok(mut g) = ACTIVE_BAR.lock() {
-                *g = Some(bar.clone());
-            }
             Some(bar)
         } else {
             None
@@ -207,9 +205,7 @@ impl Progress {
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
-            if let Ok(mut g) = ACTIVE_BAR.lock() {
-                *g = None;
-            }
+            bars().remove(bar);
         }
     }
 }

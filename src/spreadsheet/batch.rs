@@ -22,6 +22,26 @@ pub struct Prepared {
     pub cleared: Vec<String>,
 }
 
+impl Prepared {
+    /// A valid row as load sends it: its request body, content key and
+    /// fields; `line` is its line in the customers file (0: none yet).
+    pub fn of_row(row: &crate::records::CustomerRow, line: u64) -> Result<Prepared, String> {
+        let source_id = row.source_id.clone().unwrap_or_default();
+        let v = row.to_request()?;
+        let body = serde_json::to_vec(&v).map_err(|e| e.to_string())?;
+        let key = content_key_of(&body);
+        Ok(Prepared {
+            source_id,
+            line,
+            hash: format!("{key:032x}"),
+            body,
+            segment_id: row.segment_id.clone(),
+            fields: crate::records::field_names(&v),
+            cleared: Vec::new(),
+        })
+    }
+}
+
 /// A batch: customers and the request body holding them.
 pub struct Batch {
     pub customers: Vec<Prepared>,

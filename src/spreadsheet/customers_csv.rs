@@ -22,6 +22,15 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The documented columns in their order (`COLUMNS`), as transform
+    /// writes them.
+    pub fn standard() -> Layout {
+        Layout {
+            fields: (0..COLUMNS.len()).collect(),
+            line_offset: 0,
+        }
+    }
+
     /// The file line a record (or a record's error) starts on, counted from 1.
     pub fn line(&self, pos: Option<&csv::Position>) -> u64 {
         pos.map(|p| p.line() + self.line_offset).unwrap_or(0)

@@ -23,6 +23,8 @@
 mod chunk;
 mod duplicates;
 use crate::pool;
+pub use chunk::{Chunk, TraitSet};
+pub use duplicates::later_wins;
 
 use crate::error::{InputErrors, UsageError};
 use crate::files::{self, AtomicFile};
@@ -31,7 +33,7 @@ use crate::state::manifest::{self, Manifest};
 use crate::state::{self, now};
 use crate::ui;
 use anyhow::{Context, Result};
-use chunk::{Chunk, ChunkResult, CHUNK_BYTES};
+use chunk::{ChunkResult, CHUNK_BYTES};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
