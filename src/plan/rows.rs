@@ -213,8 +213,7 @@ fn judge(
         _ if skip_lines => return Err(changed("it no longer reads as a valid row")),
         _ => return Ok(Verdict::Invalid(found)),
     };
-    // A row without problems has its metadata parsed already, when it has any.
-    let request = row.request_with(metadata);
+
     let seen = Seen::of(
         found,
         &source_id,
@@ -228,10 +227,13 @@ fn judge(
             || (shared.confirmed.last_of(seen.key))
                 .and_then(|l| l.fields)
                 .is_none_or(|i| shared.readable[i as usize]);
-        if set_readable && shared.held.layout().of_body(&request) == Some(digest) {
+        // A row without problems has its metadata parsed already, when it
+        // has any; the digest needs no request made.
+        if set_readable && shared.held.layout().of_row(&row, metadata.as_ref()) == Some(digest) {
             return Ok(Verdict::Unchanged(seen));
         }
     }
+    let request = row.request_with(metadata);
     Ok(Verdict::Compare(
         seen,
         Box::new(Row {

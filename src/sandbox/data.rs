@@ -106,6 +106,9 @@ pub struct Dataset {
     /// Share of profiles (0–100) with no `user_id` beyond the generator's
     /// own few: real spaces are mostly anonymous visitors.
     pub anonymous_percent: u64,
+    /// Every `metadata` trait an object (or none): a space the original
+    /// script reads to the end (it sends the trait as it is).
+    pub metadata_objects: bool,
 }
 
 impl Dataset {
@@ -142,6 +145,7 @@ impl Dataset {
             seed,
             n,
             anonymous_percent: 0,
+            metadata_objects: false,
         }
     }
 
@@ -197,7 +201,7 @@ impl Dataset {
         contact(index, first, last, &mut r, &mut t, &mut e);
         let bad_birthdate = birthdate(index, &mut r, &mut t, &mut e);
         address(index, &mut r, &mut t, &mut e);
-        metadata(index, &mut r, &mut t, &mut e);
+        metadata(index, self.metadata_objects, &mut r, &mut t, &mut e);
         description(index, version, &mut t, &mut e);
 
         let external_ids = self.external_ids(index, &mut r);
@@ -509,8 +513,14 @@ fn address(index: u64, r: &mut StdRng, t: &mut Map<String, Value>, e: &mut Expec
     }
 }
 
-/// A `metadata` trait: an object, or not one.
-fn metadata(index: u64, r: &mut StdRng, t: &mut Map<String, Value>, e: &mut ExpectedCustomer) {
+/// A `metadata` trait: an object, or not one (unless `objects`).
+fn metadata(
+    index: u64,
+    objects: bool,
+    r: &mut StdRng,
+    t: &mut Map<String, Value>,
+    e: &mut ExpectedCustomer,
+) {
     match index % 4 {
         0 => {
             let tier = ["gold", "silver", "bronze"][index as usize % 3];
@@ -518,7 +528,7 @@ fn metadata(index: u64, r: &mut StdRng, t: &mut Map<String, Value>, e: &mut Expe
             t.insert("metadata".into(), m.clone());
             e.metadata = Some(m);
         }
-        1 => {
+        1 if !objects => {
             t.insert("metadata".into(), json!("not an object"));
         }
         _ => {}
