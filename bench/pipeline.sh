@@ -50,7 +50,7 @@ if [[ -x $ORIGINAL || -f $ORIGINAL ]] && command -v node >/dev/null; then
   O_TIMES=() S_TIMES=()
   for i in 1 2 3; do
     for who in original segsync; do
-      start_sandbox --profiles 1000 --latency-ms 150 --segment-rps 100 --metadata-objects-only --accept-undocumented
+      start_sandbox --profiles 1000 --latency-ms 150 --segment-rps 100 --plain-traits --accept-undocumented
       if [[ $who == original ]]; then
         measure "$W/original$i" bash "$ORIGINAL"; O_TIMES+=("$SECS")
         O_HELD=$(stats | jq .customers)

@@ -76,9 +76,9 @@ pub struct Args {
     /// Share of profiles (0-100) that are anonymous (no user_id)
     #[arg(long = "anonymous-percent", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
     pub anonymous_percent: u64,
-    /// Every `metadata` trait an object (or none): a space the original script reads to the end (by default a quarter are not objects, which it sends as they are, and Voucherify refuses)
-    #[arg(long = "metadata-objects-only")]
-    pub metadata_objects_only: bool,
+    /// Every trait of the type Voucherify's schema gives its field (metadata an object, phone a string): a space the original script reads to the end (by default some are not, and it sends them as they are, which Voucherify refuses)
+    #[arg(long = "plain-traits")]
+    pub plain_traits: bool,
     /// Profiles a second that get activity: moved to the head of the activity-sorted listing, updated_at bumped
     #[arg(long, default_value_t = 0)]
     pub churn: u32,
@@ -117,7 +117,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             seed: a.seed,
             n: a.profiles,
             anonymous_percent: a.anonymous_percent,
-            metadata_objects: a.metadata_objects_only,
+            plain_traits: a.plain_traits,
         };
         let rows = crate::sandbox::profiles_sync::write(
             &ds,
@@ -141,7 +141,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             seed: a.seed,
             n: a.profiles,
             anonymous_percent: a.anonymous_percent,
-            metadata_objects: a.metadata_objects_only,
+            plain_traits: a.plain_traits,
         };
         let mut f = crate::files::AtomicFile::create(path)?;
         let mut line = Vec::with_capacity(64 * 1024);
@@ -231,7 +231,7 @@ fn sandbox_options(a: &Args, metadata_schema: Option<serde_json::Value>) -> Sand
         bulk_window: std::time::Duration::from_secs(a.bulk_window_secs),
         churn: a.churn,
         anonymous_percent: a.anonymous_percent,
-        metadata_objects: a.metadata_objects_only,
+        plain_traits: a.plain_traits,
         metadata_schema,
         misbehave: a.misbehave,
         latency: (a.latency_jitter > 0.0 || a.slow_tail_share > 0.0).then_some(

@@ -106,9 +106,10 @@ pub struct Dataset {
     /// Share of profiles (0–100) with no `user_id` beyond the generator's
     /// own few: real spaces are mostly anonymous visitors.
     pub anonymous_percent: u64,
-    /// Every `metadata` trait an object (or none): a space the original
-    /// script reads to the end (it sends the trait as it is).
-    pub metadata_objects: bool,
+    /// Every trait of the type Voucherify's schema gives its field (a
+    /// `metadata` object or none, `phone` a string): a space the original
+    /// script reads to the end (it sends the traits as they are).
+    pub plain_traits: bool,
 }
 
 impl Dataset {
@@ -145,7 +146,7 @@ impl Dataset {
             seed,
             n,
             anonymous_percent: 0,
-            metadata_objects: false,
+            plain_traits: false,
         }
     }
 
@@ -198,10 +199,18 @@ impl Dataset {
         }
 
         names(index, first, last, &mut t, &mut e);
-        contact(index, first, last, &mut r, &mut t, &mut e);
+        contact(
+            index,
+            first,
+            last,
+            self.plain_traits,
+            &mut r,
+            &mut t,
+            &mut e,
+        );
         let bad_birthdate = birthdate(index, &mut r, &mut t, &mut e);
         address(index, &mut r, &mut t, &mut e);
-        metadata(index, self.metadata_objects, &mut r, &mut t, &mut e);
+        metadata(index, self.plain_traits, &mut r, &mut t, &mut e);
         description(index, version, &mut t, &mut e);
 
         let external_ids = self.external_ids(index, &mut r);
@@ -372,6 +381,7 @@ fn contact(
     index: u64,
     first: &str,
     last: &str,
+    plain: bool,
     r: &mut StdRng,
     t: &mut Map<String, Value>,
     e: &mut ExpectedCustomer,
@@ -392,7 +402,13 @@ fn contact(
         e.phone = Some(phone);
     } else if index % 3 == 1 {
         let phone = r.gen_range(100_000_000u64..999_999_999);
-        t.insert("phone".into(), json!(phone)); // a number, as some sources send it
+        // A number, as some sources send it (unless plain).
+        let trait_value = if plain {
+            json!(phone.to_string())
+        } else {
+            json!(phone)
+        };
+        t.insert("phone".into(), trait_value);
         e.phone = Some(phone.to_string());
     }
 }

@@ -73,9 +73,9 @@ pub struct SandboxOptions {
     pub churn: u32,
     /// Share of anonymous profiles (no `user_id`), 0–100.
     pub anonymous_percent: u64,
-    /// Every `metadata` trait an object (or none), as the original script
-    /// expects.
-    pub metadata_objects: bool,
+    /// Every trait of the type Voucherify's schema gives its field, as the
+    /// original script expects (`--plain-traits`).
+    pub plain_traits: bool,
     /// The project's customer metadata schema: `{"properties": {...},
     /// "allow_defined_only": bool}` (None: the project defines none).
     pub metadata_schema: Option<Value>,
@@ -153,7 +153,7 @@ impl Default for SandboxOptions {
             bulk_window: Duration::from_secs(3600),
             churn: 0,
             anonymous_percent: 0,
-            metadata_objects: false,
+            plain_traits: false,
             metadata_schema: None,
             misbehave: None,
             latency: None,
@@ -269,7 +269,7 @@ impl Sandbox {
                 seed: opts.seed,
                 n: opts.profiles,
                 anonymous_percent: opts.anonymous_percent,
-                metadata_objects: opts.metadata_objects,
+                plain_traits: opts.plain_traits,
             },
             creds: creds.clone(),
             versions: RwLock::default(),
