@@ -10,17 +10,18 @@
 //!   session and ledger. The last partial batch goes when extract ends.
 //!
 //! Then transform and load run as always, writing every file they write
-//! alone. The load's plan compares with the export made as the run started,
-//! and counts a customer whose row this run already sent and Voucherify
-//! confirmed, with the same content, as unchanged (`Rules::sent_since_ms`):
-//! nothing is sent twice but the batches in flight when a run is stopped.
+//! alone. When anything was sent early, the load's plan brings the export
+//! made as the run started up to date by a delta (the customers sent early
+//! are in it), so it finds them unchanged: nothing is sent twice but the
+//! batches in flight when a run is stopped.
 //!
 //! Duplicates: a profile is sent early only when it wins so far, by the rule
 //! transform applies (`transform::later_wins`: updated more recently; the
 //! first listed on a tie). A later profile of the same customer that wins is
-//! sent too, as the original script sent every profile in turn; a field only
-//! the earlier profile gave then stays in Voucherify as it set it, and the
-//! plan lists it as a pending clear (`--clear-removed` clears it).
+//! sent too, with `null` for what only the earlier one gave
+//! ([`clear_the_rest`]), so Voucherify ends as a run one stage after another
+//! leaves it. Profiles the last transform set aside as beaten duplicates are
+//! left to the load.
 
 use crate::api::voucherify::VoucherifyClient;
 use crate::load::batch::{Batch, Prepared};
@@ -236,6 +237,60 @@ impl Reader {
     }
 }
 
+/// The profiles the last transform set aside as beaten duplicates, by
+/// `segment_id` (none when there is no `rejected.csv`).
+fn last_losers(data: &Path) -> HashSet<String> {
+    let path = state::rejected(&state::customers(data));
+    let Ok(mut rdr) = csv::Reader::from_path(&path) else {
+        return HashSet::new();
+    };
+    (rdr.records().flatten())
+        .filter(|r| r.get(1) == Some("duplicate_source_id"))
+        .filter_map(|r| r.get(0).map(str::to_string))
+        .collect()
+}
+
+/// The customer `c` (of `row`) sent after an earlier profile of it this
+/// run gave `earlier`: the fields only the earlier one gave are sent as
+/// `null` (inside `address` and `metadata` too, which are sent whole), so
+/// Voucherify holds what the winner gives, as a run one stage after another
+/// leaves it. The ledger records the row's own content key and fields, and
+/// these as cleared (as a plan's update records them).
+fn clear_the_rest(
+    c: &mut Prepared,
+    row: &crate::records::CustomerRow,
+    earlier: &[String],
+) -> Result<(), String> {
+    let cleared: Vec<String> = (earlier.iter())
+        .filter(|f| !c.fields.contains(f))
+        .cloned()
+        .collect();
+    if cleared.is_empty() {
+        return Ok(());
+    }
+    let serde_json::Value::Object(mut body) = row.to_request()? else {
+        return Err("a request that is not an object".into());
+    };
+    for f in &cleared {
+        match f.split_once('.') {
+            Some((group, key)) => {
+                let obj = body
+                    .entry(group.to_string())
+                    .or_insert_with(|| serde_json::Value::Object(Default::default()));
+                if let serde_json::Value::Object(o) = obj {
+                    o.insert(key.to_string(), serde_json::Value::Null);
+                }
+            }
+            None => {
+                body.insert(f.clone(), serde_json::Value::Null);
+            }
+        }
+    }
+    c.body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    c.cleared = cleared;
+    Ok(())
+}
+
 /// Maps, checks and sends.
 struct Sender {
     session: Arc<Session>,
@@ -247,6 +302,15 @@ struct Sender {
     /// Per source id key: the `updated_at` (ms) of the profile that wins so
     /// far (transform's rule).
     winners: HashMap<u128, i64>,
+    /// Per source id key sent early in this run: the fields of the row sent
+    /// last (an index into `lists`, interned: few distinct lists).
+    sent_fields: HashMap<u128, u32>,
+    /// Profiles the last transform set aside as a duplicate a later profile
+    /// beat (`rejected.csv`): left to the load, so a rerun whose listing
+    /// order changed does not send the loser and then the winner again.
+    losers: HashSet<String>,
+    lists: Vec<Vec<String>>,
+    list_ids: HashMap<Vec<String>, u32>,
     batch: Vec<Prepared>,
     bytes: usize,
     batch_size: usize,
@@ -288,6 +352,10 @@ impl Sender {
             layout: Layout::standard(),
             confirmed: ledger.confirmed,
             winners: HashMap::new(),
+            sent_fields: HashMap::new(),
+            losers: last_losers(data),
+            lists: Vec::new(),
+            list_ids: HashMap::new(),
             batch: Vec::new(),
             bytes: 2,
             batch_size: args.batch_size as usize,
@@ -327,6 +395,9 @@ impl Sender {
         let rec = csv::ByteRecord::from(guarded);
         let (row, problems) = check_row(&self.layout, &rec);
         let sid = row.source_id.as_deref().filter(|_| problems.is_empty())?;
+        if (row.segment_id.as_ref()).is_some_and(|s| self.losers.contains(s)) {
+            return None;
+        }
         let key = crate::keys::h128(sid);
         if let Some(kept) = self.winners.get(&key) {
             if !crate::transform::later_wins(*kept, updated) {
@@ -334,12 +405,32 @@ impl Sender {
             }
         }
         self.winners.insert(key, updated);
-        let c = Prepared::of_row(&row, 0).ok()?;
+        let mut c = Prepared::of_row(&row, 0).ok()?;
         let content = u128::from_str_radix(&c.hash, 16).ok()?;
-        if !self.confirmed.insert(content) {
+        // A profile that beats one sent earlier in this run goes too, even
+        // when the ledger confirms its content: Voucherify holds the
+        // earlier one's now.
+        let earlier = self
+            .sent_fields
+            .get(&key)
+            .map(|i| self.lists[*i as usize].clone());
+        if !self.confirmed.insert(content) && earlier.is_none() {
             self.early.already_confirmed += 1;
             return None;
         }
+        if let Some(earlier) = earlier {
+            clear_the_rest(&mut c, &row, &earlier).ok()?;
+        }
+        let id = match self.list_ids.get(&c.fields) {
+            Some(id) => *id,
+            None => {
+                let id = self.lists.len() as u32;
+                self.lists.push(c.fields.clone());
+                self.list_ids.insert(c.fields.clone(), id);
+                id
+            }
+        };
+        self.sent_fields.insert(key, id);
         Some(c)
     }
 
