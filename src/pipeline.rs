@@ -309,6 +309,10 @@ struct Sender {
     /// beat (`rejected.csv`): left to the load, so a rerun whose listing
     /// order changed does not send the loser and then the winner again.
     losers: HashSet<String>,
+    /// The batch being filled holds a profile that beats one sent earlier:
+    /// every batch in flight is confirmed before it goes (batches in flight
+    /// at once may reach Voucherify's queue in any order).
+    after_in_flight: bool,
     lists: Vec<Vec<String>>,
     list_ids: HashMap<Vec<String>, u32>,
     batch: Vec<Prepared>,
@@ -354,6 +358,7 @@ impl Sender {
             winners: HashMap::new(),
             sent_fields: HashMap::new(),
             losers: last_losers(data),
+            after_in_flight: false,
             lists: Vec::new(),
             list_ids: HashMap::new(),
             batch: Vec::new(),
@@ -420,6 +425,7 @@ impl Sender {
         }
         if let Some(earlier) = earlier {
             clear_the_rest(&mut c, &row, &earlier).ok()?;
+            self.after_in_flight = true;
         }
         let id = match self.list_ids.get(&c.fields) {
             Some(id) => *id,
@@ -448,9 +454,12 @@ impl Sender {
 
     /// Send the batch in a task of its own, at most `concurrency` at once.
     async fn send(&mut self) -> Result<()> {
-        while self.tasks.len() >= self.concurrency {
+        while self.tasks.len() >= self.concurrency
+            || (self.after_in_flight && !self.tasks.is_empty())
+        {
             self.join_one().await?;
         }
+        self.after_in_flight = false;
         let customers = std::mem::take(&mut self.batch);
         self.bytes = 2;
         if customers.is_empty() {
