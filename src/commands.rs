@@ -359,7 +359,14 @@ async fn run_all(a: &RunArgs, data: &Path, body: &mut Map<String, Value>) -> any
         });
         r
     };
-    let (s, early) = tokio::join!(extracting, crate::pipeline::follow(&la, data, since, rx));
+    let following = async {
+        if a.send_during_extract {
+            crate::pipeline::follow(&la, data, since, rx).await
+        } else {
+            crate::pipeline::Early::default()
+        }
+    };
+    let (s, early) = tokio::join!(extracting, following);
     let s = s.map_err(stop)?;
     stages.insert(
         "extract".into(),

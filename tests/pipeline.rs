@@ -34,7 +34,12 @@ fn assert_exact(sb: &segsync::sandbox::Sandbox, context: &str) {
 async fn run_sends_customers_while_extract_runs_and_ends_exact() {
     let sb = sandbox(paced(400)).await;
     let dir = tempdir();
-    let r = segsync(dir.path(), Some(&sb), &["run", "--json"]).await;
+    let r = segsync(
+        dir.path(),
+        Some(&sb),
+        &["run", "--json", "--send-during-extract"],
+    )
+    .await;
     assert_eq!(r.code, 0, "{}", r.all());
     assert_exact(&sb, &r.all());
     let doc: Value = serde_json::from_str(&r.stdout).expect("one JSON document");
@@ -70,7 +75,7 @@ async fn run_sends_customers_while_extract_runs_and_ends_exact() {
     }
     // A rerun sends nothing: everything is confirmed as it is.
     let received = stat(&sb, "customers_received");
-    let r = segsync(dir.path(), Some(&sb), &["run"]).await;
+    let r = segsync(dir.path(), Some(&sb), &["run", "--send-during-extract"]).await;
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(stat(&sb, "customers_received"), received, "{}", r.all());
 }
@@ -82,7 +87,8 @@ async fn run_sends_customers_while_extract_runs_and_ends_exact() {
 async fn a_kill_9_in_a_pipelined_run_resumes_exactly() {
     let sb = sandbox(paced(600)).await;
     let dir = tempdir();
-    let mut child = command(dir.path(), Some(&sb), &["run"]).spawn().unwrap();
+    let args = ["run", "--send-during-extract"];
+    let mut child = command(dir.path(), Some(&sb), &args).spawn().unwrap();
     let ledger = data(dir.path()).join("load.ledger.ndjson");
     let confirmed = || {
         std::fs::read_to_string(&ledger)
@@ -105,7 +111,7 @@ async fn a_kill_9_in_a_pipelined_run_resumes_exactly() {
     assert!(confirmed() >= 3, "batches were confirmed during extract");
     child.start_kill().unwrap();
     child.wait().await.unwrap();
-    let r = segsync(dir.path(), Some(&sb), &["run"]).await;
+    let r = segsync(dir.path(), Some(&sb), &args).await;
     assert_eq!(r.code, 0, "{}", r.all());
     assert_exact(&sb, &r.all());
     // In flight at the kill: at most the load's concurrency in batches.
