@@ -26,11 +26,16 @@ impl Prepared {
     /// A valid row as load sends it: its request body, content key and
     /// fields; `line` is its line in the customers file (0: none yet).
     pub fn of_row(row: &crate::records::CustomerRow, line: u64) -> Result<Prepared, String> {
+        Self::keyed(row, line).map(|(c, _)| c)
+    }
+
+    /// [`Prepared::of_row`], with the content key as a number.
+    fn keyed(row: &crate::records::CustomerRow, line: u64) -> Result<(Prepared, u128), String> {
         let source_id = row.source_id.clone().unwrap_or_default();
         let v = row.to_request()?;
         let body = serde_json::to_vec(&v).map_err(|e| e.to_string())?;
         let key = content_key_of(&body);
-        Ok(Prepared {
+        let c = Prepared {
             source_id,
             line,
             hash: format!("{key:032x}"),
@@ -38,7 +43,8 @@ impl Prepared {
             segment_id: row.segment_id.clone(),
             fields: crate::records::field_names(&v),
             cleared: Vec::new(),
-        })
+        };
+        Ok((c, key))
     }
 }
 
@@ -194,36 +200,22 @@ impl Batcher {
                     "line {line} changed since validation; rerun `segsync load`"
                 )));
             };
-            let (body, fields) = match row.to_request().and_then(|v| {
-                let b = serde_json::to_vec(&v).map_err(|e| e.to_string())?;
-                Ok((b, crate::records::field_names(&v)))
-            }) {
-                Ok(b) => b,
+            let (c, key) = match Prepared::keyed(&row, line) {
+                Ok(c) => c,
                 Err(e) => return Some(Err(anyhow::anyhow!("line {line}: {e}"))),
             };
-            let key = content_key_of(&body);
+            debug_assert_eq!(c.source_id, source_id);
             if !self.full && self.confirmed.contains(&key) {
                 self.unchanged += 1;
                 continue;
             }
-            // The hex form only for what may be sent (the ledger keeps it).
-            let hash = format!("{key:032x}");
-            if body.len() + 2 > crate::api::voucherify::MAX_REQUEST_BYTES {
+            if c.body.len() + 2 > crate::api::voucherify::MAX_REQUEST_BYTES {
                 return Some(Err(anyhow::anyhow!(
                     "line {line}: this customer alone is {} bytes, over the request limit of {}",
-                    body.len(),
+                    c.body.len(),
                     crate::api::voucherify::MAX_REQUEST_BYTES
                 )));
             }
-            let c = Prepared {
-                source_id,
-                line,
-                hash,
-                body,
-                segment_id: row.segment_id,
-                fields,
-                cleared: Vec::new(),
-            };
             if self.only.as_ref().is_some_and(|keep| !keep(&c)) {
                 continue;
             }
