@@ -30,7 +30,7 @@ stop_sandbox
 for RPM in 300 2000; do
   say "== run: the same space, Voucherify at $RPM calls/min, jobs of 200 ms"
   start_sandbox --profiles "$N" --latency-ms 150 --segment-rps 100 --voucherify-rpm "$RPM" --processing-ms 200
-  measure "$W/run$RPM" "$BIN" --data-dir "$W/run$RPM" run --send-during-extract
+  measure "$W/run$RPM" "$BIN" --data-dir "$W/run$RPM" run
   R_SECS=$SECS R_RATE=$(rate "$W/run$RPM.err")
   EARLY=$(grep -o 'run: [0-9]* customers sent during extract' "$W/run$RPM.err" | grep -o '[0-9]*' | head -1)
   HELD=$(stats | jq .customers)
@@ -55,7 +55,7 @@ if [[ -x $ORIGINAL || -f $ORIGINAL ]] && command -v node >/dev/null; then
         measure "$W/original$i" bash "$ORIGINAL"; O_TIMES+=("$SECS")
         O_HELD=$(stats | jq .customers)
       else
-        measure "$W/segsync$i" "$BIN" --data-dir "$W/segsync$i" run --send-during-extract; S_TIMES+=("$SECS")
+        measure "$W/segsync$i" "$BIN" --data-dir "$W/segsync$i" run; S_TIMES+=("$SECS")
         S_HELD=$(stats | jq .customers)
       fi
       stop_sandbox

@@ -164,9 +164,9 @@ pub struct RunArgs {
     /// Days after which the plan's export is full again instead of a delta
     #[arg(long = "full-export-every", default_value_t = 7, value_name = "DAYS")]
     pub full_export_every: u64,
-    /// Send customers by the bulk upsert while extract still runs (not yet the default: a customer two profiles share can end with a field only the earlier profile gave)
-    #[arg(long = "send-during-extract")]
-    pub send_during_extract: bool,
+    /// Send no customer before transform ends (by default, with --method bulk, customers go out in full batches while extract still runs)
+    #[arg(long = "send-after-transform")]
+    pub send_after_transform: bool,
     /// How load sends: bulk, import (new customers by CSV import), auto
     #[arg(long, value_enum, default_value_t = load::import::Method::Bulk)]
     pub method: load::import::Method,

@@ -360,7 +360,7 @@ async fn run_all(a: &RunArgs, data: &Path, body: &mut Map<String, Value>) -> any
         r
     };
     let following = async {
-        if a.send_during_extract {
+        if !a.send_after_transform {
             crate::pipeline::follow(&la, data, since, rx).await
         } else {
             crate::pipeline::Early::default()

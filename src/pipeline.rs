@@ -26,6 +26,7 @@
 use crate::api::voucherify::VoucherifyClient;
 use crate::load::batch::{Batch, Prepared};
 use crate::load::confirm::{self, Session};
+use crate::mapping::metadata_schema::CustomerSchema;
 use crate::records::{guard_cell, COLUMNS};
 use crate::spreadsheet::input::{check_row, Layout};
 use crate::state::{self, ledger::LedgerWriter};
@@ -97,6 +98,10 @@ pub struct Early {
     pub batches: u64,
     /// Rows left to the load: confirmed already as they are.
     pub already_confirmed: u64,
+    /// Rows left to the load for it to decide: beaten by the last
+    /// transform, or metadata the schema refuses or that a later duplicate
+    /// could not clear.
+    pub left: u64,
     /// Why early sending did not run or stopped, when it did not run to
     /// the end (the load then sends what it did not).
     pub stopped: Option<String>,
@@ -291,12 +296,38 @@ fn clear_the_rest(
     Ok(())
 }
 
+/// Whether a row's metadata may go early: the schema finds nothing wrong
+/// with it (what it refuses the load refuses by name, before sending), it
+/// lacks no key the schema requires (the row may be a new customer), and
+/// it sets no array-typed key. A later duplicate that wins clears what
+/// only the earlier profile gave with `null`, and `null` for an array-typed
+/// key is refused (the sandbox's reading: the schema's `array: true` admits
+/// arrays only, and no document says `null` is one), which would leave the
+/// loser's values in place.
+fn sendable_metadata(schema: &CustomerSchema, required: &[String], metadata: Option<&str>) -> bool {
+    let Some(text) = metadata.filter(|t| !t.trim().is_empty()) else {
+        return required.is_empty();
+    };
+    let Ok(serde_json::Value::Object(meta)) = serde_json::from_str(text) else {
+        return false;
+    };
+    schema.check(&meta).is_empty()
+        && (required.iter()).all(|k| meta.get(k).is_some_and(|v| !v.is_null()))
+        && !meta
+            .keys()
+            .any(|k| (schema.properties.get(k)).is_some_and(|d| d.array == Some(true)))
+}
+
 /// Maps, checks and sends.
 struct Sender {
     session: Arc<Session>,
     mapping: crate::mapping::Mapping,
     wanted: TraitSet,
     layout: Layout,
+    /// The project's customer metadata schema, as the run started.
+    schema: CustomerSchema,
+    /// The keys it requires.
+    required: Vec<String>,
     /// Content keys the ledger confirms: sent already as they are.
     confirmed: HashSet<u128>,
     /// Per source id key: the `updated_at` (ms) of the profile that wins so
@@ -343,6 +374,11 @@ impl Sender {
         }
         let client = VoucherifyClient::new(cfg, crate::load::setup::http_settings(args))
             .map_err(|e| format!("{e:#}"))?;
+        // Rows the project's metadata schema refuses are the load's to
+        // refuse by name, before it sends anything.
+        let schema = crate::mapping::metadata_schema::read(&client)
+            .await
+            .map_err(|e| format!("cannot read the project's customer metadata schema: {e}"))?;
         let writer = LedgerWriter::open(&ledger_file, &target).map_err(|e| format!("{e:#}"))?;
         let mapping = args.mapping.resolve().map_err(|e| format!("{e:#}"))?;
         Ok(Sender {
@@ -354,6 +390,8 @@ impl Sender {
             wanted: mapping.traits_read().into_iter().collect(),
             mapping,
             layout: Layout::standard(),
+            required: schema.required_keys(),
+            schema,
             confirmed: ledger.confirmed,
             winners: HashMap::new(),
             sent_fields: HashMap::new(),
@@ -379,8 +417,8 @@ impl Sender {
                 .rows(&self.mapping, &self.wanted)
                 .map_err(|e| anyhow::anyhow!("profiles.ndjson:{e}"))?;
             for (updated, cells) in rows {
-                if let Some(c) = self.prepare(updated, &cells) {
-                    self.add(c).await?;
+                if let Some((c, beats)) = self.prepare(updated, &cells) {
+                    self.add(c, beats).await?;
                 }
             }
         }
@@ -388,8 +426,9 @@ impl Sender {
     }
 
     /// The customer to send for one mapped row, when it is valid, wins so
-    /// far, and is not confirmed as it is.
-    fn prepare(&mut self, updated: i64, cells: &[Option<String>]) -> Option<Prepared> {
+    /// far, and is not confirmed as it is; with whether it beats a profile
+    /// sent (or batched) earlier in this run.
+    fn prepare(&mut self, updated: i64, cells: &[Option<String>]) -> Option<(Prepared, bool)> {
         // As transform writes it (cells guarded), as load reads it back.
         let guarded: Vec<String> = (0..COLUMNS.len())
             .map(|i| {
@@ -400,7 +439,10 @@ impl Sender {
         let rec = csv::ByteRecord::from(guarded);
         let (row, problems) = check_row(&self.layout, &rec);
         let sid = row.source_id.as_deref().filter(|_| problems.is_empty())?;
-        if (row.segment_id.as_ref()).is_some_and(|s| self.losers.contains(s)) {
+        if (row.segment_id.as_ref()).is_some_and(|s| self.losers.contains(s))
+            || !sendable_metadata(&self.schema, &self.required, row.metadata.as_deref())
+        {
+            self.early.left += 1;
             return None;
         }
         let key = crate::keys::h128(sid);
@@ -423,9 +465,9 @@ impl Sender {
             self.early.already_confirmed += 1;
             return None;
         }
+        let beats = earlier.is_some();
         if let Some(earlier) = earlier {
             clear_the_rest(&mut c, &row, &earlier).ok()?;
-            self.after_in_flight = true;
         }
         let id = match self.list_ids.get(&c.fields) {
             Some(id) => *id,
@@ -437,13 +479,19 @@ impl Sender {
             }
         };
         self.sent_fields.insert(key, id);
-        Some(c)
+        Some((c, beats))
     }
 
-    async fn add(&mut self, c: Prepared) -> Result<()> {
-        if !self.batch.is_empty() && self.bytes + c.body.len() + 1 > self.max_bytes {
+    /// Add a customer to the batch being filled. One that beats a profile
+    /// sent earlier starts a batch of its own making (the beaten one may be
+    /// in the batch being filled: one batch naming a customer twice leaves
+    /// an order nobody documents), and that batch goes only once every
+    /// batch before it is confirmed.
+    async fn add(&mut self, c: Prepared, beats: bool) -> Result<()> {
+        if !self.batch.is_empty() && (beats || self.bytes + c.body.len() + 1 > self.max_bytes) {
             self.send().await?;
         }
+        self.after_in_flight |= beats;
         self.bytes += c.body.len() + 1;
         self.batch.push(c);
         if self.batch.len() >= self.batch_size {
@@ -505,8 +553,8 @@ impl Sender {
         self.early.confirmed = s.confirmed.load(Ordering::Relaxed);
         self.early.batches = s.batches.load(Ordering::Relaxed);
         ui::info(format!(
-            "run: {} customers sent during extract in {} batches, {} confirmed; {} rows confirmed already as they are",
-            self.early.sent, self.early.batches, self.early.confirmed, self.early.already_confirmed
+            "run: {} customers sent during extract in {} batches, {} confirmed; {} rows confirmed already as they are, {} left to the load",
+            self.early.sent, self.early.batches, self.early.confirmed, self.early.already_confirmed, self.early.left
         ));
         self.early
     }

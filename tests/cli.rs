@@ -310,7 +310,7 @@ async fn run_starts_the_plans_export_beside_extract_and_the_plan_uses_it() {
     o.export_ms = Some(2000);
     let sb = sandbox(o).await;
     let dir = tempdir();
-    let r = segsync(dir.path(), Some(&sb), &["run", "--send-during-extract"]).await;
+    let r = segsync(dir.path(), Some(&sb), &["run"]).await;
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(
         sb.customers().len(),

@@ -248,6 +248,55 @@ async fn a_schema_that_does_not_define_a_mapped_key_stops_load_before_sending() 
     assert!(read_csv(&data(dir.path()).join("load-report.csv")).is_empty());
 }
 
+/// `run` sends customers while extract runs; a row the project's schema
+/// refuses is not among them: the load refuses it by name, before sending.
+/// Nor is a row that sets an array-typed key (a later duplicate could not
+/// clear it with `null`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_sends_early_no_row_the_schema_refuses_or_a_duplicate_could_not_undo() {
+    let sb = sandbox(SandboxOptions {
+        metadata_schema: Some(schema(false)),
+        ..opts(240)
+    })
+    .await;
+    let dir = tempdir();
+    std::fs::write(dir.path().join("segsync.toml"), MAPPING).unwrap();
+    let r = segsync(dir.path(), Some(&sb), &["run"]).await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("allows defined keys only"),
+        "{}",
+        r.stderr
+    );
+    let early: u64 = r
+        .stderr
+        .lines()
+        .find_map(|l| {
+            l.split("run: ")
+                .nth(1)?
+                .split(" customers sent during extract")
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no early-sending line: {}", r.stderr));
+    assert!(early > 0, "{}", r.stderr);
+    let rows = read_csv(&data(dir.path()).join("customers.csv"));
+    let received = sb.receipts();
+    assert_eq!(received.values().sum::<u64>(), early, "{received:?}");
+    for row in &rows {
+        let meta: Value = serde_json::from_str(&row["metadata"]).unwrap_or(json!({}));
+        if meta.get("big_spender").is_some() || meta.get("tags").is_some() {
+            assert!(
+                !received.contains_key(&row["source_id"]),
+                "{} was sent early: {meta}",
+                row["source_id"]
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_mapping_files_are_usage_errors_that_say_where() {
     let dir = tempdir();

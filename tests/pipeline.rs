@@ -34,12 +34,7 @@ fn assert_exact(sb: &segsync::sandbox::Sandbox, context: &str) {
 async fn run_sends_customers_while_extract_runs_and_ends_exact() {
     let sb = sandbox(paced(400)).await;
     let dir = tempdir();
-    let r = segsync(
-        dir.path(),
-        Some(&sb),
-        &["run", "--json", "--send-during-extract"],
-    )
-    .await;
+    let r = segsync(dir.path(), Some(&sb), &["run", "--json"]).await;
     assert_eq!(r.code, 0, "{}", r.all());
     assert_exact(&sb, &r.all());
     let doc: Value = serde_json::from_str(&r.stdout).expect("one JSON document");
@@ -75,7 +70,7 @@ async fn run_sends_customers_while_extract_runs_and_ends_exact() {
     }
     // A rerun sends nothing: everything is confirmed as it is.
     let received = stat(&sb, "customers_received");
-    let r = segsync(dir.path(), Some(&sb), &["run", "--send-during-extract"]).await;
+    let r = segsync(dir.path(), Some(&sb), &["run"]).await;
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(stat(&sb, "customers_received"), received, "{}", r.all());
 }
@@ -87,7 +82,7 @@ async fn run_sends_customers_while_extract_runs_and_ends_exact() {
 async fn a_kill_9_in_a_pipelined_run_resumes_exactly() {
     let sb = sandbox(paced(600)).await;
     let dir = tempdir();
-    let args = ["run", "--send-during-extract"];
+    let args = ["run"];
     let mut child = command(dir.path(), Some(&sb), &args).spawn().unwrap();
     let ledger = data(dir.path()).join("load.ledger.ndjson");
     let confirmed = || {
