@@ -221,6 +221,30 @@ impl<K: Key, V: Copy> KeyMap<K, V> {
             .map(|i| lo + i)
     }
 
+    /// [`KeyMap::position`] of many keys at once, in steps over them all:
+    /// every key's directory slot, then every search. The loads of one step
+    /// do not wait on each other, so the processor has many cache misses
+    /// in flight where one lookup after another has one or two.
+    pub fn positions(&self, keys: &[Option<K>], out: &mut Vec<Option<usize>>) {
+        let slot = |key: K| {
+            if self.bits == 0 {
+                0
+            } else {
+                (key.top() >> (64 - self.bits)) as usize
+            }
+        };
+        let ranges: Vec<(u32, u32)> = (keys.iter())
+            .map(|k| k.map_or((0, 0), |k| (self.dir[slot(k)], self.dir[slot(k) + 1])))
+            .collect();
+        out.clear();
+        out.extend(keys.iter().zip(ranges).map(|(k, (lo, hi))| {
+            let (key, lo) = (k.as_ref()?, lo as usize);
+            (self.entries[lo..hi as usize].binary_search_by_key(key, |e| e.0))
+                .ok()
+                .map(|i| lo + i)
+        }));
+    }
+
     pub fn contains(&self, key: K) -> bool {
         self.get(key).is_some()
     }

@@ -112,6 +112,28 @@ impl CustomerRow {
         ]
     }
 
+    /// The cell of `column` (`COLUMNS`), when it has one.
+    pub fn cell(&self, column: usize) -> Option<&str> {
+        let cell = match column {
+            0 => &self.source_id,
+            1 => &self.name,
+            2 => &self.email,
+            3 => &self.phone,
+            4 => &self.birthdate,
+            5 => &self.description,
+            6 => &self.address_line_1,
+            7 => &self.address_line_2,
+            8 => &self.address_city,
+            9 => &self.address_state,
+            10 => &self.address_postal_code,
+            11 => &self.address_country,
+            12 => &self.metadata,
+            13 => &self.segment_id,
+            _ => return None,
+        };
+        cell.as_deref()
+    }
+
     pub fn cell_mut(&mut self, column: usize) -> Option<&mut Option<String>> {
         Some(match column {
             0 => &mut self.source_id,

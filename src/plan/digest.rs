@@ -13,6 +13,7 @@
 //! a number key) has no digest: the full comparison decides. The source id
 //! is part of the digest, so a digest never speaks for another customer.
 
+use super::flat::Meta;
 use crate::fields::STANDARD;
 use crate::mapping::metadata_schema::Definition;
 use serde_json::{Map, Value};
@@ -113,11 +114,11 @@ fn text_form(kind: Kind, s: &str) -> Option<Form<'_>> {
 
 /// A row's value in its compared form; None when the comparison would not
 /// call it the same as any cell by these forms.
-fn value_form(kind: Kind, v: &Value) -> Option<Form<'_>> {
+fn value_form<'a>(kind: Kind, v: &'a Meta<'a>) -> Option<Form<'a>> {
     Some(match (kind, v) {
-        (kind, Value::String(s)) => return text_form(kind, s),
-        (Kind::Number, Value::Number(n)) => Form::Number(number(n.as_f64()?)),
-        (Kind::Boolean, Value::Bool(b)) => Form::Bool(*b),
+        (kind, Meta::Str(s)) => return text_form(kind, s),
+        (Kind::Number, Meta::Num(n)) => Form::Number(number(*n)),
+        (Kind::Boolean, Meta::Bool(b)) => Form::Bool(*b),
         _ => return None,
     })
 }
@@ -206,13 +207,13 @@ impl Layout {
     /// comparable column and a value of its field's kind; None otherwise.
     pub fn of_body(&self, body: &Map<String, Value>) -> Option<u128> {
         let mut standard: [Option<&Value>; 11] = Default::default();
-        let mut metadata: Vec<(&str, &Value)> = Vec::new();
+        let mut metadata: Vec<(&str, Meta)> = Vec::new();
         let mut source_id = None;
         for (k, v) in body {
             match (k.as_str(), v) {
                 ("source_id", Value::String(s)) => source_id = Some(s.as_str()),
                 ("metadata", Value::Object(m)) => {
-                    metadata.extend(m.iter().map(|(k, v)| (k.as_str(), v)))
+                    metadata.extend(m.iter().map(|(k, v)| (k.as_str(), Meta::of(v))))
                 }
                 ("address", Value::Object(m)) => {
                     for (k, v) in m {
@@ -226,7 +227,10 @@ impl Layout {
         for (i, v) in standard.iter().enumerate() {
             if let Some(v) = v {
                 self.standard[i]?;
-                b.field((0, STANDARD[i].path), value_form(Kind::standard(i), v)?);
+                b.field(
+                    (0, STANDARD[i].path),
+                    value_form(Kind::standard(i), &Meta::of(v))?,
+                );
             }
         }
         self.metadata_fields(&mut b, metadata)?;
@@ -261,6 +265,20 @@ impl Layout {
                 standard[standard_index(path)?] = Some(v);
             }
         }
+        let metadata = metadata.into_iter().flatten();
+        let metadata = metadata.map(|(k, v)| (k.as_str(), Meta::of(v))).collect();
+        self.of_cells(source_id, &standard, metadata)
+    }
+
+    /// [`Layout::of_row`] from the row's cells: its source id, its standard
+    /// fields' cells (`STANDARD`'s order, None when empty) and its metadata
+    /// (`flat::parse`).
+    pub fn of_cells(
+        &self,
+        source_id: &str,
+        standard: &[Option<&str>; 11],
+        metadata: Vec<(&str, Meta)>,
+    ) -> Option<u128> {
         let mut b = Builder::new(source_id);
         for (i, v) in standard.iter().enumerate() {
             if let Some(v) = v {
@@ -268,14 +286,13 @@ impl Layout {
                 b.field((0, STANDARD[i].path), text_form(Kind::standard(i), v)?);
             }
         }
-        let metadata = metadata.into_iter().flatten();
-        self.metadata_fields(&mut b, metadata.map(|(k, v)| (k.as_str(), v)).collect())?;
+        self.metadata_fields(&mut b, metadata)?;
         Some(b.finish())
     }
 
     /// The metadata keys' fields, by key: None when a key has no comparable
     /// column or a value of another kind.
-    fn metadata_fields(&self, b: &mut Builder, mut metadata: Vec<(&str, &Value)>) -> Option<()> {
+    fn metadata_fields(&self, b: &mut Builder, mut metadata: Vec<(&str, Meta)>) -> Option<()> {
         metadata.sort_unstable_by_key(|(k, _)| *k);
         let mut at = 0;
         for (key, v) in metadata {
@@ -288,7 +305,7 @@ impl Layout {
                 at += 1;
             }
             let (k, _, kind) = self.metadata.get(at).filter(|(k, _, _)| k == key)?;
-            b.field((1, k), value_form(*kind, v)?);
+            b.field((1, k), value_form(*kind, &v)?);
         }
         Some(())
     }

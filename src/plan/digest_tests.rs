@@ -234,6 +234,28 @@ fn property_a_rows_digest_is_its_requests() {
             want,
             "case {case}: {row:?} {metadata:?}"
         );
+        // The same from the cells as the record holds them, the metadata
+        // read by the flat parse (escaped now and then).
+        let text = metadata.as_ref().map(|m| {
+            let t = serde_json::to_string(m).unwrap();
+            if case % 3 == 0 {
+                t.replace("\"tier\"", "\"ti\\u0065r\"")
+            } else {
+                t
+            }
+        });
+        let flat = match &text {
+            Some(t) => super::flat::parse(t).expect("an object"),
+            None => Vec::new(),
+        };
+        let standard: [Option<&str>; 11] =
+            std::array::from_fn(|i| row.cell(i + 1).filter(|c| !c.is_empty()));
+        let pairs = flat.iter().map(|(k, v)| (k.as_ref(), v.clone())).collect();
+        assert_eq!(
+            layout.of_cells(row.source_id.as_deref().unwrap(), &standard, pairs),
+            want,
+            "case {case}, from cells: {row:?} {text:?}"
+        );
         speaks += usize::from(want.is_some());
     }
     assert!(

@@ -142,17 +142,47 @@ fn index_records<R: std::io::Read>(
 
 /// The entries of the records from byte `at` to the end (the export's
 /// second half).
-fn index_from(path: &Path, at: u64, cols: &Columns) -> Result<Vec<(u128, (u64, u128))>> {
+fn index_from(
+    path: &Path,
+    at: u64,
+    cols: &Columns,
+    expect: usize,
+) -> Result<Vec<(u128, (u64, u128))>> {
     use std::io::{Seek, SeekFrom};
     let mut f = std::fs::File::open(path)?;
     f.seek(SeekFrom::Start(at))?;
     let mut rdr = csv::ReaderBuilder::new().has_headers(false).from_reader(f);
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(expect);
     let mut rec = csv::StringRecord::new();
     index_records(&mut rdr, at, None, cols, &mut rec, &mut |k, v| {
         out.push((k, v))
     })?;
     Ok(out)
+}
+
+/// About how many records the bytes from `at` to `size` hold, by the lines
+/// of their first 256 KB, a little over (a vector of that capacity is not
+/// grown); at most one per 8 bytes.
+fn records_in(path: &Path, at: u64, size: u64) -> usize {
+    use std::io::{Read, Seek, SeekFrom};
+    let bytes = size.saturating_sub(at);
+    let sample = || -> std::io::Result<(u64, u64)> {
+        let mut f = std::fs::File::open(path)?;
+        f.seek(SeekFrom::Start(at))?;
+        let mut buf = Vec::with_capacity(1 << 18);
+        f.take(1 << 18).read_to_end(&mut buf)?;
+        Ok((
+            buf.len() as u64,
+            memchr::memchr_iter(b'\n', &buf).count() as u64,
+        ))
+    };
+    let estimate = match sample() {
+        Ok((read, lines)) if read > 0 && lines > 0 => {
+            bytes * lines / read + bytes * lines / read / 32 + 16
+        }
+        _ => 0,
+    };
+    estimate.min(bytes / 8) as usize
 }
 
 /// Where a record may start near the middle of a file of `min` bytes or
@@ -253,11 +283,16 @@ impl HeldFile {
         // first half's reader, which reads from the start, ends exactly
         // there (else the second half is read again after the first).
         let body = rdr.position().byte();
-        let mut entries = Vec::new();
+        // Sized up front from the records' length near the start: a vector
+        // grown by doubling would hold half as much again, and twice the
+        // first half's while the halves are joined.
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        let mut entries = Vec::with_capacity(records_in(path, body, size));
         let second = std::thread::scope(|s| {
             let second = halfway(path, body, split_min).map(|at| {
                 let cols = &cols;
-                (at, s.spawn(move || index_from(path, at, cols)))
+                let expect = records_in(path, at, size);
+                (at, s.spawn(move || index_from(path, at, cols, expect)))
             });
             let stop = second.as_ref().map(|(at, _)| *at);
             let ended = index_records(&mut rdr, 0, stop, &cols, &mut rec, &mut |k, v| {
@@ -311,6 +346,20 @@ impl HeldFile {
         let at = self.index.position(key)?;
         let (_, (offset, digest)) = self.index.entries()[at];
         Some((at as u32, (offset & NO_DIGEST == 0).then_some(digest)))
+    }
+
+    /// [`HeldFile::place`] of many keys at once (`KeyMap::positions`).
+    pub fn places(&self, keys: &[Option<u128>]) -> Vec<Option<(u32, Option<u128>)>> {
+        let mut at = Vec::with_capacity(keys.len());
+        self.index.positions(keys, &mut at);
+        let entries = self.index.entries();
+        (at.into_iter())
+            .map(|at| {
+                let at = at?;
+                let (_, (offset, digest)) = entries[at];
+                Some((at as u32, (offset & NO_DIGEST == 0).then_some(digest)))
+            })
+            .collect()
     }
 
     /// Whether the export has a comparable column for `field` (`name`,

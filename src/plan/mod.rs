@@ -16,6 +16,7 @@ pub mod digest;
 #[cfg(test)]
 mod digest_tests;
 pub mod file;
+mod flat;
 pub mod held;
 mod ledger_index;
 pub mod obtain;
@@ -229,7 +230,8 @@ pub async fn make(
     };
     let input = &files.customers;
     // The ledger first (from its index, `ledger_index`, and the lines added
-    // since), then the export's index (two halves at once) beside the
+    // since; beside the export's index it would add its buffers to the
+    // peak), then the export's index (two halves at once) beside the
     // inputs' hashes, then the rows on every core (`rows`), validated as
     // they are compared.
     let failed = |what: &str| anyhow::anyhow!("plan: reading {what} failed unexpectedly (a panic)");

@@ -141,9 +141,15 @@ pub fn plausible_email(e: &str) -> bool {
     atoms(local)
         && atoms(domain)
         && domain.contains('.')
-        && !e
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || ",;<>()[]\":\\".contains(c))
+        && !if e.is_ascii() {
+            // The same test byte by byte: ASCII white space and controls
+            // are the bytes up to the space, and DEL.
+            e.bytes()
+                .any(|b| b <= b' ' || b == 0x7f || b",;<>()[]\":\\".contains(&b))
+        } else {
+            e.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || ",;<>()[]\":\\".contains(c))
+        }
 }
 
 /// Build a row from a CSV record and check it; problems are column: message.
@@ -159,62 +165,110 @@ pub type Parsed = (
     Option<serde_json::Map<String, Value>>,
 );
 
+/// A record's cells by column, borrowed from it: unguarded, None when empty
+/// (or not UTF-8: those are listed, with their bytes, in `not_utf8`).
+pub struct Cells<'r> {
+    pub at: [Option<&'r str>; COLUMNS.len()],
+    pub not_utf8: Vec<(usize, &'r [u8])>,
+}
+
+impl<'r> Cells<'r> {
+    pub fn of(layout: &Layout, rec: &'r csv::ByteRecord) -> Cells<'r> {
+        let mut cells = Cells {
+            at: [None; COLUMNS.len()],
+            not_utf8: Vec::new(),
+        };
+        for (field, raw) in layout.fields.iter().zip(rec.iter()) {
+            let Some(slot) = cells.at.get_mut(*field) else {
+                continue;
+            };
+            match std::str::from_utf8(raw) {
+                Ok(text) => {
+                    let value = unguard_cell(text);
+                    *slot = (!value.is_empty()).then_some(value);
+                }
+                Err(_) => {
+                    *slot = None;
+                    cells.not_utf8.push((*field, raw));
+                }
+            }
+        }
+        cells
+    }
+
+    /// The row they make, owned.
+    pub fn row(&self) -> CustomerRow {
+        let mut row = CustomerRow::default();
+        for (column, cell) in self.at.iter().enumerate() {
+            if let (Some(slot), Some(v)) = (row.cell_mut(column), cell) {
+                *slot = Some(v.to_string());
+            }
+        }
+        row
+    }
+
+    /// Every problem but the metadata's, in the order `parse_row` lists
+    /// them: cells that are not UTF-8, then `source_id`, then `birthdate`
+    /// (`metadata`'s come next), and `email` last (`email_problem`).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut problems: Vec<(String, String)> = (self.not_utf8.iter())
+            .map(|(column, raw)| {
+                (
+                    COLUMNS[*column].to_string(),
+                    match crate::spreadsheet::edits::as_windows_1252(raw) {
+                        Some(text) => format!("not UTF-8: it reads as Windows-1252 ({text:?}), as a spreadsheet's plain \"CSV\" save writes; re-save the file as \"CSV UTF-8\""),
+                        None => "not valid UTF-8".to_string(),
+                    },
+                )
+            })
+            .collect();
+        let unreadable_id = self.not_utf8.iter().any(|(c, _)| *c == 0);
+        let problem = |why: String| ("source_id".to_string(), why);
+        match self.at[0] {
+            // Not UTF-8 is the problem already named, not an empty cell.
+            None if unreadable_id => {}
+            None => problems.push(problem("empty; every customer needs a source_id".into())),
+            Some(s) if s.trim().is_empty() => {
+                problems.push(problem("only whitespace; every customer needs a source_id".into()))
+            }
+            // Voucherify would keep `" u1"` and `"u1"` as two customers; the
+            // source decides, and segsync never trims silently.
+            Some(s) if s.trim() != s => problems.push(problem(format!("{s:?} has white space at its start or end, which would make it another customer than {:?}; fix it in the source (segsync never trims)", s.trim()))),
+            _ => {}
+        }
+        if let Some(b) = self.at[4] {
+            if !crate::dates::is_real_date(b) {
+                problems.push((
+                    "birthdate".into(),
+                    match crate::spreadsheet::edits::date_format_found(b) {
+                        Some(found) => format!("{b:?} is not a date in YYYY-MM-DD form: found {found}, as a spreadsheet writes dates in a locale format; format the column as text before editing, and write dates as YYYY-MM-DD"),
+                        None => format!("{b:?} is not a real date in YYYY-MM-DD form"),
+                    },
+                ));
+            }
+        }
+        problems
+    }
+
+    /// The `email` cell's problem, if it has one.
+    pub fn email_problem(&self) -> Option<(String, String)> {
+        let e = self.at[2]?;
+        (!plausible_email(e)).then(|| {
+            (
+                "email".into(),
+                format!("{e:?} does not look like an email address"),
+            )
+        })
+    }
+}
+
 /// [`parse_row`], giving back the metadata object it parsed to check it
 /// (so a caller that builds the request does not parse it again).
 pub fn parse_row_keeping_metadata(layout: &Layout, rec: &csv::ByteRecord) -> Parsed {
-    let mut row = CustomerRow::default();
+    let cells = Cells::of(layout, rec);
+    let mut problems = cells.problems();
     let mut metadata = None;
-    let mut problems = Vec::new();
-    for (field, raw) in layout.fields.iter().zip(rec.iter()) {
-        let col = COLUMNS[*field];
-        match std::str::from_utf8(raw) {
-            Ok(text) => {
-                let value = unguard_cell(text);
-                if let Some(cell) = row.cell_mut(*field) {
-                    *cell = (!value.is_empty()).then(|| value.to_string());
-                }
-            }
-            Err(_) => problems.push((
-                col.to_string(),
-                match crate::spreadsheet::edits::as_windows_1252(raw) {
-                    Some(text) => format!("not UTF-8: it reads as Windows-1252 ({text:?}), as a spreadsheet's plain \"CSV\" save writes; re-save the file as \"CSV UTF-8\""),
-                    None => "not valid UTF-8".to_string(),
-                },
-            )),
-        }
-    }
-    let unreadable_id = problems.iter().any(|(c, _)| c == "source_id");
-    match &row.source_id {
-        // Not UTF-8 is the problem already named, not an empty cell.
-        None if unreadable_id => {}
-        None => problems.push((
-            "source_id".into(),
-            "empty; every customer needs a source_id".into(),
-        )),
-        Some(s) if s.trim().is_empty() => problems.push((
-            "source_id".into(),
-            "only whitespace; every customer needs a source_id".into(),
-        )),
-        // Voucherify would keep `" u1"` and `"u1"` as two customers; the
-        // source decides, and segsync never trims silently.
-        Some(s) if s.trim() != s => problems.push((
-            "source_id".into(),
-            format!("{s:?} has white space at its start or end, which would make it another customer than {:?}; fix it in the source (segsync never trims)", s.trim()),
-        )),
-        _ => {}
-    }
-    if let Some(b) = &row.birthdate {
-        if !crate::dates::is_real_date(b) {
-            problems.push((
-                "birthdate".into(),
-                match crate::spreadsheet::edits::date_format_found(b) {
-                    Some(found) => format!("{b:?} is not a date in YYYY-MM-DD form: found {found}, as a spreadsheet writes dates in a locale format; format the column as text before editing, and write dates as YYYY-MM-DD"),
-                    None => format!("{b:?} is not a real date in YYYY-MM-DD form"),
-                },
-            ));
-        }
-    }
-    if let Some(m) = &row.metadata {
+    if let Some(m) = cells.at[12] {
         match serde_json::from_str::<Value>(m) {
             Ok(Value::Object(o)) => metadata = Some(o),
             Ok(_) => problems.push((
@@ -224,15 +278,8 @@ pub fn parse_row_keeping_metadata(layout: &Layout, rec: &csv::ByteRecord) -> Par
             Err(e) => problems.push(("metadata".into(), format!("not valid JSON ({e})"))),
         }
     }
-    if let Some(e) = &row.email {
-        if !plausible_email(e) {
-            problems.push((
-                "email".into(),
-                format!("{e:?} does not look like an email address"),
-            ));
-        }
-    }
-    (row, problems, metadata)
+    problems.extend(cells.email_problem());
+    (cells.row(), problems, metadata)
 }
 
 #[cfg(test)]
@@ -262,6 +309,14 @@ mod tests {
             ".a@x.com",
         ] {
             assert!(!plausible_email(bad), "{bad}");
+        }
+        // Every ASCII character inside the local part, against the rule by
+        // characters (the byte test is a fast path of it).
+        for b in 0u8..128 {
+            let c = b as char;
+            let want =
+                c != '@' && !(c.is_whitespace() || c.is_control() || ",;<>()[]\":\\".contains(c));
+            assert_eq!(plausible_email(&format!("a{c}b@x.com")), want, "{b:#x}");
         }
     }
 }
