@@ -177,17 +177,31 @@ pub struct Hashes {
 /// one as it starts, which changes nothing it says), "" when there is none
 /// or it holds nothing else.
 pub fn ledger_hash(p: &Path) -> Result<String> {
+    Ok(ledger_hashes(p, None, 1 << 20)?.0)
+}
+
+/// [`ledger_hash`], and in the same read the same hash of the ledger's
+/// first `prefix` bytes (what the ledger's index checks, `ledger_index`):
+/// None when the ledger is shorter or no line ends there.
+pub fn ledger_hashes(
+    p: &Path,
+    prefix: Option<u64>,
+    block: usize,
+) -> Result<(String, Option<u128>)> {
     use std::io::Read;
     let mut f = match std::fs::File::open(p) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((String::new(), None)),
         other => other.with_context(|| format!("cannot read {}", p.display()))?,
     };
     const OPENED: &[u8] = br#"{"event":"opened""#;
     let mut h = twox_hash::XxHash3_128::new();
-    // Read in blocks; each line is hashed from the block in place. A line
-    // that runs past a block's end is carried into the next.
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut filled, mut any) = (0, false);
+    let mut at_prefix = prefix.filter(|n| *n == 0).map(|_| h.finish_128());
+    // Read in blocks; the lines between `opened` ones are hashed from the
+    // block in place, a run at a time (XXH3 streamed gives the same hash
+    // however its input is cut, and can be finished midway). A line that
+    // runs past a block's end is carried into the next.
+    let mut buf = vec![0u8; block.max(1)];
+    let (mut filled, mut any, mut base) = (0, false, 0u64);
     loop {
         if filled == buf.len() {
             buf.resize(buf.len() * 2, 0);
@@ -196,15 +210,23 @@ pub fn ledger_hash(p: &Path) -> Result<String> {
             .read(&mut buf[filled..])
             .with_context(|| format!("cannot read {}", p.display()))?;
         let end = filled + n;
-        let mut start = 0;
+        let (mut start, mut run) = (0, 0);
         while let Some(i) = memchr::memchr(b'\n', &buf[start..end]) {
-            let line = &buf[start..start + i + 1];
-            if !line.starts_with(OPENED) {
+            let line_end = start + i + 1;
+            if buf[start..line_end].starts_with(OPENED) {
+                h.write(&buf[run..start]);
+                run = line_end;
+            } else {
                 any = true;
-                h.write(line);
             }
-            start += i + 1;
+            if prefix == Some(base + line_end as u64) {
+                h.write(&buf[run..line_end]);
+                run = line_end;
+                at_prefix = Some(h.finish_128());
+            }
+            start = line_end;
         }
+        h.write(&buf[run..start]);
         if n == 0 {
             // A last line without its newline.
             let line = &buf[start..end];
@@ -212,17 +234,22 @@ pub fn ledger_hash(p: &Path) -> Result<String> {
                 any = true;
                 h.write(line);
             }
+            if !line.is_empty() && prefix == Some(base + end as u64) {
+                at_prefix = Some(h.finish_128());
+            }
             break;
         }
+        base += start as u64;
         buf.copy_within(start..end, 0);
         filled = end - start;
     }
     // A ledger of `opened` lines alone says what no ledger says.
-    Ok(if any {
+    let whole = if any {
         format!("{:032x}", h.finish_128())
     } else {
         String::new()
-    })
+    };
+    Ok((whole, at_prefix))
 }
 
 /// A file's content hash (XXH3-128, in hex: it tells a changed input from
@@ -442,5 +469,64 @@ impl PlanIndex {
             Some(i) if i != CREATE => Some(self.bodies[i as usize].to_vec()),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_hashes_in_one_read_are_the_hashes_of_the_lines() {
+        let opened = "{\"event\":\"opened\",\"at\":\"2026-01-01T00:00:00Z\"}\n";
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("load.ledger.ndjson");
+        for shape in 0..12 {
+            // Lines of several lengths, `opened` ones among them (first,
+            // in runs, last, the last line without its newline); the hash
+            // of the kept lines up to each line's end.
+            let mut text = String::new();
+            let mut kept = Vec::new();
+            let mut ends = vec![(0, twox_hash::XxHash3_128::oneshot(b""))];
+            for n in 0..40 {
+                if (n * 7 + shape) % 5 == 0 || (shape == 3 && n < 3) {
+                    text.push_str(opened);
+                    ends.push((text.len(), twox_hash::XxHash3_128::oneshot(&kept)));
+                }
+                let pad = "x".repeat((n * shape) % 23);
+                let line = format!("{{\"event\":\"confirmed\",\"n\":{n},\"pad\":\"{pad}\"}}\n");
+                text.push_str(&line);
+                kept.extend_from_slice(line.as_bytes());
+                ends.push((text.len(), twox_hash::XxHash3_128::oneshot(&kept)));
+            }
+            if shape % 2 == 1 {
+                text.pop();
+                kept.pop();
+                ends.pop();
+                ends.push((text.len(), twox_hash::XxHash3_128::oneshot(&kept)));
+            }
+            std::fs::write(&p, &text).unwrap();
+            let whole = format!("{:032x}", twox_hash::XxHash3_128::oneshot(&kept));
+            for block in [1, 3, 7, 64, 1 << 20] {
+                for (at, want) in &ends {
+                    let (h, pre) = ledger_hashes(&p, Some(*at as u64), block).unwrap();
+                    assert_eq!(h, whole, "shape {shape}, block {block}");
+                    assert_eq!(
+                        pre,
+                        Some(*want),
+                        "shape {shape}, block {block}, prefix {at}"
+                    );
+                }
+                for at in [1, 5, text.len() - 2, text.len() + 1] {
+                    let (_, pre) = ledger_hashes(&p, Some(at as u64), block).unwrap();
+                    assert_eq!(
+                        pre, None,
+                        "shape {shape}, block {block}: no line ends at {at}"
+                    );
+                }
+            }
+        }
+        std::fs::write(&p, opened.repeat(3)).unwrap();
+        assert_eq!(ledger_hash(&p).unwrap(), "", "opened lines alone");
     }
 }

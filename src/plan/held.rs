@@ -98,7 +98,7 @@ fn columns(path: &Path, header: &csv::StringRecord, schema: &CustomerSchema) -> 
 /// listed again keeps its first record, its digest marked unusable. Also
 /// how many entries were folded so.
 fn fold(mut entries: Vec<(u128, (u64, u128))>) -> (KeyMap<u128, (u64, u128)>, u64) {
-    entries.sort_unstable_by_key(|(k, (at, _))| (*k, *at));
+    sort_on_two_cores(&mut entries);
     let (mut out, mut collisions) = (0, 0);
     for i in 0..entries.len() {
         if out > 0 && entries[out - 1].0 == entries[i].0 {
@@ -113,6 +113,30 @@ fn fold(mut entries: Vec<(u128, (u64, u128))>) -> (KeyMap<u128, (u64, u128)>, u6
     entries.shrink_to_fit();
     let index = KeyMap::from_sorted(entries).expect("sorted and folded");
     (index, collisions)
+}
+
+/// Sort by key, then offset: split in place by the key's top bit (every
+/// key of the first part sorts before any of the second), each part sorted
+/// on its own core. Keys are hashes, so the parts are near halves.
+fn sort_on_two_cores(entries: &mut [(u128, (u64, u128))]) {
+    let by = |e: &(u128, (u64, u128))| (e.0, e.1 .0);
+    if entries.len() < 1 << 16 {
+        return entries.sort_unstable_by_key(by);
+    }
+    let (mut lo, mut hi) = (0, entries.len());
+    while lo < hi {
+        if entries[lo].0 >> 127 == 0 {
+            lo += 1;
+        } else {
+            hi -= 1;
+            entries.swap(lo, hi);
+        }
+    }
+    let (low, high) = entries.split_at_mut(lo);
+    std::thread::scope(|s| {
+        s.spawn(|| low.sort_unstable_by_key(by));
+        high.sort_unstable_by_key(by);
+    });
 }
 
 /// Index the records `rdr` reads (positions offset by `base`) until one
@@ -495,6 +519,29 @@ impl Present {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sorted_on_two_cores_as_on_one() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+        for n in [0, 1, 1000, 1 << 16, (1 << 16) + 7, 200_000] {
+            // Keys repeat (a source id listed twice), with either top bit.
+            let mut entries: Vec<(u128, (u64, u128))> = Vec::new();
+            for i in 0..n {
+                let k = rng.gen::<u128>() | (u128::from(i % 3 == 0) << 127);
+                let k = if i % 10 == 0 { k & 0xff } else { k };
+                entries.push((k, (rng.gen_range(0..1000), i as u128)));
+            }
+            let mut want = entries.clone();
+            want.sort_by_key(|(k, (at, _))| (*k, *at));
+            let mut got = entries;
+            sort_on_two_cores(&mut got);
+            let keys = |v: &[(u128, (u64, u128))]| {
+                v.iter().map(|(k, (at, _))| (*k, *at)).collect::<Vec<_>>()
+            };
+            assert_eq!(keys(&got), keys(&want), "{n} entries");
+        }
+    }
 
     fn schema() -> CustomerSchema {
         serde_json::from_value(serde_json::json!({"properties": {"tier": {"type": "string"}}}))

@@ -1,9 +1,11 @@
 //! `load.ledger.index`: what a plan made of the ledger's confirmations
 //! ([`Confirmed`]), kept beside the ledger so the next plan reads only the
 //! lines added since. The ledger is append-only, so the index names how much
-//! of it it covers (bytes, lines) and that part's XXH3-128; a plan uses the
-//! index only when the ledger still starts with exactly those bytes, for the
-//! same project. Anything else (another ledger, a damaged or torn index,
+//! of it it covers (bytes, lines) and that part's hash as the plan hashes a
+//! ledger (`file::ledger_hashes`: XXH3-128 of its lines but the `opened`
+//! ones, which say nothing an index keeps; one read gives both). A plan uses
+//! the index only when the ledger still starts with those lines, ending at
+//! that byte, for the same project. Anything else (another ledger, a damaged or torn index,
 //! another version) is not an error: the ledger is read whole, as without
 //! an index. The index is only ever a shortcut; deleting it costs one slow
 //! plan.
@@ -21,14 +23,21 @@ use std::hash::Hasher;
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-const HEADER: &[u8] = b"segsync ledger index 1 (a cache of load.ledger.ndjson; safe to delete)\n";
+const HEADER: &[u8] = b"segsync ledger index 2 (a cache of load.ledger.ndjson; safe to delete)\n";
 
 /// Read the ledger's confirmations for `target`: from its index and the
 /// lines added since, when the index is the ledger's; the whole ledger
 /// otherwise (and the index is written again when more than a little was
 /// read).
 pub fn read(path: &Path, target: &str) -> Result<Confirmed> {
-    let (confirmed, from, end) = super::confirmed::read_from(path, target, load(path, target))?;
+    Ok(read_hashing(path, target)?.0)
+}
+
+/// [`read`], and the ledger's [`super::file::ledger_hash`] when the index
+/// was this ledger's: the ledger is then read once for both hashes.
+pub fn read_hashing(path: &Path, target: &str) -> Result<(Confirmed, Option<String>)> {
+    let (kept, ledger_hash) = load_hashing(path, target);
+    let (confirmed, from, end) = super::confirmed::read_from(path, target, kept)?;
     if end.bytes - from.bytes > rewrite_after() {
         if let Err(e) = save(path, target, end, &confirmed) {
             crate::ui::warn(format!(
@@ -36,7 +45,7 @@ pub fn read(path: &Path, target: &str) -> Result<Confirmed> {
             ));
         }
     }
-    Ok(confirmed)
+    Ok((confirmed, ledger_hash))
 }
 
 /// The index of the ledger at `ledger`.
@@ -51,23 +60,6 @@ pub fn rewrite_after() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1 << 20)
-}
-
-/// The XXH3-128 of the first `len` bytes of `path`; None when it is shorter.
-fn prefix_hash(path: &Path, len: u64) -> Option<u128> {
-    let mut f = std::fs::File::open(path).ok()?.take(len);
-    let mut h = twox_hash::XxHash3_128::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut read = 0u64;
-    loop {
-        let n = f.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        h.write(&buf[..n]);
-        read += n as u64;
-    }
-    (read == len).then(|| h.finish_128())
 }
 
 /// Writes and hashes at once.
@@ -99,7 +91,8 @@ impl<W: Write> Out<W> {
 /// Keep `confirmed`, read from the ledger up to `end`.
 pub fn save(ledger: &Path, target: &str, end: Mark, confirmed: &Confirmed) -> Result<()> {
     let path = path_of(ledger);
-    let hash = prefix_hash(ledger, end.bytes)
+    let hash = (super::file::ledger_hashes(ledger, Some(end.bytes), 1 << 20).ok())
+        .and_then(|(_, prefix)| prefix)
         .with_context(|| format!("{} changed while it was read", ledger.display()))?;
     let mut file = crate::files::AtomicFile::create(&path)?;
     let mut out = Out {
@@ -185,7 +178,25 @@ impl<R: Read> In<R> {
 
 /// The confirmations the index kept and where in the ledger they end,
 /// when the index is this ledger's, for this project, whole.
+#[cfg(test)]
 pub fn load(ledger: &Path, target: &str) -> Option<(Confirmed, Mark)> {
+    load_hashing(ledger, target).0
+}
+
+/// [`load`], and the ledger's hash (read beside the index's prefix hash)
+/// when the index was whole and for this project.
+fn load_hashing(ledger: &Path, target: &str) -> (Option<(Confirmed, Mark)>, Option<String>) {
+    let loaded = load_parts(ledger, target);
+    match loaded {
+        Some((Some(c), mark, whole)) => (Some((c, mark)), whole),
+        Some((None, _, whole)) => (None, whole),
+        None => (None, None),
+    }
+}
+
+type Parts = (Option<Confirmed>, Mark, Option<String>);
+
+fn load_parts(ledger: &Path, target: &str) -> Option<Parts> {
     let path = path_of(ledger);
     let file = std::fs::File::open(&path).ok()?;
     let size = file.metadata().ok()?.len();
@@ -202,16 +213,16 @@ pub fn load(ledger: &Path, target: &str) -> Option<(Confirmed, Mark)> {
         lines: r.u64()?,
     };
     let hash = r.u128()?;
-    // The ledger is hashed beside the index's read.
-    let same = std::thread::scope(|s| {
-        let same = s.spawn(|| prefix_hash(ledger, mark.bytes) == Some(hash));
+    // The ledger is hashed beside the index's read, its prefix as it is
+    // and the whole for the plan's inputs (`file::ledger_hashes`).
+    let (hashes, confirmed) = std::thread::scope(|s| {
+        let hashes = s.spawn(|| super::file::ledger_hashes(ledger, Some(mark.bytes), 1 << 20).ok());
         let confirmed = read_body(&mut r, size);
-        (same.join().unwrap_or(false), confirmed)
+        (hashes.join().ok().flatten(), confirmed)
     });
-    match same {
-        (true, Some(c)) => Some((c, mark)),
-        _ => None,
-    }
+    let (whole, prefix) = hashes?;
+    let confirmed = confirmed.filter(|_| prefix == Some(hash));
+    Some((confirmed, mark, Some(whole)))
 }
 
 fn read_body<R: Read>(r: &mut In<R>, size: u64) -> Option<Confirmed> {

@@ -230,14 +230,14 @@ pub async fn make(
     };
     let input = &files.customers;
     // The ledger first (from its index, `ledger_index`, and the lines added
-    // since; beside the export's index it would add its buffers to the
-    // peak), then the export's index (two halves at once) beside the
+    // since, its hash taken in the read that checks the index; beside the
+    // export's index it would add its buffers to the peak), then the export's index (two halves at once) beside the
     // inputs' hashes, then the rows on every core (`rows`), validated as
     // they are compared.
     let failed = |what: &str| anyhow::anyhow!("plan: reading {what} failed unexpectedly (a panic)");
-    let confirmed = ledger_index::read(&files.ledger, target)?;
+    let (confirmed, ledger_hash) = ledger_index::read_hashing(&files.ledger, target)?;
     let (mut hashes, held) = std::thread::scope(|s| {
-        let hashes = s.spawn(|| inputs(files, &export_path, schema));
+        let hashes = s.spawn(|| inputs_with(files, &export_path, schema, ledger_hash));
         let held = held::HeldFile::open(&export_path, schema);
         let hashes = hashes.join().map_err(|_| failed("the inputs' hashes"));
         Ok::<_, anyhow::Error>((hashes??, held?))
@@ -285,10 +285,23 @@ pub async fn make(
 /// The content hashes of a plan's inputs as they are now (the plan file's
 /// own is filled in once it is written).
 pub fn inputs(files: &state::Beside, export: &Path, schema: &CustomerSchema) -> Result<Hashes> {
+    inputs_with(files, export, schema, None)
+}
+
+/// [`inputs`], the ledger's hash given when it is known already.
+fn inputs_with(
+    files: &state::Beside,
+    export: &Path,
+    schema: &CustomerSchema,
+    ledger: Option<String>,
+) -> Result<Hashes> {
     use sha2::{Digest, Sha256};
     Ok(Hashes {
         customers: file::hash_of(&files.customers)?,
-        ledger: file::ledger_hash(&files.ledger)?,
+        ledger: match ledger {
+            Some(hash) => hash,
+            None => file::ledger_hash(&files.ledger)?,
+        },
         export: file::hash_of(export)?,
         export_file: export.to_path_buf(),
         schema: crate::files::hex(&Sha256::digest(format!("{schema:?}").as_bytes())),
