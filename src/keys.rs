@@ -75,6 +75,8 @@ pub struct KeyMapBuilder<K, V> {
     entries: Vec<(K, V)>,
     /// Entries up to here are sorted and folded.
     folded: usize,
+    /// Room the first push past a seeded map makes (0 once made).
+    tail_room: usize,
 }
 
 impl<K: Key, V: Copy> Default for KeyMapBuilder<K, V> {
@@ -82,13 +84,16 @@ impl<K: Key, V: Copy> Default for KeyMapBuilder<K, V> {
         KeyMapBuilder {
             entries: Vec::new(),
             folded: 0,
+            tail_room: 0,
         }
     }
 }
 
 impl<K: Key, V: Copy> KeyMapBuilder<K, V> {
     pub fn push(&mut self, key: K, value: V, merge: &mut impl FnMut(K, V, V) -> V) {
-        if self.entries.len() == self.entries.capacity() && self.entries.len() >= 1024 {
+        if self.entries.len() == self.entries.capacity() && self.tail_room > 0 {
+            self.entries.reserve(std::mem::take(&mut self.tail_room));
+        } else if self.entries.len() == self.entries.capacity() && self.entries.len() >= 1024 {
             self.fold(merge);
             // Grow (double) only when folding freed less than a quarter.
             if self.entries.len() * 4 > self.entries.capacity() * 3 {
@@ -126,21 +131,24 @@ impl<K: Key, V: Copy> KeyMapBuilder<K, V> {
     }
 
     /// A builder that holds `map` already: what is pushed after it comes
-    /// later (room for an eighth more is made at once, so a short tail does
-    /// not double the vector).
+    /// later (the first push makes room for an eighth more, so a short
+    /// tail does not double the vector, and none copies it).
     pub fn seeded(map: KeyMap<K, V>) -> KeyMapBuilder<K, V> {
-        let mut entries = map.entries;
-        entries.reserve(entries.len() / 8 + 1024);
+        let entries = map.entries;
         KeyMapBuilder {
             folded: entries.len(),
+            tail_room: entries.len() / 8 + 1024,
             entries,
         }
     }
 
-    /// The map, sorted and folded, its unused room given back.
+    /// The map, sorted and folded, its unused room given back (a seeded
+    /// map nothing was pushed to is given back as it came).
     pub fn finish(mut self, merge: &mut impl FnMut(K, V, V) -> V) -> KeyMap<K, V> {
         self.fold(merge);
-        self.entries.shrink_to_fit();
+        if self.entries.capacity() > self.entries.len() {
+            self.entries.shrink_to_fit();
+        }
         KeyMap::indexed(self.entries)
     }
 }
