@@ -5,7 +5,10 @@
 //! ledger (`file::ledger_hashes`: XXH3-128 of its lines but the `opened`
 //! ones, which say nothing an index keeps; one read gives both). A plan uses
 //! the index only when the ledger still starts with those lines, ending at
-//! that byte, for the same project. Anything else (another ledger, a damaged or torn index,
+//! that byte, for the same project. When the index covered the whole ledger
+//! it also keeps the ledger's length and modification time and the plan's
+//! hash of it; a ledger that still has them, modified before the index was
+//! written, is not read again ([`Stamp::vouches`]). Anything else (another ledger, a damaged or torn index,
 //! another version) is not an error: the ledger is read whole, as without
 //! an index. The index is only ever a shortcut; deleting it costs one slow
 //! plan.
@@ -22,8 +25,9 @@ use std::collections::HashMap;
 use std::hash::Hasher;
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
 
-const HEADER: &[u8] = b"segsync ledger index 2 (a cache of load.ledger.ndjson; safe to delete)\n";
+const HEADER: &[u8] = b"segsync ledger index 3 (a cache of load.ledger.ndjson; safe to delete)\n";
 
 /// Read the ledger's confirmations for `target`: from its index and the
 /// lines added since, when the index is the ledger's; the whole ledger
@@ -91,9 +95,12 @@ impl<W: Write> Out<W> {
 /// Keep `confirmed`, read from the ledger up to `end`.
 pub fn save(ledger: &Path, target: &str, end: Mark, confirmed: &Confirmed) -> Result<()> {
     let path = path_of(ledger);
-    let hash = (super::file::ledger_hashes(ledger, Some(end.bytes), 1 << 20).ok())
-        .and_then(|(_, prefix)| prefix)
-        .with_context(|| format!("{} changed while it was read", ledger.display()))?;
+    let before = Stamp::of(ledger);
+    let (whole, hash) = super::file::ledger_hashes(ledger, Some(end.bytes), 1 << 20)?;
+    let hash = hash.with_context(|| format!("{} changed while it was read", ledger.display()))?;
+    // The stamp vouches for the ledger only when it ended at `end` and did
+    // not change while it was hashed.
+    let vouched = before.filter(|b| b.len == end.bytes && Stamp::of(ledger) == Some(*b));
     let mut file = crate::files::AtomicFile::create(&path)?;
     let mut out = Out {
         w: file.writer(),
@@ -105,6 +112,16 @@ pub fn save(ledger: &Path, target: &str, end: Mark, confirmed: &Confirmed) -> Re
         out.u64(end.bytes)?;
         out.u64(end.lines)?;
         out.u128(hash)?;
+        let none = Stamp {
+            len: u64::MAX,
+            secs: 0,
+            nanos: 0,
+        };
+        let stamp = vouched.unwrap_or(none);
+        out.u64(stamp.len)?;
+        out.u64(stamp.secs)?;
+        out.u32(stamp.nanos)?;
+        out.text(if vouched.is_some() { &whole } else { "" })?;
         out.u32(confirmed.field_lists.len() as u32)?;
         for list in &confirmed.field_lists {
             out.u32(list.len() as u32)?;
@@ -213,6 +230,16 @@ fn load_parts(ledger: &Path, target: &str) -> Option<Parts> {
         lines: r.u64()?,
     };
     let hash = r.u128()?;
+    let kept = Stamp {
+        len: r.u64()?,
+        secs: r.u64()?,
+        nanos: r.u32()?,
+    };
+    let kept_whole = r.text(size)?;
+    if kept.vouches(ledger, mark, &path) {
+        let confirmed = read_body(&mut r, size);
+        return Some((confirmed, mark, Some(kept_whole)));
+    }
     // The ledger is hashed beside the index's read, its prefix as it is
     // and the whole for the plan's inputs (`file::ledger_hashes`).
     let (hashes, confirmed) = std::thread::scope(|s| {
@@ -223,6 +250,41 @@ fn load_parts(ledger: &Path, target: &str) -> Option<Parts> {
     let (whole, prefix) = hashes?;
     let confirmed = confirmed.filter(|_| prefix == Some(hash));
     Some((confirmed, mark, Some(whole)))
+}
+
+/// A ledger's length and modification time, as the file system gives them.
+#[derive(Clone, Copy, PartialEq, Debug)]
+struct Stamp {
+    len: u64,
+    secs: u64,
+    nanos: u32,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Stamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        let t = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?;
+        Some(Stamp {
+            len: meta.len(),
+            secs: t.as_secs(),
+            nanos: t.subsec_nanos(),
+        })
+    }
+
+    /// Whether this stamp, kept in the index at `index`, stands for the
+    /// ledger's bytes as the index read them, so the ledger need not be
+    /// read again: it has the kept length and modification time, ends at
+    /// the mark, and was last modified before the index was written (git's
+    /// rule for a "racily clean" file: a change in the second the index was
+    /// written could keep both). A ledger is only appended to, which changes
+    /// its length; anything else is hashed as without a stamp.
+    fn vouches(&self, ledger: &Path, mark: Mark, index: &Path) -> bool {
+        let modified = UNIX_EPOCH + std::time::Duration::new(self.secs, self.nanos);
+        let index_written = std::fs::metadata(index).and_then(|m| m.modified()).ok();
+        self.len == mark.bytes
+            && Stamp::of(ledger) == Some(*self)
+            && index_written.is_some_and(|w| w > modified)
+    }
 }
 
 fn read_body<R: Read>(r: &mut In<R>, size: u64) -> Option<Confirmed> {
@@ -373,5 +435,62 @@ mod tests {
         std::fs::write(path_of(&p), &index[..index.len() / 2]).unwrap();
         assert!(load(&p, "t").is_none(), "torn");
         assert_eq!(seen(&read(&p, "t").unwrap()), expected);
+    }
+
+    fn set_mtime(path: &Path, t: std::time::SystemTime) {
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(t).unwrap();
+    }
+
+    /// A ledger the index's stamp vouches for is not read again; one
+    /// modified no earlier than the index was written is read.
+    #[test]
+    fn a_stamp_vouches_only_for_a_ledger_modified_before_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("load.ledger.ndjson");
+        let text = ledger(0..60);
+        std::fs::write(&p, &text).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        set_mtime(&p, old);
+        let kept = read(&p, "t").unwrap();
+        let mark = Mark {
+            bytes: text.len() as u64,
+            lines: text.lines().count() as u64,
+        };
+        save(&p, "t", mark, &kept).unwrap();
+        let hash = super::super::file::ledger_hash(&p).unwrap();
+        assert!(!hash.is_empty());
+        let (used, kept_hash) = load_hashing(&p, "t");
+        assert!(used.is_some(), "the index is used");
+        assert_eq!(
+            kept_hash,
+            Some(hash.clone()),
+            "the kept hash is the ledger's"
+        );
+        // Changed in place, as long as before, its modification time put
+        // back: the stamp still vouches (what git's index does too); the
+        // ledger is not read.
+        let changed = text.replacen("\"a1\"", "\"b1\"", 1);
+        assert_eq!(changed.len(), text.len());
+        std::fs::write(&p, &changed).unwrap();
+        set_mtime(&p, old);
+        assert_eq!(load_hashing(&p, "t").1, Some(hash.clone()), "vouched for");
+        // The index written no later than that modification (racily
+        // clean): the ledger is read, and the change seen.
+        set_mtime(&path_of(&p), old);
+        let (used, fresh) = load_hashing(&p, "t");
+        assert!(used.is_none(), "the changed prefix is seen");
+        let changed_hash = super::super::file::ledger_hash(&p).unwrap();
+        assert_ne!(changed_hash, hash);
+        assert_eq!(fresh, Some(changed_hash));
+        // Grown since (an append): read, the index used for its part.
+        let grown = dir.path().join("grown.ndjson");
+        std::fs::write(&grown, &text).unwrap();
+        set_mtime(&grown, old);
+        save(&grown, "t", mark, &kept).unwrap();
+        std::fs::write(&grown, ledger(0..80)).unwrap();
+        let (used, h) = load_hashing(&grown, "t");
+        assert!(used.is_some());
+        assert_eq!(h, Some(super::super::file::ledger_hash(&grown).unwrap()));
     }
 }
