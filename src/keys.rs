@@ -77,6 +77,8 @@ pub struct KeyMapBuilder<K, V> {
     folded: usize,
     /// Room the first push past a seeded map makes (0 once made).
     tail_room: usize,
+    /// A seeded map's directory, while nothing was pushed after it.
+    seed_dir: Option<(Vec<u32>, u32)>,
 }
 
 impl<K: Key, V: Copy> Default for KeyMapBuilder<K, V> {
@@ -85,12 +87,14 @@ impl<K: Key, V: Copy> Default for KeyMapBuilder<K, V> {
             entries: Vec::new(),
             folded: 0,
             tail_room: 0,
+            seed_dir: None,
         }
     }
 }
 
 impl<K: Key, V: Copy> KeyMapBuilder<K, V> {
     pub fn push(&mut self, key: K, value: V, merge: &mut impl FnMut(K, V, V) -> V) {
+        self.seed_dir = None;
         if self.entries.len() == self.entries.capacity() && self.tail_room > 0 {
             self.entries.reserve(std::mem::take(&mut self.tail_room));
         } else if self.entries.len() == self.entries.capacity() && self.entries.len() >= 1024 {
@@ -127,6 +131,7 @@ impl<K: Key, V: Copy> KeyMapBuilder<K, V> {
 
     /// Add entries pushed after every entry already here.
     pub fn extend(&mut self, later: Vec<(K, V)>) {
+        self.seed_dir = None;
         self.entries.extend(later);
     }
 
@@ -139,12 +144,20 @@ impl<K: Key, V: Copy> KeyMapBuilder<K, V> {
             folded: entries.len(),
             tail_room: entries.len() / 8 + 1024,
             entries,
+            seed_dir: Some((map.dir, map.bits)),
         }
     }
 
     /// The map, sorted and folded, its unused room given back (a seeded
     /// map nothing was pushed to is given back as it came).
     pub fn finish(mut self, merge: &mut impl FnMut(K, V, V) -> V) -> KeyMap<K, V> {
+        if let Some((dir, bits)) = self.seed_dir.take() {
+            return KeyMap {
+                entries: self.entries,
+                dir,
+                bits,
+            };
+        }
         self.fold(merge);
         if self.entries.capacity() > self.entries.len() {
             self.entries.shrink_to_fit();
@@ -344,5 +357,32 @@ mod tests {
         for k in [0u64, 1, u64::MAX - 1, u64::MAX] {
             assert_eq!(e.get(k), Some(k));
         }
+    }
+
+    #[test]
+    fn a_seeded_map_finds_its_keys_and_the_ones_pushed_after() {
+        let build = |n: u64| {
+            let mut m = KeyMapBuilder::default();
+            for i in 0..n {
+                m.push(h64(&format!("s{i}")), i, &mut later);
+            }
+            m.finish(&mut later)
+        };
+        // Given back as it came: its directory still finds every key.
+        let kept = KeyMapBuilder::seeded(build(5000)).finish(&mut later);
+        for i in 0..5000u64 {
+            assert_eq!(kept.get(h64(&format!("s{i}"))), Some(i));
+        }
+        assert_eq!(kept.get(h64("s5000")), None);
+        // Pushed after: a new directory over both, later pushes winning.
+        let mut m = KeyMapBuilder::seeded(kept);
+        m.push(h64("s7"), 70, &mut later);
+        m.push(h64("new"), 1, &mut later);
+        let m = m.finish(&mut later);
+        assert_eq!(
+            (m.len(), m.get(h64("s7")), m.get(h64("new"))),
+            (5001, Some(70), Some(1))
+        );
+        assert_eq!(m.get(h64("s4999")), Some(4999));
     }
 }

@@ -156,17 +156,47 @@ pub fn save(ledger: &Path, target: &str, end: Mark, confirmed: &Confirmed) -> Re
     file.commit()
 }
 
-/// Reads and hashes at once; a short read is None.
-struct In<R: Read> {
-    r: R,
+/// The index's file as read, hashed a buffer at a time as it comes in (all
+/// but its last 8 bytes, the sum they must give).
+struct Hashed {
+    f: std::fs::File,
     h: twox_hash::XxHash3_64,
+    left: u64,
 }
 
-impl<R: Read> In<R> {
+impl Read for Hashed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.f.read(buf)?;
+        let k = (n as u64).min(self.left) as usize;
+        self.h.write(&buf[..k]);
+        self.left -= k as u64;
+        Ok(n)
+    }
+}
+
+/// Reads the index's fields; a short read is None.
+struct In {
+    r: BufReader<Hashed>,
+    size: u64,
+}
+
+impl In {
+    fn open(path: &Path) -> Option<In> {
+        let f = std::fs::File::open(path).ok()?;
+        let size = f.metadata().ok()?.len();
+        let hashed = Hashed {
+            f,
+            h: twox_hash::XxHash3_64::new(),
+            left: size.checked_sub(8)?,
+        };
+        Some(In {
+            r: BufReader::with_capacity(1 << 20, hashed),
+            size,
+        })
+    }
     fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
         let mut b = [0u8; N];
         self.r.read_exact(&mut b).ok()?;
-        self.h.write(&b);
         Some(b)
     }
     fn u32(&mut self) -> Option<u32> {
@@ -180,16 +210,24 @@ impl<R: Read> In<R> {
     }
     /// A count of items at least `each` bytes long: None when the file
     /// could not hold that many (a damaged count never allocates).
-    fn count(&mut self, n: u64, each: u64, size: u64) -> Option<usize> {
-        (n.saturating_mul(each) <= size).then_some(n as usize)
+    fn count(&self, n: u64, each: u64) -> Option<usize> {
+        (n.saturating_mul(each) <= self.size).then_some(n as usize)
     }
-    fn text(&mut self, size: u64) -> Option<String> {
+    fn text(&mut self) -> Option<String> {
         let n = self.u32()? as u64;
-        let n = self.count(n, 1, size)?;
+        let n = self.count(n, 1)?;
         let mut b = vec![0u8; n];
         self.r.read_exact(&mut b).ok()?;
-        self.h.write(&b);
         String::from_utf8(b).ok()
+    }
+    /// The file ends here with the sum of everything before it.
+    fn at_sum(&mut self) -> Option<()> {
+        let stored = self.take::<8>()?;
+        let mut rest = [0u8; 1];
+        let at_end = matches!(self.r.read(&mut rest), Ok(0));
+        let hashed = self.r.get_ref();
+        (at_end && hashed.left == 0 && hashed.h.finish() == u64::from_le_bytes(stored))
+            .then_some(())
     }
 }
 
@@ -215,14 +253,9 @@ type Parts = (Option<Confirmed>, Mark, Option<String>);
 
 fn load_parts(ledger: &Path, target: &str) -> Option<Parts> {
     let path = path_of(ledger);
-    let file = std::fs::File::open(&path).ok()?;
-    let size = file.metadata().ok()?.len();
-    let mut r = In {
-        r: BufReader::with_capacity(1 << 20, file),
-        h: twox_hash::XxHash3_64::new(),
-    };
+    let mut r = In::open(&path)?;
     let header: [u8; HEADER.len()] = r.take()?;
-    if header != HEADER || r.text(size)? != target {
+    if header != HEADER || r.text()? != target {
         return None;
     }
     let mark = Mark {
@@ -235,16 +268,16 @@ fn load_parts(ledger: &Path, target: &str) -> Option<Parts> {
         secs: r.u64()?,
         nanos: r.u32()?,
     };
-    let kept_whole = r.text(size)?;
+    let kept_whole = r.text()?;
     if kept.vouches(ledger, mark, &path) {
-        let confirmed = read_body(&mut r, size);
+        let confirmed = read_body(&mut r);
         return Some((confirmed, mark, Some(kept_whole)));
     }
     // The ledger is hashed beside the index's read, its prefix as it is
     // and the whole for the plan's inputs (`file::ledger_hashes`).
     let (hashes, confirmed) = std::thread::scope(|s| {
         let hashes = s.spawn(|| super::file::ledger_hashes(ledger, Some(mark.bytes), 1 << 20).ok());
-        let confirmed = read_body(&mut r, size);
+        let confirmed = read_body(&mut r);
         (hashes.join().ok().flatten(), confirmed)
     });
     let (whole, prefix) = hashes?;
@@ -287,20 +320,20 @@ impl Stamp {
     }
 }
 
-fn read_body<R: Read>(r: &mut In<R>, size: u64) -> Option<Confirmed> {
+fn read_body(r: &mut In) -> Option<Confirmed> {
     let n = r.u32()? as u64;
-    let mut field_lists = Vec::with_capacity(r.count(n, 4, size)?);
+    let mut field_lists = Vec::with_capacity(r.count(n, 4)?);
     for _ in 0..n {
         let m = r.u32()? as u64;
-        let mut list = Vec::with_capacity(r.count(m, 4, size)?);
+        let mut list = Vec::with_capacity(r.count(m, 4)?);
         for _ in 0..m {
-            list.push(r.text(size)?);
+            list.push(r.text()?);
         }
         field_lists.push(list);
     }
     let lists = field_lists.len() as u64;
     let n = r.u64()?;
-    let mut by_source = Vec::with_capacity(r.count(n, 36, size)?);
+    let mut by_source = Vec::with_capacity(r.count(n, 36)?);
     for _ in 0..n {
         let (k, content, rest, cleared) = (r.u128()?, r.u64()?, r.u64()?, r.u32()?);
         let p = Packed(content, rest, cleared);
@@ -311,27 +344,22 @@ fn read_body<R: Read>(r: &mut In<R>, size: u64) -> Option<Confirmed> {
         by_source.push((k, p));
     }
     let n = r.u64()?;
-    let mut by_profile = Vec::with_capacity(r.count(n, 32, size)?);
+    let mut by_profile = Vec::with_capacity(r.count(n, 32)?);
     for _ in 0..n {
         by_profile.push((r.u128()?, r.u128()?));
     }
     let n = r.u32()? as u64;
-    let mut earlier = HashMap::with_capacity(r.count(n, 20, size)?);
+    let mut earlier = HashMap::with_capacity(r.count(n, 20)?);
     for _ in 0..n {
         let k = r.u128()?;
         let m = r.u32()? as u64;
-        let mut olds = Vec::with_capacity(r.count(m, 16, size)?);
+        let mut olds = Vec::with_capacity(r.count(m, 16)?);
         for _ in 0..m {
             olds.push(r.u128()?);
         }
         earlier.insert(k, olds);
     }
-    let sum = r.h.finish();
-    let mut stored = [0u8; 8];
-    r.r.read_exact(&mut stored).ok()?;
-    let mut rest = [0u8; 1];
-    let at_end = matches!(r.r.read(&mut rest), Ok(0));
-    (u64::from_le_bytes(stored) == sum && at_end).then_some(())?;
+    r.at_sum()?;
     Some(Confirmed {
         by_source: KeyMap::from_sorted(by_source)?,
         by_profile: KeyMap::from_sorted(by_profile)?,
