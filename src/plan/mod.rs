@@ -229,19 +229,29 @@ pub async fn make(
         Exported::Unknown(why) => return Ok(Err(why.clone())),
     };
     let input = &files.customers;
-    // The ledger first (from its index, `ledger_index`, and the lines added
-    // since, its hash taken in the read that checks the index; beside the
-    // export's index it would add its buffers to the peak), then the export's index (two halves at once) beside the
-    // inputs' hashes, then the rows on every core (`rows`), validated as
-    // they are compared.
+    // The export's index (two halves at once) beside the ledger (from its
+    // index, `ledger_index`, and the lines added since; its hash from the
+    // index's stamp or the read that checks the index), then beside the
+    // inputs' hashes; then the rows on every core (`rows`), validated as
+    // they are compared. (The ledger's index no longer grows and shrinks
+    // its entries, so the two reads together stay under the rows' peak.)
     let failed = |what: &str| anyhow::anyhow!("plan: reading {what} failed unexpectedly (a panic)");
-    let (confirmed, ledger_hash) = ledger_index::read_hashing(&files.ledger, target)?;
-    let (mut hashes, held) = std::thread::scope(|s| {
-        let hashes = s.spawn(|| inputs_with(files, &export_path, schema, ledger_hash));
-        let held = held::HeldFile::open(&export_path, schema);
-        let hashes = hashes.join().map_err(|_| failed("the inputs' hashes"));
-        Ok::<_, anyhow::Error>((hashes??, held?))
+    let (confirmed, hashes, held) = std::thread::scope(|s| {
+        let held = s.spawn(|| held::HeldFile::open(&export_path, schema));
+        let ledger = ledger_index::read_hashing(&files.ledger, target);
+        let files_hashes = s.spawn(|| inputs_with(files, &export_path, schema, Some(None)));
+        let (confirmed, ledger_hash) = ledger?;
+        let mut hashes = files_hashes
+            .join()
+            .map_err(|_| failed("the inputs' hashes"))??;
+        hashes.ledger = match ledger_hash {
+            Some(hash) => hash,
+            None => file::ledger_hash(&files.ledger)?,
+        };
+        let held = held.join().map_err(|_| failed("the export"))??;
+        Ok::<_, anyhow::Error>((confirmed, hashes, held))
     })?;
+    let mut hashes = hashes;
     let mut writer = PlanWriter::create(&files.plan)?;
     let mut ids = orphans::Identities::new(&held);
     let mut counts = Counts {
@@ -288,18 +298,19 @@ pub fn inputs(files: &state::Beside, export: &Path, schema: &CustomerSchema) -> 
     inputs_with(files, export, schema, None)
 }
 
-/// [`inputs`], the ledger's hash given when it is known already.
+/// [`inputs`], the ledger's hash given when it is known already
+/// (`Some(None)`: left empty, for the caller to fill in).
 fn inputs_with(
     files: &state::Beside,
     export: &Path,
     schema: &CustomerSchema,
-    ledger: Option<String>,
+    ledger: Option<Option<String>>,
 ) -> Result<Hashes> {
     use sha2::{Digest, Sha256};
     Ok(Hashes {
         customers: file::hash_of(&files.customers)?,
         ledger: match ledger {
-            Some(hash) => hash,
+            Some(hash) => hash.unwrap_or_default(),
             None => file::ledger_hash(&files.ledger)?,
         },
         export: file::hash_of(export)?,
