@@ -17,6 +17,7 @@ use super::flat::Meta;
 use crate::fields::STANDARD;
 use crate::mapping::metadata_schema::Definition;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// How a field's values compare (the comparison's `same`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,14 +208,15 @@ impl Layout {
     /// comparable column and a value of its field's kind; None otherwise.
     pub fn of_body(&self, body: &Map<String, Value>) -> Option<u128> {
         let mut standard: [Option<&Value>; 11] = Default::default();
-        let mut metadata: Vec<(&str, Meta)> = Vec::new();
+        let mut metadata: Vec<(Cow<str>, Meta)> = Vec::new();
         let mut source_id = None;
         for (k, v) in body {
             match (k.as_str(), v) {
                 ("source_id", Value::String(s)) => source_id = Some(s.as_str()),
-                ("metadata", Value::Object(m)) => {
-                    metadata.extend(m.iter().map(|(k, v)| (k.as_str(), Meta::of(v))))
-                }
+                ("metadata", Value::Object(m)) => metadata.extend(
+                    m.iter()
+                        .map(|(k, v)| (Cow::Borrowed(k.as_str()), Meta::of(v))),
+                ),
                 ("address", Value::Object(m)) => {
                     for (k, v) in m {
                         standard[standard_index(&format!("address.{k}"))?] = Some(v);
@@ -233,7 +235,8 @@ impl Layout {
                 );
             }
         }
-        self.metadata_fields(&mut b, metadata)?;
+        metadata.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.metadata_fields(&mut b, &metadata)?;
         Some(b.finish())
     }
 
@@ -266,18 +269,21 @@ impl Layout {
             }
         }
         let metadata = metadata.into_iter().flatten();
-        let metadata = metadata.map(|(k, v)| (k.as_str(), Meta::of(v))).collect();
-        self.of_cells(source_id, &standard, metadata)
+        let mut metadata: Vec<(Cow<str>, Meta)> = (metadata)
+            .map(|(k, v)| (Cow::Borrowed(k.as_str()), Meta::of(v)))
+            .collect();
+        metadata.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.of_cells(source_id, &standard, &metadata)
     }
 
     /// [`Layout::of_row`] from the row's cells: its source id, its standard
     /// fields' cells (`STANDARD`'s order, None when empty) and its metadata
-    /// (`flat::parse`).
+    /// (`flat::parse`: sorted by key, each key once).
     pub fn of_cells(
         &self,
         source_id: &str,
         standard: &[Option<&str>; 11],
-        metadata: Vec<(&str, Meta)>,
+        metadata: &[(Cow<str>, Meta)],
     ) -> Option<u128> {
         let mut b = Builder::new(source_id);
         for (i, v) in standard.iter().enumerate() {
@@ -290,12 +296,12 @@ impl Layout {
         Some(b.finish())
     }
 
-    /// The metadata keys' fields, by key: None when a key has no comparable
-    /// column or a value of another kind.
-    fn metadata_fields(&self, b: &mut Builder, mut metadata: Vec<(&str, Meta)>) -> Option<()> {
-        metadata.sort_unstable_by_key(|(k, _)| *k);
+    /// The metadata keys' fields, `metadata` sorted by key: None when a key
+    /// has no comparable column or a value of another kind.
+    fn metadata_fields(&self, b: &mut Builder, metadata: &[(Cow<str>, Meta)]) -> Option<()> {
         let mut at = 0;
         for (key, v) in metadata {
+            let key = key.as_ref();
             // Both lists are sorted by key: walk them together.
             while self
                 .metadata
@@ -305,7 +311,7 @@ impl Layout {
                 at += 1;
             }
             let (k, _, kind) = self.metadata.get(at).filter(|(k, _, _)| k == key)?;
-            b.field((1, k), value_form(*kind, &v)?);
+            b.field((1, k), value_form(*kind, v)?);
         }
         Some(())
     }

@@ -285,13 +285,10 @@ fn unchanged_from_cells(
         None => Vec::new(),
     };
     let standard: &[Option<&str>; 11] = cells.at[1..12].try_into().ok()?;
-    let metadata = (metadata.iter())
-        .map(|(k, v)| (k.as_ref(), v.clone()))
-        .collect();
     let same = shared
         .held
         .layout()
-        .of_cells(source_id, standard, metadata)?
+        .of_cells(source_id, standard, &metadata)?
         == digest;
     same.then(|| Verdict::Unchanged(Seen::of(found, source_id, cells.at[13], shared.confirmed)))
 }
