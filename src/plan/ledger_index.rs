@@ -8,7 +8,8 @@
 //! that byte, for the same project. When the index covered the whole ledger
 //! it also keeps the ledger's length and modification time and the plan's
 //! hash of it; a ledger that still has them, modified before the index was
-//! written, is not read again ([`Stamp::vouches`]). Anything else (another ledger, a damaged or torn index,
+//! written, is not read again ([`Stamp::vouches`]). Anything else (another
+//! ledger, a damaged or torn index,
 //! another version) is not an error: the ledger is read whole, as without
 //! an index. The index is only ever a shortcut; deleting it costs one slow
 //! plan.
@@ -270,8 +271,10 @@ fn load_parts(ledger: &Path, target: &str) -> Option<Parts> {
     };
     let kept_whole = r.text()?;
     if kept.vouches(ledger, mark, &path) {
+        // The kept hash counts only when the index checks out whole.
         let confirmed = read_body(&mut r);
-        return Some((confirmed, mark, Some(kept_whole)));
+        let whole = confirmed.as_ref().map(|_| kept_whole);
+        return Some((confirmed, mark, whole));
     }
     // The ledger is hashed beside the index's read, its prefix as it is
     // and the whole for the plan's inputs (`file::ledger_hashes`).
@@ -458,6 +461,11 @@ mod tests {
             bad[at] ^= 0x20;
             std::fs::write(path_of(&p), &bad).unwrap();
             assert!(load(&p, "t").is_none(), "byte {at} changed");
+            let hash = super::super::file::ledger_hash(&p).unwrap();
+            assert!(
+                load_hashing(&p, "t").1.is_none_or(|h| h == hash),
+                "byte {at} changed: a hash that is not the ledger's"
+            );
             assert_eq!(seen(&read(&p, "t").unwrap()), expected, "byte {at} changed");
         }
         std::fs::write(path_of(&p), &index[..index.len() / 2]).unwrap();
@@ -495,6 +503,18 @@ mod tests {
             Some(hash.clone()),
             "the kept hash is the ledger's"
         );
+        // A damaged kept hash (the index's sum no longer holds) is not given.
+        let index = std::fs::read(path_of(&p)).unwrap();
+        let at = HEADER.len() + 4 + 1 + 16 + 16 + 8 + 8 + 4 + 4;
+        let mut bad = index.clone();
+        bad[at] ^= 0x01;
+        std::fs::write(path_of(&p), &bad).unwrap();
+        let (used, given) = load_hashing(&p, "t");
+        assert!(
+            used.is_none() && given.as_ref().is_none_or(|h| *h == hash),
+            "{given:?}"
+        );
+        std::fs::write(path_of(&p), &index).unwrap();
         // Changed in place, as long as before, its modification time put
         // back: the stamp still vouches (what git's index does too); the
         // ledger is not read.
