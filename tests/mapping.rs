@@ -297,6 +297,46 @@ async fn run_sends_early_no_row_the_schema_refuses_or_a_duplicate_could_not_undo
     }
 }
 
+/// Nor does `run` send early a new customer without a key the schema
+/// requires: "If you do not include required metadata when sending a
+/// request, Voucherify rejects it with a validation error" (the load names
+/// such rows before sending). The sandbox counts every customer a bulk
+/// request carries, refused or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_sends_early_no_new_customer_without_a_key_the_schema_requires() {
+    let mut required = schema(true);
+    required["properties"]["campaign"]["optional"] = json!(false);
+    let sb = sandbox(SandboxOptions {
+        metadata_schema: Some(required),
+        ..opts(240)
+    })
+    .await;
+    let dir = tempdir();
+    std::fs::write(dir.path().join("segsync.toml"), MAPPING).unwrap();
+    let r = segsync(dir.path(), Some(&sb), &["run"]).await;
+    assert!(r.stderr.contains("(optional: false)"), "{}", r.all());
+    let rows = read_csv(&data(dir.path()).join("customers.csv"));
+    let lacking: Vec<&str> = (rows.iter())
+        .filter(|row| {
+            let meta: Value = serde_json::from_str(&row["metadata"]).unwrap_or(json!({}));
+            meta.get("campaign").is_none_or(Value::is_null)
+        })
+        .map(|row| row["source_id"].as_str())
+        .collect();
+    assert!(
+        !lacking.is_empty() && lacking.len() < rows.len(),
+        "{lacking:?}"
+    );
+    let received = sb.receipts();
+    assert!(!received.is_empty(), "nothing was sent early: {}", r.stderr);
+    for sid in lacking {
+        assert!(
+            !received.contains_key(sid),
+            "{sid} was sent without campaign"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_mapping_files_are_usage_errors_that_say_where() {
     let dir = tempdir();

@@ -82,8 +82,7 @@ async fn run_sends_customers_while_extract_runs_and_ends_exact() {
 async fn a_kill_9_in_a_pipelined_run_resumes_exactly() {
     let sb = sandbox(paced(600)).await;
     let dir = tempdir();
-    let args = ["run"];
-    let mut child = command(dir.path(), Some(&sb), &args).spawn().unwrap();
+    let mut child = command(dir.path(), Some(&sb), &["run"]).spawn().unwrap();
     let ledger = data(dir.path()).join("load.ledger.ndjson");
     let confirmed = || {
         std::fs::read_to_string(&ledger)
@@ -106,7 +105,7 @@ async fn a_kill_9_in_a_pipelined_run_resumes_exactly() {
     assert!(confirmed() >= 3, "batches were confirmed during extract");
     child.start_kill().unwrap();
     child.wait().await.unwrap();
-    let r = segsync(dir.path(), Some(&sb), &args).await;
+    let r = segsync(dir.path(), Some(&sb), &["run"]).await;
     assert_eq!(r.code, 0, "{}", r.all());
     assert_exact(&sb, &r.all());
     // In flight at the kill: at most the load's concurrency in batches.
