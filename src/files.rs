@@ -25,6 +25,40 @@ pub fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// A reader that hashes what it reads (XXH3-128, as `plan::file::hash_of`
+/// hashes a file): one read both parses a file and gives its hash.
+pub struct Hashing<R> {
+    inner: R,
+    hash: twox_hash::XxHash3_128,
+    /// The inner reader said it was at its end.
+    ended: bool,
+}
+
+impl<R: Read> Hashing<R> {
+    pub fn new(inner: R) -> Hashing<R> {
+        Hashing {
+            inner,
+            hash: twox_hash::XxHash3_128::new(),
+            ended: false,
+        }
+    }
+
+    /// The hash of everything read, once the inner reader was read to its
+    /// end (None before: a hash of part of a file is no file's hash).
+    pub fn finish(&self) -> Option<u128> {
+        self.ended.then(|| self.hash.finish_128())
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.ended |= n == 0 && !buf.is_empty();
+        self.hash.write(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// A file written aside (owner-only, in the target's directory) and renamed
 /// over the target only by [`AtomicFile::commit`]: a crash or an error at
 /// any point leaves the previous file untouched.

@@ -124,9 +124,11 @@ fn value_form<'a>(kind: Kind, v: &'a Meta<'a>) -> Option<Form<'a>> {
     })
 }
 
-/// Builds one digest: the source id, then each field's path and form, in
-/// the standard fields' order and then by metadata key, each piece with its
-/// length, hashed at once (XXH3, 128 bits).
+/// Builds one digest: the source id, then each field's place and form, in
+/// the standard fields' order and then by metadata key, each text with its
+/// length, hashed at once (XXH3, 128 bits). A field's place is its index
+/// among the standard fields or the layout's metadata keys: a digest is
+/// compared only with one made by the same layout, in the same run.
 struct Builder(Vec<u8>);
 
 thread_local! {
@@ -149,9 +151,9 @@ impl Builder {
         self.0.extend_from_slice(b);
     }
 
-    fn field(&mut self, path: (u8, &str), form: Form) {
-        self.0.push(path.0);
-        self.bytes(path.1.as_bytes());
+    fn field(&mut self, place: (u8, usize), form: Form) {
+        self.0.push(place.0);
+        self.0.extend_from_slice(&(place.1 as u32).to_le_bytes());
         match form {
             Form::Text(s) => {
                 self.0.push(b's');
@@ -193,12 +195,12 @@ impl Layout {
         let mut b = Builder::new(source_id);
         for (i, col) in self.standard.iter().enumerate() {
             if let Some(cell) = col.and_then(|c| rec.get(c)).filter(|c| !c.is_empty()) {
-                b.field((0, STANDARD[i].path), cell_form(Kind::standard(i), cell));
+                b.field((0, i), cell_form(Kind::standard(i), cell));
             }
         }
-        for (key, col, kind) in &self.metadata {
+        for (j, (_, col, kind)) in self.metadata.iter().enumerate() {
             if let Some(cell) = rec.get(*col).filter(|c| !c.is_empty()) {
-                b.field((1, key), cell_form(*kind, cell));
+                b.field((1, j), cell_form(*kind, cell));
             }
         }
         b.finish()
@@ -229,10 +231,7 @@ impl Layout {
         for (i, v) in standard.iter().enumerate() {
             if let Some(v) = v {
                 self.standard[i]?;
-                b.field(
-                    (0, STANDARD[i].path),
-                    value_form(Kind::standard(i), &Meta::of(v))?,
-                );
+                b.field((0, i), value_form(Kind::standard(i), &Meta::of(v))?);
             }
         }
         metadata.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -289,7 +288,7 @@ impl Layout {
         for (i, v) in standard.iter().enumerate() {
             if let Some(v) = v {
                 self.standard[i]?;
-                b.field((0, STANDARD[i].path), text_form(Kind::standard(i), v)?);
+                b.field((0, i), text_form(Kind::standard(i), v)?);
             }
         }
         self.metadata_fields(&mut b, metadata)?;
@@ -310,8 +309,8 @@ impl Layout {
             {
                 at += 1;
             }
-            let (k, _, kind) = self.metadata.get(at).filter(|(k, _, _)| k == key)?;
-            b.field((1, k), value_form(*kind, v)?);
+            let (_, _, kind) = self.metadata.get(at).filter(|(k, _, _)| k == key)?;
+            b.field((1, at), value_form(*kind, v)?);
         }
         Some(())
     }

@@ -93,16 +93,18 @@ fn columns(path: &Path, header: &csv::StringRecord, schema: &CustomerSchema) -> 
     })
 }
 
-/// The index over every record's entry: by key, and by offset within a
-/// key (an unstable sort, which needs no room beside the entries); a key
-/// listed again keeps its first record, its digest marked unusable. Also
-/// how many entries were folded so.
+/// The index over every record's entry, by key (an unstable sort, which
+/// needs no room beside the entries); a key listed again keeps its first
+/// record (the lowest offset), its digest marked unusable. Also how many
+/// entries were folded so.
 fn fold(mut entries: Vec<(u128, (u64, u128))>) -> (KeyMap<u128, (u64, u128)>, u64) {
     sort_on_two_cores(&mut entries);
     let (mut out, mut collisions) = (0, 0);
     for i in 0..entries.len() {
         if out > 0 && entries[out - 1].0 == entries[i].0 {
-            entries[out - 1].1 .0 |= NO_DIGEST;
+            let at = entries[i].1 .0;
+            let kept = &mut entries[out - 1].1 .0;
+            *kept = (*kept & !NO_DIGEST).min(at) | NO_DIGEST;
             collisions += 1;
         } else {
             entries[out] = entries[i];
@@ -115,11 +117,13 @@ fn fold(mut entries: Vec<(u128, (u64, u128))>) -> (KeyMap<u128, (u64, u128)>, u6
     (index, collisions)
 }
 
-/// Sort by key, then offset: split in place by the key's top bit (every
-/// key of the first part sorts before any of the second), each part sorted
-/// on its own core. Keys are hashes, so the parts are near halves.
+/// Sort by key (the order of equal keys is left to `fold`; a key alone
+/// compares faster than a key and an offset): split in place by the key's
+/// top bit (every key of the first part sorts before any of the second),
+/// each part sorted on its own core. Keys are hashes, so the parts are
+/// near halves.
 fn sort_on_two_cores(entries: &mut [(u128, (u64, u128))]) {
-    let by = |e: &(u128, (u64, u128))| (e.0, e.1 .0);
+    let by = |e: &(u128, (u64, u128))| e.0;
     if entries.len() < 1 << 16 {
         return entries.sort_unstable_by_key(by);
     }
@@ -175,7 +179,9 @@ fn index_from(
     use std::io::{Seek, SeekFrom};
     let mut f = std::fs::File::open(path)?;
     f.seek(SeekFrom::Start(at))?;
-    let mut rdr = csv::ReaderBuilder::new().has_headers(false).from_reader(f);
+    let mut rdr = (csv::ReaderBuilder::new().has_headers(false))
+        .buffer_capacity(1 << 18)
+        .from_reader(f);
     let mut out = Vec::with_capacity(expect);
     let mut rec = csv::StringRecord::new();
     index_records(&mut rdr, at, None, cols, &mut rec, &mut |k, v| {
@@ -284,10 +290,13 @@ impl HeldFile {
         if !path.is_file() {
             return Err(refuse("not a file".into()).into());
         }
+        // The index's readers read the whole file, 256 KB at a time; the
+        // one that reads single records back, its default 8 KB.
         let open = |headers: bool| {
             csv::ReaderBuilder::new()
                 .flexible(!headers)
                 .has_headers(headers)
+                .buffer_capacity(if headers { 1 << 18 } else { 8 << 10 })
                 .from_path(path)
                 .map_err(|e| refuse(format!("cannot be read ({e})")))
         };
@@ -521,7 +530,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sorted_on_two_cores_as_on_one() {
+    fn folded_on_two_cores_as_by_a_map() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
         for n in [0, 1, 1000, 1 << 16, (1 << 16) + 7, 200_000] {
@@ -532,14 +541,29 @@ mod tests {
                 let k = if i % 10 == 0 { k & 0xff } else { k };
                 entries.push((k, (rng.gen_range(0..1000), i as u128)));
             }
-            let mut want = entries.clone();
-            want.sort_by_key(|(k, (at, _))| (*k, *at));
-            let mut got = entries;
-            sort_on_two_cores(&mut got);
-            let keys = |v: &[(u128, (u64, u128))]| {
-                v.iter().map(|(k, (at, _))| (*k, *at)).collect::<Vec<_>>()
-            };
-            assert_eq!(keys(&got), keys(&want), "{n} entries");
+            // The oracle: each key's lowest offset and its digest, the
+            // digest marked unusable when the key is listed again.
+            let mut want = std::collections::BTreeMap::new();
+            for (k, (at, digest)) in &entries {
+                want.entry(*k)
+                    .and_modify(|(was, _): &mut (u64, u128)| {
+                        *was = (*was & !NO_DIGEST).min(*at) | NO_DIGEST
+                    })
+                    .or_insert((*at, *digest));
+            }
+            let want: Vec<(u128, u64)> = want.into_iter().map(|(k, (at, _))| (k, at)).collect();
+            let (map, collisions) = fold(entries.clone());
+            let got: Vec<(u128, u64)> = map.iter().map(|(k, (at, _))| (k, at)).collect();
+            assert!(got == want, "{n} entries: folded unlike the map");
+            assert_eq!(collisions as usize, entries.len() - want.len());
+            // A key listed once keeps its own digest.
+            let given: std::collections::HashSet<_> = entries.iter().collect();
+            for (k, (at, digest)) in map.iter().filter(|(_, (at, _))| at & NO_DIGEST == 0) {
+                assert!(
+                    given.contains(&(k, (at, digest))),
+                    "{n} entries: a digest moved"
+                );
+            }
         }
     }
 

@@ -239,7 +239,9 @@ pub async fn make(
     let (confirmed, hashes, held) = std::thread::scope(|s| {
         let held = s.spawn(|| held::HeldFile::open(&export_path, schema));
         let ledger = ledger_index::read_hashing(&files.ledger, target);
-        let files_hashes = s.spawn(|| inputs_with(files, &export_path, schema, Some(None)));
+        // customers.csv's hash comes from the read that compares it, the
+        // ledger's from its index or the read that checks it.
+        let files_hashes = s.spawn(|| inputs_with(files, &export_path, schema, Some(None), false));
         let (confirmed, ledger_hash) = ledger?;
         let mut hashes = files_hashes
             .join()
@@ -265,7 +267,7 @@ pub async fn make(
         schema,
         rules,
     };
-    each.run(&held, &mut counts, Some(&mut ids), |c, hash, change| {
+    hashes.customers = each.run(&held, &mut counts, Some(&mut ids), |c, hash, change| {
         writer.write(&c.source_id, c.segment_id.as_deref(), c.line, hash, change)
     })?;
     writer.commit()?;
@@ -295,20 +297,25 @@ pub async fn make(
 /// The content hashes of a plan's inputs as they are now (the plan file's
 /// own is filled in once it is written).
 pub fn inputs(files: &state::Beside, export: &Path, schema: &CustomerSchema) -> Result<Hashes> {
-    inputs_with(files, export, schema, None)
+    inputs_with(files, export, schema, None, true)
 }
 
 /// [`inputs`], the ledger's hash given when it is known already
-/// (`Some(None)`: left empty, for the caller to fill in).
+/// (`Some(None)`: left empty, for the caller to fill in), and
+/// customers.csv's left empty unless `customers`.
 fn inputs_with(
     files: &state::Beside,
     export: &Path,
     schema: &CustomerSchema,
     ledger: Option<Option<String>>,
+    customers: bool,
 ) -> Result<Hashes> {
     use sha2::{Digest, Sha256};
     Ok(Hashes {
-        customers: file::hash_of(&files.customers)?,
+        customers: match customers {
+            true => file::hash_of(&files.customers)?,
+            false => String::new(),
+        },
         ledger: match ledger {
             Some(hash) => hash.unwrap_or_default(),
             None => file::ledger_hash(&files.ledger)?,
@@ -332,14 +339,15 @@ struct Each<'a> {
 
 impl Each<'_> {
     /// Compare every row (read on every core, `rows`), calling `f` with
-    /// each change and its row's content key (hex), in file order.
+    /// each change and its row's content key (hex), in file order. Gives
+    /// the hash of the customers.csv it read (`file::hash_of`'s).
     fn run(
         &self,
         held: &held::HeldFile,
         counts: &mut Counts,
         mut ids: Option<&mut orphans::Identities>,
         mut f: impl FnMut(&rows::Row, &str, &compare::Change) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let readable: Vec<bool> = (self.confirmed.field_lists.iter())
             .map(|list| list.iter().all(|f| held.readable(f)))
             .collect();
@@ -409,9 +417,15 @@ pub fn replay(
         schema,
         rules: meta.rules,
     };
-    each.run(&held, &mut counts, None, |c, _, change| {
+    let read = each.run(&held, &mut counts, None, |c, _, change| {
         index.add(&c.source_id, change)
     })?;
+    if read != meta.hashes.customers {
+        return Ok(Err(format!(
+            "{} changed while it was read again",
+            meta.customers.display()
+        )));
+    }
     let was = &meta.counts;
     let same = (
         counts.rows,

@@ -10,9 +10,11 @@
 use super::confirmed::Confirmed;
 use super::held::{Found, HeldFile, Present};
 use super::orphans::Seen;
+use crate::files::Hashing;
 use crate::keys::h128;
+use crate::spreadsheet::customers_csv::open_csv_hashing;
 use crate::spreadsheet::customers_csv::Cells;
-use crate::spreadsheet::input::{check_row_keeping_metadata, open_csv, read_layout, Layout};
+use crate::spreadsheet::input::{check_row_keeping_metadata, read_layout, Layout};
 use anyhow::Result;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
@@ -79,8 +81,13 @@ type Records = Vec<(u64, Result<csv::ByteRecord, String>)>;
 
 /// Read `input` on every core, calling `f` with each verdict in file order
 /// (duplicates already turned into `Invalid`); the first error stops it.
-pub fn each(input: &Path, shared: &Shared, mut f: impl FnMut(Verdict) -> Result<()>) -> Result<()> {
-    let mut rdr = open_csv(input)?;
+/// Gives the content hash (`file::hash_of`'s) of the bytes it read.
+pub fn each(
+    input: &Path,
+    shared: &Shared,
+    mut f: impl FnMut(Verdict) -> Result<()>,
+) -> Result<String> {
+    let mut rdr = open_csv_hashing(input)?;
     let layout = read_layout(input, &mut rdr).map_err(|problems| crate::error::InputErrors {
         problems,
         hint: format!("{}: fix the header; nothing was sent", input.display()),
@@ -91,25 +98,31 @@ pub fn each(input: &Path, shared: &Shared, mut f: impl FnMut(Verdict) -> Result<
     let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Records>();
     std::thread::scope(|s| {
         let layout = &layout;
-        s.spawn(move || split(rdr, layout, todo_tx, spare_rx));
+        let splitter = s.spawn(move || split(rdr, layout, todo_tx, spare_rx));
         for _ in 0..WORKERS {
             let (todo, done, spare) = (todo_rx.clone(), done_tx.clone(), spare_tx.clone());
             s.spawn(move || work(layout, shared, &todo, &done, &spare));
         }
         drop(done_tx);
         let find_duplicates = matches!(shared.skip, Skip::Invalid);
-        in_order(done_rx, find_duplicates, shared.held, &mut f)
+        in_order(done_rx, find_duplicates, shared.held, &mut f)?;
+        let hash = splitter
+            .join()
+            .ok()
+            .flatten()
+            .ok_or_else(|| anyhow::anyhow!("{}: read but not to its end", input.display()))?;
+        Ok(format!("{hash:032x}"))
     })
 }
 
 /// Cut the file into chunks of records (reusing the chunks the workers
-/// are done with).
+/// are done with); the hash of the file, once read to its end.
 fn split(
-    mut rdr: csv::Reader<std::fs::File>,
+    mut rdr: csv::Reader<Hashing<std::fs::File>>,
     layout: &Layout,
     todo: SyncSender<(u64, Records)>,
     spare: Receiver<Records>,
-) {
+) -> Option<u128> {
     for seq in 0.. {
         let mut chunk = spare.try_recv().unwrap_or_default();
         let mut n = 0;
@@ -134,10 +147,14 @@ fn split(
             n += 1;
         }
         chunk.truncate(n);
-        if todo.send((seq, chunk)).is_err() || end {
-            return;
+        if todo.send((seq, chunk)).is_err() {
+            return None;
+        }
+        if end {
+            return rdr.get_ref().finish();
         }
     }
+    None
 }
 
 fn work(

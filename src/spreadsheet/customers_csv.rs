@@ -70,9 +70,23 @@ pub fn open_csv(path: &Path) -> Result<csv::Reader<std::fs::File>> {
         .from_reader(f))
 }
 
-pub fn read_layout(
+/// [`open_csv`], hashing every byte it reads ([`crate::files::Hashing`]):
+/// a reader that reads to the end has then the file's content hash, of the
+/// very bytes it read. Reads 256 KB at a time (a plan reads the whole file).
+pub fn open_csv_hashing(path: &Path) -> Result<csv::Reader<crate::files::Hashing<std::fs::File>>> {
+    let sep = separator(path)?;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .delimiter(sep)
+        .buffer_capacity(1 << 18)
+        .from_reader(crate::files::Hashing::new(f)))
+}
+
+pub fn read_layout<R: std::io::Read>(
     path: &Path,
-    rdr: &mut csv::Reader<std::fs::File>,
+    rdr: &mut csv::Reader<R>,
 ) -> Result<Layout, Vec<String>> {
     let file = path.display();
     let header = match rdr.byte_headers() {
@@ -156,39 +170,43 @@ fn plausible_email_by_chars(e: &str) -> bool {
             .any(|c| c.is_whitespace() || c.is_control() || ",;<>()[]\":\\".contains(c))
 }
 
-/// The same rule over ASCII in one pass (a plan checks a million of them):
-/// ASCII white space and controls are the bytes up to the space, and DEL;
-/// an empty atom shows as a dot or `@` next to a dot, an `@` or an end.
+/// The same rule over ASCII in one pass (a plan checks a million of them),
+/// a table lookup a byte: ASCII white space and controls are the bytes up
+/// to the space, and DEL; an empty atom shows as a dot or `@` after a dot,
+/// an `@` or the start, or as a dot or `@` at the end.
 fn plausible_ascii_email(e: &[u8]) -> bool {
-    let mut at = None;
-    // The start acts as a boundary, as an `@` would.
-    let mut prev = b'@';
-    for (i, &b) in e.iter().enumerate() {
-        match b {
-            0..=b' '
-            | 0x7f
-            | b','
-            | b';'
-            | b'<'
-            | b'>'
-            | b'('
-            | b')'
-            | b'['
-            | b']'
-            | b'"'
-            | b':'
-            | b'\\' => return false,
-            b'@' if at.is_some() || prev == b'@' || prev == b'.' => return false,
-            b'@' => at = Some(i),
-            b'.' if prev == b'@' || prev == b'.' => return false,
-            _ => {}
+    // Per byte: 1 refused anywhere, 2 a boundary of atoms, 4 the `@`.
+    const CLASS: [u8; 256] = {
+        let mut class = [0u8; 256];
+        let mut b = 0;
+        while b <= b' ' as usize {
+            class[b] = 1;
+            b += 1;
         }
-        prev = b;
+        class[0x7f] = 1;
+        let others = b",;<>()[]\":\\";
+        let mut i = 0;
+        while i < others.len() {
+            class[others[i] as usize] = 1;
+            i += 1;
+        }
+        class[b'.' as usize] = 2;
+        class[b'@' as usize] = 2 | 4;
+        class
+    };
+    // Bit 1: a refused byte; bit 8: an empty atom. The start acts as a
+    // boundary, as an `@` would.
+    let (mut found, mut ats, mut at, mut prev) = (0u8, 0usize, 0usize, 2u8);
+    for (i, &b) in e.iter().enumerate() {
+        let class = CLASS[b as usize];
+        found |= class & 1 | (class & prev & 2) << 2;
+        if class & 4 != 0 {
+            ats += 1;
+            at = i;
+        }
+        prev = class;
     }
-    match at {
-        Some(at) => prev != b'.' && prev != b'@' && e[at + 1..].contains(&b'.'),
-        None => false,
-    }
+    found == 0 && ats == 1 && prev & 2 == 0 && e[at + 1..].contains(&b'.')
 }
 
 /// Build a row from a CSV record and check it; problems are column: message.
@@ -217,11 +235,20 @@ impl<'r> Cells<'r> {
             at: [None; COLUMNS.len()],
             not_utf8: Vec::new(),
         };
-        for (field, raw) in layout.fields.iter().zip(rec.iter()) {
+        // The record is checked once whole (a plan reads a million); a cell
+        // is then its slice, unless the slice cuts a character (a cell that
+        // ends inside one, the next cell holding its rest), which is then
+        // checked alone, as is every cell of a record that is not UTF-8.
+        let whole = std::str::from_utf8(rec.as_slice()).ok();
+        for (i, (field, raw)) in layout.fields.iter().zip(rec.iter()).enumerate() {
             let Some(slot) = cells.at.get_mut(*field) else {
                 continue;
             };
-            match std::str::from_utf8(raw) {
+            let text = match whole.and_then(|w| w.get(rec.range(i)?)) {
+                Some(text) => Ok(text),
+                None => std::str::from_utf8(raw),
+            };
+            match text {
                 Ok(text) => {
                     let value = unguard_cell(text);
                     *slot = (!value.is_empty()).then_some(value);
@@ -324,6 +351,28 @@ pub fn parse_row_keeping_metadata(layout: &Layout, rec: &csv::ByteRecord) -> Par
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record checked whole as UTF-8 can still hold cells that are not:
+    /// a character cut between two cells. Each such cell is refused alone.
+    #[test]
+    fn a_character_cut_between_two_cells_makes_both_not_utf8() {
+        let mut rdr = csv::Reader::from_reader(&b"source_id,name,email\n"[..]);
+        let layout = read_layout(Path::new("customers.csv"), &mut rdr).expect("a header");
+        let rec = csv::ByteRecord::from(vec![&b"p1"[..], b"Ann\xc3", b"\xa9x@y.com"]);
+        assert!(
+            std::str::from_utf8(rec.as_slice()).is_ok(),
+            "whole, it is UTF-8"
+        );
+        let cells = Cells::of(&layout, &rec);
+        assert_eq!(cells.at[0], Some("p1"));
+        assert_eq!((cells.at[1], cells.at[2]), (None, None));
+        let refused: Vec<usize> = cells.not_utf8.iter().map(|(c, _)| *c).collect();
+        assert_eq!(refused, vec![1, 2]);
+        let fine = csv::ByteRecord::from(vec!["p1", "Zoë", "zoë@exämple.de"]);
+        let cells = Cells::of(&layout, &fine);
+        assert_eq!(cells.at[1..3], [Some("Zoë"), Some("zoë@exämple.de")]);
+        assert!(cells.not_utf8.is_empty());
+    }
 
     #[test]
     fn email_plausibility() {
