@@ -224,12 +224,14 @@ async fn bulk_jobs_run_one_at_a_time_in_submission_order() {
     // prove they overlapped. Read oldest first, a job that finished between
     // two reads and the next that started would look like two at once.
     let mut all_done = false;
+    let mut reads = vec![0usize; ids.len()];
     for _ in 0..100 {
         // A later job started (running or done) seen: every earlier one
         // read after it must be done.
         let mut later_started: Option<(String, String)> = None;
         let mut done = 0;
-        for id in ids.iter().rev() {
+        for (i, id) in ids.iter().enumerate().rev() {
+            reads[i] += 1;
             let a = api.action(id).await;
             let status = a["status"].as_str().unwrap().to_string();
             if let Some((later, was)) = &later_started {
@@ -253,6 +255,31 @@ async fn bulk_jobs_run_one_at_a_time_in_submission_order() {
     // processing_time counts from creation, queue wait included (the vendor's example).
     let last = api.action(&ids[2]).await;
     assert!(last["processing_time"].as_u64().unwrap() >= 800, "{last}");
+    reads[2] += 1;
+    // The bench's timeline (`/_sandbox/actions`) tells the same story: in
+    // submission order, each started after the one before finished, and
+    // every read of ours counted.
+    let timeline: Value = reqwest::get(format!("{}/_sandbox/actions", api.sb.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actions = timeline["actions"].as_array().unwrap();
+    let listed: Vec<&str> = actions.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut previous_finish = 0.0;
+    for (a, reads) in actions.iter().zip(&reads) {
+        let ms = |k: &str| a[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {a}"));
+        let (created, started, finished) = (ms("created_ms"), ms("started_ms"), ms("finished_ms"));
+        assert!(created <= started && started < finished, "{a}");
+        assert!(
+            started >= previous_finish,
+            "started before the job ahead finished: {a}"
+        );
+        previous_finish = finished;
+        assert_eq!(a["looks_ms"].as_array().unwrap().len(), *reads, "{a}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,10 @@ pub struct Session {
     /// Voucherify's time of the last finish we saw: a queued job starts
     /// when the one before it finishes.
     last_finished: Mutex<Option<jiff::Timestamp>>,
+    /// Voucherify's clock less ours (ms), at most: the largest of each
+    /// action's `created_at` less the time its submission's answer reached
+    /// us (the action was created before that answer left).
+    clock_offset: Mutex<Option<i64>>,
 }
 
 /// Holds an action's place in the queue; leaving it lets the next one poll.
@@ -87,6 +91,35 @@ impl Session {
             queue: Mutex::new(VecDeque::new()),
             turn: tokio::sync::Notify::new(),
             last_finished: Mutex::new(None),
+            clock_offset: Mutex::new(None),
+        }
+    }
+
+    /// When to look first at an action submitted at `submitted` (our
+    /// clock), whose turn has come: when it should finish by Voucherify's
+    /// clock (it started at the later of its creation and the last finish,
+    /// and runs the typical time), on ours. Voucherify runs the queue in
+    /// submission order, so the finish of the one before is this one's
+    /// start: timing from it keeps one late look from making every later
+    /// look late. None until a finish and an offset were seen.
+    fn due(&self, submitted: jiff::Timestamp, typical: Duration) -> Option<jiff::Timestamp> {
+        let offset = (*self.clock_offset.lock().ok()?)?;
+        let last = (*self.last_finished.lock().ok()?)?;
+        due_at(last, offset, submitted, typical)
+    }
+
+    /// Learn the clocks' offset from an action we submitted at `submitted`.
+    fn saw_created(&self, submitted: jiff::Timestamp, action: &AsyncAction) {
+        let Some(created) = action
+            .created_at
+            .as_deref()
+            .and_then(crate::dates::parse_timestamp)
+        else {
+            return;
+        };
+        let sample = created.duration_since(submitted).as_millis() as i64;
+        if let Ok(mut offset) = self.clock_offset.lock() {
+            *offset = Some(offset.map_or(sample, |o| o.max(sample)));
         }
     }
 
@@ -192,7 +225,9 @@ fn send_batch_inner<'a>(
         if s.is_halted() {
             return Ok(());
         }
-        let id = match s.client.bulk_upsert(batch.body()).await {
+        let answer = s.client.bulk_upsert(batch.body()).await;
+        let submitted = jiff::Timestamp::now();
+        let id = match answer {
             Ok(id) => id,
             Err(e)
                 if (e.status() == Some(413) || is_too_many_customers(&e))
@@ -211,7 +246,7 @@ fn send_batch_inner<'a>(
         let n = batch.customers.len() as u64;
         s.sent.fetch_add(n, Ordering::Relaxed);
         s.batches.fetch_add(1, Ordering::Relaxed);
-        record_and_confirm(s, id, &batch.customers, None).await?;
+        record_and_confirm(s, id, &batch.customers, None, submitted).await?;
         progress.inc(n);
         Ok(())
     })
@@ -224,6 +259,7 @@ async fn record_and_confirm(
     id: String,
     sent: &[super::batch::Prepared],
     file: Option<&str>,
+    submitted: jiff::Timestamp,
 ) -> Result<()> {
     let customers: Vec<LedgerCustomer> = sent
         .iter()
@@ -249,7 +285,7 @@ async fn record_and_confirm(
     let waited = s
         .task(async {
             s.wait_turn(&id).await;
-            confirm(s, &id, customers, Duration::MAX).await
+            confirm(s, &id, customers, Some(submitted)).await
         })
         .await;
     drop(place);
@@ -277,7 +313,8 @@ pub async fn send_import(
     s.imported.fetch_add(n, Ordering::Relaxed);
     s.import_files.fetch_add(1, Ordering::Relaxed);
     s.in_flight.fetch_add(1, Ordering::Relaxed);
-    let r = record_and_confirm(s, id, &file.customers, Some(&file.name)).await;
+    let submitted = jiff::Timestamp::now();
+    let r = record_and_confirm(s, id, &file.customers, Some(&file.name), submitted).await;
     s.in_flight.fetch_sub(1, Ordering::Relaxed);
     r?;
     progress.inc(n);
@@ -338,20 +375,31 @@ where
 }
 
 /// Poll an async action until it is DONE or FAILED, record the outcome in
-/// the ledger and the report; returns the content keys confirmed.
+/// the ledger and the report; returns the content keys confirmed. An
+/// action submitted at `submitted` (our clock), whose turn has come, is
+/// looked at first when it should finish ([`Session::due`]); one an earlier
+/// run left (None) at once.
 pub async fn confirm(
     s: &Session,
     id: &str,
     customers: Vec<LedgerCustomer>,
-    first_wait: Duration,
+    submitted: Option<jiff::Timestamp>,
 ) -> Result<Vec<u128>> {
     let started = tokio::time::Instant::now();
     let typical = Duration::from_millis(
         (s.processing_ms.load(Ordering::Relaxed) * 11 / 10).clamp(100, 10_000),
     );
-    // First poll after the typical processing time (or `first_wait`), then back off.
+    let first = match submitted.map(|at| s.due(at, typical)) {
+        None => Duration::ZERO,
+        Some(Some(due)) => {
+            let left = due.duration_since(jiff::Timestamp::now());
+            left.try_into().unwrap_or(Duration::ZERO).min(typical)
+        }
+        // No finish seen yet: the typical processing time.
+        Some(None) => typical,
+    };
     let timing = PollTiming {
-        first: first_wait.min(typical),
+        first,
         typical,
         timeout: s.poll_timeout,
         queue_timeout: s.poll_timeout.max(Duration::from_secs(3600)),
@@ -361,6 +409,9 @@ pub async fn confirm(
         Ok(s.client.async_action(id).await?)
     })
     .await?;
+    if let Some(at) = submitted {
+        s.saw_created(at, &action);
+    }
     // Learn how long actions take, to time the next first poll. Our own wait
     // is no measure (we only see DONE when we look), so prefer Voucherify's
     // figure; without it, look sooner next time when the first look was late.
@@ -392,6 +443,19 @@ fn service_time(s: &Session, action: &AsyncAction) -> Option<u64> {
     }
     let ms = finished.duration_since(start).as_millis();
     (ms >= 0).then_some(ms as u64)
+}
+
+/// [`Session::due`]: an action submitted at `submitted` (our clock) starts
+/// at the later of that and `last_finished` (Voucherify's clock, less
+/// `offset` ms to make it ours), and is due `typical` after its start.
+fn due_at(
+    last_finished: jiff::Timestamp,
+    offset: i64,
+    submitted: jiff::Timestamp,
+    typical: Duration,
+) -> Option<jiff::Timestamp> {
+    let last = (last_finished.checked_sub(jiff::SignedDuration::from_millis(offset))).ok()?;
+    last.max(submitted).checked_add(typical).ok()
 }
 
 /// Record what a finished action says about its customers.
@@ -580,6 +644,40 @@ pub fn next_processing_estimate(
 mod tests {
     use super::*;
     use crate::api::voucherify::CustomerError;
+
+    /// An action is due the typical time after it starts: after the finish
+    /// before it when the queue was busy, after its submission when not,
+    /// Voucherify's clock read on ours through the offset.
+    #[test]
+    fn an_action_is_due_the_typical_time_after_the_finish_before_it() {
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let typical = Duration::from_millis(220);
+        // Busy: the last finish (12:00:01.000 theirs, 12:00:00.900 ours
+        // with their clock 100 ms ahead) is after the submission.
+        let due = due_at(
+            t("2026-12-04T12:00:01Z"),
+            100,
+            t("2026-12-04T12:00:00.500Z"),
+            typical,
+        );
+        assert_eq!(due, Some(t("2026-12-04T12:00:01.120Z")));
+        // Their clock behind ours.
+        let due = due_at(
+            t("2026-12-04T12:00:01Z"),
+            -50,
+            t("2026-12-04T12:00:00.500Z"),
+            typical,
+        );
+        assert_eq!(due, Some(t("2026-12-04T12:00:01.270Z")));
+        // Idle: submitted after the last finish.
+        let due = due_at(
+            t("2026-12-04T12:00:01Z"),
+            0,
+            t("2026-12-04T12:00:05Z"),
+            typical,
+        );
+        assert_eq!(due, Some(t("2026-12-04T12:00:05.220Z")));
+    }
 
     #[test]
     fn processing_estimate_follows_the_server_and_never_feeds_on_its_own_wait() {

@@ -470,7 +470,7 @@ async fn recover_one(
         .iter()
         .filter_map(|c| Some((u128::from_str_radix(&c.hash, 16).ok()?, c.source_id.clone())))
         .collect();
-    let confirmed = confirm::confirm(session, &id, customers, Duration::ZERO).await;
+    let confirmed = confirm::confirm(session, &id, customers, None).await;
     match confirmed {
         Ok(keys) => Ok(keys
             .into_iter()

@@ -313,6 +313,7 @@ impl Sandbox {
                 post(voucherify::another_writer),
             )
             .route("/_sandbox/stats", get(admin::stats))
+            .route("/_sandbox/actions", get(queue::timeline))
             .route("/_sandbox/touch", post(admin::touch))
             .route("/_sandbox/vanish", post(admin::vanish))
             .layer(middleware::from_fn_with_state(state.clone(), gate))

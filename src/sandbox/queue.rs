@@ -22,7 +22,11 @@ pub struct Action {
     /// `CUSTOMERS.BULK_UPDATE` or `CUSTOMERS.IMPORT_CSV`.
     kind: &'static str,
     created: Instant,
+    started: Option<Instant>,
     finished: Option<Instant>,
+    /// When a client read the action (`GET /v1/async-actions/{id}`): the
+    /// bench's measure of how soon a client sees a job finish.
+    looks: Vec<Instant>,
     created_at: String,
     /// When the status last changed (the vendor's example: `updated_at` is
     /// the finish time of a DONE action, `processing_time` the time from
@@ -91,7 +95,9 @@ pub fn enqueue(st: &AppState, kind: &'static str, work: Work) -> String {
             Action {
                 kind,
                 created: Instant::now(),
+                started: None,
                 finished: None,
+                looks: Vec::new(),
                 created_at: now.clone(),
                 updated_at: now,
                 status: "ENQUEUED",
@@ -113,6 +119,9 @@ fn set_status(st: &AppState, id: &str, status: &'static str, result: Option<Valu
         if let Some(action) = a.get_mut(id) {
             action.status = status;
             action.updated_at = now_text();
+            if status == "IN_PROGRESS" {
+                action.started = Some(Instant::now());
+            }
             if status == "DONE" || status == "FAILED" {
                 action.finished = Some(Instant::now());
             }
@@ -124,10 +133,10 @@ fn set_status(st: &AppState, id: &str, status: &'static str, result: Option<Valu
 }
 
 pub async fn get(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    let Ok(actions) = st.actions.lock() else {
+    let Ok(mut actions) = st.actions.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let Some(a) = actions.get(&id) else {
+    let Some(a) = actions.get_mut(&id) else {
         return super::checks::error(
             StatusCode::NOT_FOUND,
             "Resource not found",
@@ -135,6 +144,7 @@ pub async fn get(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Res
             "not_found",
         );
     };
+    a.looks.push(Instant::now());
     let nulls = st.opts.null_fields && a.kind == "CUSTOMERS.BULK_UPDATE";
     let progress = match a.status {
         "DONE" => json!(100),
@@ -177,4 +187,33 @@ pub async fn get(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Res
         }
     }
     Json(body).into_response()
+}
+
+/// `GET /_sandbox/actions` (the bench's, not Voucherify's): every action in
+/// creation order, with when it was created, started and finished, and when
+/// a client read it, in ms from the first action's creation.
+pub async fn timeline(State(st): State<Arc<AppState>>) -> Response {
+    let Ok(actions) = st.actions.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let mut all: Vec<(&String, &Action)> = actions.iter().collect();
+    all.sort_by_key(|(_, a)| a.created);
+    let Some(epoch) = all.first().map(|(_, a)| a.created) else {
+        return Json(json!({"actions": []})).into_response();
+    };
+    let ms = |t: Instant| t.duration_since(epoch).as_secs_f64() * 1000.0;
+    let list: Vec<Value> = (all.iter())
+        .map(|(id, a)| {
+            json!({
+                "id": id,
+                "type": a.kind,
+                "status": a.status,
+                "created_ms": ms(a.created),
+                "started_ms": a.started.map(ms),
+                "finished_ms": a.finished.map(ms),
+                "looks_ms": a.looks.iter().map(|t| ms(*t)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({"actions": list})).into_response()
 }
