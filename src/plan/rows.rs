@@ -1,11 +1,12 @@
-//! The rows of `customers.csv` as a plan reads them, on every core. One
-//! thread cuts the file into records; two workers check each record as
-//! `validate` does (every rule but duplicates), build its request, and settle
-//! the rows whose digest the export shows ([`super::digest`], the fast path:
-//! most rows of a rerun). The comparison receives, in file order, a verdict
-//! per row: invalid, unchanged, or a row to compare in full. Duplicates are
-//! found there, in file order, as `validate` finds them: the first row of a
-//! source id is the one read, the later ones are invalid.
+//! The rows of `customers.csv` as a plan reads them, on every core. Two
+//! workers take turns reading the next chunk of records, and each checks
+//! the records it read as `validate` does (every rule but duplicates),
+//! builds their requests, and settles the rows whose digest the export
+//! shows ([`super::digest`], the fast path: most rows of a rerun). The
+//! comparison receives, in file order, a verdict per row: invalid,
+//! unchanged, or a row to compare in full. Duplicates are found there, in
+//! file order, as `validate` finds them: the first row of a source id is
+//! the one read, the later ones are invalid.
 
 use super::confirmed::Confirmed;
 use super::held::{Found, HeldFile, Present};
@@ -20,7 +21,7 @@ use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// A row the comparison decides.
 pub struct Row {
@@ -92,84 +93,87 @@ pub fn each(
         problems,
         hint: format!("{}: fix the header; nothing was sent", input.display()),
     })?;
-    let (todo_tx, todo_rx) = sync_channel::<(u64, Records)>(WORKERS * 2);
-    let todo_rx = Arc::new(Mutex::new(todo_rx));
+    let source = Mutex::new(Source {
+        rdr,
+        seq: 0,
+        ended: false,
+        hash: None,
+    });
     let (done_tx, done_rx) = sync_channel::<(u64, Result<Vec<Verdict>>)>(WORKERS * 2);
-    let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Records>();
     std::thread::scope(|s| {
-        let layout = &layout;
-        let splitter = s.spawn(move || split(rdr, layout, todo_tx, spare_rx));
+        let (layout, source) = (&layout, &source);
         for _ in 0..WORKERS {
-            let (todo, done, spare) = (todo_rx.clone(), done_tx.clone(), spare_tx.clone());
-            s.spawn(move || work(layout, shared, &todo, &done, &spare));
+            let done = done_tx.clone();
+            s.spawn(move || work(layout, shared, source, &done));
         }
         drop(done_tx);
         let find_duplicates = matches!(shared.skip, Skip::Invalid);
-        in_order(done_rx, find_duplicates, shared.held, &mut f)?;
-        let hash = splitter
-            .join()
-            .ok()
-            .flatten()
-            .ok_or_else(|| anyhow::anyhow!("{}: read but not to its end", input.display()))?;
-        Ok(format!("{hash:032x}"))
-    })
+        in_order(done_rx, find_duplicates, shared.held, &mut f)
+    })?;
+    let hash = (source.into_inner().ok())
+        .and_then(|s| s.hash)
+        .ok_or_else(|| anyhow::anyhow!("{}: read but not to its end", input.display()))?;
+    Ok(format!("{hash:032x}"))
 }
 
-/// Cut the file into chunks of records (reusing the chunks the workers
-/// are done with); the hash of the file, once read to its end.
-fn split(
-    mut rdr: csv::Reader<Hashing<std::fs::File>>,
-    layout: &Layout,
-    todo: SyncSender<(u64, Records)>,
-    spare: Receiver<Records>,
-) -> Option<u128> {
-    for seq in 0.. {
-        let mut chunk = spare.try_recv().unwrap_or_default();
-        let mut n = 0;
-        let mut end = false;
-        while n < CHUNK {
-            if chunk.len() == n {
-                chunk.push((0, Ok(csv::ByteRecord::new())));
-            }
-            let slot = &mut chunk[n];
-            let mut rec = match std::mem::replace(&mut slot.1, Err(String::new())) {
-                Ok(rec) => rec,
-                Err(_) => csv::ByteRecord::new(),
-            };
-            match rdr.read_byte_record(&mut rec) {
-                Ok(false) => {
-                    end = true;
-                    break;
-                }
-                Ok(true) => *slot = (layout.line(rec.position()), Ok(rec)),
-                Err(e) => *slot = (layout.line(e.position()), Err(e.to_string())),
-            }
-            n += 1;
-        }
-        chunk.truncate(n);
-        if todo.send((seq, chunk)).is_err() {
-            return None;
-        }
-        if end {
-            return rdr.get_ref().finish();
-        }
+/// The file's reader, shared by the workers. Each takes the next chunk of
+/// records under the lock and judges it itself, so a record is read and
+/// judged on one core, its bytes still in that core's cache (a thread that
+/// only read handed every record to another core); the chunk's number keeps
+/// the file's order.
+struct Source {
+    rdr: csv::Reader<Hashing<std::fs::File>>,
+    /// The next chunk's number.
+    seq: u64,
+    /// The file was read to its end, and its hash.
+    ended: bool,
+    hash: Option<u128>,
+}
+
+/// Fill `chunk` with the next records (reusing its records); the chunk's
+/// number, or None at the end of the file.
+fn take(source: &Mutex<Source>, layout: &Layout, chunk: &mut Records) -> Option<u64> {
+    let mut src = source.lock().ok()?;
+    if src.ended {
+        return None;
     }
-    None
+    let mut n = 0;
+    while n < CHUNK {
+        if chunk.len() == n {
+            chunk.push((0, Ok(csv::ByteRecord::new())));
+        }
+        let slot = &mut chunk[n];
+        let mut rec = match std::mem::replace(&mut slot.1, Err(String::new())) {
+            Ok(rec) => rec,
+            Err(_) => csv::ByteRecord::new(),
+        };
+        match src.rdr.read_byte_record(&mut rec) {
+            Ok(false) => {
+                src.ended = true;
+                src.hash = src.rdr.get_ref().finish();
+                break;
+            }
+            Ok(true) => *slot = (layout.line(rec.position()), Ok(rec)),
+            Err(e) => *slot = (layout.line(e.position()), Err(e.to_string())),
+        }
+        n += 1;
+    }
+    chunk.truncate(n);
+    if n == 0 {
+        return None;
+    }
+    src.seq += 1;
+    Some(src.seq - 1)
 }
 
 fn work(
     layout: &Layout,
     shared: &Shared,
-    todo: &Mutex<Receiver<(u64, Records)>>,
+    source: &Mutex<Source>,
     done: &SyncSender<(u64, Result<Vec<Verdict>>)>,
-    spare: &std::sync::mpsc::Sender<Records>,
 ) {
-    loop {
-        let next = todo
-            .lock()
-            .map_err(|_| ())
-            .and_then(|r| r.recv().map_err(|_| ()));
-        let Ok((seq, chunk)) = next else { return };
+    let mut chunk = Records::new();
+    while let Some(seq) = take(source, layout, &mut chunk) {
         // The export's digests first, in a loop of lookups alone: the
         // processor overlaps their cache misses, which one lookup per row
         // among the row's other work cannot.
@@ -189,7 +193,6 @@ fn work(
         let verdicts = (chunk.iter().zip(found))
             .map(|((line, rec), found)| judge(layout, shared, *line, rec, found))
             .collect::<Result<Vec<_>>>();
-        let _ = spare.send(chunk);
         if done.send((seq, verdicts)).is_err() {
             return;
         }
