@@ -25,6 +25,7 @@ pub mod confirm;
 pub mod dry_run;
 pub mod import;
 pub mod import_files;
+pub mod pacing;
 pub mod report;
 pub mod setup;
 
