@@ -61,27 +61,28 @@ pub fn separator(path: &Path) -> Result<u8> {
 }
 
 pub fn open_csv(path: &Path) -> Result<csv::Reader<std::fs::File>> {
-    let sep = separator(path)?;
-    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .delimiter(sep)
-        .from_reader(f))
+    let (builder, f) = customers_reader(path)?;
+    Ok(builder.from_reader(f))
 }
 
 /// [`open_csv`], hashing every byte it reads ([`crate::files::Hashing`]):
 /// a reader that reads to the end has then the file's content hash, of the
 /// very bytes it read. Reads 256 KB at a time (a plan reads the whole file).
 pub fn open_csv_hashing(path: &Path) -> Result<csv::Reader<crate::files::Hashing<std::fs::File>>> {
-    let sep = separator(path)?;
-    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .delimiter(sep)
+    let (mut builder, f) = customers_reader(path)?;
+    Ok(builder
         .buffer_capacity(1 << 18)
         .from_reader(crate::files::Hashing::new(f)))
+}
+
+/// How `customers.csv` (or a hand-made file of its columns) is read: a
+/// header, every record as long as it, the file's own separator.
+fn customers_reader(path: &Path) -> Result<(csv::ReaderBuilder, std::fs::File)> {
+    let sep = separator(path)?;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut builder = csv::ReaderBuilder::new();
+    builder.has_headers(true).flexible(false).delimiter(sep);
+    Ok((builder, f))
 }
 
 pub fn read_layout<R: std::io::Read>(
