@@ -3,6 +3,8 @@ dependencies): bench/concurrency.sh's TSV in, the picture out."""
 import csv
 import sys
 
+from svg import frame, grid
+
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 W, H, L, R, T, B = 640, 400, 70, 170, 40, 60
 xs = sorted({int(r["median_ms"]) for r in rows})
@@ -10,12 +12,8 @@ xmax, ymax = max(xs) * 1.1, 110.0
 X = lambda v: L + (W - L - R) * v / xmax
 Y = lambda v: H - B - (H - T - B) * v / ymax
 colors = {"fixed-16": "#c0504d", "adaptive": "#1f77b4"}
-out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
-       f'<rect width="{W}" height="{H}" fill="white"/>',
-       f'<text x="{W/2}" y="22" text-anchor="middle" font-size="15">extract at Segment\'s 100 requests/s: requests/s against answer time</text>']
-for v in range(0, 101, 20):
-    out.append(f'<line x1="{L}" x2="{W-R}" y1="{Y(v)}" y2="{Y(v)}" stroke="#eee"/>')
-    out.append(f'<text x="{L-8}" y="{Y(v)+4}" text-anchor="end">{v}</text>')
+out = frame(W, H, "extract at Segment's 100 requests/s: requests/s against answer time")
+grid(out, L, W - R, [(Y(v), v) for v in range(0, 101, 20)])
 out.append(f'<line x1="{L}" x2="{W-R}" y1="{Y(100)}" y2="{Y(100)}" stroke="#888" stroke-dasharray="4 3"/>')
 out.append(f'<text x="{W-R+6}" y="{Y(100)+4}" fill="#888">the limit, 100/s</text>')
 for x in xs:

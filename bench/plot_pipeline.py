@@ -6,6 +6,8 @@ profiles, rows, held) and a title; out: the picture."""
 import csv
 import sys
 
+from svg import frame, grid
+
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 title, out_path = sys.argv[2], sys.argv[3]
 W, H, L, R, T, B = 640, 360, 60, 190, 40, 50
@@ -15,12 +17,8 @@ series = [("profiles", "extract: profiles written", "#1f77b4"),
           ("held", "load: customers Voucherify holds", "#d62728")]
 X = lambda t: L + (W - L - R) * t / tmax
 Y = lambda v: H - B - (H - T - B) * v
-out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
-       f'<rect width="{W}" height="{H}" fill="white"/>',
-       f'<text x="{W/2}" y="22" text-anchor="middle" font-size="14">{title}</text>']
-for p in range(0, 101, 25):
-    out.append(f'<line x1="{L}" x2="{W-R}" y1="{Y(p/100)}" y2="{Y(p/100)}" stroke="#eee"/>')
-    out.append(f'<text x="{L-8}" y="{Y(p/100)+4}" text-anchor="end">{p}%</text>')
+out = frame(W, H, title, size=14)
+grid(out, L, W - R, [(Y(p / 100), f"{p}%") for p in range(0, 101, 25)])
 step = max(5, int(tmax / 8) // 5 * 5)
 for s in range(0, int(tmax) + 1, step):
     out.append(f'<text x="{X(s)}" y="{H-B+18}" text-anchor="middle">{s} s</text>')
