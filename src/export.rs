@@ -165,6 +165,13 @@ fn reusable(prev: &Record, files: &Beside, fields: &[&str], p: &Policy<'_>) -> O
 /// The export a plan compares with: a delta applied to the kept file when
 /// it is fresh enough, else a full one. Returns the outcome, the calls it
 /// took and its kind.
+///
+/// An export an earlier run left pending is polled again by its id, but it
+/// was made before whatever that run (and any since) sent after it: once it
+/// is kept, a delta from its snapshot brings it up to date (world 31 of the
+/// simulation: a run stopped by the monthly quota left both an export and
+/// a batch; the rerun confirmed the batch, compared with the older export,
+/// and sent the batch's customers again).
 pub async fn export_held(
     client: &VoucherifyClient,
     files: &Beside,
@@ -173,6 +180,31 @@ pub async fn export_held(
     policy: &Policy<'_>,
 ) -> Result<(Exported, u64, Kind)> {
     let prev = read_record(&files.export_meta).unwrap_or_default();
+    let resumed = prev.state == "pending" && !prev.export_id.is_empty();
+    let (out, calls, kind) = export_once(client, files, fields, deadline, policy, prev).await?;
+    if !resumed || !matches!(out, Exported::File(_)) {
+        return Ok((out, calls, kind));
+    }
+    ui::info("Voucherify's customer export an earlier run started is older than what was sent since: a delta from it brings it up to date");
+    let again = Policy {
+        reuse: None,
+        force_full: false,
+        ..*policy
+    };
+    let kept = read_record(&files.export_meta).unwrap_or_default();
+    let (out, more, kind) = export_once(client, files, fields, deadline, &again, kept).await?;
+    Ok((out, calls + more, kind))
+}
+
+/// [`export_held`] once, from the record `prev` of `load.export.json`.
+async fn export_once(
+    client: &VoucherifyClient,
+    files: &Beside,
+    fields: &[&str],
+    deadline: Duration,
+    policy: &Policy<'_>,
+    prev: Record,
+) -> Result<(Exported, u64, Kind)> {
     if let Some(kind) = reusable(&prev, files, fields, policy) {
         return Ok((Exported::File(files.export.clone()), 0, kind));
     }

@@ -20,6 +20,11 @@ const REGRESSIONS: &[u64] = &[
     // A second run started 0 ms after the first took the lock first; the
     // driver took the refused one for the world's run (a driver race).
     813,
+    // The monthly quota stopped the first run with both its export (started
+    // beside extract) and an early batch pending; the rerun confirmed the
+    // batch, then compared with that older export and sent the batch's
+    // customers again. A resumed export is now brought up to date by a delta.
+    31,
 ];
 
 /// No world's run may take longer than this (a hang is a failure).
