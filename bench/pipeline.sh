@@ -27,13 +27,14 @@ measure "$W/extract" "$BIN" --data-dir "$W/extract" extract
 E_SECS=$SECS E_RATE=$(rate "$W/extract.err")
 stop_sandbox
 
-# sample DIR OUT: every quarter second until killed, the seconds since it
-# started, the profiles extract has written, the rows of customers.csv and
-# the customers Voucherify holds (the sandbox's count).
+# sample DIR OUT: every quarter second until killed (or for 10 minutes at
+# most, should the script stop first), the seconds since it started, the
+# profiles extract has written, the rows of customers.csv and the
+# customers Voucherify holds (the sandbox's count).
 sample() {
   local dir=$1 out=$2 t0 now; t0=$(date +%s%N)
   printf 't\tprofiles\trows\theld\n' > "$out"
-  while :; do
+  for _ in $(seq 2400); do
     now=$(date +%s%N)
     printf '%s\t%s\t%s\t%s\n' "$(calc "($now - $t0) / 1e9" 2)" \
       "$(cat "$dir/profiles.ndjson" 2>/dev/null | wc -l)" \
@@ -48,6 +49,7 @@ for RPM in 300 2000; do
   start_sandbox --profiles "$N" --latency-ms 150 --segment-rps 100 --voucherify-rpm "$RPM" --processing-ms 200
   mkdir -p "$W/run$RPM"
   sample "$W/run$RPM" "$W/timeline$RPM.tsv" & SAMPLER=$!
+  trap 'kill "$SAMPLER" 2>/dev/null; stop_sandbox' EXIT
   measure "$W/run$RPM" "$BIN" --data-dir "$W/run$RPM" run
   kill "$SAMPLER"; wait "$SAMPLER" 2>/dev/null || true
   python3 bench/plot_pipeline.py "$W/timeline$RPM.tsv" "segsync run, $N profiles, Voucherify at $RPM calls/min: each stage's progress" "bench/pipeline$RPM.svg"

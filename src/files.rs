@@ -219,6 +219,21 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// A reader that hashes what it reads has no hash before its end, and
+    /// at the end the whole file's, however the reads were cut.
+    #[test]
+    fn a_hashing_reader_gives_the_files_hash_only_at_its_end() {
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let want = twox_hash::XxHash3_128::oneshot(&bytes);
+        let mut r = Hashing::new(&bytes[..]);
+        let mut buf = [0u8; 777];
+        let n = r.read(&mut buf).unwrap();
+        assert_eq!(n, 777);
+        assert_eq!(r.finish(), None, "not read to its end");
+        while r.read(&mut buf).unwrap() > 0 {}
+        assert_eq!(r.finish(), Some(want));
+    }
+
     #[test]
     fn atomic_file_is_private_and_leaves_old_content_until_commit() {
         let dir = tempfile::tempdir().unwrap();

@@ -42,6 +42,13 @@ pub struct Args {
     /// Time an async action takes from ENQUEUED to DONE
     #[arg(long = "processing-ms", default_value_t = 200)]
     pub processing_ms: u64,
+    /// How far Voucherify's clock (its async actions' created_at and updated_at) runs ahead of this machine's, in ms; negative: behind
+    #[arg(
+        long = "action-clock-ms",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    pub action_clock_ms: i64,
     /// Time a customer export takes from SCHEDULED to DONE [default: --processing-ms]
     #[arg(long = "export-ms")]
     pub export_ms: Option<u64>,
@@ -226,6 +233,7 @@ fn sandbox_options(a: &Args, metadata_schema: Option<serde_json::Value>) -> Sand
         null_fields: a.null_fields,
         replace_nested: a.replace_nested,
         accept_undocumented: a.accept_undocumented,
+        action_clock_ms: a.action_clock_ms,
         cycle_quota: a.cycle_quota,
         bulk_quota: a.bulk_quota,
         bulk_window: std::time::Duration::from_secs(a.bulk_window_secs),

@@ -509,3 +509,75 @@ async fn a_pending_action_voucherify_no_longer_knows_is_abandoned_and_resent() {
     .await;
     assert!(r.stderr.contains("0 sent"), "{}", r.stderr);
 }
+
+/// The first look at a batch is timed by Voucherify's own clock, read on
+/// ours through the offset its `created_at`s show. With that clock seconds
+/// ahead of or behind ours, a look timed without the offset (or with it
+/// the wrong way round) comes before the job ends, batch after batch: the
+/// sandbox counts every read of every action, and when the job finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_looked_at_after_they_finish_whatever_voucherifys_clock_says() {
+    for skew in [5_000i64, -5_000] {
+        let sb = sandbox(SandboxOptions {
+            processing_ms: 300,
+            action_clock_ms: skew,
+            ..opts(0)
+        })
+        .await;
+        let dir = tempdir();
+        let csv = dir.path().join("customers.csv");
+        let mut rows = String::from("source_id,name,email\n");
+        for i in 0..160 {
+            rows.push_str(&format!("c{i:03},Name {i},c{i}@example.com\n"));
+        }
+        std::fs::write(&csv, rows).unwrap();
+        let path = csv.to_str().unwrap();
+        let r = segsync(
+            dir.path(),
+            Some(&sb),
+            &[
+                "load",
+                "--in",
+                path,
+                "--method",
+                "bulk",
+                "--from-ledger",
+                "--batch-size",
+                "10",
+            ],
+        )
+        .await;
+        assert_eq!(r.code, 0, "{}", r.all());
+        assert_eq!(sb.customers().len(), 160, "{}", r.all());
+        let timeline: Value = reqwest::get(format!("{}/_sandbox/actions", sb.url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let actions = timeline["actions"].as_array().unwrap();
+        assert_eq!(actions.len(), 16, "{timeline}");
+        let early: usize = actions
+            .iter()
+            .map(|a| {
+                let finished = a["finished_ms"].as_f64().expect("every job finished");
+                let looks = a["looks_ms"].as_array().unwrap();
+                assert!(
+                    looks.iter().any(|t| t.as_f64().unwrap() >= finished),
+                    "never read after it finished: {a}"
+                );
+                looks
+                    .iter()
+                    .filter(|t| t.as_f64().unwrap() < finished)
+                    .count()
+            })
+            .sum();
+        // The first batch's look has no finish to go by; a scheduling
+        // hiccup may make one more early. A look timed on the wrong clock
+        // is early at every batch.
+        assert!(
+            early <= 3,
+            "clock {skew:+} ms: {early} reads before the job ended, of 16 jobs: {timeline}"
+        );
+    }
+}

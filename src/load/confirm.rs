@@ -6,7 +6,9 @@
 //! whole batch unconfirmed, to be sent again.
 
 use super::batch::Batch;
-use super::pacing::{due_at, next_processing_estimate, poll_until_finished, PollTiming};
+use super::pacing::{
+    due_at, learn_offset, next_processing_estimate, poll_until_finished, PollTiming,
+};
 use super::report::ReportRow;
 use crate::api::api_error;
 use crate::api::voucherify::{is_too_many_customers, AsyncAction, AsyncResult, VoucherifyClient};
@@ -116,11 +118,16 @@ impl Session {
             .as_deref()
             .and_then(crate::dates::parse_timestamp)
         else {
+            // Nullable in the spec: the first looks stay timed by the
+            // typical time alone.
+            ui::debug(format!(
+                "load: an async action without a readable created_at ({:?}): Voucherify's clock is not learned from it",
+                action.created_at
+            ));
             return;
         };
-        let sample = created.duration_since(submitted).as_millis() as i64;
         if let Ok(mut offset) = self.clock_offset.lock() {
-            *offset = Some(offset.map_or(sample, |o| o.max(sample)));
+            *offset = Some(learn_offset(*offset, created, submitted));
         }
     }
 

@@ -72,6 +72,17 @@ pub fn due_at(
     last.max(submitted).checked_add(typical).ok()
 }
 
+/// The clocks' offset (Voucherify's less ours, ms) after one more action:
+/// its `created_at` less `submitted`, the time its submission's answer
+/// reached us. The action was created before that answer left, so each
+/// sample is at most the true offset (less the answer's way back), and the
+/// largest one seen is the closest: a due time read through it is never
+/// earlier than the true one.
+pub fn learn_offset(was: Option<i64>, created: jiff::Timestamp, submitted: jiff::Timestamp) -> i64 {
+    let sample = created.duration_since(submitted).as_millis() as i64;
+    was.map_or(sample, |o| o.max(sample))
+}
+
 /// The next estimate (ms) of how long an async action takes, from the last
 /// one: Voucherify's own `processing_time` when given; otherwise, when the
 /// first look already found it finished, something shorter than that look;
@@ -127,6 +138,43 @@ mod tests {
             typical,
         );
         assert_eq!(due, Some(t("2026-12-04T12:00:05.220Z")));
+    }
+
+    /// Their clock 2 s ahead of ours; each answer takes its time to come
+    /// back, so each sample reads the offset low: the largest wins, and
+    /// never passes the true one.
+    #[test]
+    fn the_clocks_offset_is_the_largest_sample() {
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        // Created at 12:00:02.000 theirs (12:00:00.000 ours); the answer
+        // reached us 30 ms later.
+        let o = learn_offset(
+            None,
+            t("2026-12-04T12:00:02Z"),
+            t("2026-12-04T12:00:00.030Z"),
+        );
+        assert_eq!(o, 1970);
+        // A quicker answer: closer to the true 2000.
+        let o = learn_offset(
+            Some(o),
+            t("2026-12-04T12:00:05Z"),
+            t("2026-12-04T12:00:03.005Z"),
+        );
+        assert_eq!(o, 1995);
+        // A slow one does not undo it.
+        let o = learn_offset(
+            Some(o),
+            t("2026-12-04T12:00:09Z"),
+            t("2026-12-04T12:00:07.400Z"),
+        );
+        assert_eq!(o, 1995);
+        // Their clock behind ours.
+        let o = learn_offset(
+            None,
+            t("2026-12-04T12:00:00Z"),
+            t("2026-12-04T12:00:03.010Z"),
+        );
+        assert_eq!(o, -3010);
     }
 
     #[test]

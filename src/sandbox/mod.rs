@@ -97,6 +97,10 @@ pub struct SandboxOptions {
     /// not name (by default refused, which holds segsync's own requests to
     /// the schema; the original script sends `system_metadata`).
     pub accept_undocumented: bool,
+    /// How far Voucherify's clock, as its async actions' `created_at` and
+    /// `updated_at` show it, runs ahead of this machine's (negative:
+    /// behind), in ms. Nothing says a vendor's clock agrees with a client's.
+    pub action_clock_ms: i64,
 }
 
 /// How long answers take: `median_ms`, spread by ±`jitter` (a share of the
@@ -162,6 +166,7 @@ impl Default for SandboxOptions {
             import_fails_whole: false,
             replace_nested: false,
             accept_undocumented: false,
+            action_clock_ms: 0,
         }
     }
 }

@@ -74,9 +74,14 @@ pub fn start(st: Arc<AppState>, mut jobs: tokio::sync::mpsc::UnboundedReceiver<J
     });
 }
 
-/// Now as RFC 3339 with milliseconds.
-fn now_text() -> String {
-    format!("{:.3}", jiff::Timestamp::now())
+/// Now by Voucherify's clock (`--action-clock-ms` ahead of this
+/// machine's) as RFC 3339 with milliseconds.
+fn now_text(st: &AppState) -> String {
+    let now = jiff::Timestamp::now();
+    let skewed = now
+        .checked_add(jiff::SignedDuration::from_millis(st.opts.action_clock_ms))
+        .unwrap_or(now);
+    format!("{skewed:.3}")
 }
 
 /// Put a job in the project's queue as a new async action; returns its id.
@@ -89,7 +94,7 @@ pub fn enqueue(st: &AppState, kind: &'static str, work: Work) -> String {
         seq & 0xffff
     );
     if let Ok(mut a) = st.actions.lock() {
-        let now = now_text();
+        let now = now_text(st);
         a.insert(
             id.clone(),
             Action {
@@ -118,7 +123,7 @@ fn set_status(st: &AppState, id: &str, status: &'static str, result: Option<Valu
     if let Ok(mut a) = st.actions.lock() {
         if let Some(action) = a.get_mut(id) {
             action.status = status;
-            action.updated_at = now_text();
+            action.updated_at = now_text(st);
             if status == "IN_PROGRESS" {
                 action.started = Some(Instant::now());
             }

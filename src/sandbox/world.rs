@@ -151,6 +151,10 @@ impl World {
         if r.gen_bool(0.5) {
             client_args.push("--full-export".into());
         }
+        // Drawn last: Voucherify's clock, as its async actions show it,
+        // ahead of or behind ours.
+        let mut sandbox = sandbox;
+        sandbox.action_clock_ms = *pick(&mut r, &[0i64, 0, 1_500, -1_500, 45_000, -45_000]);
         World {
             seed,
             sandbox,
@@ -166,7 +170,7 @@ impl World {
     pub fn describe(&self) -> String {
         let o = &self.sandbox;
         format!(
-            "world {}: {} profiles ({}% anonymous), latency {:?}, fault rate {:.3}, segment {} req/s, voucherify {} per {}s, processing {} ms, cap {}, cycle quota {:?}, bulk quota {:?} per {}s, churn {}/s, nulls {}, export without file {}, import fails whole {}, export shape {:?}, nested objects {}; client {}; a second run after {:?} ms; {} renamed by another writer and {} profiles touched before the rerun",
+            "world {}: {} profiles ({}% anonymous), latency {:?}, fault rate {:.3}, segment {} req/s, voucherify {} per {}s, processing {} ms, cap {}, cycle quota {:?}, bulk quota {:?} per {}s, churn {}/s, nulls {}, export without file {}, import fails whole {}, export shape {:?}, nested objects {}, Voucherify's clock {:+} ms; client {}; a second run after {:?} ms; {} renamed by another writer and {} profiles touched before the rerun",
             self.seed,
             o.profiles,
             o.anonymous_percent,
@@ -186,6 +190,7 @@ impl World {
             o.import_fails_whole,
             o.export_shape,
             if o.replace_nested { "replaced whole" } else { "merged" },
+            o.action_clock_ms,
             self.client_args.join(" "),
             self.concurrent_after_ms,
             self.renames,
