@@ -70,12 +70,10 @@ pub fn acquire(dir: &Path, command: &str) -> Result<DirLock> {
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
             return Err(UsageError::new(format!(
                 "{} is in use by {}; one command at a time writes to a data directory: wait for it to end (or stop it), then run this again",
                 dir.display(),
-                describe(&holder)
+                describe(&read_holder(&mut file))
             ))
             .into());
         }
@@ -97,6 +95,27 @@ pub fn acquire(dir: &Path, command: &str) -> Result<DirLock> {
     Ok(DirLock { _file: file })
 }
 
+/// The holder's line. A holder that has just created the lock file takes it
+/// before it writes its name, so an empty file is read again a few times,
+/// for at most [`HOLDER_WAIT`], before it is described without a name.
+fn read_holder(file: &mut File) -> String {
+    use std::io::{Seek, SeekFrom};
+    let deadline = std::time::Instant::now() + HOLDER_WAIT;
+    loop {
+        let mut holder = String::new();
+        let read = file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| file.read_to_string(&mut holder));
+        if read.is_err() || holder.contains('\n') || std::time::Instant::now() >= deadline {
+            return holder;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// How long a refused command waits for a new holder to write its name.
+const HOLDER_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// The holder as a person reads it.
 fn describe(holder: &str) -> String {
     let first = holder.lines().next().unwrap_or("");
@@ -107,7 +126,7 @@ fn describe(holder: &str) -> String {
             h["pid"],
             h["started_at"].as_str().unwrap_or("?")
         ),
-        Err(_) => "another segsync command".to_string(),
+        Err(_) => "another segsync command (one that has not yet written its name)".to_string(),
     }
 }
 
@@ -125,6 +144,30 @@ mod tests {
         assert_eq!(crate::error::exit_code_for(&e), 2);
         drop(first);
         acquire(dir.path(), "extract").unwrap();
+    }
+
+    #[test]
+    fn a_holder_that_has_not_yet_written_its_name_is_waited_for_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK);
+        // The holder's state between taking the lock and writing its line.
+        let held = File::create(&path).unwrap();
+        held.try_lock().unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(60));
+            let line = "{\"command\":\"run\",\"pid\":7,\"started_at\":\"t\"}\n";
+            std::os::unix::fs::FileExt::write_all_at(&held, line.as_bytes(), 0).unwrap();
+            held
+        });
+        let e = acquire(dir.path(), "load").unwrap_err().to_string();
+        assert!(e.contains("in use by `segsync run` (pid 7"), "{e}");
+        let held = writer.join().unwrap();
+        // A holder that never writes its name: refused without it, in time.
+        held.set_len(0).unwrap();
+        let t = std::time::Instant::now();
+        let e = acquire(dir.path(), "load").unwrap_err().to_string();
+        assert!(e.contains("in use by another segsync command"), "{e}");
+        assert!(t.elapsed() >= HOLDER_WAIT, "{:?}", t.elapsed());
     }
 
     #[test]
