@@ -182,7 +182,8 @@ async fn the_issue_mapping_lands_exactly_and_only_the_traits_it_reads_are_extrac
         .iter()
         .any(|w| w["field"] == "metadata.lifetime_value" && w["value"] == "\"n/a\""));
 
-    // Asked only for the traits it reads: one traits request per identified profile.
+    // Asked only for the traits it reads: one traits request per identified
+    // profile (a slow last read hedged asks the same again: not a first read).
     let identified = lines
         .iter()
         .filter(|l| {
@@ -194,7 +195,10 @@ async fn the_issue_mapping_lands_exactly_and_only_the_traits_it_reads_are_extrac
                     .any(|e| e["type"] == "user_id" || e["type"] == "email")
         })
         .count() as u64;
-    assert_eq!(requests(&sb, "segment.traits"), identified);
+    assert_eq!(
+        requests(&sb, "segment.traits") - reads_again(&sb, "segment.traits"),
+        identified
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,10 @@ pub struct Stats {
     pub without_source_id: AtomicU64,
     /// Profiles that got activity (touch, churn).
     pub activity: AtomicU64,
+    /// Every Segment detail read (path and query) asked so far, and how
+    /// many reads asked one again: a retry or a hedge, never a first read.
+    pub detail_reads: Mutex<std::collections::HashSet<String>>,
+    pub detail_reads_again: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Holds a request's place in the in-flight count until dropped.
@@ -78,12 +82,25 @@ impl Stats {
         }
     }
 
-    /// Count an API request and hold its in-flight place.
-    pub fn enter(&self, path: &str) -> InFlight<'_> {
+    /// Count an API request (`uri`: its path and query) and hold its
+    /// in-flight place.
+    pub fn enter(&self, uri: &axum::http::Uri) -> InFlight<'_> {
         let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak_inflight.fetch_max(now, Ordering::SeqCst);
+        let endpoint = endpoint_name(uri.path());
         if let Ok(mut c) = self.requests.lock() {
-            *c.entry(endpoint_name(path).to_string()).or_default() += 1;
+            *c.entry(endpoint.to_string()).or_default() += 1;
+        }
+        if matches!(endpoint, "segment.traits" | "segment.external_ids") {
+            let first = self
+                .detail_reads
+                .lock()
+                .is_ok_and(|mut seen| seen.insert(uri.to_string()));
+            if !first {
+                if let Ok(mut c) = self.detail_reads_again.lock() {
+                    *c.entry(endpoint.to_string()).or_default() += 1;
+                }
+            }
         }
         InFlight(self)
     }
@@ -91,6 +108,14 @@ impl Stats {
     pub fn to_json(&self, st: &AppState) -> Value {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let requests = self.requests.lock().map(|c| c.clone()).unwrap_or_default();
+        let mut again = self
+            .detail_reads_again
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        for e in ["segment.traits", "segment.external_ids"] {
+            again.entry(e.to_string()).or_default();
+        }
         json!({
             "requests": requests,
             "throttled": {"segment": get(&self.throttled_segment), "voucherify": get(&self.throttled_voucherify)},
@@ -103,6 +128,7 @@ impl Stats {
             "async_actions_accepted": get(&self.bulk_accepted),
             "profiles": st.data.n,
             "activity": get(&self.activity),
+            "segment_reads_again": again,
             "identified_profiles": *st.identified.get_or_init(|| st.data.identified()),
         })
     }

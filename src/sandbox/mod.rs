@@ -501,7 +501,7 @@ async fn gate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
     } else {
         return next.run(req).await;
     };
-    let _inflight = st.stats.enter(&path);
+    let _inflight = st.stats.enter(req.uri());
     if let Some(resp) = st.faults.inject(&st, api).await {
         return resp;
     }

@@ -213,6 +213,15 @@ pub fn requests(sb: &Sandbox, endpoint: &str) -> u64 {
     sb.stats()["requests"][endpoint].as_u64().unwrap_or(0)
 }
 
+/// Reads of `endpoint` (`segment.traits` or `segment.external_ids`) that
+/// asked what the sandbox had answered before (the same path and query): a
+/// retry or a hedge, never a first read.
+pub fn reads_again(sb: &Sandbox, endpoint: &str) -> u64 {
+    sb.stats()["segment_reads_again"][endpoint]
+        .as_u64()
+        .unwrap_or_else(|| panic!("the sandbox counts no reads of {endpoint:?} asked again"))
+}
+
 /// The sandbox holds exactly the customers the generator meant, field by field.
 pub fn assert_end_state(sb: &Sandbox, versions: &std::collections::HashMap<u64, u32>) {
     assert_end_state_with(sb, versions, false)
