@@ -43,16 +43,6 @@ fn assert_exact(file: &Path, ds: &Dataset, versions: &HashMap<u64, u32>, skip: &
     }
 }
 
-/// How many reads extract says it hedged (its summary line).
-fn hedged(stderr: &str) -> u64 {
-    let at = stderr
-        .find(" of them hedged")
-        .unwrap_or_else(|| panic!("no hedge count in: {stderr}"));
-    let n = stderr[..at].rsplit(' ').next().unwrap_or("");
-    n.parse()
-        .unwrap_or_else(|_| panic!("hedge count {n:?} in: {stderr}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_profile_once_with_the_traits_the_mapping_reads_and_its_source_id_ids() {
     let sb = sandbox(opts(450)).await;

@@ -213,6 +213,16 @@ pub fn requests(sb: &Sandbox, endpoint: &str) -> u64 {
     sb.stats()["requests"][endpoint].as_u64().unwrap_or(0)
 }
 
+/// How many reads extract says it hedged (its summary line).
+pub fn hedged(stderr: &str) -> u64 {
+    let at = stderr
+        .find(" of them hedged")
+        .unwrap_or_else(|| panic!("no hedge count in: {stderr}"));
+    let n = stderr[..at].rsplit(' ').next().unwrap_or("");
+    n.parse()
+        .unwrap_or_else(|_| panic!("hedge count {n:?} in: {stderr}"))
+}
+
 /// Reads of `endpoint` (`segment.traits` or `segment.external_ids`) that
 /// asked what the sandbox had answered before (the same path and query): a
 /// retry or a hedge, never a first read.
