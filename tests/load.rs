@@ -549,12 +549,7 @@ async fn batches_are_looked_at_after_they_finish_whatever_voucherifys_clock_says
         .await;
         assert_eq!(r.code, 0, "{}", r.all());
         assert_eq!(sb.customers().len(), 160, "{}", r.all());
-        let timeline: Value = reqwest::get(format!("{}/_sandbox/actions", sb.url()))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let timeline = action_timeline(&sb).await;
         let actions = timeline["actions"].as_array().unwrap();
         assert_eq!(actions.len(), 16, "{timeline}");
         let early: usize = actions

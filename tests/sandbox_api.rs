@@ -188,6 +188,14 @@ async fn traits_and_external_ids_page_at_their_limits() {
         .await;
     let ids = only["data"].as_array().unwrap();
     assert!(!ids.is_empty() && ids.iter().all(|x| x["type"] == "user_id"));
+    // Every read so far asked another page or selection: none counts as
+    // asked again. The default traits page asked once more does.
+    assert_eq!(reads_again(&api.sb, "segment.traits"), 0);
+    assert_eq!(reads_again(&api.sb, "segment.external_ids"), 0);
+    api.seg(&format!("/segment_id:{}/traits", big.segment_id), &[])
+        .await;
+    assert_eq!(reads_again(&api.sb, "segment.traits"), 1);
+    assert_eq!(reads_again(&api.sb, "segment.external_ids"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,12 +267,7 @@ async fn bulk_jobs_run_one_at_a_time_in_submission_order() {
     // The bench's timeline (`/_sandbox/actions`) tells the same story: in
     // submission order, each started after the one before finished, and
     // every read of ours counted.
-    let timeline: Value = reqwest::get(format!("{}/_sandbox/actions", api.sb.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let timeline = action_timeline(&api.sb).await;
     let actions = timeline["actions"].as_array().unwrap();
     let listed: Vec<&str> = actions.iter().map(|a| a["id"].as_str().unwrap()).collect();
     assert_eq!(listed, ids.iter().map(String::as_str).collect::<Vec<_>>());

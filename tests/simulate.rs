@@ -78,11 +78,14 @@ async fn world(seed: u64) -> Result<Outcome, String> {
     };
     let (first, second) = tokio::join!(run_once(dir.path(), &sb, &w), second);
     let (mut first, mut first_end) = first?;
-    // Refused by the lock, whether or not the holder had written its name.
+    // Refused by the lock: naming the other run, or, when it had not yet
+    // written its name within the wait, saying so.
     let refused = |r: &common::Run| {
         r.code == 2
-            && r.stderr
-                .contains("one command at a time writes to a data directory")
+            && (r.stderr.contains("in use by `segsync run`")
+                || r.stderr.contains(
+                    "in use by another segsync command (one that has not yet written its name)",
+                ))
     };
     if let Some(r) = second {
         let (r, end) = r?;

@@ -488,3 +488,50 @@ pub fn say(meta: &Meta, files: &state::Beside, calls: u64) {
         plan_path.display()
     ));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `load` checks a plan's inputs by hash, then replays the plan from
+    /// them: a customers.csv that changes between the two is refused by the
+    /// replay's own read, not sent as the plan's.
+    #[test]
+    fn a_replay_that_reads_another_customers_csv_than_the_plans_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let customers = dir.path().join("customers.csv");
+        let export = dir.path().join("held.csv");
+        std::fs::write(&customers, "source_id,name\np1,Ann\np2,Bo\n").unwrap();
+        std::fs::write(&export, "source_id,name\np1,Ann\n").unwrap();
+        let meta = |hash: String| Meta {
+            made_at: String::new(),
+            made_at_ms: 0,
+            target: String::new(),
+            customers: customers.clone(),
+            hashes: Hashes {
+                customers: hash,
+                export_file: export.clone(),
+                ..Default::default()
+            },
+            rules: Rules::default(),
+            counts: Counts::default(),
+            export_calls: 0,
+            export_kind: String::new(),
+            calls: 0,
+            seconds: 0.0,
+            executed_at: None,
+        };
+        let schema = compare_tests::schema();
+        let none = std::collections::HashSet::new();
+        let replayed = |hash: String| match replay(&meta(hash), &schema, &none).unwrap() {
+            Ok(_) => "replayed".to_string(),
+            Err(why) => why,
+        };
+        // The bytes the plan read: the replay goes on to compare the counts.
+        let why = replayed(file::hash_of(&customers).unwrap());
+        assert!(why.contains("compared again"), "{why}");
+        // Other bytes than the plan's.
+        let why = replayed(format!("{:032x}", 1));
+        assert!(why.contains("changed while it was read again"), "{why}");
+    }
+}

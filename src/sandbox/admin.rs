@@ -33,9 +33,10 @@ pub struct Stats {
     pub without_source_id: AtomicU64,
     /// Profiles that got activity (touch, churn).
     pub activity: AtomicU64,
-    /// Every Segment detail read (path and query) asked so far, and how
-    /// many reads asked one again: a retry or a hedge, never a first read.
-    pub detail_reads: Mutex<std::collections::HashSet<String>>,
+    /// Every Segment detail read asked so far (a 64-bit hash of its path
+    /// and query: 8 bytes a read, not the text), and how many reads asked
+    /// one again: a retry or a hedge, never a first read.
+    pub detail_reads: Mutex<std::collections::HashSet<u64>>,
     pub detail_reads_again: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -74,6 +75,14 @@ fn endpoint_name(path: &str) -> &'static str {
     }
 }
 
+/// A request's path and query, hashed (two reads that collide would count
+/// the second as asked again: odds of about n²/2⁶⁵ for n reads).
+fn hash_of(uri: &axum::http::Uri) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+        .hash_one(uri.path_and_query().map_or(uri.path(), |pq| pq.as_str()))
+}
+
 impl Stats {
     /// Count a request outside the API gate (an export download).
     pub fn count(&self, endpoint: &str) {
@@ -95,7 +104,7 @@ impl Stats {
             let first = self
                 .detail_reads
                 .lock()
-                .is_ok_and(|mut seen| seen.insert(uri.to_string()));
+                .is_ok_and(|mut seen| seen.insert(hash_of(uri)));
             if !first {
                 if let Ok(mut c) = self.detail_reads_again.lock() {
                     *c.entry(endpoint.to_string()).or_default() += 1;

@@ -213,6 +213,17 @@ pub fn requests(sb: &Sandbox, endpoint: &str) -> u64 {
     sb.stats()["requests"][endpoint].as_u64().unwrap_or(0)
 }
 
+/// The sandbox's timeline of async actions (`GET /_sandbox/actions`): each
+/// with when it was created, started and finished and when a client read it.
+pub async fn action_timeline(sb: &Sandbox) -> serde_json::Value {
+    reqwest::get(format!("{}/_sandbox/actions", sb.url()))
+        .await
+        .expect("the sandbox answers /_sandbox/actions")
+        .json()
+        .await
+        .expect("the timeline is JSON")
+}
+
 /// How many reads extract says it hedged (its summary line).
 pub fn hedged(stderr: &str) -> u64 {
     let at = stderr
