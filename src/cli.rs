@@ -164,6 +164,9 @@ pub struct RunArgs {
     /// Days after which the plan's export is full again instead of a delta
     #[arg(long = "full-export-every", default_value_t = 7, value_name = "DAYS")]
     pub full_export_every: u64,
+    /// Load the rows the project's metadata schema accepts and set the others aside in load.rejects.csv (as `load --skip-invalid`); with a schema, customers are then sent early too
+    #[arg(long = "skip-invalid")]
+    pub skip_invalid: bool,
     /// Send no customer before transform ends (by default, with --method bulk, customers go out in full batches while extract still runs)
     #[arg(long = "send-after-transform")]
     pub send_after_transform: bool,

@@ -10,6 +10,7 @@ use clap::Parser;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// The program: parse the command line, run the command, print its
 /// document under `--json`, exit with its status.
@@ -324,6 +325,10 @@ async fn run_all(a: &RunArgs, data: &Path, body: &mut Map<String, Value>) -> any
     // Check every credential before doing any work.
     a.segment.resolve()?;
     a.voucherify.resolve()?;
+    // What transform would refuse, refused before anything is sent: a
+    // customers.csv edited by hand would stop transform, and early sending
+    // would already have sent Segment's version of the edited rows.
+    transform::refuse_edited(&state::customers(data), a.force, "run")?;
     // A rerun brings Voucherify up to date at the lowest cost: when a
     // complete extract is there, only list calls and changed profiles.
     let profiles = state::profiles(data);
@@ -339,35 +344,39 @@ async fn run_all(a: &RunArgs, data: &Path, body: &mut Map<String, Value>) -> any
         "run: full extract"
     });
     let mut stages = Map::new();
-    // Beside extract: the plan's export, and the customers of the profiles
-    // extract writes, sent as they come (`pipeline`).
+    // Beside extract: the plan's export, and the customers the plan would
+    // send that no later profile can change, sent as they come (`pipeline`).
     let since = std::time::SystemTime::now();
     let mut la = load_args(a);
     let export = crate::pipeline::prefetch_export(&la, data);
-    let stop = |e: anyhow::Error| {
-        if let Some(task) = &export {
-            task.abort();
-        }
-        e
-    };
+    let mapping = a.mapping.resolve()?;
+    let census = Arc::new(extract::census::Census::new(
+        mapping.source_id_types.clone(),
+    ));
     let (tx, rx) = tokio::sync::watch::channel(crate::pipeline::Extract::Running);
     let extracting = async {
-        let r = extract::run(&extract_args(a, incremental), data).await;
+        let r =
+            extract::run_counting(&extract_args(a, incremental), data, Some(census.clone())).await;
         let _ = tx.send(match r {
             Ok(_) => crate::pipeline::Extract::Done,
             Err(_) => crate::pipeline::Extract::Failed,
         });
         r
     };
+    let watch = crate::pipeline::Watch {
+        extract: rx,
+        census: census.clone(),
+        export: export.clone(),
+    };
     let following = async {
         if !a.send_after_transform {
-            crate::pipeline::follow(&la, data, since, rx).await
+            crate::pipeline::follow(&la, data, since, watch).await
         } else {
             crate::pipeline::Early::default()
         }
     };
     let (s, early) = tokio::join!(extracting, following);
-    let s = s.map_err(stop)?;
+    let s = s?;
     stages.insert(
         "extract".into(),
         Value::Object(report::extract(&s, data, &profiles)),
@@ -381,7 +390,7 @@ async fn run_all(a: &RunArgs, data: &Path, body: &mut Map<String, Value>) -> any
         force: a.force,
         skip_invalid: false,
     };
-    let s = transform::run(&tr, data).map_err(stop)?;
+    let s = transform::run(&tr, data)?;
     stages.insert(
         "transform".into(),
         Value::Object(report::transform(&s, data)),
@@ -390,11 +399,11 @@ async fn run_all(a: &RunArgs, data: &Path, body: &mut Map<String, Value>) -> any
     // The export shows Voucherify as the run started: the plan uses it as
     // it is only when nothing was sent since; else it brings it up to date
     // by a delta (the customers sent early, and any other writer's).
-    if let Some(task) = export {
+    if let crate::pipeline::Prefetch::Ready(id) = wait_for(export).await {
         let max_age = std::time::Duration::from_secs(la.plan_max_age);
-        let id = task.await.ok().flatten();
-        la.exports.reuse = id.filter(|_| early.sent == 0).map(|id| (id, max_age));
+        la.exports.reuse = (early.sent == 0).then_some((id, max_age));
     }
+    la.refused_early = early.refused.clone();
     let s = load::run(&la, data).await?;
     let mut load_stage = report::load(&s, data);
     if let Some(Value::Object(counts)) = load_stage.get_mut("counts") {
@@ -402,10 +411,29 @@ async fn run_all(a: &RunArgs, data: &Path, body: &mut Map<String, Value>) -> any
         counts.insert("sent_early".into(), early.sent.into());
         counts.insert("confirmed_early".into(), early.confirmed.into());
         counts.insert("batches_early".into(), early.batches.into());
+        counts.insert("refused_early".into(), (early.refused.len() as u64).into());
+        counts.insert("held_back_early".into(), early.duplicates.into());
     }
     stages.insert("load".into(), Value::Object(load_stage));
     body.insert("stages".into(), Value::Object(stages));
     Ok(if s.failed > 0 { 3 } else { 0 })
+}
+
+/// The prefetched export's end (bounded by its own deadline, which the
+/// task that makes it holds).
+async fn wait_for(
+    mut export: tokio::sync::watch::Receiver<crate::pipeline::Prefetch>,
+) -> crate::pipeline::Prefetch {
+    use crate::pipeline::Prefetch;
+    loop {
+        let now = export.borrow().clone();
+        if now != Prefetch::Waiting {
+            return now;
+        }
+        if export.changed().await.is_err() {
+            return Prefetch::Failed;
+        }
+    }
 }
 
 fn extract_args(a: &RunArgs, incremental: bool) -> extract::Args {
@@ -436,7 +464,7 @@ fn load_args(a: &RunArgs) -> load::Args {
         poll_timeout: load::DEFAULT_POLL_TIMEOUT,
         max_wait: load::DEFAULT_MAX_WAIT,
         dry_run: false,
-        skip_invalid: false,
+        skip_invalid: a.skip_invalid,
         full: a.full,
         plan: false,
         from_ledger: false,
@@ -454,5 +482,6 @@ fn load_args(a: &RunArgs) -> load::Args {
         max_file_bytes: load::DEFAULT_MAX_FILE_BYTES,
         mapping: a.mapping.clone(),
         voucherify: a.voucherify.clone(),
+        refused_early: Vec::new(),
     }
 }

@@ -67,6 +67,67 @@ pub struct Record {
     pub delta_rows: u64,
     #[serde(default)]
     pub at: String,
+    /// While `pending`: the kept file's own export id and state, which an
+    /// export that ends without a usable file gives back (so no export is
+    /// left pending that no rerun can finish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_state: Option<String>,
+}
+
+impl Record {
+    /// This record with a new export `id` pending (asking `after`), the
+    /// kept file's own id and state remembered.
+    fn pending(&self, id: &str, fields: &[&str], target: &str, after: Option<String>) -> Record {
+        let (kept_id, kept_state) = if self.state == "pending" {
+            (self.kept_id.clone(), self.kept_state.clone())
+        } else {
+            (Some(self.export_id.clone()), Some(self.state.clone()))
+        };
+        Record {
+            export_id: id.to_string(),
+            state: "pending".into(),
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+            target: target.to_string(),
+            after,
+            at: state::now(),
+            kept_id,
+            kept_state,
+            ..self.clone()
+        }
+    }
+
+    /// The kept file's record again, the pending export given up (it ended
+    /// without a file that can be kept).
+    fn given_up(&self) -> Record {
+        if self.state != "pending" {
+            return self.clone();
+        }
+        Record {
+            export_id: self.kept_id.clone().unwrap_or_default(),
+            state: self.kept_state.clone().unwrap_or_default(),
+            after: None,
+            kept_id: None,
+            kept_state: None,
+            ..self.clone()
+        }
+    }
+
+    /// An export an earlier run left pending, which this one may poll
+    /// again: same project, same fields, and a delta only when a delta is
+    /// allowed (`--full-export` asks for a full one).
+    fn resumable(&self, fields: &[&str], p: &Policy<'_>) -> bool {
+        self.state == "pending"
+            && !self.export_id.is_empty()
+            && self.target == p.target
+            && self
+                .fields
+                .iter()
+                .map(String::as_str)
+                .eq(fields.iter().copied())
+            && !(p.force_full && self.after.is_some())
+    }
 }
 
 /// How far before an export's `created_at` the next delta starts: an update
@@ -179,9 +240,32 @@ pub async fn export_held(
     deadline: Duration,
     policy: &Policy<'_>,
 ) -> Result<(Exported, u64, Kind)> {
-    let prev = read_record(&files.export_meta).unwrap_or_default();
-    let resumed = prev.state == "pending" && !prev.export_id.is_empty();
+    let mut prev = read_record(&files.export_meta).unwrap_or_default();
+    if prev.state == "pending" && !prev.resumable(fields, policy) {
+        // Another project's, other fields, or a delta where a full export
+        // is asked for: not this plan's to poll.
+        ui::info(format!(
+            "Voucherify's customer export {} that an earlier run left is not for this plan (another project, other fields, or a delta where a full export is asked); a new one",
+            prev.export_id
+        ));
+        prev = prev.given_up();
+        write_record(&files.export_meta, &prev)?;
+    }
+    let resumed = prev.state == "pending";
     let (out, calls, kind) = export_once(client, files, fields, deadline, policy, prev).await?;
+    let (out, calls, kind) = match out {
+        // An export an earlier run left that ends without a file to keep
+        // (its snapshot may be of a project that held nothing then): given
+        // up, and a new one made now, once.
+        Exported::Unknown(why) if resumed => {
+            ui::info(format!("{why}; it was an earlier run's: a new export"));
+            let kept = read_record(&files.export_meta).unwrap_or_default();
+            let (out, more, kind) =
+                export_once(client, files, fields, deadline, policy, kept).await?;
+            return Ok((out, calls + more, kind));
+        }
+        other => (other, calls, kind),
+    };
     if !resumed || !matches!(out, Exported::File(_)) {
         return Ok((out, calls, kind));
     }
@@ -209,16 +293,9 @@ async fn export_once(
         return Ok((Exported::File(files.export.clone()), 0, kind));
     }
     let after = match prev.state.as_str() {
-        // A stopped run's export, polled again with what it asked.
-        "pending"
-            if prev
-                .fields
-                .iter()
-                .map(String::as_str)
-                .eq(fields.iter().copied()) =>
-        {
-            prev.after.clone()
-        }
+        // A stopped run's export (`export_held` checked it is this plan's),
+        // polled again with what it asked.
+        "pending" => prev.after.clone(),
         _ => delta_after(&prev, files, fields, policy),
     };
     let Some(after) = after else {
@@ -324,16 +401,7 @@ async fn run(
             None => {
                 calls += 1;
                 let (id, created_at) = client.export_customers(fields, after.as_deref()).await?;
-                let pending = Record {
-                    export_id: id.clone(),
-                    state: "pending".into(),
-                    fields: fields.iter().map(|f| f.to_string()).collect(),
-                    target: target.to_string(),
-                    after: after.clone(),
-                    at: state::now(),
-                    ..prev.clone()
-                };
-                write_record(meta_path, &pending)?;
+                write_record(meta_path, &prev.pending(&id, fields, target, after.clone()))?;
                 (id, created_at)
             }
         };
@@ -358,6 +426,14 @@ async fn run(
         kind: "full".into(),
         delta_rows: 0,
         at: state::now(),
+        kept_id: None,
+        kept_state: None,
+    };
+    // The export ended: an outcome that keeps no file gives the pending
+    // record up, so no later run polls it again.
+    let give_up = || {
+        let now = read_record(meta_path).unwrap_or_else(|| prev.clone());
+        write_record(meta_path, &now.given_up())
     };
     match (state.status.as_str(), &state.url, &after) {
         ("DONE", Some(url), None) => {
@@ -372,7 +448,10 @@ async fn run(
             client.download(url, &files.export_delta).await?;
             calls += 1;
             match apply_delta(&files.export, &files.export_delta)? {
-                Err(why) => Ok((Delta::Full(why), calls)),
+                Err(why) => {
+                    give_up()?;
+                    Ok((Delta::Full(why), calls))
+                }
                 Ok(rows) => {
                     done.kind = "delta".into();
                     done.delta_rows = rows;
@@ -382,14 +461,18 @@ async fn run(
                 }
             }
         }
-        ("DONE", None, Some(_)) => Ok((
-            Delta::Full(format!("the delta export {id} is DONE without a file")),
-            calls,
-        )),
+        ("DONE", None, Some(_)) => {
+            give_up()?;
+            Ok((
+                Delta::Full(format!("the delta export {id} is DONE without a file")),
+                calls,
+            ))
+        }
         ("DONE", None, None) => {
             // No file: maybe an empty project (a first migration), maybe not.
             calls += 1;
             if client.holds_any_customer().await? != Some(false) {
+                give_up()?;
                 return Ok((Delta::Done(Exported::Unknown(format!("Voucherify's customer export {id} is DONE without a file, and the project holds customers"))), calls));
             }
             ui::info(format!("Voucherify's customer export {id} has no file and the project holds no customer: every customer is new"));
@@ -399,6 +482,7 @@ async fn run(
             Ok((Delta::Done(Exported::Empty), calls))
         }
         (status, _, _) => {
+            give_up()?;
             let why = state.message.clone().unwrap_or_else(|| "no message".into());
             Ok((
                 Delta::Done(Exported::Unknown(format!(
@@ -456,6 +540,21 @@ pub fn apply_delta(kept: &Path, delta: &Path) -> Result<std::result::Result<u64,
     let header = d.byte_headers()?.clone();
     let mut k = reader(kept)?;
     let kept_header = k.byte_headers()?.clone();
+    if k.byte_records().next().is_none() {
+        // The kept export holds no customer (an empty project's): the delta
+        // is the whole state, whatever columns the kept one had.
+        let mut rows = 0u64;
+        for rec in d.byte_records() {
+            rec.with_context(|| format!("cannot read {}", delta.display()))?;
+            rows += 1;
+        }
+        let bytes =
+            std::fs::read(delta).with_context(|| format!("cannot read {}", delta.display()))?;
+        files::write_atomic(kept, &bytes)?;
+        return Ok(Ok(rows));
+    }
+    let mut k = reader(kept)?;
+    k.byte_headers()?;
     let names = |h: &csv::ByteRecord| -> Vec<String> {
         h.iter()
             .map(|c| header_key(&String::from_utf8_lossy(c)))

@@ -18,6 +18,7 @@ pub mod commands;
 pub mod config;
 pub mod dates;
 pub mod diff;
+pub mod email;
 pub mod error;
 pub mod export;
 pub mod extract;

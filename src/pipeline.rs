@@ -1,71 +1,73 @@
-//! `segsync run` with its stages overlapped (issue 33). Two things run
-//! beside extract:
+//! `segsync run` with its stages overlapped. Two things run beside extract:
 //!
-//! - **the plan's export** ([`prefetch_export`]), so a slow export is not
-//!   added to the run;
-//! - **early sending** ([`follow`]): the customers of the profiles extract
-//!   has written (up to its last checkpoint: bytes that are never rewritten)
-//!   are mapped as transform maps them, checked as load checks them, and sent
-//!   by the bulk upsert in full batches as they come, through load's own
-//!   session and ledger. The last partial batch goes when extract ends.
+//! - **the plan's export** ([`prefetch_export`]), made as the run starts, so
+//!   a slow export is not added to the run;
+//! - **early sending** ([`follow`]): the load deciding sooner, by the plan's
+//!   own rule, for the customers that cannot change before transform.
+//!
+//! The rule that keeps `run` exact (docs/DESIGN.md, "What `run` may send
+//! early"): a customer is sent early only when the stages one after another
+//! would send it the same request. So it is sent only when
+//! - extract's census is complete (every listed profile's ids are read) and
+//!   no other profile of this extract maps to its `source_id`: a duplicate
+//!   is held back for the load, which sends the one transform keeps;
+//! - the load would accept every row: `run` sends nothing early where the
+//!   project's metadata schema could refuse one (the load then sends
+//!   nothing at all), unless `--skip-invalid` (the load then sets the
+//!   refused rows aside and sends the rest, as early sending does);
+//! - the plan, compared with the export made as the run started and the
+//!   ledger, sends something for it; what it sends is the plan's request
+//!   (the whole row for a new customer, the changed fields for an update),
+//!   recorded in the ledger as the load records it.
 //!
 //! Then transform and load run as always, writing every file they write
-//! alone. When anything was sent early, the load's plan brings the export
-//! made as the run started up to date by a delta (the customers sent early
-//! are in it), so it finds them unchanged: nothing is sent twice but the
-//! batches in flight when a run is stopped.
-//!
-//! Duplicates: a profile is sent early only when it wins so far, by the rule
-//! transform applies (`transform::later_wins`: updated more recently; the
-//! first listed on a tie). A later profile of the same customer that wins is
-//! sent too, with `null` for what only the earlier one gave
-//! ([`clear_the_rest`]), so Voucherify ends as a run one stage after another
-//! leaves it. Profiles the last transform set aside as beaten duplicates are
-//! left to the load.
+//! alone. The load's plan brings the export up to date by a delta (the
+//! customers sent early are in it), so it finds them unchanged; a customer
+//! Voucherify refused early is reported, not sent a second time.
 
 use crate::api::voucherify::VoucherifyClient;
+use crate::extract::census::Census;
 use crate::load::batch::{Batch, Prepared};
 use crate::load::confirm::{self, Session};
+use crate::load::report::ReportRow;
 use crate::mapping::metadata_schema::CustomerSchema;
+use crate::plan::compare::Action;
 use crate::records::{guard_cell, COLUMNS};
 use crate::spreadsheet::input::{check_row, Layout};
 use crate::state::{self, ledger::LedgerWriter};
 use crate::transform::{Chunk, TraitSet};
 use crate::ui;
 use anyhow::Result;
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+
+/// Where the export made beside extract stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prefetch {
+    Waiting,
+    /// Kept as `load.export.csv`: the export's id.
+    Ready(String),
+    /// None made, or it failed (the plan exports again).
+    Failed,
+}
 
 /// The export a plan compares with, made in a task of its own as the run
 /// starts (`export::export_held`, as the plan makes it: a delta of the kept
-/// export when it allows); the task gives its id. The plan uses it as it is
-/// while younger than `--plan-max-age`; a failure is said, and the plan
-/// exports again. None when the load makes no plan.
-pub fn prefetch_export(
-    args: &crate::load::Args,
-    data: &Path,
-) -> Option<tokio::task::JoinHandle<Option<String>>> {
-    if !args.plans() {
-        return None;
-    }
-    let cfg = args.voucherify.resolve().ok()?;
-    let target = crate::config::project_target(&cfg.api_url, &cfg.app_id);
-    // Batches an earlier run left unconfirmed may still be in Voucherify's
-    // queue: an export made now could miss what they set, and the load
-    // checks them first. The plan exports after that check instead.
-    let ledger = state::Beside::of(&state::customers(data)).ledger;
-    match crate::state::ledger::read(&ledger, Some(&target)) {
-        Ok(l) if l.pending.is_empty() => {}
-        _ => return None,
-    }
-    let client = VoucherifyClient::new(cfg, crate::plan::http_settings()).ok()?;
+/// export when it allows). The plan uses it as it is while younger than
+/// `--plan-max-age`; a failure is said, and the plan exports again.
+pub fn prefetch_export(args: &crate::load::Args, data: &Path) -> watch::Receiver<Prefetch> {
+    let (tx, rx) = watch::channel(Prefetch::Waiting);
+    let Some((client, target)) = prefetchable(args, data) else {
+        tx.send_replace(Prefetch::Failed);
+        return rx;
+    };
     let files = state::Beside::of(&state::customers(data));
     let exports = args.exports.exports();
     let deadline = Duration::from_secs(args.export_timeout);
-    Some(tokio::spawn(async move {
+    tokio::spawn(async move {
         let policy = crate::export::Policy {
             target: &target,
             full_every: exports.full_every,
@@ -73,18 +75,42 @@ pub fn prefetch_export(
             reuse: None,
         };
         let fields = crate::fields::export_fields();
-        match crate::export::export_held(&client, &files, &fields, deadline, &policy).await {
+        let r = crate::export::export_held(&client, &files, &fields, deadline, &policy).await;
+        let ready = match r {
             Ok((crate::export::Exported::File(_) | crate::export::Exported::Empty, _, _)) => {
                 ui::debug("run: Voucherify's customer export, made beside extract, is ready");
                 crate::export::read_record(&files.export_meta).map(|r| r.export_id)
             }
-            Ok(_) => None,
+            Ok((crate::export::Exported::Unknown(why), _, _)) => {
+                ui::info(format!("run: Voucherify's customer export, started beside extract, cannot say what is held ({why}); the plan exports again"));
+                None
+            }
             Err(e) => {
                 ui::warn(format!("run: Voucherify's customer export, started beside extract, failed ({e:#}); the plan exports again"));
                 None
             }
-        }
-    }))
+        };
+        tx.send_replace(ready.map_or(Prefetch::Failed, Prefetch::Ready));
+    });
+    rx
+}
+
+/// The client and project for the prefetch, when the load makes a plan and
+/// no batch an earlier run left is pending (an export made now could miss
+/// what such a batch sets; the load checks them first, then exports).
+fn prefetchable(args: &crate::load::Args, data: &Path) -> Option<(VoucherifyClient, String)> {
+    if !args.plans() {
+        return None;
+    }
+    let cfg = args.voucherify.resolve().ok()?;
+    let target = crate::config::project_target(&cfg.api_url, &cfg.app_id);
+    let ledger = state::Beside::of(&state::customers(data)).ledger;
+    match crate::state::ledger::read(&ledger, Some(&target)) {
+        Ok(l) if l.pending.is_empty() => {}
+        _ => return None,
+    }
+    let client = VoucherifyClient::new(cfg, crate::plan::http_settings()).ok()?;
+    Some((client, target))
 }
 
 /// What early sending did.
@@ -96,12 +122,17 @@ pub struct Early {
     pub confirmed: u64,
     /// Batches sent.
     pub batches: u64,
-    /// Rows left to the load: confirmed already as they are.
-    pub already_confirmed: u64,
-    /// Rows left to the load for it to decide: beaten by the last
-    /// transform, or metadata the schema refuses or that a later duplicate
-    /// could not clear.
+    /// Rows the plan would not send: Voucherify holds them as they are.
+    pub unchanged: u64,
+    /// Rows of a `source_id` another profile of this extract shares: the
+    /// load sends the one transform keeps.
+    pub duplicates: u64,
+    /// Rows left to the load: the schema refuses them, or they lack a key
+    /// it requires.
     pub left: u64,
+    /// Customers Voucherify refused by name, with the content refused: the
+    /// load reports them and does not send the same content again.
+    pub refused: Vec<ReportRow>,
     /// Why early sending did not run or stopped, when it did not run to
     /// the end (the load then sends what it did not).
     pub stopped: Option<String>,
@@ -123,29 +154,40 @@ pub fn not_early(args: &crate::load::Args) -> Option<&'static str> {
         Some("--method import|auto sends new customers by CSV import, after transform")
     } else if args.full {
         Some("--full sends every row again, after transform")
+    } else if !args.plans() {
+        Some("the load decides by the ledger alone, after transform")
     } else {
         None
     }
 }
 
-/// Follow extract's file and send each new customer as it comes, until
-/// extract ends (`extract` says so); `since` is when the run started.
-pub async fn follow(
-    args: &crate::load::Args,
-    data: &Path,
-    since: SystemTime,
-    mut extract: tokio::sync::watch::Receiver<Extract>,
-) -> Early {
-    let mut sender = match Sender::new(args, data).await {
-        Ok(s) => s,
-        Err(why) => {
-            ui::info(format!("run: customers are sent after transform ({why})"));
-            return Early {
-                stopped: Some(why),
-                ..Default::default()
-            };
-        }
+/// What the follower waits on.
+pub struct Watch {
+    pub extract: watch::Receiver<Extract>,
+    pub census: Arc<Census>,
+    pub export: watch::Receiver<Prefetch>,
+}
+
+/// Follow extract's file and send each customer the plan would send, once
+/// the census and the export allow it, until extract ends; `since` is when
+/// the run started.
+pub async fn follow(args: &crate::load::Args, data: &Path, since: SystemTime, w: Watch) -> Early {
+    let Watch {
+        mut extract,
+        census,
+        mut export,
+    } = w;
+    let ready = match ready(&mut extract, &census, &mut export).await {
+        Ok(id) => id,
+        Err(why) => return standing_aside(why),
     };
+    let mut sender = match Sender::new(args, data, census).await {
+        Ok(s) => s,
+        Err(why) => return standing_aside(why),
+    };
+    ui::debug(format!(
+        "run: sending early, by the plan against export {ready}"
+    ));
     let profiles = state::profiles(data);
     let (partial, checkpoint) = (state::partial(&profiles), state::checkpoint(&profiles));
     let mut read = Reader::default();
@@ -185,6 +227,44 @@ pub async fn follow(
         }
     }
     sender.finish().await
+}
+
+fn standing_aside(why: String) -> Early {
+    ui::info(format!("run: customers are sent after transform ({why})"));
+    Early {
+        stopped: Some(why),
+        ..Default::default()
+    }
+}
+
+/// Wait until the census is complete and the export is kept (the export's
+/// id), or say why nothing is sent early. Every wait is bounded: extract
+/// ends in its own time, the export by its deadline.
+async fn ready(
+    extract: &mut watch::Receiver<Extract>,
+    census: &Census,
+    export: &mut watch::Receiver<Prefetch>,
+) -> Result<String, String> {
+    loop {
+        let ex = export.borrow().clone();
+        match ex {
+            Prefetch::Failed => {
+                return Err("the plan's export, made beside extract, is not there".into())
+            }
+            Prefetch::Ready(id) if census.is_complete() => return Ok(id),
+            _ => {}
+        }
+        if *extract.borrow() == Extract::Failed {
+            return Err("extract failed".into());
+        }
+        tokio::select! {
+            _ = extract.changed() => {}
+            r = export.changed() => if r.is_err() && *export.borrow() == Prefetch::Waiting {
+                return Err("the plan's export, made beside extract, ended without a word".into());
+            },
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
 }
 
 /// The offset of extract's last checkpoint, when this run's extract wrote
@@ -242,110 +322,31 @@ impl Reader {
     }
 }
 
-/// The profiles the last transform set aside as beaten duplicates, by
-/// `segment_id` (none when there is no `rejected.csv`).
-fn last_losers(data: &Path) -> HashSet<String> {
-    let path = state::rejected(&state::customers(data));
-    let Ok(mut rdr) = csv::Reader::from_path(&path) else {
-        return HashSet::new();
-    };
-    (rdr.records().flatten())
-        .filter(|r| r.get(1) == Some("duplicate_source_id"))
-        .filter_map(|r| r.get(0).map(str::to_string))
-        .collect()
+/// Whether the project's customer metadata schema could refuse a row: it
+/// defines a key (a type, bounds, a required key) or allows defined keys
+/// only. The load refuses a whole file for one such row.
+pub fn schema_may_refuse(schema: &CustomerSchema) -> bool {
+    !schema.properties.is_empty() || schema.allow_defined_only == Some(true)
 }
 
-/// The customer `c` (of `row`) sent after an earlier profile of it this
-/// run gave `earlier`: the fields only the earlier one gave are sent as
-/// `null` (inside `address` and `metadata` too, which are sent whole), so
-/// Voucherify holds what the winner gives, as a run one stage after another
-/// leaves it. The ledger records the row's own content key and fields, and
-/// these as cleared (as a plan's update records them).
-fn clear_the_rest(
-    c: &mut Prepared,
-    row: &crate::records::CustomerRow,
-    earlier: &[String],
-) -> Result<(), String> {
-    let cleared: Vec<String> = (earlier.iter())
-        .filter(|f| !c.fields.contains(f))
-        .cloned()
-        .collect();
-    if cleared.is_empty() {
-        return Ok(());
-    }
-    let serde_json::Value::Object(mut body) = row.to_request()? else {
-        return Err("a request that is not an object".into());
-    };
-    for f in &cleared {
-        match f.split_once('.') {
-            Some((group, key)) => {
-                let obj = body
-                    .entry(group.to_string())
-                    .or_insert_with(|| serde_json::Value::Object(Default::default()));
-                if let serde_json::Value::Object(o) = obj {
-                    o.insert(key.to_string(), serde_json::Value::Null);
-                }
-            }
-            None => {
-                body.insert(f.clone(), serde_json::Value::Null);
-            }
-        }
-    }
-    c.body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
-    c.cleared = cleared;
-    Ok(())
+/// An error as early sending says why it stands aside.
+fn said(e: impl Into<anyhow::Error>) -> String {
+    format!("{:#}", e.into())
 }
 
-/// Whether a row's metadata may go early: the schema finds nothing wrong
-/// with it (what it refuses the load refuses by name, before sending), it
-/// lacks no key the schema requires (the row may be a new customer), and
-/// it sets no array-typed key. A later duplicate that wins clears what
-/// only the earlier profile gave with `null`, and `null` for an array-typed
-/// key is refused (the sandbox's reading: the schema's `array: true` admits
-/// arrays only, and no document says `null` is one), which would leave the
-/// loser's values in place.
-fn sendable_metadata(schema: &CustomerSchema, required: &[String], metadata: Option<&str>) -> bool {
-    let Some(text) = metadata.filter(|t| !t.trim().is_empty()) else {
-        return required.is_empty();
-    };
-    let Ok(serde_json::Value::Object(meta)) = serde_json::from_str(text) else {
-        return false;
-    };
-    schema.check(&meta).is_empty()
-        && (required.iter()).all(|k| meta.get(k).is_some_and(|v| !v.is_null()))
-        && !meta
-            .keys()
-            .any(|k| (schema.properties.get(k)).is_some_and(|d| d.array == Some(true)))
-}
-
-/// Maps, checks and sends.
+/// Maps, checks, compares and sends.
 struct Sender {
     session: Arc<Session>,
     mapping: crate::mapping::Mapping,
     wanted: TraitSet,
     layout: Layout,
+    census: Arc<Census>,
+    /// The plan's comparison: the export made as the run started, the ledger.
+    basis: crate::plan::Basis,
     /// The project's customer metadata schema, as the run started.
     schema: CustomerSchema,
-    /// The keys it requires.
+    /// The keys it requires (of a new customer).
     required: Vec<String>,
-    /// Content keys the ledger confirms: sent already as they are.
-    confirmed: HashSet<u128>,
-    /// Per source id key: the `updated_at` (ms) of the profile that wins so
-    /// far (transform's rule).
-    winners: HashMap<u128, i64>,
-    /// Per source id key sent early in this run: the fields of the row sent
-    /// last (an index into `lists`, interned: few distinct lists).
-    sent_fields: HashMap<u128, u32>,
-    /// Profiles the last transform set aside as a duplicate a later profile
-    /// beat (`rejected.csv`): left to the load, so a rerun whose listing
-    /// order changed does not send the loser and then the winner again.
-    losers: HashSet<String>,
-    /// The batch being filled holds a profile that beats one sent earlier:
-    /// every batch in flight is confirmed before it goes (batches in flight
-    /// at once may reach Voucherify's queue in any order).
-    after_in_flight: bool,
-    lists: Vec<Vec<String>>,
-    list_ids: HashMap<Vec<String>, u32>,
     batch: Vec<Prepared>,
     bytes: usize,
     batch_size: usize,
@@ -357,48 +358,47 @@ struct Sender {
 }
 
 impl Sender {
-    async fn new(args: &crate::load::Args, data: &Path) -> Result<Sender, String> {
+    async fn new(
+        args: &crate::load::Args,
+        data: &Path,
+        census: Arc<Census>,
+    ) -> Result<Sender, String> {
         if let Some(why) = not_early(args) {
             return Err(why.to_string());
         }
-        let cfg = args.voucherify.resolve().map_err(|e| format!("{e:#}"))?;
+        let cfg = args.voucherify.resolve().map_err(said)?;
         let target = crate::config::project_target(&cfg.api_url, &cfg.app_id);
-        let ledger_file = state::Beside::of(&state::customers(data)).ledger;
-        let ledger = crate::state::ledger::read(&ledger_file, Some(&target))
-            .map_err(|e| format!("{e:#}"))?;
+        let files = state::Beside::of(&state::customers(data));
+        let ledger = crate::state::ledger::read(&files.ledger, Some(&target)).map_err(said)?;
         if !ledger.pending.is_empty() {
             return Err(format!(
                 "{} batches an earlier run left unconfirmed: the load checks them first",
                 ledger.pending.len()
             ));
         }
-        let client = VoucherifyClient::new(cfg, crate::load::setup::http_settings(args))
-            .map_err(|e| format!("{e:#}"))?;
-        // Rows the project's metadata schema refuses are the load's to
-        // refuse by name, before it sends anything.
+        let client =
+            VoucherifyClient::new(cfg, crate::load::setup::http_settings(args)).map_err(said)?;
         let schema = crate::mapping::metadata_schema::read(&client)
             .await
             .map_err(|e| format!("cannot read the project's customer metadata schema: {e}"))?;
-        let writer = LedgerWriter::open(&ledger_file, &target).map_err(|e| format!("{e:#}"))?;
-        let mapping = args.mapping.resolve().map_err(|e| format!("{e:#}"))?;
+        if schema_may_refuse(&schema) && !args.skip_invalid {
+            return Err("the project's customer metadata schema could refuse a row, and the load then sends nothing; `run --skip-invalid` sends the rows it accepts early".into());
+        }
+        let rules = crate::load::by_plan::rules(args);
+        let basis = crate::plan::Basis::open(&files, &files.export, &target, &schema, rules)
+            .map_err(said)?;
+        let writer = LedgerWriter::open(&files.ledger, &target).map_err(said)?;
+        let mapping = args.mapping.resolve().map_err(said)?;
+        let session = Session::new(client, writer, Duration::from_secs(args.poll_timeout));
         Ok(Sender {
-            session: Arc::new(Session::new(
-                client,
-                writer,
-                Duration::from_secs(args.poll_timeout),
-            )),
+            session: Arc::new(session),
             wanted: mapping.traits_read().into_iter().collect(),
             mapping,
             layout: Layout::standard(),
+            census,
+            basis,
             required: schema.required_keys(),
             schema,
-            confirmed: ledger.confirmed,
-            winners: HashMap::new(),
-            sent_fields: HashMap::new(),
-            losers: last_losers(data),
-            after_in_flight: false,
-            lists: Vec::new(),
-            list_ids: HashMap::new(),
             batch: Vec::new(),
             bytes: 2,
             batch_size: args.batch_size as usize,
@@ -410,88 +410,77 @@ impl Sender {
         })
     }
 
-    /// Map, check and batch the profiles of these chunks.
+    /// Map, check, compare and batch the profiles of these chunks.
     async fn take(&mut self, chunks: Vec<Chunk>) -> Result<()> {
         for chunk in chunks {
             let rows = chunk
                 .rows(&self.mapping, &self.wanted)
                 .map_err(|e| anyhow::anyhow!("profiles.ndjson:{e}"))?;
-            for (updated, cells) in rows {
-                if let Some((c, beats)) = self.prepare(updated, &cells) {
-                    self.add(c, beats).await?;
+            for (_, cells) in rows {
+                if let Some(c) = self.prepare(&cells)? {
+                    self.add(c).await?;
                 }
             }
         }
         Ok(())
     }
 
-    /// The customer to send for one mapped row, when it is valid, wins so
-    /// far, and is not confirmed as it is; with whether it beats a profile
-    /// sent (or batched) earlier in this run.
-    fn prepare(&mut self, updated: i64, cells: &[Option<String>]) -> Option<(Prepared, bool)> {
-        // As transform writes it (cells guarded), as load reads it back.
+    /// The customer to send for one mapped row, when the plan would send
+    /// it now: the row as transform writes it and load reads it back, its
+    /// `source_id` mapped from this one profile, accepted by the schema,
+    /// and changed against the export.
+    fn prepare(&mut self, cells: &[Option<String>]) -> Result<Option<Prepared>> {
         let guarded: Vec<String> = (0..COLUMNS.len())
-            .map(|i| {
-                let cell = cells.get(i).and_then(|c| c.as_deref()).unwrap_or("");
-                guard_cell(cell).into_owned()
-            })
+            .map(|i| guard_cell(cells.get(i).and_then(|c| c.as_deref()).unwrap_or("")).into_owned())
             .collect();
-        let rec = csv::ByteRecord::from(guarded);
-        let (row, problems) = check_row(&self.layout, &rec);
-        let sid = row.source_id.as_deref().filter(|_| problems.is_empty())?;
-        if (row.segment_id.as_ref()).is_some_and(|s| self.losers.contains(s))
-            || !sendable_metadata(&self.schema, &self.required, row.metadata.as_deref())
+        let (row, problems) = check_row(&self.layout, &csv::ByteRecord::from(guarded));
+        if let Some((column, why)) = problems.first() {
+            // Transform writes no such row; were it to, the load would
+            // refuse the whole file, and nothing more may go early.
+            anyhow::bail!("a row the load would refuse ({column}: {why})");
+        }
+        let sid = row.source_id.clone().unwrap_or_default();
+        if self.census.profiles_of(&sid) != 1 {
+            self.early.duplicates += 1;
+            return Ok(None);
+        }
+        let serde_json::Value::Object(request) = row
+            .to_request()
+            .map_err(|e| anyhow::anyhow!("{sid}: {e}"))?
+        else {
+            anyhow::bail!("{sid}: a request that is not an object");
+        };
+        let meta = request.get("metadata").and_then(|m| m.as_object());
+        if meta.is_some_and(|m| !self.schema.check(m).is_empty()) {
+            self.early.left += 1;
+            return Ok(None);
+        }
+        let mut c = Prepared::of_row(&row, 0).map_err(|e| anyhow::anyhow!("{sid}: {e}"))?;
+        let key = u128::from_str_radix(&c.hash, 16)?;
+        let change = self.basis.change(&sid, &request, key)?;
+        let Some((action, send)) = change.and_then(|c| Some((c.action, c.send?))) else {
+            self.early.unchanged += 1;
+            return Ok(None);
+        };
+        if action == Action::Create
+            && (self.required.iter())
+                .any(|k| meta.and_then(|m| m.get(k)).is_none_or(|v| v.is_null()))
         {
             self.early.left += 1;
-            return None;
+            return Ok(None);
         }
-        let key = crate::keys::h128(sid);
-        if let Some(kept) = self.winners.get(&key) {
-            if !crate::transform::later_wins(*kept, updated) {
-                return None;
-            }
+        if action != Action::Create {
+            c.cleared = crate::records::null_fields(&send);
+            c.body = serde_json::to_vec(&send)?;
         }
-        self.winners.insert(key, updated);
-        let mut c = Prepared::of_row(&row, 0).ok()?;
-        let content = u128::from_str_radix(&c.hash, 16).ok()?;
-        // A profile that beats one sent earlier in this run goes too, even
-        // when the ledger confirms its content: Voucherify holds the
-        // earlier one's now.
-        let earlier = self
-            .sent_fields
-            .get(&key)
-            .map(|i| self.lists[*i as usize].clone());
-        if !self.confirmed.insert(content) && earlier.is_none() {
-            self.early.already_confirmed += 1;
-            return None;
-        }
-        let beats = earlier.is_some();
-        if let Some(earlier) = earlier {
-            clear_the_rest(&mut c, &row, &earlier).ok()?;
-        }
-        let id = match self.list_ids.get(&c.fields) {
-            Some(id) => *id,
-            None => {
-                let id = self.lists.len() as u32;
-                self.lists.push(c.fields.clone());
-                self.list_ids.insert(c.fields.clone(), id);
-                id
-            }
-        };
-        self.sent_fields.insert(key, id);
-        Some((c, beats))
+        Ok(Some(c))
     }
 
-    /// Add a customer to the batch being filled. One that beats a profile
-    /// sent earlier starts a batch of its own making (the beaten one may be
-    /// in the batch being filled: one batch naming a customer twice leaves
-    /// an order nobody documents), and that batch goes only once every
-    /// batch before it is confirmed.
-    async fn add(&mut self, c: Prepared, beats: bool) -> Result<()> {
-        if !self.batch.is_empty() && (beats || self.bytes + c.body.len() + 1 > self.max_bytes) {
+    /// Add a customer to the batch being filled.
+    async fn add(&mut self, c: Prepared) -> Result<()> {
+        if !self.batch.is_empty() && self.bytes + c.body.len() + 1 > self.max_bytes {
             self.send().await?;
         }
-        self.after_in_flight |= beats;
         self.bytes += c.body.len() + 1;
         self.batch.push(c);
         if self.batch.len() >= self.batch_size {
@@ -502,12 +491,9 @@ impl Sender {
 
     /// Send the batch in a task of its own, at most `concurrency` at once.
     async fn send(&mut self) -> Result<()> {
-        while self.tasks.len() >= self.concurrency
-            || (self.after_in_flight && !self.tasks.is_empty())
-        {
+        while self.tasks.len() >= self.concurrency {
             self.join_one().await?;
         }
-        self.after_in_flight = false;
         let customers = std::mem::take(&mut self.batch);
         self.bytes = 2;
         if customers.is_empty() {
@@ -552,9 +538,17 @@ impl Sender {
         self.early.sent = s.sent.load(Ordering::Relaxed);
         self.early.confirmed = s.confirmed.load(Ordering::Relaxed);
         self.early.batches = s.batches.load(Ordering::Relaxed);
+        if let Ok(report) = s.report.lock() {
+            self.early.refused = report
+                .iter()
+                .filter(|r| r.content.is_some())
+                .cloned()
+                .collect();
+        }
+        let e = &self.early;
         ui::info(format!(
-            "run: {} customers sent during extract in {} batches, {} confirmed; {} rows confirmed already as they are, {} left to the load",
-            self.early.sent, self.early.batches, self.early.confirmed, self.early.already_confirmed, self.early.left
+            "run: {} customers sent during extract in {} batches, {} confirmed, {} refused; {} rows Voucherify holds as they are, {} sharing a source_id held back and {} left to the load",
+            e.sent, e.batches, e.confirmed, e.refused.len(), e.unchanged, e.duplicates, e.left
         ));
         self.early
     }

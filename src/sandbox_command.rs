@@ -89,6 +89,12 @@ pub struct Args {
     /// Profiles a second that get activity: moved to the head of the activity-sorted listing, updated_at bumped
     #[arg(long, default_value_t = 0)]
     pub churn: u32,
+    /// Of two profiles sharing a user_id, the winner (updated later) answers its traits last, so a client writes the loser first
+    #[arg(long = "winners-last")]
+    pub winners_last: bool,
+    /// An export of no customer ends DONE without a file (result null), a reading the docs allow
+    #[arg(long = "empty-export-without-file")]
+    pub empty_export_without_file: bool,
     /// Break the API contract on purpose (to see how segsync copes)
     #[arg(long, value_enum)]
     pub misbehave: Option<crate::sandbox::Misbehave>,
@@ -125,6 +131,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             n: a.profiles,
             anonymous_percent: a.anonymous_percent,
             plain_traits: a.plain_traits,
+            undeliverable_every: 0,
         };
         let rows = crate::sandbox::profiles_sync::write(
             &ds,
@@ -149,6 +156,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             n: a.profiles,
             anonymous_percent: a.anonymous_percent,
             plain_traits: a.plain_traits,
+            undeliverable_every: 0,
         };
         let mut f = crate::files::AtomicFile::create(path)?;
         let mut line = Vec::with_capacity(64 * 1024);
@@ -242,6 +250,8 @@ fn sandbox_options(a: &Args, metadata_schema: Option<serde_json::Value>) -> Sand
         plain_traits: a.plain_traits,
         metadata_schema,
         misbehave: a.misbehave,
+        winners_last: a.winners_last,
+        empty_export_without_file: a.empty_export_without_file,
         latency: (a.latency_jitter > 0.0 || a.slow_tail_share > 0.0).then_some(
             crate::sandbox::Latency {
                 median_ms: a.latency_ms,

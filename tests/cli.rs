@@ -299,10 +299,11 @@ async fn run_refuses_out_of_range_stage_flags_as_usage_errors() {
 /// `run` starts the plan's export as it starts, beside extract and
 /// transform (issue 33). The first run sends its customers while extract
 /// runs, so the plan brings that export up to date by a delta (two exports
-/// made). A rerun that sends nothing early compares with the export made
-/// beside its extract as it is (one export made), and sets back another
-/// writer's rename. The export is slow (2 s) and Segment paced, so the
-/// export and extract overlap.
+/// made). A rerun sets back another writer's rename early (the plan's rule,
+/// against the export made beside its extract), so its plan needs a delta
+/// too; a rerun that sends nothing early compares with the export made
+/// beside its extract as it is (one export made). The export is slow (2 s)
+/// and Segment paced, so the export and extract overlap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_starts_the_plans_export_beside_extract_and_the_plan_uses_it() {
     let mut o = opts(150);
@@ -339,9 +340,24 @@ async fn run_starts_the_plans_export_beside_extract_and_the_plan_uses_it() {
         .unwrap();
     let r = segsync(dir.path(), Some(&sb), &["run"]).await;
     assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("run: 1 customers sent during extract"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(sb.customers()[&sid]["name"], before, "{}", r.all());
     assert_eq!(
         requests(&sb, "voucherify.exports_created"),
-        3,
+        4,
+        "{}\n{}",
+        sb.stats(),
+        r.stderr
+    );
+    let r = segsync(dir.path(), Some(&sb), &["run"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        requests(&sb, "voucherify.exports_created"),
+        5,
         "{}\n{}",
         sb.stats(),
         r.stderr
@@ -351,5 +367,4 @@ async fn run_starts_the_plans_export_beside_extract_and_the_plan_uses_it() {
         "{}",
         r.stderr
     );
-    assert_eq!(sb.customers()[&sid]["name"], before, "{}", r.all());
 }

@@ -7,6 +7,14 @@ use common::*;
 use serde_json::{json, Value};
 use std::path::Path;
 
+/// A world whose rerun ran with `--clear-removed`.
+fn cleared() -> WorldHistory {
+    WorldHistory {
+        clear_removed: true,
+        ..Default::default()
+    }
+}
+
 fn plan_lines(data: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
     read_csv(&data.join("load.plan.csv"))
 }
@@ -18,13 +26,13 @@ async fn touch_100_ends_exact_but_for_emptied_fields_which_stay_pending_until_cl
     let data = dir.path().join("data");
     let r = segsync(dir.path(), Some(&sb), &["run"]).await;
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_world_end_state(&sb, &sb.versions(), true);
+    assert_world_end_state(&sb, &sb.versions(), &cleared());
     sb.touch(100);
     let r = segsync(dir.path(), Some(&sb), &["run"]).await;
     assert_eq!(r.code, 0, "{}", r.all());
     // Every field the source has is exact; a field it emptied holds only
     // what one of the customer's own profiles gave it before.
-    assert_world_end_state(&sb, &sb.versions(), false);
+    assert_world_end_state(&sb, &sb.versions(), &WorldHistory::default());
     let expected = sb.dataset().expected_customers(&sb.versions());
     let emptied: Vec<String> = sb
         .customers()
@@ -72,7 +80,7 @@ async fn touch_100_ends_exact_but_for_emptied_fields_which_stay_pending_until_cl
         "only the clears are sent: {}",
         r.all()
     );
-    assert_world_end_state(&sb, &sb.versions(), true);
+    assert_world_end_state(&sb, &sb.versions(), &cleared());
     // Nothing is pending any more.
     let r = segsync(dir.path(), Some(&sb), &["plan", "--clear-removed"]).await;
     assert_eq!(r.code, 0, "{}", r.all());

@@ -3,7 +3,9 @@
 //! (made by its make.py), extracted by the real binary and compared with the
 //! profiles the generator computed from the rows themselves: every trait,
 //! every user_id in order, and the profile's first and last timestamps, to
-//! the millisecond. Each variant is read twice: parts whole, and every row
+//! the millisecond. A variant segsync must refuse (a `seq` a DOUBLE has
+//! rounded, one past 64 bits) holds the words the refusal must say instead
+//! (`expected_error.txt`): exit 2, naming a part file and a row. Each variant is read twice: parts whole, and every row
 //! group of a Parquet part a job of its own with every partition reduced to
 //! what its lines show (`SEGSYNC_SLICE_BYTES=1`, `SEGSYNC_REDUCE_BYTES=0`:
 //! how a large part and a huge profile are read).
@@ -59,7 +61,7 @@ async fn every_foreign_unload_gives_exactly_the_generators_profiles() {
         .filter(|p| p.is_dir())
         .collect();
     variants.sort();
-    assert!(variants.len() >= 30, "{} variants", variants.len());
+    assert!(variants.len() >= 46, "{} variants", variants.len());
     let mut failures = Vec::new();
     for (v, sliced) in variants.iter().flat_map(|v| [(v, false), (v, true)]) {
         let name = v.file_name().unwrap().to_string_lossy().to_string();
@@ -79,7 +81,7 @@ async fn every_foreign_unload_gives_exactly_the_generators_profiles() {
                 "profiles-sync",
                 v.to_str().unwrap(),
                 "--ignore",
-                "expected.json",
+                "expected*",
                 "--out",
                 out.to_str().unwrap(),
             ],
@@ -89,6 +91,18 @@ async fn every_foreign_unload_gives_exactly_the_generators_profiles() {
             c.env("SEGSYNC_REDUCE_BYTES", "0");
         }
         let r: Run = c.output().await.expect("segsync runs").into();
+        if let Ok(words) = std::fs::read_to_string(v.join("expected_error.txt")) {
+            let named = r.stderr.contains(".parquet: row ") || r.stderr.contains(".csv: row ");
+            if r.code != 2 || !r.stderr.contains(words.trim()) || !named {
+                failures.push(format!(
+                    "{name}: want a refusal (exit 2, a file and row named) saying {:?}; got exit {}: {}",
+                    words.trim(),
+                    r.code,
+                    r.stderr.trim()
+                ));
+            }
+            continue;
+        }
         if r.code != 0 {
             failures.push(format!("{name}: exit {}: {}", r.code, r.stderr.trim()));
             continue;

@@ -82,8 +82,13 @@ async fn an_export_without_a_file_into_an_empty_project_imports_everyone() {
     assert_eq!(sb.customers().len(), 250);
 }
 
+/// An export `DONE` without a file, in a project that holds customers:
+/// what Voucherify holds cannot be seen, so the load sends nothing (a plan
+/// is its default); `--from-ledger` is the choice to send by the ledger
+/// alone, everyone by the bulk upsert, which never carries a field a row
+/// does not give.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_export_without_a_file_of_a_project_with_customers_sends_everyone_by_bulk() {
+async fn an_export_without_a_file_of_a_project_with_customers_stops_the_load_unless_by_ledger() {
     let sb = sandbox(SandboxOptions {
         export_without_file: true,
         ..opts(0)
@@ -98,14 +103,19 @@ async fn an_export_without_a_file_of_a_project_with_customers_sends_everyone_by_
     let r = tokio::time::timeout(GUARD, segsync(dir.path(), Some(&sb), &args))
         .await
         .expect("no hang");
-    assert_eq!(r.code, 0, "{}", r.all());
-    // No plan can be made: the ledger decides, and nobody goes by file.
+    assert_eq!(r.code, 1, "{}", r.all());
     assert!(
-        r.stderr.contains("load: no plan")
-            && r.stderr.contains("every customer goes by the bulk upsert"),
+        r.stderr.contains("no plan can be made") && r.stderr.contains("nothing was sent"),
         "{}",
         r.stderr
     );
+    assert_eq!(stat(&sb, "customers_received"), 0);
+    let mut args = args.to_vec();
+    args.push("--from-ledger");
+    let r = tokio::time::timeout(GUARD, segsync(dir.path(), Some(&sb), &args))
+        .await
+        .expect("no hang");
+    assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(requests(&sb, "voucherify.customers_import_csv"), 0);
     assert_eq!(sb.customers().len(), 120);
     assert_eq!(sb.customers()["h0001"]["phone"], "+48 600 000 000");

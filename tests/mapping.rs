@@ -255,17 +255,19 @@ async fn a_schema_that_does_not_define_a_mapped_key_stops_load_before_sending() 
     assert!(read_csv(&data(dir.path()).join("load-report.csv")).is_empty());
 }
 
-/// `run` sends customers while extract runs; a row the project's schema
-/// refuses is not among them: the load refuses it by name, before sending.
-/// Nor is a row that sets an array-typed key (a later duplicate could not
-/// clear it with `null`).
+/// A project whose metadata schema refuses some rows: the stages' load
+/// refuses the whole file (exit 2) and sends nothing, so `run` sends nothing
+/// early either (docs/DESIGN.md, "What `run` may send early"). With
+/// `--skip-invalid`, the load sets the refused rows aside and sends the
+/// rest: then `run` sends early, and ends as `load --skip-invalid` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_sends_early_no_row_the_schema_refuses_or_a_duplicate_could_not_undo() {
-    let sb = sandbox(SandboxOptions {
+async fn run_sends_nothing_the_schema_would_stop_and_skips_as_the_load_skips() {
+    let world = SandboxOptions {
         metadata_schema: Some(schema(false)),
+        segment_rps: 150,
         ..opts(240)
-    })
-    .await;
+    };
+    let sb = sandbox(world.clone()).await;
     let dir = tempdir();
     std::fs::write(dir.path().join("segsync.toml"), MAPPING).unwrap();
     let r = segsync(dir.path(), Some(&sb), &["run"]).await;
@@ -275,54 +277,81 @@ async fn run_sends_early_no_row_the_schema_refuses_or_a_duplicate_could_not_undo
         "{}",
         r.stderr
     );
-    let early: u64 = r
-        .stderr
-        .lines()
-        .find_map(|l| {
-            l.split("run: ")
-                .nth(1)?
-                .split(" customers sent during extract")
-                .next()?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no early-sending line: {}", r.stderr));
+    assert!(
+        r.stderr.contains("run: customers are sent after transform (the project's customer metadata schema could refuse a row"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        stat(&sb, "customers_received"),
+        0,
+        "nothing sent: {}",
+        r.stderr
+    );
+
+    // --skip-invalid: the same as the stages with `load --skip-invalid`.
+    let (ran, staged) = (sandbox(world.clone()).await, sandbox(world).await);
+    let (run_dir, stages_dir) = (tempdir(), tempdir());
+    for d in [&run_dir, &stages_dir] {
+        std::fs::write(d.path().join("segsync.toml"), MAPPING).unwrap();
+    }
+    let r = segsync(
+        run_dir.path(),
+        Some(&ran),
+        &["run", "--skip-invalid", "--json"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let s = stages(stages_dir.path(), &staged, &["--skip-invalid"]).await;
+    assert_eq!(s.code, 0, "{}", s.all());
+    assert_eq!(held_fields(&ran), held_fields(&staged), "{}", r.stderr);
+    let doc: Value = serde_json::from_str(&r.stdout).expect("one JSON document");
+    let early = doc["stages"]["load"]["counts"]["sent_early"]
+        .as_u64()
+        .unwrap();
     assert!(early > 0, "{}", r.stderr);
-    let rows = read_csv(&data(dir.path()).join("customers.csv"));
-    let received = sb.receipts();
-    assert_eq!(received.values().sum::<u64>(), early, "{received:?}");
-    for row in &rows {
-        let meta: Value = serde_json::from_str(&row["metadata"]).unwrap_or(json!({}));
-        if meta.get("big_spender").is_some() || meta.get("tags").is_some() {
-            assert!(
-                !received.contains_key(&row["source_id"]),
-                "{} was sent early: {meta}",
-                row["source_id"]
-            );
-        }
+    let set_aside = read_csv(&data(run_dir.path()).join("load.rejects.csv"));
+    assert!(!set_aside.is_empty(), "{}", r.stderr);
+    let received = ran.receipts();
+    for row in &set_aside {
+        assert!(
+            !received.contains_key(&row["source_id"]),
+            "{row:?} was sent"
+        );
     }
 }
 
-/// Nor does `run` send early a new customer without a key the schema
-/// requires: "If you do not include required metadata when sending a
-/// request, Voucherify rejects it with a validation error" (the load names
-/// such rows before sending). The sandbox counts every customer a bulk
-/// request carries, refused or not.
+/// A key the schema requires: "If you do not include required metadata when
+/// sending a request, Voucherify rejects it with a validation error" (the
+/// load names such new customers before sending). `run` sends none of them
+/// early; with `--skip-invalid` it ends as `load --skip-invalid` does. The
+/// sandbox counts every customer a bulk request carries, refused or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_sends_early_no_new_customer_without_a_key_the_schema_requires() {
     let mut required = schema(true);
     required["properties"]["campaign"]["optional"] = json!(false);
-    let sb = sandbox(SandboxOptions {
+    let world = SandboxOptions {
         metadata_schema: Some(required),
+        segment_rps: 150,
         ..opts(240)
-    })
-    .await;
-    let dir = tempdir();
-    std::fs::write(dir.path().join("segsync.toml"), MAPPING).unwrap();
-    let r = segsync(dir.path(), Some(&sb), &["run"]).await;
-    assert!(r.stderr.contains("(optional: false)"), "{}", r.all());
-    let rows = read_csv(&data(dir.path()).join("customers.csv"));
+    };
+    let (ran, staged) = (sandbox(world.clone()).await, sandbox(world).await);
+    let (run_dir, stages_dir) = (tempdir(), tempdir());
+    for d in [&run_dir, &stages_dir] {
+        std::fs::write(d.path().join("segsync.toml"), MAPPING).unwrap();
+    }
+    let r = segsync(run_dir.path(), Some(&ran), &["run", "--skip-invalid"]).await;
+    let rejects =
+        std::fs::read_to_string(data(run_dir.path()).join("load.rejects.csv")).unwrap_or_default();
+    assert!(
+        rejects.contains("(optional: false)"),
+        "{rejects}\n{}",
+        r.all()
+    );
+    let s = stages(stages_dir.path(), &staged, &["--skip-invalid"]).await;
+    assert_eq!(r.code, s.code, "{}\n--- stages:\n{}", r.all(), s.all());
+    assert_eq!(held_fields(&ran), held_fields(&staged), "{}", r.stderr);
+    let rows = read_csv(&data(run_dir.path()).join("customers.csv"));
     let lacking: Vec<&str> = (rows.iter())
         .filter(|row| {
             let meta: Value = serde_json::from_str(&row["metadata"]).unwrap_or(json!({}));
@@ -334,8 +363,8 @@ async fn run_sends_early_no_new_customer_without_a_key_the_schema_requires() {
         !lacking.is_empty() && lacking.len() < rows.len(),
         "{lacking:?}"
     );
-    let received = sb.receipts();
-    assert!(!received.is_empty(), "nothing was sent early: {}", r.stderr);
+    let received = ran.receipts();
+    assert!(!received.is_empty(), "nothing was sent: {}", r.stderr);
     for sid in lacking {
         assert!(
             !received.contains_key(sid),

@@ -19,6 +19,22 @@ pub struct Fetched {
     pub segment_id: String,
     /// None: the profile is gone (404).
     pub outcome: Result<Option<ProfileRecord>, ApiError>,
+    /// The ids read before the traits, when this is the traits' read (the
+    /// census counted the profile with them; a 404 takes it out).
+    pub read_ids: Option<Vec<Value>>,
+}
+
+/// One step of a profile's fetch: its external ids, then (only for a
+/// profile that has a `source_id` type) its traits.
+pub enum Step {
+    /// The ids are read and name a `source_id` type: the traits come next.
+    Ids {
+        page: u64,
+        entry: Map<String, Value>,
+        ids: Vec<Value>,
+    },
+    /// The profile is read whole (or gone, or failed).
+    Done(Box<Fetched>),
 }
 
 pub fn segment_id(entry: &Map<String, Value>) -> &str {
@@ -65,58 +81,73 @@ impl Wanted {
     }
 }
 
-pub fn fetch(
+/// The first step: the profile's external ids (with `--all-traits`, both
+/// lists at once, and the profile is done).
+pub fn fetch_ids(
     client: Arc<SegmentClient>,
     wanted: Arc<Wanted>,
     hedge: Arc<Hedge>,
     page: u64,
     entry: Map<String, Value>,
-) -> BoxFuture<'static, Fetched> {
+) -> BoxFuture<'static, Step> {
     Box::pin(async move {
         let id = segment_id(&entry).to_string();
-        let outcome = if wanted.everything {
+        let done = |outcome| {
+            Step::Done(Box::new(Fetched {
+                page,
+                segment_id: id.clone(),
+                outcome,
+                read_ids: None,
+            }))
+        };
+        if wanted.everything {
             let (t, e) = tokio::join!(
                 client.all_traits(&id, None),
                 client.all_external_ids(&id, None)
             );
-            match (t, e) {
+            return done(match (t, e) {
                 (Ok(Some(t)), Ok(Some(e))) => Ok(Some(record(entry, t, e))),
                 (Err(err), _) | (_, Err(err)) => Err(err),
                 _ => Ok(None),
+            });
+        }
+        let include = wanted.ids_include();
+        match hedge
+            .read(|| client.all_external_ids(&id, include.as_deref()))
+            .await
+        {
+            Err(e) => done(Err(e)),
+            Ok(None) => done(Ok(None)),
+            Ok(Some(ids)) if !wanted.identified(&ids) => {
+                done(Ok(Some(record(entry, Map::new(), ids))))
             }
-        } else {
-            fetch_identified(&client, &wanted, &hedge, &id, entry).await
-        };
-        Fetched {
-            page,
-            segment_id: id,
-            outcome,
+            Ok(Some(ids)) => Step::Ids { page, entry, ids },
         }
     })
 }
 
-async fn fetch_identified(
-    client: &SegmentClient,
-    wanted: &Wanted,
-    hedge: &Hedge,
-    id: &str,
-    entry: Map<String, Value>,
-) -> Result<Option<ProfileRecord>, ApiError> {
-    let include = wanted.ids_include();
-    let Some(ids) = hedge
-        .read(|| client.all_external_ids(id, include.as_deref()))
-        .await?
-    else {
-        return Ok(None);
-    };
-    if !wanted.identified(&ids) {
-        return Ok(Some(record(entry, Map::new(), ids)));
-    }
-    let include = wanted.traits_include();
-    Ok(hedge
-        .read(|| client.all_traits(id, include.as_deref()))
-        .await?
-        .map(|t| record(entry, t, ids)))
+/// The second step: the traits of a profile whose ids name a `source_id`
+/// type (only those the mapping reads).
+pub fn fetch_traits(
+    client: Arc<SegmentClient>,
+    wanted: Arc<Wanted>,
+    hedge: Arc<Hedge>,
+    (page, entry, ids): (u64, Map<String, Value>, Vec<Value>),
+) -> BoxFuture<'static, Step> {
+    Box::pin(async move {
+        let id = segment_id(&entry).to_string();
+        let include = wanted.traits_include();
+        let outcome = hedge
+            .read(|| client.all_traits(&id, include.as_deref()))
+            .await;
+        let read_ids = Some(ids.clone());
+        Step::Done(Box::new(Fetched {
+            page,
+            segment_id: id,
+            outcome: outcome.map(|t| t.map(|t| record(entry, t, ids))),
+            read_ids,
+        }))
+    })
 }
 
 /// One profile line: the listing entry's fields, then all traits and ids.

@@ -77,6 +77,7 @@ impl Journal {
         cfg: &SegmentConfig,
         fresh: bool,
         incremental: bool,
+        census: Option<&super::census::Census>,
     ) -> Result<(Journal, Seen)> {
         let partial = state::partial(out);
         let cp_path = state::checkpoint(out);
@@ -104,7 +105,7 @@ impl Journal {
         let mut skip = Seen::default();
         let mut lines = 0u64;
         let resumed = match resume {
-            Some(cp) => Self::read_resume_point(&partial, cp, &mut skip, &mut lines)?,
+            Some(cp) => Self::read_resume_point(&partial, cp, &mut skip, &mut lines, census)?,
             None => None,
         };
         let mut cp = match resumed {
@@ -149,6 +150,7 @@ impl Journal {
         cp: Checkpoint,
         skip: &mut Seen,
         lines: &mut u64,
+        census: Option<&super::census::Census>,
     ) -> Result<Option<Checkpoint>> {
         let (len, dropped) = files::truncate_torn_tail(partial)?;
         if dropped > 0 {
@@ -181,6 +183,9 @@ impl Journal {
                 )
             })?;
             skip.insert(&head.segment_id);
+            if let Some(c) = census {
+                c.add_line(line.as_bytes());
+            }
             n += 1;
         }
         for id in &cp.missing {

@@ -12,6 +12,7 @@
 //! unchanged profiles from the [`previous`] file instead of fetching them.
 //! Memory stays flat: only in-flight pages are held.
 
+pub mod census;
 pub mod fetcher;
 pub mod hedge;
 pub mod journal;
@@ -124,6 +125,17 @@ pub struct Summary {
 pub const MAX_PASSES: u32 = 6;
 
 pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
+    run_counting(args, data_dir, None).await
+}
+
+/// [`run`], counting in `census` which `source_id` each profile maps to
+/// (`run`'s early sending): the ids of every profile are then read before
+/// the traits of most.
+pub async fn run_counting(
+    args: &Args,
+    data_dir: &Path,
+    census: Option<Arc<census::Census>>,
+) -> Result<Summary> {
     let out = args
         .out
         .clone()
@@ -143,7 +155,8 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         traits: mapping.traits_read().into_iter().collect(),
         everything: args.all_traits,
     });
-    let (mut journal, seen) = Journal::open(&out, &cfg, args.fresh, args.incremental)?;
+    let (mut journal, seen) =
+        Journal::open(&out, &cfg, args.fresh, args.incremental, census.as_deref())?;
     let incremental = journal.cp.incremental || args.incremental;
     journal.cp.source_id_types = wanted.id_types.clone();
     journal.cp.all_traits = wanted.everything;
@@ -165,9 +178,12 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         wanted,
         (journal, seen),
         prev,
-        args.concurrency as usize,
-        !args.fixed_concurrency,
-        (args.rate_limit > 0).then_some(f64::from(args.rate_limit)),
+        scheduler::Pace {
+            ceiling: args.concurrency as usize,
+            adaptive: !args.fixed_concurrency,
+            budget: (args.rate_limit > 0).then_some(f64::from(args.rate_limit)),
+        },
+        census,
     );
     let outcome = sched.run().await;
     sched.stop_listing();

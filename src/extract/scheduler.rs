@@ -1,12 +1,21 @@
 //! The API path's scheduler: the listing runs ahead in a task of its own
-//! ([`super::lister`]); listed profiles queue up; as many are fetched at once
-//! as the adaptive controller allows ([`crate::api::adaptive`]), so the rate
-//! limit's budget stays busy whatever the answers take; written profiles are
-//! journaled ([`super::journal`]) and a page is committed to the checkpoint
-//! once all its profiles are written. At the end of a listing pass the list
-//! is walked again (it is sorted by activity) until a pass finds nothing new.
+//! ([`super::lister`]); listed profiles queue up; as many reads are in
+//! flight at once as the adaptive controller allows ([`crate::api::adaptive`]),
+//! so the rate limit's budget stays busy whatever the answers take; written
+//! profiles are journaled ([`super::journal`]) and a page is committed to the
+//! checkpoint once all its profiles are written. At the end of a listing pass
+//! the list is walked again (it is sorted by activity) until a pass finds
+//! nothing new.
+//!
+//! A profile is read in two steps, its external ids and then (when they name
+//! a `source_id` type) its traits, each from a queue of its own. By default
+//! a profile's traits go before the next profile's ids, so profiles are
+//! written soon after they are listed. With a [`Census`] (`run`), the ids go
+//! first: the census is complete once every listed profile's ids are read,
+//! about halfway through, and early sending may start.
 
-use super::fetcher::{self, Fetched, Wanted};
+use super::census::Census;
+use super::fetcher::{self, Fetched, Step, Wanted};
 use super::hedge::Hedge;
 use super::journal::{Journal, Seen};
 use super::lister::{self, Listed};
@@ -49,6 +58,16 @@ struct Mark {
     throttled: u64,
 }
 
+/// How many reads the scheduler may keep in flight.
+pub struct Pace {
+    /// The most at once (`--concurrency`).
+    pub ceiling: usize,
+    /// Adapt below the ceiling (false: keep the ceiling, for comparison).
+    pub adaptive: bool,
+    /// Requests a second the rate limit allows, when there is one.
+    pub budget: Option<f64>,
+}
+
 pub struct Scheduler {
     client: Arc<SegmentClient>,
     wanted: Arc<Wanted>,
@@ -57,8 +76,15 @@ pub struct Scheduler {
     prev: Option<PreviousFile>,
     pub summary: Summary,
     pub progress: Progress,
-    in_flight: FuturesUnordered<BoxFuture<'static, Fetched>>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Step>>,
+    /// Listed profiles whose ids are still to be read.
     queue: VecDeque<(u64, Map<String, Value>)>,
+    /// Profiles whose ids are read, their traits still to be.
+    traits_queue: VecDeque<(u64, Map<String, Value>, Vec<Value>)>,
+    /// Reads of ids in flight.
+    ids_in_flight: usize,
+    /// Which `source_id`s the profiles map to (`run`); ids are read first.
+    census: Option<Arc<Census>>,
     pages: BTreeMap<u64, PageState>,
     next_page_index: u64,
     /// The pass the lister is walking, and what it found that was not settled.
@@ -83,10 +109,14 @@ impl Scheduler {
         wanted: Arc<Wanted>,
         (journal, seen): (Journal, Seen),
         prev: Option<PreviousFile>,
-        ceiling: usize,
-        adaptive: bool,
-        budget: Option<f64>,
+        pace: Pace,
+        census: Option<Arc<Census>>,
     ) -> Scheduler {
+        let Pace {
+            ceiling,
+            adaptive,
+            budget,
+        } = pace;
         let progress = Progress::new("extract", "profiles", prev.as_ref().map(|p| p.len() as u64));
         progress.set_position(journal.lines);
         let summary = Summary {
@@ -111,6 +141,9 @@ impl Scheduler {
             progress,
             in_flight: FuturesUnordered::new(),
             queue: VecDeque::new(),
+            traits_queue: VecDeque::new(),
+            ids_in_flight: 0,
+            census,
             pages: BTreeMap::new(),
             listing_pass,
             // Resumed in the middle of a re-list: what it had found is unknown.
@@ -142,35 +175,69 @@ impl Scheduler {
         s.get(&s.requests)
     }
 
+    /// The next read to send: a queued profile's ids, or a profile's traits
+    /// (ids first with a census, else traits first).
+    fn next_read(&mut self) -> Option<BoxFuture<'static, Step>> {
+        let ids_first = self.census.is_some();
+        if ids_first {
+            self.next_ids().or_else(|| self.next_traits())
+        } else {
+            self.next_traits().or_else(|| self.next_ids())
+        }
+    }
+
+    fn next_ids(&mut self) -> Option<BoxFuture<'static, Step>> {
+        let (page, entry) = self.queue.pop_front()?;
+        self.ids_in_flight += 1;
+        Some(fetcher::fetch_ids(
+            self.client.clone(),
+            self.wanted.clone(),
+            self.hedge.clone(),
+            page,
+            entry,
+        ))
+    }
+
+    fn next_traits(&mut self) -> Option<BoxFuture<'static, Step>> {
+        let next = self.traits_queue.pop_front()?;
+        Some(fetcher::fetch_traits(
+            self.client.clone(),
+            self.wanted.clone(),
+            self.hedge.clone(),
+            next,
+        ))
+    }
+
+    /// Nothing is queued: only the reads in flight are left.
+    fn queues_empty(&self) -> bool {
+        self.queue.is_empty() && self.traits_queue.is_empty()
+    }
+
     /// Fetch, list and write until every pass is done or something fails.
     pub async fn run(&mut self) -> Result<()> {
         loop {
             while self.in_flight.len() < self.control.limit() {
-                let Some((page, entry)) = self.queue.pop_front() else {
+                let Some(read) = self.next_read() else {
                     break;
                 };
-                self.in_flight.push(fetcher::fetch(
-                    self.client.clone(),
-                    self.wanted.clone(),
-                    self.hedge.clone(),
-                    page,
-                    entry,
-                ));
+                self.in_flight.push(read);
             }
-            if self.listing_done && self.in_flight.is_empty() && self.queue.is_empty() {
+            self.census_check();
+            if self.listing_done && self.in_flight.is_empty() && self.queues_empty() {
                 self.commit_pages();
                 return Ok(());
             }
             // Only the last answers are awaited: a slow one holds the run.
             self.hedge
-                .set_draining(self.listing_done && self.queue.is_empty());
+                .set_draining(self.listing_done && self.queues_empty());
             // Keep far more queued than can be in flight (a few hundred
             // bytes an entry): the fetches never wait for the serial
             // listing, and a pass's listing ends early, so the re-list walk
             // overlaps the fetches still queued instead of following them.
-            let want_page = !self.listing_done && self.queue.len() < QUEUE_AHEAD;
+            let queued = self.queue.len() + self.traits_queue.len();
+            let want_page = !self.listing_done && queued < QUEUE_AHEAD;
             tokio::select! {
-                Some(f) = self.in_flight.next(), if !self.in_flight.is_empty() => self.on_fetched(f)?,
+                Some(step) = self.in_flight.next(), if !self.in_flight.is_empty() => self.on_step(step)?,
                 msg = self.page_rx.recv(), if want_page => self.on_listed(msg)?,
             }
             if self.commit_pages() && self.last_checkpoint.elapsed() >= Duration::from_millis(200) {
@@ -192,6 +259,16 @@ impl Scheduler {
                     s.get(&s.throttled)
                 )
             });
+        }
+    }
+
+    /// The census is complete once the last pass is listed and every listed
+    /// profile's ids are read.
+    fn census_check(&self) {
+        if let Some(c) = &self.census {
+            if self.listing_done && self.queue.is_empty() && self.ids_in_flight == 0 {
+                c.set_complete();
+            }
         }
     }
 
@@ -232,19 +309,45 @@ impl Scheduler {
         self.marked_at = Instant::now();
     }
 
+    fn on_step(&mut self, step: Step) -> Result<()> {
+        match step {
+            Step::Ids { page, entry, ids } => {
+                self.ids_in_flight -= 1;
+                if let Some(c) = &self.census {
+                    c.add(&ids);
+                }
+                self.traits_queue.push_back((page, entry, ids));
+                Ok(())
+            }
+            Step::Done(f) => {
+                if f.read_ids.is_none() {
+                    self.ids_in_flight -= 1;
+                }
+                self.on_fetched(*f)
+            }
+        }
+    }
+
     fn on_fetched(&mut self, f: Fetched) -> Result<()> {
         let Fetched {
             page,
             segment_id,
             outcome,
+            read_ids,
         } = f;
         match outcome? {
             Some(rec) => {
+                if let (Some(c), None) = (&self.census, &read_ids) {
+                    c.add(&rec.external_ids);
+                }
                 self.journal.write_record(&rec)?;
                 self.summary.fetched += 1;
                 self.progress.inc(1);
             }
             None => {
+                if let (Some(c), Some(ids)) = (&self.census, &read_ids) {
+                    c.remove(ids);
+                }
                 ui::debug(format!("extract: profile {segment_id} disappeared before it could be read (404); skipped"));
                 self.journal.cp.missing.push(segment_id);
                 self.summary.missing += 1;
@@ -284,6 +387,9 @@ impl Scheduler {
                 .as_mut()
                 .and_then(|p| p.reusable(&id, fetcher::updated_at(&entry)));
             if let Some(line) = reusable {
+                if let Some(c) = &self.census {
+                    c.add_line(&line);
+                }
                 self.journal.write_line(line)?;
                 self.summary.reused += 1;
                 self.journal.cp.reused += 1;

@@ -44,8 +44,8 @@ pub fn wanted(setup: &Setup, args: &Args) -> bool {
 /// Find or make the plan, and take it: its index goes to `setup`, who
 /// exists goes to `setup.existing` (for the import), rows the project's
 /// required keys refuse are refused, and, when `spend`, the plan is marked
-/// executed. None when no plan can be made (the export could not say what
-/// Voucherify holds): then the ledger decides, as with `--from-ledger`.
+/// executed. An error when no plan can be made (the export could not say
+/// what Voucherify holds): nothing is sent.
 pub async fn prepare(
     setup: &mut Setup,
     args: &Args,
@@ -139,12 +139,12 @@ async fn find_or_make(
     match obtain(&wanted, source).await? {
         Obtained::Saved(meta, index) => Ok(Some((meta, Found::Saved, index))),
         Obtained::Made(made, index) => Ok(Some((made.meta, Found::Made(made.exported), index))),
-        Obtained::None(why) if args.plan => {
-            anyhow::bail!("load --plan: no plan can be made: {why}; nothing was sent (without --plan, the ledger would decide what is sent)")
-        }
-        Obtained::None(why) => {
-            ui::warn(format!("load: no plan: {why}; the ledger decides what is sent, as with --from-ledger, and every customer goes by the bulk upsert, which never overwrites a field it does not carry"));
-            Ok(None)
-        }
+        // What Voucherify holds cannot be seen: nothing is sent on our
+        // own view alone (an update would carry `address` or `metadata`
+        // whole, and where Voucherify replaces them whole, keys another
+        // writer set would go). `--from-ledger` is that choice, made aloud.
+        Obtained::None(why) => anyhow::bail!(
+            "no plan can be made: {why}; nothing was sent. Rerun `segsync load` once Voucherify's export gives its file, or decide by the ledger alone with `segsync load --from-ledger` (it cannot see what Voucherify holds: another writer's changes stay, and where Voucherify replaces `address` or `metadata` whole, keys another writer set there are lost)"
+        ),
     }
 }

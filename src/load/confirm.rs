@@ -450,12 +450,17 @@ fn settle(
         .iter()
         .map(|c| (c.source_id.as_str(), c.line))
         .collect();
+    let keys: HashMap<&str, u128> = customers
+        .iter()
+        .filter_map(|c| Some((c.source_id.as_str(), content_key(&c.hash)?)))
+        .collect();
     let mut failed_ids: HashSet<String> = HashSet::new();
     s.report(result.errors().iter().map(|e| {
         let sid = e.source_id.clone().unwrap_or_default();
         failed_ids.insert(sid.clone());
         ReportRow {
             line: lines.get(sid.as_str()).copied(),
+            content: keys.get(sid.as_str()).copied(),
             source_id: sid,
             key: e.key.clone().unwrap_or_default(),
             message: e.message.clone().unwrap_or_default(),
@@ -469,6 +474,7 @@ fn settle(
         failed_ids.insert(c.source_id.clone());
         Some(ReportRow {
             line: Some(c.line),
+            content: content_key(&c.hash),
             source_id: c.source_id.clone(),
             key: "import_failed".into(),
             message: f.reason.clone().unwrap_or_default(),
@@ -513,6 +519,7 @@ pub fn abandon(
     s.report(customers.iter().map(|c| ReportRow {
         source_id: c.source_id.clone(),
         line: Some(c.line),
+        content: None,
         key: key.to_string(),
         message: why.to_string(),
         details: String::new(),

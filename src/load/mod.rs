@@ -107,7 +107,7 @@ pub struct Args {
     /// Resend every row, even those the ledger shows as already confirmed (implies --from-ledger)
     #[arg(long)]
     pub full: bool,
-    /// Stop, with nothing sent, when no plan can be made (the export cannot say what Voucherify holds), instead of falling back to the ledger; load goes by a plan either way: a fresh one `segsync plan` made, else a new one
+    /// Go by a plan (the default): a fresh one `segsync plan` made, else a new one; when no plan can be made (the export cannot say what Voucherify holds), stop with nothing sent
     #[arg(long = "plan", conflicts_with_all = ["from_ledger", "full"])]
     pub plan: bool,
     /// Decide what to send by the ledger alone (what segsync confirmed before), even when a fresh plan exists: no export, and changes other writers made are not seen
@@ -137,6 +137,11 @@ pub struct Args {
     pub mapping: crate::mapping::MappingArgs,
     #[command(flatten)]
     pub voucherify: VoucherifyArgs,
+    /// Customers Voucherify refused by name earlier in the same `run` (sent
+    /// early), with the content it refused: reported again, never sent again
+    /// with the same content.
+    #[arg(skip)]
+    pub refused_early: Vec<report::ReportRow>,
 }
 
 impl Args {
@@ -279,8 +284,10 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
             .only(move |c| !import_files::importable(c, &ex)),
         None => setup.batcher(args, confirmed)?,
     };
+    let (batcher, refused_again) = not_refused_again(batcher, &args.refused_early);
     results.extend(send_all(&session, &progress, batcher, args.concurrency).await);
     progress.finish();
+    report_refused_again(&session, &args.refused_early, &refused_again)?;
     let report_file = state::report(&setup.input);
     report::write(
         &report_file,
@@ -315,6 +322,65 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         )));
     }
     Ok(summary)
+}
+
+/// Leave out of `batcher` every customer Voucherify refused earlier in the
+/// same run with the same content (`run`'s early sending): sending it again
+/// would be refused again. Their source ids are collected as they are met.
+fn not_refused_again(
+    batcher: Batcher,
+    refused: &[report::ReportRow],
+) -> (Batcher, Arc<std::sync::Mutex<HashSet<String>>>) {
+    let met = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    if refused.is_empty() {
+        return (batcher, met);
+    }
+    let keys: std::collections::HashMap<String, u128> = (refused.iter())
+        .filter_map(|r| Some((r.source_id.clone(), r.content?)))
+        .collect();
+    let seen = met.clone();
+    let batcher = batcher.only(move |c| {
+        let again = keys.get(&c.source_id).copied() == ledger::content_key(&c.hash);
+        if again {
+            if let Ok(mut m) = seen.lock() {
+                m.insert(c.source_id.clone());
+            }
+        }
+        !again
+    });
+    (batcher, met)
+}
+
+/// Report the customers [`not_refused_again`] left out: refused, as when
+/// they were sent early.
+fn report_refused_again(
+    session: &Session,
+    refused: &[report::ReportRow],
+    met: &std::sync::Mutex<HashSet<String>>,
+) -> Result<()> {
+    let met = met
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the report was lost to a panic; rerun `segsync load`"))?;
+    let rows: Vec<report::ReportRow> = (refused.iter())
+        .filter(|r| met.contains(&r.source_id))
+        .cloned()
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    ui::info(format!(
+        "load: {} customers Voucherify refused earlier in this run with the same content are reported, not sent again",
+        rows.len()
+    ));
+    session
+        .failed
+        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+    session
+        .report
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the report was lost to a panic; rerun `segsync load`"))?
+        .extend(rows);
+    Ok(())
 }
 
 /// The session's counters when the checks of earlier batches were done.

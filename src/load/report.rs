@@ -14,6 +14,10 @@ pub struct ReportRow {
     pub key: String,
     pub message: String,
     pub details: String,
+    /// The content key of what was refused, when Voucherify refused this
+    /// customer by name (not written: `run`'s load sends a content refused
+    /// during the same run no second time).
+    pub content: Option<u128>,
 }
 
 pub const COLUMNS: [&str; 5] = ["source_id", "line", "key", "message", "details"];

@@ -51,6 +51,17 @@ pub fn map_profile(profile: &ProfileRecord, m: &Mapping) -> Mapped {
             detail: format!("no external id of type {}", id_types.join(" or ")),
         });
     };
+    // Voucherify would hold `" u1"` and `"u1"` as two customers, and the
+    // load refuses such a row (segsync never trims): the profile is set
+    // aside by name instead of stopping every load.
+    if source_id.trim() != source_id || source_id.trim().is_empty() {
+        return Mapped::Rejected(Rejection {
+            reason: "source_id_white_space",
+            detail: format!(
+                "source_id {source_id:?} is empty or has white space at its start or end; fix the id in Segment (segsync never trims)"
+            ),
+        });
+    }
     let t = &profile.traits;
     let mut warnings = Vec::new();
 
@@ -100,11 +111,23 @@ pub fn map_profile(profile: &ProfileRecord, m: &Mapping) -> Mapped {
         None => default(),
     };
 
+    let email = field(Field::Email, &|| text(t, "email")).and_then(|e| {
+        if crate::email::plausible(&e) {
+            return Some(e);
+        }
+        warnings.push(Warning {
+            field: "email".into(),
+            value: e,
+            reason: "does not look like an email address (the load refuses such a row); dropped"
+                .into(),
+        });
+        None
+    });
     Mapped::Customer {
         row: CustomerRow {
             source_id: Some(source_id),
             name,
-            email: field(Field::Email, &|| text(t, "email")),
+            email,
             phone: field(Field::Phone, &|| text(t, "phone")),
             birthdate,
             description: field(Field::Description, &|| text(t, "description")),
@@ -340,10 +363,40 @@ mod tests {
 
     #[test]
     fn strings_pass_through_unchanged() {
-        let (r, _) =
-            row(json!({"name":"  Zoë \"Z\", Ångström\n李 ","email":" MiXeD@Example.COM "}));
+        let (r, w) = row(json!({"name":"  Zoë \"Z\", Ångström\n李 ","email":"MiXeD@Example.COM"}));
         assert_eq!(r.name.as_deref(), Some("  Zoë \"Z\", Ångström\n李 "));
-        assert_eq!(r.email.as_deref(), Some(" MiXeD@Example.COM "));
+        assert_eq!(r.email.as_deref(), Some("MiXeD@Example.COM"));
+        assert!(w.is_empty());
+    }
+
+    /// An email the load would refuse (white space, two addresses, no
+    /// domain) is dropped with a warning, as an invalid birthdate is: one
+    /// bad trait in Segment never stops a whole load.
+    #[test]
+    fn an_email_the_load_refuses_is_dropped_with_a_warning() {
+        for bad in [" a@b.co ", "a@b.co, c@d.co", "nobody", "a@@b.co"] {
+            let (r, w) = row(json!({"email": bad, "name": "Ann"}));
+            assert_eq!(r.email, None, "{bad}");
+            assert_eq!(r.name.as_deref(), Some("Ann"), "customer still loaded");
+            assert_eq!(w.len(), 1, "{bad}");
+            assert_eq!(w[0].field, "email");
+            assert_eq!(w[0].value, bad);
+        }
+    }
+
+    #[test]
+    fn a_source_id_with_white_space_is_rejected_by_name() {
+        let p = ProfileRecord {
+            segment_id: "s1".into(),
+            metadata: Value::Null,
+            traits: Map::new(),
+            external_ids: vec![json!({"type": "user_id", "id": " u1"})],
+            extra: Map::new(),
+        };
+        match map_profile(&p, &Mapping::default()) {
+            Mapped::Rejected(r) => assert_eq!(r.reason, "source_id_white_space"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -42,13 +42,17 @@ pub(super) struct Packed(pub u64, pub u64, pub u32);
 
 const MS_BITS: u32 = 44;
 const NO_FIELDS: u64 = (1 << (64 - MS_BITS)) - 1;
+/// Distinct field lists a plan can tell apart (2^20 - 1): past it a plan
+/// stops rather than compute one customer's clears from another's fields.
+pub const MAX_LISTS: usize = NO_FIELDS as usize;
 
 impl Packed {
+    /// `l` packed; its field list index is below [`MAX_LISTS`] (the
+    /// interner refuses more, so no two lists ever share an index).
     fn new(l: Last, cleared: u32) -> Packed {
         let ms = l.at_ms.clamp(0, (1 << MS_BITS) - 1) as u64;
-        let f = l
-            .fields
-            .map_or(NO_FIELDS, |f| u64::from(f).min(NO_FIELDS - 1));
+        let f = l.fields.map_or(NO_FIELDS, u64::from);
+        debug_assert!(f <= NO_FIELDS);
         Packed(l.content, (f << MS_BITS) | ms, cleared)
     }
 
@@ -249,10 +253,25 @@ fn each_confirmed(
 }
 
 /// Field lists, each stored once.
-#[derive(Default)]
 struct Interned {
     lists: Vec<Vec<String>>,
     index: HashMap<Vec<String>, u32>,
+    /// At most this many lists ([`MAX_LISTS`]; fewer in tests).
+    cap: usize,
+    /// More distinct lists were asked for than `cap`: the read fails (an
+    /// index shared by two lists would mix two customers).
+    overflow: bool,
+}
+
+impl Default for Interned {
+    fn default() -> Interned {
+        Interned {
+            lists: Vec::new(),
+            index: HashMap::new(),
+            cap: MAX_LISTS,
+            overflow: false,
+        }
+    }
 }
 
 impl Interned {
@@ -261,6 +280,10 @@ impl Interned {
         f.dedup();
         if let Some(i) = self.index.get(&f) {
             return *i;
+        }
+        if self.lists.len() >= self.cap {
+            self.overflow = true;
+            return 0;
         }
         let i = self.lists.len() as u32;
         self.lists.push(f.clone());
@@ -320,14 +343,26 @@ pub fn read_from(
     target: &str,
     kept: Option<(Confirmed, Mark)>,
 ) -> Result<(Confirmed, Mark, Mark)> {
+    read_capped(path, target, kept, MAX_LISTS)
+}
+
+/// [`read_from`], telling apart at most `cap` field lists.
+fn read_capped(
+    path: &Path,
+    target: &str,
+    kept: Option<(Confirmed, Mark)>,
+    cap: usize,
+) -> Result<(Confirmed, Mark, Mark)> {
     let (mut building, from) = match kept {
         Some((confirmed, mark)) => (Building::new(Some(confirmed)), mark),
         None => (Building::new(None), Mark::default()),
     };
+    building.interned.cap = cap;
     let end = each_confirmed(path, target, from, |at, done| {
         building.apply(at, done, path)
     })?;
-    Ok((building.finish(), from, end))
+    let confirmed = building.finish(path)?;
+    Ok((confirmed, from, end))
 }
 
 /// The confirmations read so far.
@@ -372,10 +407,12 @@ impl Building {
 
     /// One confirmation: when, and who.
     fn apply(&mut self, at: &str, done: Vec<CustomerView>, path: &Path) -> Result<()> {
+        // An unreadable time fails closed: as early as can be, so any
+        // `updated_at` reads as a change after it (never as segsync's own).
         let at_ms = at
             .parse::<jiff::Timestamp>()
             .map(|t| t.as_millisecond())
-            .unwrap_or(i64::MAX);
+            .unwrap_or(0);
         let Building {
             interned,
             none,
@@ -411,7 +448,7 @@ impl Building {
         Ok(())
     }
 
-    fn finish(self) -> Confirmed {
+    fn finish(self, path: &Path) -> Result<Confirmed> {
         let Building {
             mut interned,
             by_source,
@@ -422,12 +459,19 @@ impl Building {
         let by_source = by_source.finish(&mut |_, e, l| interned.merge(e, l));
         let by_profile =
             by_profile.finish(&mut |pk, old, new| note_earlier(&mut earlier, pk, old, new));
-        Confirmed {
+        if interned.overflow {
+            anyhow::bail!(
+                "{}: more than {} distinct lists of fields segsync set; a plan cannot tell them apart (it would take one customer's fields for another's): decide by the ledger alone with `load --from-ledger`",
+                path.display(),
+                interned.cap
+            );
+        }
+        Ok(Confirmed {
             by_source,
             by_profile,
             earlier,
             field_lists: interned.lists,
-        }
+        })
     }
 }
 
@@ -468,4 +512,56 @@ pub fn source_ids_of(
         Ok(())
     })?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger(lines: &[String]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("load.ledger.ndjson");
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        (dir, p)
+    }
+
+    fn confirmed(at: &str, sid: &str, fields: &[&str]) -> String {
+        serde_json::json!({"event": "confirmed", "at": at, "target": "t",
+            "async_action_id": "a", "status": "DONE", "failed": [],
+            "done": [{"source_id": sid, "hash": format!("{:032x}", 7), "line": 1, "fields": fields}]})
+        .to_string()
+    }
+
+    /// More distinct field lists than a plan can tell apart stop the read:
+    /// never two customers' lists under one index.
+    #[test]
+    fn field_lists_beyond_the_cap_fail_the_read_never_alias() {
+        let lines: Vec<String> = (0..5)
+            .map(|i| {
+                confirmed(
+                    "2026-01-01T00:00:00Z",
+                    &format!("c{i}"),
+                    &[&format!("metadata.k{i}")],
+                )
+            })
+            .collect();
+        let (_d, p) = ledger(&lines);
+        // Five lists, and the empty one every read starts with.
+        let (c, _, _) = read_capped(&p, "t", None, 6).unwrap();
+        for i in 0..5 {
+            let last = c.last(&format!("c{i}")).unwrap();
+            assert_eq!(c.fields(&last).unwrap(), [format!("metadata.k{i}")]);
+        }
+        let e = read_capped(&p, "t", None, 5).err().expect("refused");
+        assert!(e.to_string().contains("distinct lists"), "{e}");
+    }
+
+    /// A confirmation whose time cannot be read counts as the earliest:
+    /// any `updated_at` is then a change after it, never segsync's own.
+    #[test]
+    fn an_unreadable_confirmation_time_fails_closed() {
+        let (_d, p) = ledger(&[confirmed("not a time", "c1", &["name"])]);
+        let (c, _, _) = read_from(&p, "t", None).unwrap();
+        assert_eq!(c.last("c1").unwrap().at_ms, 0);
+    }
 }

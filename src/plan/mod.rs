@@ -445,6 +445,54 @@ pub fn replay(
     })
 }
 
+/// What a plan compares one row with: an export file and the ledger. `run`
+/// sends early what the plan would send for a row, by this same rule (the
+/// load deciding sooner, not a second load).
+pub struct Basis {
+    held: held::HeldFile,
+    confirmed: confirmed::Confirmed,
+    schema: CustomerSchema,
+    rules: Rules,
+}
+
+impl Basis {
+    /// The basis of a plan made now from `export` (an export file of this
+    /// project) and the ledger beside `files`' customers file.
+    pub fn open(
+        files: &state::Beside,
+        export: &Path,
+        target: &str,
+        schema: &CustomerSchema,
+        rules: Rules,
+    ) -> Result<Basis> {
+        Ok(Basis {
+            held: held::HeldFile::open(export, schema)?,
+            confirmed: ledger_index::read(&files.ledger, target)?,
+            schema: schema.clone(),
+            rules,
+        })
+    }
+
+    /// What the plan does with this row (its request and content key):
+    /// None when it sends nothing.
+    pub fn change(
+        &self,
+        sid: &str,
+        request: &serde_json::Map<String, serde_json::Value>,
+        key: u128,
+    ) -> Result<Option<compare::Change>> {
+        Ok(compare::compare(
+            request,
+            (key >> 64) as u64,
+            self.held.get(sid)?.as_ref(),
+            self.confirmed.last(sid),
+            &self.confirmed,
+            &self.schema,
+            self.rules,
+        ))
+    }
+}
+
 /// The summary: counts per action and per field, and a few examples.
 pub fn say(meta: &Meta, files: &state::Beside, calls: u64) {
     let c = &meta.counts;

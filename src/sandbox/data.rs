@@ -110,6 +110,9 @@ pub struct Dataset {
     /// `metadata` object or none, `phone` a string): a space the original
     /// script reads to the end (it sends the traits as they are).
     pub plain_traits: bool,
+    /// Every Nth profile (0: none) has an email at an `.invalid` domain:
+    /// well formed, but Voucherify refuses it as undeliverable.
+    pub undeliverable_every: u64,
 }
 
 impl Dataset {
@@ -147,6 +150,7 @@ impl Dataset {
             n,
             anonymous_percent: 0,
             plain_traits: false,
+            undeliverable_every: 0,
         }
     }
 
@@ -169,6 +173,35 @@ impl Dataset {
             return Some(self.base_user_id(index - 1)); // same person twice in Segment
         }
         Some(self.base_user_id(index))
+    }
+
+    /// Whether profile `index` shares its `user_id` with another profile
+    /// and wins it (updated more recently; the lower index on a tie), at
+    /// these versions.
+    pub fn wins_shared(&self, index: u64, versions: &HashMap<u64, u32>) -> bool {
+        let Some(uid) = self.user_id(index) else {
+            return false;
+        };
+        let others = [index.checked_sub(1), index.checked_add(1)];
+        let updated = |i: u64| {
+            let v = versions.get(&i).copied().unwrap_or(0);
+            self.metadata(i, v)["updated_at"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        };
+        let mut shared = false;
+        for other in others.into_iter().flatten().filter(|o| *o < self.n) {
+            if self.user_id(other).as_deref() != Some(uid.as_str()) {
+                continue;
+            }
+            shared = true;
+            let (mine, theirs) = (updated(index), updated(other));
+            if mine < theirs || (mine == theirs && other < index) {
+                return false;
+            }
+        }
+        shared
     }
 
     fn base_user_id(&self, index: u64) -> String {
@@ -208,6 +241,11 @@ impl Dataset {
             &mut t,
             &mut e,
         );
+        if self.undeliverable_every > 0 && index.is_multiple_of(self.undeliverable_every) {
+            let email = format!("{}{index}@example.invalid", ascii(first));
+            t.insert("email".into(), json!(email));
+            e.email = Some(email);
+        }
         let bad_birthdate = birthdate(index, &mut r, &mut t, &mut e);
         address(index, &mut r, &mut t, &mut e);
         metadata(index, self.plain_traits, &mut r, &mut t, &mut e);

@@ -101,6 +101,16 @@ pub struct SandboxOptions {
     /// `updated_at` show it, runs ahead of this machine's (negative:
     /// behind), in ms. Nothing says a vendor's clock agrees with a client's.
     pub action_clock_ms: i64,
+    /// Of two profiles that share a `user_id`, the one that wins (updated
+    /// more recently) answers its lookups last, so a client writes the
+    /// losing profile first (the order a careless early sender trips on).
+    pub winners_last: bool,
+    /// An export that holds no customer ends `DONE` with `result: null`:
+    /// no file (both are nullable; an empty file is not promised either).
+    pub empty_export_without_file: bool,
+    /// Every Nth profile's email is at an `.invalid` domain, which the
+    /// bulk upsert refuses for that customer (0: none).
+    pub undeliverable_every: u64,
 }
 
 /// How long answers take: `median_ms`, spread by ±`jitter` (a share of the
@@ -167,6 +177,9 @@ impl Default for SandboxOptions {
             replace_nested: false,
             accept_undocumented: false,
             action_clock_ms: 0,
+            winners_last: false,
+            empty_export_without_file: false,
+            undeliverable_every: 0,
         }
     }
 }
@@ -275,6 +288,7 @@ impl Sandbox {
                 n: opts.profiles,
                 anonymous_percent: opts.anonymous_percent,
                 plain_traits: opts.plain_traits,
+                undeliverable_every: opts.undeliverable_every,
             },
             creds: creds.clone(),
             versions: RwLock::default(),

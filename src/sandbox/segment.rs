@@ -221,6 +221,13 @@ pub async fn traits(
         Ok(p) => p,
         Err(r) => return r,
     };
+    if st.opts.winners_last && !q.contains_key("next") {
+        let versions = st.versions.read().map(|v| v.clone()).unwrap_or_default();
+        if st.data.wins_shared(p.index, &versions) {
+            let wait = (st.opts.latency_ms * 4).max(300);
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        }
+    }
     let limit = match q.get("limit") {
         None => 10,
         Some(l) => match l.parse::<usize>() {

@@ -51,6 +51,14 @@ pub struct World {
     /// (a new version; where two profiles share a `user_id`, the other may
     /// now win and leave fields empty).
     pub touches: u64,
+    /// Before the first run, another writer made this share (percent) of
+    /// the customers, and every customer two profiles share, with values
+    /// the profiles may not give (a phone, a description, an address line):
+    /// nothing segsync never set may be erased.
+    pub existing_percent: Option<u32>,
+    /// Between the first run and the rerun, a person edits this many rows
+    /// of customers.csv by hand: `run` must refuse before sending anything.
+    pub hand_edits: usize,
 }
 
 impl World {
@@ -155,6 +163,7 @@ impl World {
         // ahead of or behind ours.
         let mut sandbox = sandbox;
         sandbox.action_clock_ms = *pick(&mut r, &[0i64, 0, 1_500, -1_500, 45_000, -45_000]);
+        let (existing_percent, hand_edits) = draw_readings_of_issue_44(&mut r, &mut sandbox);
         World {
             seed,
             sandbox,
@@ -163,6 +172,8 @@ impl World {
             renames,
             clear_removed,
             touches,
+            existing_percent,
+            hand_edits,
         }
     }
 
@@ -170,7 +181,7 @@ impl World {
     pub fn describe(&self) -> String {
         let o = &self.sandbox;
         format!(
-            "world {}: {} profiles ({}% anonymous), latency {:?}, fault rate {:.3}, segment {} req/s, voucherify {} per {}s, processing {} ms, cap {}, cycle quota {:?}, bulk quota {:?} per {}s, churn {}/s, nulls {}, export without file {}, import fails whole {}, export shape {:?}, nested objects {}, Voucherify's clock {:+} ms; client {}; a second run after {:?} ms; {} renamed by another writer and {} profiles touched before the rerun",
+            "world {}: {} profiles ({}% anonymous), latency {:?}, fault rate {:.3}, segment {} req/s, voucherify {} per {}s, processing {} ms, cap {}, cycle quota {:?}, bulk quota {:?} per {}s, churn {}/s, nulls {}, export without file {} (empty {}), import fails whole {}, export shape {:?}, nested objects {}, Voucherify's clock {:+} ms, winners last {}, undeliverable every {}; {:?}% made first by another writer; client {}; a second run after {:?} ms; {} renamed by another writer, {} profiles touched and {} rows edited by hand before the rerun",
             self.seed,
             o.profiles,
             o.anonymous_percent,
@@ -187,16 +198,50 @@ impl World {
             o.churn,
             o.null_fields,
             o.export_without_file,
+            o.empty_export_without_file,
             o.import_fails_whole,
             o.export_shape,
             if o.replace_nested { "replaced whole" } else { "merged" },
             o.action_clock_ms,
+            o.winners_last,
+            o.undeliverable_every,
+            self.existing_percent,
             self.client_args.join(" "),
             self.concurrent_after_ms,
             self.renames,
-            self.touches
+            self.touches,
+            self.hand_edits
         )
     }
+}
+
+/// Drawn last (issue 44), so earlier seeds keep their other draws:
+/// customers another writer made first (the share, percent), the winner of
+/// a shared user_id answering last, an empty export without a file, the
+/// quota spent on the first calls (the export made beside extract and its
+/// polls), customers Voucherify refuses, and hand edits before the rerun
+/// (the rows edited).
+fn draw_readings_of_issue_44(
+    r: &mut impl Rng,
+    sandbox: &mut SandboxOptions,
+) -> (Option<u32>, usize) {
+    let existing_percent = r.gen_bool(0.4).then(|| r.gen_range(5..=30));
+    sandbox.winners_last = r.gen_bool(0.3);
+    sandbox.empty_export_without_file = r.gen_bool(0.3);
+    if sandbox.cycle_quota.is_some() && r.gen_bool(0.5) {
+        sandbox.cycle_quota = Some(r.gen_range(1..=5));
+    }
+    sandbox.undeliverable_every = if r.gen_bool(0.2) {
+        r.gen_range(7..=29)
+    } else {
+        0
+    };
+    let hand_edits = if r.gen_bool(0.2) {
+        r.gen_range(1..=3)
+    } else {
+        0
+    };
+    (existing_percent, hand_edits)
 }
 
 fn pick<'a, T>(r: &mut impl Rng, from: &'a [T]) -> &'a T {
@@ -232,6 +277,15 @@ mod tests {
         assert!(any(&|w| w.sandbox.max_customers < 100));
         assert!(any(&|w| w.concurrent_after_ms.is_some()));
         assert!(any(&|w| w.renames > 0));
+        assert!(any(&|w| w.existing_percent.is_some()));
+        assert!(any(&|w| w.sandbox.winners_last));
+        assert!(any(&|w| w.sandbox.empty_export_without_file));
+        assert!(any(&|w| w
+            .sandbox
+            .cycle_quota
+            .is_some_and(|q| (1..=5).contains(&q))));
+        assert!(any(&|w| w.sandbox.undeliverable_every > 0));
+        assert!(any(&|w| w.hand_edits > 0));
         for shape in [
             super::super::exports::Shape::FieldNames,
             super::super::exports::Shape::MetadataJson,

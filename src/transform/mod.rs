@@ -184,6 +184,14 @@ fn check_extracted_for(input: &Path, mapping: &crate::mapping::Mapping) -> Resul
     .into())
 }
 
+/// `command` (`run`) refuses, before anything else, what transform would:
+/// a hand-edited `out` it would have to overwrite.
+pub fn refuse_edited(out: &Path, force: bool, command: &str) -> Result<()> {
+    check_not_edited(out, force)
+        .map(|_| ())
+        .map_err(|e| e.context(format!("{command} refused before sending anything")))
+}
+
 /// Refuse to overwrite a hand-edited `out`; returns the hash of the file
 /// being replaced, if any.
 fn check_not_edited(out: &Path, force: bool) -> Result<Option<String>> {

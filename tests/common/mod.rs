@@ -357,64 +357,166 @@ fn flat_held(c: &Value) -> std::collections::BTreeMap<String, Value> {
     out
 }
 
+/// What a world's customers went through before and between the runs,
+/// for its oracle.
+#[derive(Debug, Default)]
+pub struct WorldHistory {
+    /// The rerun ran with `--clear-removed`.
+    pub clear_removed: bool,
+    /// Customers another writer made before the first run, by source id.
+    pub existing: std::collections::BTreeMap<String, Value>,
+    /// Profiles moved during the first run (churn): any of a customer's
+    /// profiles may have won then.
+    pub churned: bool,
+}
+
+/// The values segsync may have set for a customer's fields: the fields of
+/// the profile that won its source id when the first run listed the space
+/// (at version 0; any profile of it at any version when churn moved them),
+/// and of the one that wins now.
+fn set_by_segsync(
+    data: &segsync::sandbox::data::Dataset,
+    versions: &std::collections::HashMap<u64, u32>,
+    churned: bool,
+) -> std::collections::HashMap<String, std::collections::HashMap<String, Vec<Value>>> {
+    let none = std::collections::HashMap::new();
+    let mut out: std::collections::HashMap<String, std::collections::HashMap<String, Vec<Value>>> =
+        Default::default();
+    let mut add = |e: &segsync::sandbox::data::ExpectedCustomer| {
+        let h = out.entry(e.source_id.clone()).or_default();
+        for (f, val) in flat_expected(e) {
+            h.entry(f).or_default().push(val);
+        }
+    };
+    for i in 0..data.n {
+        let last = versions.get(&i).copied().unwrap_or(0);
+        let alone = data.user_id(i).is_some()
+            && ![i.checked_sub(1), i.checked_add(1)]
+                .into_iter()
+                .flatten()
+                .any(|o| o < data.n && data.user_id(o) == data.user_id(i));
+        if churned {
+            for v in 0..=last {
+                if let Some(e) = data.profile(i, v).expected {
+                    add(&e);
+                }
+            }
+            continue;
+        }
+        if alone || data.wins_shared(i, &none) {
+            if let Some(e) = data.profile(i, 0).expected {
+                add(&e);
+            }
+        }
+        if alone || data.wins_shared(i, versions) {
+            if let Some(e) = data.profile(i, last).expected {
+                add(&e);
+            }
+        }
+    }
+    out
+}
+
 /// The strict oracle of a world's end state, from the world's own history
-/// (the generator's profiles at every version they passed through), never
-/// from segsync's files:
+/// (the generator's profiles at the versions they passed through, and what
+/// another writer made), never from segsync's files:
 /// - every field the source has equals the source's value;
-/// - with `--clear-removed`, nothing else is held: the customer equals the
-///   source exactly;
-/// - without it, a field the source emptied may hold only a value that one
-///   of the customer's own profiles gave that field at an earlier version
-///   (an upsert never clears, and segsync clears only when told); a value
-///   from nowhere, or from another customer's profile, fails.
+/// - a field the source does not give holds another writer's value, or,
+///   when segsync set it (from the profile that won its source id then),
+///   segsync's value (without `--clear-removed`) or nothing (with it); a
+///   value from nowhere, from a beaten profile, or another writer's value
+///   erased without `--clear-removed`, fails;
+/// - a customer Voucherify refuses (an undeliverable email) holds what
+///   another writer made, or is not there.
 pub fn assert_world_end_state(
     sb: &Sandbox,
     versions: &std::collections::HashMap<u64, u32>,
-    clear_removed: bool,
+    world: &WorldHistory,
 ) {
     let data = sb.dataset();
-    let expected = data.expected_customers(versions);
+    let mut expected = data.expected_customers(versions);
+    let refused: std::collections::BTreeSet<String> = (expected.iter())
+        .filter(|(_, e)| e.email.as_deref().is_some_and(|m| m.ends_with(".invalid")))
+        .map(|(sid, _)| sid.clone())
+        .collect();
+    expected.retain(|sid, _| !refused.contains(sid));
     let held = sb.customers();
-    assert_eq!(held.len(), expected.len(), "customer count");
     assert_eq!(sb.stats()["customers_without_source_id"], 0);
-    // Every value each field of each customer ever had in the source.
-    let mut history: std::collections::HashMap<
-        String,
-        std::collections::HashMap<String, Vec<Value>>,
-    > = std::collections::HashMap::new();
-    for i in 0..data.n {
-        for v in 0..=versions.get(&i).copied().unwrap_or(0) {
-            let Some(e) = data.profile(i, v).expected else {
-                continue;
-            };
-            let h = history.entry(e.source_id.clone()).or_default();
-            for (f, val) in flat_expected(&e) {
-                h.entry(f).or_default().push(val);
-            }
+    let set = set_by_segsync(data, versions, world.churned);
+    for (sid, c) in &held {
+        if !expected.contains_key(sid) && !refused.contains(sid) {
+            let made = world.existing.get(sid).map(flat_held);
+            assert_eq!(
+                Some(flat_held(c)),
+                made,
+                "{sid}: held, but no profile should make it"
+            );
         }
+    }
+    for sid in &refused {
+        // Voucherify refuses the row that wins now as a whole: the customer
+        // holds what another writer made, or what an earlier winning row
+        // set, field by field (a refused request clears nothing).
+        let got = held.get(sid).map(flat_held).unwrap_or_default();
+        let made = world.existing.get(sid).map(flat_held).unwrap_or_default();
+        let ours = set.get(sid);
+        others_held(sid, &Default::default(), &got, &made, ours, false);
     }
     for (sid, e) in &expected {
         let c = held
             .get(sid)
             .unwrap_or_else(|| panic!("customer {sid} missing"));
         let (want, got) = (flat_expected(e), flat_held(c));
+        let made = world.existing.get(sid).map(flat_held).unwrap_or_default();
         for (f, v) in &want {
             assert_eq!(got.get(f), Some(v), "{sid}: {f}");
         }
-        for (f, v) in got.iter().filter(|(f, _)| !want.contains_key(*f)) {
-            assert!(
-                !v.is_null() && v != &Value::String(String::new()),
-                "{sid}: {f} sent empty"
-            );
-            assert!(
-                !clear_removed,
-                "{sid}: {f} holds {v}, which the source emptied, after a run with --clear-removed"
-            );
-            let had = history.get(sid).and_then(|h| h.get(f));
-            assert!(
-                had.is_some_and(|vals| vals.contains(v)),
-                "{sid}: {f} holds {v}, which none of its profiles ever gave it (history: {had:?})"
-            );
+        others_held(sid, &want, &got, &made, set.get(sid), world.clear_removed);
+    }
+}
+
+/// The fields of one customer the source does not give (`want` lacks):
+/// each holds another writer's value (`made`), or, where segsync set it
+/// (`ours`, by field), segsync's value (without `clear_removed`) or
+/// nothing (with it).
+fn others_held(
+    sid: &str,
+    want: &std::collections::BTreeMap<String, Value>,
+    got: &std::collections::BTreeMap<String, Value>,
+    made: &std::collections::BTreeMap<String, Value>,
+    ours: Option<&std::collections::HashMap<String, Vec<Value>>>,
+    clear_removed: bool,
+) {
+    let others: std::collections::BTreeSet<&String> = (got.keys().chain(made.keys()))
+        .filter(|f| !want.contains_key(*f))
+        .collect();
+    for f in others {
+        let theirs = made.get(f);
+        let ours = ours.and_then(|h| h.get(f));
+        let by_us = ours.is_some_and(|v| !v.is_empty());
+        match got.get(f) {
+            Some(v) => {
+                assert!(
+                    !v.is_null() && v != &Value::String(String::new()),
+                    "{sid}: {f} sent empty"
+                );
+                let ok =
+                    Some(v) == theirs || (!clear_removed && ours.is_some_and(|o| o.contains(v)));
+                assert!(
+                    ok,
+                    "{sid}: {f} holds {v}, which the source no longer gives: not another writer's ({theirs:?}) nor, {}, a value segsync set ({ours:?})",
+                    if clear_removed { "after --clear-removed" } else { "without --clear-removed" }
+                );
+            }
+            None => assert!(
+                theirs.is_none() || (clear_removed && by_us),
+                "{sid}: {f}: another writer's {theirs:?} was erased, though {}",
+                if by_us {
+                    "--clear-removed was not given"
+                } else {
+                    "segsync never set it"
+                }
+            ),
         }
     }
 }
@@ -527,4 +629,47 @@ pub fn one_document(r: &Run, schema: &jsonschema::Validator) -> Value {
     assert!(errors.is_empty(), "{errors:?}\n{doc:#}");
     assert_eq!(doc["exit"], r.code, "the document's exit is the process's");
     doc
+}
+
+/// What Voucherify holds, field by field, without what it stamps itself
+/// (`id`, `object`, `created_at`, `updated_at`): two projects that were sent
+/// the same changes hold the same.
+pub fn held_fields(sb: &Sandbox) -> std::collections::BTreeMap<String, Value> {
+    sb.customers()
+        .into_iter()
+        .map(|(sid, mut c)| {
+            if let Some(o) = c.as_object_mut() {
+                for k in ["id", "object", "created_at", "updated_at"] {
+                    o.remove(k);
+                }
+            }
+            (sid, c)
+        })
+        .collect()
+}
+
+/// Where two projects differ: the first few source ids and their fields.
+pub fn differences(
+    a: &std::collections::BTreeMap<String, Value>,
+    b: &std::collections::BTreeMap<String, Value>,
+) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .take(8)
+        .map(|k| format!("{k}: {:?} / {:?}", a.get(k), b.get(k)))
+        .collect()
+}
+
+/// The stages one after another in `dir` (extract, transform, then load
+/// with `load_flags`), as a person runs them; extract and transform must
+/// succeed. The load's run.
+pub async fn stages(dir: &Path, sb: &Sandbox, load_flags: &[&str]) -> Run {
+    for stage in ["extract", "transform"] {
+        let r = segsync(dir, Some(sb), &[stage]).await;
+        assert_eq!(r.code, 0, "{stage}: {}", r.all());
+    }
+    let mut args = vec!["load"];
+    args.extend_from_slice(load_flags);
+    segsync(dir, Some(sb), &args).await
 }

@@ -8,9 +8,11 @@ use anyhow::Result;
 use std::path::Path;
 
 /// A `seq` as text: an integer (any width that fits 64 bits), or a decimal
-/// or float spelling of one (`123.000`, `1.23E2`) when it is exactly that
-/// integer. Never rounded through f64: a value beyond 64 bits, or with a
-/// fraction, is refused naming the file and row.
+/// or float spelling of one (`123.000`, `123.`, `1.23E2`) when it is exactly
+/// that integer. Never rounded through f64: a value beyond 64 bits, or with
+/// a fraction, is refused naming the file and row; a float spelling beyond
+/// 2^53 (past which a DOUBLE has lost digits) is refused with how to unload
+/// the column instead.
 pub fn parse_seq(s: &str, file: &Path, row: u64) -> Result<i64> {
     let t = s.trim();
     let refuse = |why: &str| -> anyhow::Error {
@@ -19,25 +21,83 @@ pub fn parse_seq(s: &str, file: &Path, row: u64) -> Result<i64> {
     if let Ok(n) = t.parse::<i64>() {
         return Ok(n);
     }
+    let beyond = "is beyond 64 bits, which segsync keeps; it cannot be compared exactly";
     if t.parse::<i128>().is_ok() {
-        return Err(refuse(
-            "is beyond 64 bits, which segsync's spill keeps; it cannot be compared exactly",
-        ));
+        return Err(refuse(beyond));
     }
-    // `123.000`: a decimal with a zero fraction.
+    // `123.000` or `123.`: a decimal with a zero (or no) fraction, as a
+    // DECIMAL(38,0) column (Snowflake's NUMBER) is written: exact.
     if let Some((int, frac)) = t.split_once('.') {
-        if !frac.is_empty() && frac.bytes().all(|b| b == b'0') {
+        if frac.bytes().all(|b| b == b'0') && int.bytes().any(|b| b.is_ascii_digit()) {
             if let Ok(n) = int.parse::<i64>() {
                 return Ok(n);
+            }
+            if int.parse::<i128>().is_ok() {
+                return Err(refuse(beyond));
             }
         }
     }
     // A float spelling: only when it is an integer f64 holds exactly.
     match t.parse::<f64>() {
-        Ok(f) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => Ok(f as i64),
-        Ok(_) => Err(refuse("is not an integer that can be compared exactly")),
+        Ok(f) => float_seq(f, file, row),
         Err(_) => Err(refuse("is not a number")),
     }
+}
+
+/// 2^53: the integers below it are exact in a DOUBLE.
+const DOUBLE_EXACT: f64 = 9_007_199_254_740_992.0;
+
+/// A `seq` stored as a float (a DOUBLE column, as DuckDB writes a HUGEINT):
+/// exact only below 2^53 and without a fraction; otherwise refused naming
+/// the file and row and how to unload it instead.
+pub fn float_seq(f: f64, file: &Path, row: u64) -> Result<i64> {
+    if f.fract() == 0.0 && f.abs() < DOUBLE_EXACT {
+        return Ok(f as i64);
+    }
+    let why = if f.fract() != 0.0 || !f.is_finite() {
+        "is not an integer".to_string()
+    } else {
+        "is a floating-point number past 2^53, where a DOUBLE has lost its last digits (two rows' order may be wrong)".to_string()
+    };
+    Err(UsageError::new(format!(
+        "{}: row {row}: seq {f} {why}; unload the seq column as an integer instead (CAST(seq AS BIGINT), or DECIMAL(38,0))",
+        file.display()
+    ))
+    .into())
+}
+
+/// A `seq` stored as an unsigned 64-bit integer: exact below 2^63, refused
+/// beyond (never wrapped).
+pub fn unsigned_seq(n: u64, file: &Path, row: u64) -> Result<i64> {
+    i64::try_from(n).map_err(|_| {
+        UsageError::new(format!(
+            "{}: row {row}: seq {n} is beyond 64 signed bits, which segsync keeps; it cannot be compared exactly",
+            file.display()
+        ))
+        .into()
+    })
+}
+
+/// A `seq` stored as a DECIMAL with `scale` digits after the point, read as
+/// its unscaled integer: exact when the fraction is zero, else refused.
+pub fn scaled_seq(unscaled: i128, scale: u32, file: &Path, row: u64) -> Result<i64> {
+    let p = 10i128.checked_pow(scale);
+    let refuse = |why: &str| -> anyhow::Error {
+        UsageError::new(format!(
+            "{}: row {row}: seq {unscaled}e-{scale} {why}",
+            file.display()
+        ))
+        .into()
+    };
+    let Some(p) = p else {
+        return Err(refuse("has a scale no integer fits"));
+    };
+    if unscaled % p != 0 {
+        return Err(refuse("has a fraction; seq must be an integer"));
+    }
+    i64::try_from(unscaled / p).map_err(|_| {
+        refuse("is beyond 64 bits, which segsync keeps; it cannot be compared exactly")
+    })
 }
 
 /// A timestamp as warehouses spell it in text: ISO 8601 with `T` or a
@@ -79,7 +139,8 @@ pub fn parse_ts_text(s: &str) -> Option<i64> {
 }
 
 /// Epoch time as digits with an optional fraction: seconds, milliseconds,
-/// microseconds or nanoseconds by the integer part's size.
+/// microseconds or nanoseconds by the integer part's size. Floored to the
+/// millisecond, a negative one too (-1.5 s is -1500 ms, -1.0005 s -1001).
 fn epoch_ms(t: &str) -> Option<i64> {
     let (neg, t) = match t.strip_prefix('-') {
         Some(r) => (true, r),
@@ -93,31 +154,22 @@ fn epoch_ms(t: &str) -> Option<i64> {
         return None;
     }
     let n: i64 = int.parse().ok()?;
-    // Milliseconds per unit, and the fraction's digits that are whole ms.
-    let (scale, div): (i64, i64) = match n {
-        n if n >= 100_000_000_000_000_000 => (1, 1_000_000),
-        n if n >= 100_000_000_000_000 => (1, 1_000),
-        n if n >= 100_000_000_000 => (1, 1),
-        _ => (1_000, 1),
+    let nonzero = |digits: &str| digits.bytes().any(|b| b != b'0');
+    // The whole milliseconds, and whether anything is left below them.
+    let (ms, below) = match n {
+        n if n >= 100_000_000_000_000_000 => (n / 1_000_000, n % 1_000_000 != 0 || nonzero(frac)),
+        n if n >= 100_000_000_000_000 => (n / 1_000, n % 1_000 != 0 || nonzero(frac)),
+        n if n >= 100_000_000_000 => (n, nonzero(frac)),
+        _ => {
+            let d: String = frac.chars().chain("000".chars()).take(3).collect();
+            let frac_ms = d.parse::<i64>().ok()?;
+            (
+                n.checked_mul(1_000)? + frac_ms,
+                nonzero(frac.get(3..).unwrap_or("")),
+            )
+        }
     };
-    let frac_ms = if scale == 1_000 {
-        let d: String = frac.chars().chain("000".chars()).take(3).collect();
-        d.parse::<i64>().ok()?
-    } else {
-        0
-    };
-    let whole = if div == 1 {
-        n * scale
-    } else {
-        n.div_euclid(div)
-    };
-    let ms = whole + frac_ms;
-    // A negative epoch with a fraction floors further back.
-    Some(if neg {
-        -ms - i64::from(frac_ms > 0 || (div > 1 && n % div != 0))
-    } else {
-        ms
-    })
+    Some(if neg { -ms - i64::from(below) } else { ms })
 }
 
 /// A timestamp cell: None when empty (or `\N`), an error naming the file
@@ -230,5 +282,54 @@ mod tests {
         assert!(parse_seq("1.5", p, 2).is_err());
         let e = parse_seq("x", p, 2).unwrap_err();
         assert!(e.to_string().contains("s.parquet: row 2"), "{e}");
+        // DECIMAL(38,0), as Snowflake's NUMBER and pyarrow's decimal128
+        // write it: exact at real magnitudes.
+        assert_eq!(
+            parse_seq("1700000000000060222.", p, 1).unwrap(),
+            1_700_000_000_000_060_222
+        );
+        assert_eq!(
+            parse_seq("1700000000000060223.000", p, 1).unwrap(),
+            1_700_000_000_000_060_223
+        );
+        assert_eq!(
+            scaled_seq(170_000_000_000_006_022_200, 2, p, 1).unwrap(),
+            1_700_000_000_000_060_222
+        );
+        assert!(scaled_seq(170_000_000_000_006_022_205, 2, p, 1).is_err());
+        // A DOUBLE past 2^53 has lost digits: refused, saying how to unload.
+        let e = parse_seq("1.7000000000000602e18", p, 7)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row 7") && e.contains("CAST(seq AS BIGINT)"),
+            "{e}"
+        );
+        let e = float_seq(1.7000000000000602e18, p, 8)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("past 2^53") && e.contains("DECIMAL(38,0)"),
+            "{e}"
+        );
+        assert_eq!(
+            float_seq(9_007_199_254_740_991.0, p, 1).unwrap(),
+            9_007_199_254_740_991
+        );
+        // An unsigned 64-bit seq past 2^63 is refused, never wrapped.
+        assert_eq!(unsigned_seq(42, p, 1).unwrap(), 42);
+        assert!(unsigned_seq(u64::MAX, p, 1).is_err());
+    }
+
+    #[test]
+    fn a_negative_epoch_with_a_fraction_is_floored() {
+        assert_eq!(parse_ts_text("-1.5"), Some(-1_500));
+        assert_eq!(parse_ts_text("-1.0005"), Some(-1_001));
+        assert_eq!(parse_ts_text("-1.0"), Some(-1_000));
+        assert_eq!(parse_ts_text("-1"), Some(-1_000));
+        assert_eq!(parse_ts_text("1.0005"), Some(1_000));
+        assert_eq!(parse_ts_text("-100000000000.5"), Some(-100_000_000_001));
+        assert_eq!(parse_ts_text("-100000000000000.5"), Some(-100_000_000_001));
+        assert_eq!(parse_ts_text("-100000000000000"), Some(-100_000_000_000));
     }
 }

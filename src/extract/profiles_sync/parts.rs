@@ -5,7 +5,9 @@
 //! readers' buffers: the caller checks that what it keeps is UTF-8, and copies
 //! only that.
 
-use super::cells::{parse_seq, parse_ts_text, timestamp_unit, ts_cell, TsUnit};
+use super::cells::{
+    float_seq, parse_seq, parse_ts_text, scaled_seq, timestamp_unit, ts_cell, unsigned_seq, TsUnit,
+};
 use crate::error::UsageError;
 use anyhow::{Context, Result};
 use std::fs::File;
@@ -348,6 +350,11 @@ fn read_parquet_columns(
         .map(|i| schema.column(i).path().parts().join("."))
         .collect();
     let c = columns(&names, key, path)?;
+    if !plain_signed_integer_or_text(&schema.column(c.seq)) {
+        // A DECIMAL with a scale, or an unsigned 64-bit seq: the column
+        // reader would give its raw bits; the record API reads it exactly.
+        return Ok(false);
+    }
     let ts_unit = c.ts.and_then(|i| timestamp_unit(&schema.column(i)));
     let (groups, mut row_no) = match slice {
         Some(s) => (s.groups.clone(), s.first_row),
@@ -521,13 +528,7 @@ fn read_parquet_rows(
             })?;
             let fields: Vec<&Field> = row.get_column_iter().map(|(_, f)| f).collect();
             let get = |i: usize| fields.get(i).copied().unwrap_or(&Field::Null);
-            let seq = match get(c.seq) {
-                Field::Long(n) => *n,
-                Field::Int(n) => *n as i64,
-                Field::UInt(n) => *n as i64,
-                Field::ULong(n) => *n as i64,
-                other => parse_seq(&field_text(other).unwrap_or_default(), path, n as u64)?,
-            };
+            let seq = field_seq(get(c.seq), path, n as u64)?;
             let (id, key, value) = (
                 field_text(get(c.id)),
                 field_text(get(c.key)),
@@ -543,6 +544,69 @@ fn read_parquet_rows(
         }
     }
     Ok(())
+}
+
+/// Whether a `seq` column's values are what the column reader gives: a
+/// signed integer (no decimal scale) or text; anything else goes by the
+/// record API, which knows decimals and unsigned integers.
+fn plain_signed_integer_or_text(d: &parquet::schema::types::ColumnDescriptor) -> bool {
+    use parquet::basic::{ConvertedType, LogicalType, Type};
+    match d.logical_type() {
+        Some(LogicalType::Decimal { scale, .. }) => scale == 0,
+        Some(LogicalType::Integer { is_signed, .. }) => is_signed,
+        Some(_) => true,
+        None => {
+            !matches!(
+                d.converted_type(),
+                ConvertedType::DECIMAL | ConvertedType::UINT_64 | ConvertedType::UINT_32
+            ) || d.physical_type() == Type::BYTE_ARRAY
+        }
+    }
+}
+
+/// A record-API `seq` cell, exactly: integers of every width (an unsigned
+/// one past 2^63 refused), decimals by their unscaled value and scale, a
+/// DOUBLE or FLOAT only where it is still exact (else refused, with how to
+/// unload it), text as `parse_seq` reads it; null is refused.
+fn field_seq(f: &parquet::record::Field, path: &Path, row: u64) -> Result<i64> {
+    use parquet::record::Field;
+    Ok(match f {
+        Field::Long(n) => *n,
+        Field::Int(n) => i64::from(*n),
+        Field::Short(n) => i64::from(*n),
+        Field::Byte(n) => i64::from(*n),
+        Field::UInt(n) => i64::from(*n),
+        Field::UShort(n) => i64::from(*n),
+        Field::UByte(n) => i64::from(*n),
+        Field::ULong(n) => unsigned_seq(*n, path, row)?,
+        Field::Double(x) => float_seq(*x, path, row)?,
+        Field::Float(x) => float_seq(f64::from(*x), path, row)?,
+        Field::Decimal(d) => {
+            let bytes = d.data();
+            if bytes.len() > 16 {
+                anyhow::bail!(UsageError::new(format!(
+                    "{}: row {row}: seq is a DECIMAL of {} bytes, beyond what segsync compares exactly",
+                    path.display(),
+                    bytes.len()
+                )));
+            }
+            // Big-endian two's complement, sign-extended to 128 bits.
+            let fill = if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+                0xff
+            } else {
+                0
+            };
+            let mut wide = [fill; 16];
+            wide[16 - bytes.len()..].copy_from_slice(bytes);
+            let scale = u32::try_from(d.scale()).unwrap_or(u32::MAX);
+            scaled_seq(i128::from_be_bytes(wide), scale, path, row)?
+        }
+        Field::Null => anyhow::bail!(UsageError::new(format!(
+            "{}: row {row}: seq is null; every row needs one to tell the latest value",
+            path.display()
+        ))),
+        other => parse_seq(&field_text(other).unwrap_or_default(), path, row)?,
+    })
 }
 
 /// A record-API cell as text (None: null).
