@@ -50,6 +50,15 @@ SHARE=$(calc "$IDENT / $EXTRACT_N" 3)
 row "extract, 80% anonymous space ($IDENT of $EXTRACT_N identified), ids first + include=" "$(calc "$EXTRACT_N / $A_SECS" 1) profiles/s, $(calc "$A_REQ / $EXTRACT_N" 3) requests/profile (goal 1.01 + $SHARE = $(calc "1.01 + $SHARE" 3))" "--all-traits (every trait and id, both lists): $(calc "$EXTRACT_N / $F_SECS" 1) profiles/s, $(calc "$F_REQ / $EXTRACT_N" 3) requests/profile" "$(calc "$F_SECS / $A_SECS")x faster; $(calc "($EXTRACT_N / $A_SECS) / (100 * $EXTRACT_N / $MIN)") of its ceiling ($(calc "100 * $EXTRACT_N / $MIN" 1) profiles/s)"
 stop_sandbox
 
+say "== extract given a share of the space's budget: --rate-limit 30, Segment with no limit of its own, 150 ms answers"
+start_sandbox --profiles "$EXTRACT_N" --latency-ms 150 --segment-rps 0
+measure "$W/e30" "$BIN" --data-dir "$W/e30" extract --rate-limit 30
+PACE=$(stats | jq .segment_pace)
+P_REQ=$(jq .requests <<<"$PACE"); P_MS=$(jq .span_ms <<<"$PACE"); P_MOST=$(jq .most_in_a_second <<<"$PACE")
+P_RATE=$(calc "$P_REQ * 1000 / $P_MS" 1)
+row "extract with --rate-limit 30 (the share of the space's 100 req/s it is given)" "$P_RATE req/s from the first request to the last ($P_REQ requests), at most $P_MOST in any second (the sandbox's count)" "30 req/s, the share given" "$(calc "$P_RATE / 30")"
+stop_sandbox
+
 N1000=$((EXTRACT_N * 3))
 say "== extract, limit raised to 1,000 requests/s, 150 ms latency, $N1000 profiles"
 start_sandbox --profiles "$N1000" --latency-ms 150 --segment-rps 1000

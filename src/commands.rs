@@ -440,6 +440,8 @@ fn extract_args(a: &RunArgs, incremental: bool) -> extract::Args {
     extract::Args {
         from: extract::Source::Api,
         dir: None,
+        ids: None,
+        id_type: None,
         ignore: Vec::new(),
         trait_values: None,
         out: None,

@@ -217,6 +217,9 @@ pub async fn follow(args: &crate::load::Args, data: &Path, since: SystemTime, w:
             break;
         }
         if now == Extract::Done {
+            // Extract has ended: the line stops redrawing (the last
+            // batches go quickly; the summary says what went).
+            sender.progress.finish();
             continue;
         }
         // Bounded by extract, which ends (or fails) in its own time; a

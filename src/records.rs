@@ -296,6 +296,10 @@ pub fn parse_for_mapping(
                 if let Some(id) = e.id {
                     m.insert("id".into(), id);
                 }
+                // Segment's time of the id: which id is the source_id.
+                if let Some(at) = e.created_at {
+                    m.insert("created_at".into(), at);
+                }
                 Value::Object(m)
             })
             .collect(),
@@ -329,6 +333,8 @@ mod slim {
         pub ty: Option<Value>,
         #[serde(default)]
         pub id: Option<Value>,
+        #[serde(default)]
+        pub created_at: Option<Value>,
     }
 
     /// A map key, borrowed from the input when it has no escapes.

@@ -51,9 +51,16 @@ pub fn rel(data_dir: &Path, p: &Path) -> String {
 }
 
 pub fn extract(s: &crate::extract::Summary, data_dir: &Path, out: &Path) -> Map<String, Value> {
+    let mut files = json!({"profiles": rel(data_dir, out)});
+    let missing = crate::state::missing(out);
+    if s.missing > 0 && missing.exists() {
+        files["missing"] = json!(rel(data_dir, &missing));
+    }
     obj(json!({
         "counts": {
             "profiles": s.profiles,
+            "listed": s.listed,
+            "read": s.fetched + s.reused,
             "fetched": s.fetched,
             "reused": s.reused,
             "missing": s.missing,
@@ -61,7 +68,7 @@ pub fn extract(s: &crate::extract::Summary, data_dir: &Path, out: &Path) -> Map<
             "answered_429": s.throttled,
             "listing_passes": s.passes,
         },
-        "files": {"profiles": rel(data_dir, out)},
+        "files": files,
     }))
 }
 

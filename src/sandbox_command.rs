@@ -95,6 +95,15 @@ pub struct Args {
     /// An export of no customer ends DONE without a file (result null), a reading the docs allow
     #[arg(long = "empty-export-without-file")]
     pub empty_export_without_file: bool,
+    /// Answer the profile listing (an undocumented route) with 404, as Segment may without notice
+    #[arg(long = "refuse-listing")]
+    pub refuse_listing: bool,
+    /// Answer lookups by the undocumented segment_id: prefix with 404 (the bare id and external ids still answer)
+    #[arg(long = "refuse-prefixed")]
+    pub refuse_prefixed: bool,
+    /// Share of listed profiles (0-100) whose lookups answer 404, as if deleted after the listing
+    #[arg(long = "gone-percent", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub gone_percent: u8,
     /// Break the API contract on purpose (to see how segsync copes)
     #[arg(long, value_enum)]
     pub misbehave: Option<crate::sandbox::Misbehave>,
@@ -251,6 +260,9 @@ fn sandbox_options(a: &Args, metadata_schema: Option<serde_json::Value>) -> Sand
         metadata_schema,
         misbehave: a.misbehave,
         winners_last: a.winners_last,
+        refuse_listing: a.refuse_listing,
+        refuse_prefixed: a.refuse_prefixed,
+        gone_percent: a.gone_percent,
         empty_export_without_file: a.empty_export_without_file,
         latency: (a.latency_jitter > 0.0 || a.slow_tail_share > 0.0).then_some(
             crate::sandbox::Latency {

@@ -302,10 +302,16 @@ fn extract_section(profiles: &Path, next: &mut Option<String>) {
                 crate::files::modified(profiles).unwrap_or_default(),
                 cp.as_ref()
                     .map(|c| format!(
-                        " ({} requests, {} reused, {} gone before they could be read)",
+                        " ({} listed, {} requests, {} reused, {} could not be read{})",
+                        c.listed,
                         c.requests,
                         c.reused,
-                        c.missing.len()
+                        c.missing.len(),
+                        if c.missing.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", state::missing(profiles).display())
+                        }
                     ))
                     .unwrap_or_default()
             );
@@ -340,9 +346,12 @@ pub fn json(
         (_, true) => ("complete", None),
         _ => ("absent", Some("segsync extract")),
     };
+    let cp_counts = cp.as_ref().ok().and_then(|c| c.as_ref());
     let extract = json!({
         "state": extract_state,
         "profiles": count_lines(&profiles).unwrap_or(0),
+        "listed": cp_counts.map_or(0, |c| c.listed),
+        "missing": cp_counts.map_or(0, |c| c.missing.len() as u64),
         "file": rel(&profiles),
     });
     let edited = manifest::edited_since_transform(&customers);

@@ -135,11 +135,15 @@ async fn the_issue_mapping_lands_exactly_and_only_the_traits_it_reads_are_extrac
     for i in 0..ds.n {
         let p = ds.profile(i, 0);
         let ids = &p.external_ids;
+        // The contract's rule: of the first type that has one, the id with
+        // the earliest `created_at` (the generator writes them as RFC 3339
+        // in UTC with milliseconds, so they compare as text), then by text.
         let sid = ["user_id", "email"].iter().find_map(|t| {
             ids.iter()
-                .find(|e| e["type"] == *t)
-                .and_then(|e| e["id"].as_str())
-                .map(str::to_string)
+                .filter(|e| e["type"] == *t)
+                .filter_map(|e| Some((e["created_at"].as_str()?, e["id"].as_str()?)))
+                .min()
+                .map(|(_, id)| id.to_string())
         });
         let Some(sid) = sid else { continue };
         let updated = p.metadata["updated_at"].as_str().unwrap().to_string();

@@ -53,6 +53,39 @@ pub struct SegmentClient {
     http: HttpLayer,
     cfg: SegmentConfig,
     base: String,
+    /// How a listed profile is named in a lookup: [`PREFIXED`] until the
+    /// space answers only the bare id, then [`BARE`].
+    form: std::sync::atomic::AtomicU8,
+}
+
+/// `segment_id:use_…`: undocumented, but what the listing's ids need in
+/// most spaces.
+pub const PREFIXED: u8 = 0;
+/// `use_…`: the bare id, as the docs' own cursor URLs name a profile.
+pub const BARE: u8 = 1;
+
+/// How a lookup names a profile.
+#[derive(Debug, Clone, Copy)]
+pub enum Name<'a> {
+    /// A listed profile, by its segment id.
+    Listed(&'a str),
+    /// By an external id, `TYPE:VALUE` (`user_id:u1`): the documented route.
+    External(&'a str),
+}
+
+/// A lookup Segment answered 404: what was asked and what it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    pub asked: String,
+    pub answered: String,
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup<T> {
+    Found(T),
+    /// Segment answered 404 (to both forms, for a listed profile).
+    Gone(Missing),
 }
 
 impl SegmentClient {
@@ -66,6 +99,7 @@ impl SegmentClient {
             http: HttpLayer::new(settings)?,
             cfg,
             base,
+            form: std::sync::atomic::AtomicU8::new(PREFIXED),
         })
     }
 
@@ -141,18 +175,75 @@ impl SegmentClient {
         })
     }
 
+    /// The form listed profiles are named in now ([`PREFIXED`], [`BARE`]).
+    pub fn form(&self) -> u8 {
+        self.form.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The path of a lookup (`what`: `traits`, `external_ids`).
+    fn path_of(name: Name<'_>, form: u8, what: &str) -> String {
+        match name {
+            Name::Listed(id) if form == BARE => format!("/{}/{what}", path_segment(id)),
+            Name::Listed(id) => format!("/segment_id:{}/{what}", path_segment(id)),
+            Name::External(key) => {
+                let (ty, value) = key.split_once(':').unwrap_or(("", key));
+                format!("/{}:{}/{what}", path_segment(ty), path_segment(value))
+            }
+        }
+    }
+
+    /// Every page of one of a profile's lists. A listed profile is asked
+    /// for in the form the space answers: when one form answers 404, the
+    /// other is asked once, and the one that answers is kept for every
+    /// later lookup (the `segment_id:` prefix is undocumented; the bare id
+    /// is the docs' own). Gone when every form it was asked in answers 404.
+    async fn lookup(
+        &self,
+        name: Name<'_>,
+        what: &str,
+        limit: u32,
+        include: Option<&str>,
+        mut take: impl FnMut(Value, &str) -> Result<(), ApiError>,
+    ) -> Result<Lookup<()>, ApiError> {
+        use std::sync::atomic::Ordering;
+        let form = self.form();
+        let first = Self::path_of(name, form, what);
+        let Some(missing) = self.each_page(&first, limit, include, &mut take).await? else {
+            return Ok(Lookup::Found(()));
+        };
+        if matches!(name, Name::External(_)) {
+            return Ok(Lookup::Gone(missing));
+        }
+        let other = if form == BARE { PREFIXED } else { BARE };
+        let second = Self::path_of(name, other, what);
+        match self.each_page(&second, limit, include, &mut take).await? {
+            Some(_) => Ok(Lookup::Gone(missing)),
+            None => {
+                if self
+                    .form
+                    .compare_exchange(form, other, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    crate::ui::info(format!(
+                        "extract: Segment answered `{}` but 404 to `{}`: the space's lookups are asked in that form from now on",
+                        second, first
+                    ));
+                }
+                Ok(Lookup::Found(()))
+            }
+        }
+    }
+
     /// Every page of a profile's traits, merged in API order; only the
-    /// traits named in `include` when given (Segment's `include=`). None if
-    /// the profile no longer exists (404).
+    /// traits named in `include` when given (Segment's `include=`).
     pub async fn all_traits(
         &self,
-        segment_id: &str,
+        name: Name<'_>,
         include: Option<&str>,
-    ) -> Result<Option<Map<String, Value>>, ApiError> {
-        let path = format!("/segment_id:{}/traits", path_segment(segment_id));
+    ) -> Result<Lookup<Map<String, Value>>, ApiError> {
         let mut traits = Map::new();
         let found = self
-            .each_page(&path, TRAITS_LIMIT, include, |mut v, endpoint| {
+            .lookup(name, "traits", TRAITS_LIMIT, include, |mut v, endpoint| {
                 let Some(Value::Object(page)) = v.get_mut("traits").map(Value::take) else {
                     return Err(ApiError::contract(
                         "Segment",
@@ -164,52 +255,68 @@ impl SegmentClient {
                 Ok(())
             })
             .await?;
-        Ok(found.then_some(traits))
+        Ok(match found {
+            Lookup::Found(()) => Lookup::Found(traits),
+            Lookup::Gone(m) => Lookup::Gone(m),
+        })
     }
 
     /// Every page of a profile's external ids, in API order; only the types
-    /// named in `include` when given. None on 404.
+    /// named in `include` when given.
     pub async fn all_external_ids(
         &self,
-        segment_id: &str,
+        name: Name<'_>,
         include: Option<&str>,
-    ) -> Result<Option<Vec<Value>>, ApiError> {
-        let path = format!("/segment_id:{}/external_ids", path_segment(segment_id));
+    ) -> Result<Lookup<Vec<Value>>, ApiError> {
         let mut ids = Vec::new();
         let found = self
-            .each_page(&path, EXTERNAL_IDS_LIMIT, include, |mut v, endpoint| {
-                let Some(Value::Array(page)) = v.get_mut("data").map(Value::take) else {
-                    return Err(ApiError::contract("Segment", endpoint, "no `data` array"));
-                };
-                ids.extend(page);
-                Ok(())
-            })
+            .lookup(
+                name,
+                "external_ids",
+                EXTERNAL_IDS_LIMIT,
+                include,
+                |mut v, endpoint| {
+                    let Some(Value::Array(page)) = v.get_mut("data").map(Value::take) else {
+                        return Err(ApiError::contract("Segment", endpoint, "no `data` array"));
+                    };
+                    ids.extend(page);
+                    Ok(())
+                },
+            )
             .await?;
-        Ok(found.then_some(ids))
+        Ok(match found {
+            Lookup::Found(()) => Lookup::Found(ids),
+            Lookup::Gone(m) => Lookup::Gone(m),
+        })
     }
 
     /// Follow a list's cursor to its end, handing each page to `take` (by
     /// value: its traits and ids move out, nothing is copied).
-    /// Returns false if the first page is a 404 (the profile is gone).
+    /// Returns what was asked and answered if the first page is a 404.
     async fn each_page(
         &self,
         path: &str,
         limit: u32,
         include: Option<&str>,
-        mut take: impl FnMut(Value, &str) -> Result<(), ApiError>,
-    ) -> Result<bool, ApiError> {
+        take: &mut impl FnMut(Value, &str) -> Result<(), ApiError>,
+    ) -> Result<Option<Missing>, ApiError> {
         let mut next: Option<String> = None;
         let mut seen = HashSet::new();
         for page in 0..MAX_PAGES {
             let (_, v) = match self.get(path, limit, next.as_deref(), include).await {
                 Ok(r) => r,
-                Err(e) if e.status() == Some(404) && page == 0 => return Ok(false),
+                Err(e) if e.status() == Some(404) && page == 0 => {
+                    return Ok(Some(Missing {
+                        asked: format!("GET {path}"),
+                        answered: e.to_string(),
+                    }))
+                }
                 Err(e) => return Err(e),
             };
             let c = cursor(&v, path)?;
             take(v, path)?;
             if !c.has_more {
-                return Ok(true);
+                return Ok(None);
             }
             let n = c.next.ok_or_else(|| {
                 ApiError::contract("Segment", path, "`has_more` is true but `next` is empty")

@@ -3,10 +3,12 @@
 //! profile that has one, its traits (only those the mapping reads). Most
 //! profiles of a real space are anonymous: they cost one request, not two,
 //! and no personal data that nothing uses is copied. `--all-traits` asks for
-//! everything, both lists together.
+//! everything, both lists together. A listed profile is named by its segment
+//! id; one from `--ids FILE` by the external id it was listed by (the
+//! documented route).
 
 use super::hedge::Hedge;
-use crate::api::segment::SegmentClient;
+use crate::api::segment::{Lookup, Name, SegmentClient};
 use crate::error::ApiError;
 use crate::records::ProfileRecord;
 use futures::future::BoxFuture;
@@ -17,8 +19,8 @@ use std::sync::Arc;
 pub struct Fetched {
     pub page: u64,
     pub segment_id: String,
-    /// None: the profile is gone (404).
-    pub outcome: Result<Option<ProfileRecord>, ApiError>,
+    /// Gone: Segment answered 404, saying so.
+    pub outcome: Result<Lookup<ProfileRecord>, ApiError>,
     /// The ids read before the traits, when this is the traits' read (the
     /// census counted the profile with them; a 404 takes it out).
     pub read_ids: Option<Vec<Value>>,
@@ -61,9 +63,21 @@ pub struct Wanted {
     pub traits: Vec<String>,
     /// Every trait and every external id (`--all-traits`).
     pub everything: bool,
+    /// Profiles are named by an external id (`--ids FILE`: the entry's
+    /// `segment_id` holds `TYPE:VALUE`), not by a listed segment id.
+    pub by_external_id: bool,
 }
 
 impl Wanted {
+    /// How a lookup names the profile of a listing entry with this id.
+    pub fn name<'a>(&self, id: &'a str) -> Name<'a> {
+        if self.by_external_id {
+            Name::External(id)
+        } else {
+            Name::Listed(id)
+        }
+    }
+
     fn ids_include(&self) -> Option<String> {
         (!self.everything).then(|| self.id_types.join(","))
     }
@@ -100,28 +114,31 @@ pub fn fetch_ids(
                 read_ids: None,
             }))
         };
+        let name = wanted.name(&id);
         if wanted.everything {
             let (t, e) = tokio::join!(
-                client.all_traits(&id, None),
-                client.all_external_ids(&id, None)
+                client.all_traits(name, None),
+                client.all_external_ids(name, None)
             );
             return done(match (t, e) {
-                (Ok(Some(t)), Ok(Some(e))) => Ok(Some(record(entry, t, e))),
+                (Ok(Lookup::Found(t)), Ok(Lookup::Found(e))) => {
+                    Ok(Lookup::Found(record(entry, t, e)))
+                }
                 (Err(err), _) | (_, Err(err)) => Err(err),
-                _ => Ok(None),
+                (Ok(Lookup::Gone(m)), _) | (_, Ok(Lookup::Gone(m))) => Ok(Lookup::Gone(m)),
             });
         }
         let include = wanted.ids_include();
         match hedge
-            .read(|| client.all_external_ids(&id, include.as_deref()))
+            .read(|| client.all_external_ids(name, include.as_deref()))
             .await
         {
             Err(e) => done(Err(e)),
-            Ok(None) => done(Ok(None)),
-            Ok(Some(ids)) if !wanted.identified(&ids) => {
-                done(Ok(Some(record(entry, Map::new(), ids))))
+            Ok(Lookup::Gone(m)) => done(Ok(Lookup::Gone(m))),
+            Ok(Lookup::Found(ids)) if !wanted.identified(&ids) => {
+                done(Ok(Lookup::Found(record(entry, Map::new(), ids))))
             }
-            Ok(Some(ids)) => Step::Ids { page, entry, ids },
+            Ok(Lookup::Found(ids)) => Step::Ids { page, entry, ids },
         }
     })
 }
@@ -137,14 +154,19 @@ pub fn fetch_traits(
     Box::pin(async move {
         let id = segment_id(&entry).to_string();
         let include = wanted.traits_include();
+        let name = wanted.name(&id);
         let outcome = hedge
-            .read(|| client.all_traits(&id, include.as_deref()))
+            .read(|| client.all_traits(name, include.as_deref()))
             .await;
         let read_ids = Some(ids.clone());
+        let outcome = outcome.map(|t| match t {
+            Lookup::Found(t) => Lookup::Found(record(entry, t, ids)),
+            Lookup::Gone(m) => Lookup::Gone(m),
+        });
         Step::Done(Box::new(Fetched {
             page,
             segment_id: id,
-            outcome: outcome.map(|t| t.map(|t| record(entry, t, ids))),
+            outcome,
             read_ids,
         }))
     })

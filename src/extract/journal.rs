@@ -51,6 +51,8 @@ pub struct Journal {
     file: File,
     partial: PathBuf,
     cp_path: PathBuf,
+    /// `profiles.missing.csv`, appended a line per profile not read.
+    missing_path: PathBuf,
     pub cp: Checkpoint,
     /// Complete lines in the partial file.
     pub lines: u64,
@@ -78,6 +80,7 @@ impl Journal {
         fresh: bool,
         incremental: bool,
         census: Option<&super::census::Census>,
+        source: &str,
     ) -> Result<(Journal, Seen)> {
         let partial = state::partial(out);
         let cp_path = state::checkpoint(out);
@@ -86,6 +89,19 @@ impl Journal {
             Some(cp)
                 if !cp.complete && !fresh && partial.exists() && has_progress(&cp, &partial) =>
             {
+                if cp.source != source {
+                    let what = |s: &str| match s {
+                        "" => "Segment's profile listing".to_string(),
+                        s => format!("an --ids file ({})", s.trim_start_matches("ids:")),
+                    };
+                    return Err(UsageError::new(format!(
+                        "{} belongs to an unfinished extraction from {}, not {}; finish it as it was started, or run `segsync extract --fresh` to start over",
+                        cp_path.display(),
+                        what(&cp.source),
+                        what(source)
+                    ))
+                    .into());
+                }
                 if cp.version != checkpoint::VERSION
                     || cp.space_id != cfg.space_id
                     || cp.api_url != cfg.api_url.as_str()
@@ -115,6 +131,7 @@ impl Journal {
                 skip = Seen::default();
                 lines = 0;
                 let _ = std::fs::remove_file(&partial);
+                let _ = std::fs::remove_file(state::missing(out));
                 Checkpoint {
                     version: checkpoint::VERSION,
                     space_id: cfg.space_id.clone(),
@@ -122,6 +139,7 @@ impl Journal {
                     started_at: state::now(),
                     incremental,
                     pass: 1,
+                    source: source.to_string(),
                     ..Default::default()
                 }
             }
@@ -134,6 +152,7 @@ impl Journal {
                 file,
                 partial,
                 cp_path,
+                missing_path: state::missing(out),
                 cp,
                 lines,
                 requests_before,
@@ -236,6 +255,34 @@ impl Journal {
 
     pub fn checkpoint_path(&self) -> &Path {
         &self.cp_path
+    }
+
+    pub fn missing_path(&self) -> &Path {
+        &self.missing_path
+    }
+
+    /// A profile that could not be read: a line of `profiles.missing.csv`
+    /// (`segment_id,asked,answered`), written at once, so a stopped run
+    /// keeps it (a resumed one appends).
+    pub fn note_missing(
+        &mut self,
+        segment_id: &str,
+        m: &crate::api::segment::Missing,
+    ) -> Result<()> {
+        use crate::records::guard_cell;
+        let new = !self.missing_path.exists();
+        let f = files::open_append(&self.missing_path)?;
+        let mut w = csv::Writer::from_writer(f);
+        if new {
+            w.write_record(["segment_id", "asked", "answered"])?;
+        }
+        w.write_record([
+            guard_cell(segment_id).as_ref(),
+            guard_cell(&m.asked).as_ref(),
+            guard_cell(&m.answered).as_ref(),
+        ])?;
+        w.flush()
+            .with_context(|| format!("cannot write {}", self.missing_path.display()))
     }
 
     /// Make the file complete and put it in place as `out`.

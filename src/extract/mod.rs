@@ -15,6 +15,7 @@
 pub mod census;
 pub mod fetcher;
 pub mod hedge;
+pub mod ids;
 pub mod journal;
 pub mod lister;
 pub mod previous;
@@ -73,6 +74,12 @@ pub struct Args {
     /// How Profiles Sync trait values are read [default: JSON when every value parses as JSON, else text]
     #[arg(long = "trait-values", value_enum)]
     pub trait_values: Option<profiles_sync::TraitValues>,
+    /// Read the profiles of these external ids instead of listing the space: a CSV whose header names the id type (user_id, email, …) in its first column, optionally with updated_at; only Segment's documented per-profile routes are used
+    #[arg(long = "ids", value_name = "FILE", conflicts_with_all = ["dir", "all_traits"])]
+    pub ids: Option<PathBuf>,
+    /// With --ids: the file is one bare column of ids of this type, without a header
+    #[arg(long = "id-type", value_name = "TYPE", requires = "ids")]
+    pub id_type: Option<String>,
     /// Output file [default: DATA_DIR/profiles.ndjson]
     #[arg(long = "out", value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -105,6 +112,8 @@ pub struct Args {
 #[derive(Debug, Default)]
 pub struct Summary {
     pub profiles: u64,
+    /// Profiles listed (or ids in the `--ids` file), each once.
+    pub listed: u64,
     pub fetched: u64,
     pub reused: u64,
     pub missing: u64,
@@ -150,13 +159,37 @@ pub async fn run_counting(
     }
     let cfg = args.segment.resolve()?;
     let mapping = args.mapping.resolve()?;
+    let listed_by = match &args.ids {
+        Some(path) => Some(Arc::new(ids::IdsFile::open(path, args.id_type.as_deref())?)),
+        None => None,
+    };
     let wanted = Arc::new(fetcher::Wanted {
         id_types: mapping.source_id_types.clone(),
         traits: mapping.traits_read().into_iter().collect(),
         everything: args.all_traits,
+        by_external_id: listed_by.is_some(),
     });
-    let (mut journal, seen) =
-        Journal::open(&out, &cfg, args.fresh, args.incremental, census.as_deref())?;
+    let source = listed_by
+        .as_ref()
+        .map(|f| f.source.clone())
+        .unwrap_or_default();
+    if let (Some(f), Some(path)) = (&listed_by, &args.ids) {
+        ui::info(format!(
+            "extract: {} ids of type {} from {}, read by the documented routes ({}:ID/external_ids, then traits)",
+            f.len(),
+            f.id_type,
+            path.display(),
+            f.id_type
+        ));
+    }
+    let (mut journal, seen) = Journal::open(
+        &out,
+        &cfg,
+        args.fresh,
+        args.incremental,
+        census.as_deref(),
+        &source,
+    )?;
     let incremental = journal.cp.incremental || args.incremental;
     journal.cp.source_id_types = wanted.id_types.clone();
     journal.cp.all_traits = wanted.everything;
@@ -184,9 +217,14 @@ pub async fn run_counting(
             budget: (args.rate_limit > 0).then_some(f64::from(args.rate_limit)),
         },
         census,
+        match listed_by {
+            Some(f) => scheduler::Listing::Ids(f),
+            None => scheduler::Listing::Api,
+        },
     );
     let outcome = sched.run().await;
     sched.stop_listing();
+    let listed = sched.listed();
     let requests = client.stats().get(&client.stats().requests);
     let hedged = sched.hedged();
     let Scheduler {
@@ -197,6 +235,7 @@ pub async fn run_counting(
         ..
     } = sched;
     summary.hedged = hedged;
+    journal.cp.listed = listed;
     if let Err(e) = outcome {
         // Keep what is written; the checkpoint already points at a safe resume point.
         let _ = journal.commit(Vec::new(), requests);
@@ -208,6 +247,7 @@ pub async fn run_counting(
         )));
     }
     summary.profiles = journal.lines;
+    summary.listed = listed;
     summary.passes = listing_pass;
     summary.found_by_relisting = journal.cp.found_by_relisting;
     journal.finish(&out, requests)?;
@@ -225,6 +265,7 @@ fn from_profiles_sync(args: &Args, out: &Path) -> Result<Summary> {
         id_types: mapping.source_id_types.clone(),
         traits: mapping.traits_read().into_iter().collect(),
         everything: args.all_traits,
+        by_external_id: false,
     };
     let dir = args.dir.clone().ok_or_else(|| {
         UsageError::new(
@@ -270,19 +311,28 @@ fn report(summary: &Summary, out: &Path, client: &SegmentClient, started: Instan
     let secs = started.elapsed().as_secs_f64();
     let s = client.stats();
     ui::info(format!(
-        "extract: {} profiles in {} ({} fetched, {} reused unchanged, {} gone before they could be read)",
+        "extract: {} profiles in {} of {} listed ({} fetched, {} reused unchanged, {} could not be read{})",
         summary.profiles,
         out.display(),
+        summary.listed,
         summary.fetched,
         summary.reused,
-        summary.missing
+        summary.missing,
+        if summary.missing > 0 {
+            format!(
+                ": Segment answered 404, named in {}",
+                crate::state::missing(out).display()
+            )
+        } else {
+            String::new()
+        }
     ));
     ui::info(format!(
         "extract: {} listing passes ({} profiles found by re-listing, {} repeats skipped): the list is sorted by activity, so it is re-listed until a pass finds nothing new",
         summary.passes, summary.found_by_relisting, summary.repeated
     ));
     ui::info(format!(
-        "extract: {}; {} of them hedged (a slow last answer asked again); {:.2} requests per fetched profile; {:.1}s, {:.1} profiles/s",
+        "extract: {}; {} of them hedged (a slow last answer asked again); {:.2} requests per fetched profile; {:.1}s, {}",
         s.summary(),
         summary.hedged,
         if summary.fetched > 0 {
@@ -291,17 +341,24 @@ fn report(summary: &Summary, out: &Path, client: &SegmentClient, started: Instan
             0.0
         },
         secs,
-        (summary.fetched + summary.reused) as f64 / secs.max(0.001)
+        ui::rate_of(
+            (summary.fetched + summary.reused) as f64 / secs.max(0.001),
+            "profiles"
+        )
     ));
 }
 
-/// 401/403/404 on the listing mean the token, space or region is wrong:
-/// a configuration error (exit 2) that says what to check.
+/// 401/403/404 on the listing: the token, space or region is wrong, or
+/// Segment refuses the listing itself (it is not among the Profile API's
+/// documented routes): a configuration error (exit 2) that says what to
+/// check and the documented way around.
 pub(crate) fn listing_error(e: ApiError) -> anyhow::Error {
     match e.status() {
         Some(401) | Some(403) | Some(404) => UsageError::new(format!(
-            "{e}\ncheck SEGMENT_ACCESS_TOKEN (a Profile API token of this space), SEGMENT_SPACE_ID, and SEGMENT_API_URL \
-             (EU spaces use https://profiles.euw1.segment.com)"
+            "{e}\nSegment refused the profile listing. Check SEGMENT_ACCESS_TOKEN (a Profile API token of this space), SEGMENT_SPACE_ID, and SEGMENT_API_URL \
+             (EU spaces use https://profiles.euw1.segment.com). If they are right: the listing is not among the Profile API's documented routes \
+             (Segment removed it from its docs as \"not a production grade API endpoint\") and may be refused; extract by the documented routes instead, \
+             from a list of ids: `segsync extract --ids FILE` (a CSV whose header is user_id, or another external id type)"
         ))
         .into(),
         _ => e.into(),

@@ -17,12 +17,13 @@
 use super::census::Census;
 use super::fetcher::{self, Fetched, Step, Wanted};
 use super::hedge::Hedge;
+use super::ids::IdsFile;
 use super::journal::{Journal, Seen};
 use super::lister::{self, Listed};
 use super::previous::PreviousFile;
 use super::{Summary, LISTING_LOOKAHEAD, MAX_PASSES};
 use crate::api::adaptive::{Controller, Window};
-use crate::api::segment::SegmentClient;
+use crate::api::segment::{Lookup, SegmentClient};
 use crate::ui::{self, Progress};
 use anyhow::Result;
 use futures::future::BoxFuture;
@@ -36,6 +37,9 @@ use tokio::task::JoinHandle;
 
 /// Listed profiles queued ahead of the fetches at most.
 pub const QUEUE_AHEAD: usize = 10_000;
+
+/// Fewer profiles that cannot be read than this never stop an extract.
+const MIN_MISSING: usize = 20;
 
 /// How often the controller looks at the answers of the last moments.
 const ADAPT_EVERY: Duration = Duration::from_millis(250);
@@ -56,6 +60,15 @@ struct Mark {
     answers: u64,
     micros: u64,
     throttled: u64,
+}
+
+/// Where profiles are listed from.
+pub enum Listing {
+    /// Segment's profile listing, walked again until a pass finds nothing
+    /// new (it is sorted by activity).
+    Api,
+    /// An `--ids` file: one pass.
+    Ids(Arc<IdsFile>),
 }
 
 /// How many reads the scheduler may keep in flight.
@@ -91,6 +104,7 @@ pub struct Scheduler {
     pub listing_pass: u32,
     found: u64,
     listing_done: bool,
+    listing: Listing,
     lister: JoinHandle<()>,
     page_rx: Receiver<Listed>,
     control: Controller,
@@ -111,13 +125,21 @@ impl Scheduler {
         prev: Option<PreviousFile>,
         pace: Pace,
         census: Option<Arc<Census>>,
+        listing: Listing,
     ) -> Scheduler {
         let Pace {
             ceiling,
             adaptive,
             budget,
         } = pace;
-        let progress = Progress::new("extract", "profiles", prev.as_ref().map(|p| p.len() as u64));
+        // The total: the ids of an --ids file, else the previous extract's
+        // size until this listing's first pass is over (it lists far ahead
+        // of the reads, so the bar soon shows the whole).
+        let total = match &listing {
+            Listing::Ids(f) => Some(f.len() as u64),
+            Listing::Api => prev.as_ref().map(|p| p.len() as u64),
+        };
+        let progress = Progress::new("extract", "profiles", total);
         progress.set_position(journal.lines);
         let summary = Summary {
             reused: journal.cp.reused,
@@ -125,8 +147,7 @@ impl Scheduler {
             ..Default::default()
         };
         let listing_pass = journal.cp.pass.max(1);
-        let (lister, page_rx) =
-            lister::spawn(client.clone(), journal.cp.cursor.clone(), LISTING_LOOKAHEAD);
+        let (lister, page_rx) = spawn_listing(&listing, &client, journal.cp.cursor.clone());
         // Start high enough for a slow API (the bucket paces what is
         // sent; a 429 or rising answer times bring it down).
         let initial = if adaptive { ceiling.min(64) } else { ceiling };
@@ -149,6 +170,7 @@ impl Scheduler {
             // Resumed in the middle of a re-list: what it had found is unknown.
             found: u64::from(listing_pass > 1),
             listing_done: false,
+            listing,
             lister,
             page_rx,
             control: Controller::new(initial, ceiling).with_budget(budget),
@@ -158,6 +180,11 @@ impl Scheduler {
             marked_at: Instant::now(),
             last_checkpoint: Instant::now(),
         }
+    }
+
+    /// Profiles listed, each once (settled or queued).
+    pub fn listed(&self) -> u64 {
+        self.seen.len() as u64
     }
 
     /// Reads sent a second time at the end of the run.
@@ -242,6 +269,7 @@ impl Scheduler {
             }
             if self.commit_pages() && self.last_checkpoint.elapsed() >= Duration::from_millis(200) {
                 let requests = self.requests();
+                self.journal.cp.listed = self.seen.len() as u64;
                 self.journal.commit(Vec::new(), requests)?;
                 self.last_checkpoint = Instant::now();
             }
@@ -249,11 +277,9 @@ impl Scheduler {
             self.progress.tick(|| {
                 let s = self.client.stats();
                 format!(
-                    "pass {}, {} in flight (concurrency {} of {}), {} requests, {} retries, {} answered 429",
+                    "pass {}, {} in flight, {} requests, {} retried, {} 429s",
                     self.listing_pass,
                     self.in_flight.len(),
-                    self.control.limit(),
-                    self.control.ceiling(),
                     s.get(&s.requests),
                     s.get(&s.retries),
                     s.get(&s.throttled)
@@ -336,7 +362,7 @@ impl Scheduler {
             read_ids,
         } = f;
         match outcome? {
-            Some(rec) => {
+            Lookup::Found(rec) => {
                 if let (Some(c), None) = (&self.census, &read_ids) {
                     c.add(&rec.external_ids);
                 }
@@ -344,19 +370,45 @@ impl Scheduler {
                 self.summary.fetched += 1;
                 self.progress.inc(1);
             }
-            None => {
+            Lookup::Gone(missing) => {
                 if let (Some(c), Some(ids)) = (&self.census, &read_ids) {
                     c.remove(ids);
                 }
-                ui::debug(format!("extract: profile {segment_id} disappeared before it could be read (404); skipped"));
+                ui::debug(format!(
+                    "extract: profile {segment_id} could not be read: {} answered {}",
+                    missing.asked, missing.answered
+                ));
+                self.journal.note_missing(&segment_id, &missing)?;
                 self.journal.cp.missing.push(segment_id);
                 self.summary.missing += 1;
+                self.progress.inc(1);
+                self.too_many_missing(&missing)?;
             }
         }
         if let Some(p) = self.pages.get_mut(&page) {
             p.remaining -= 1;
         }
         Ok(())
+    }
+
+    /// More than a small share of the listed profiles could not be read
+    /// (2%, and at least 20): Segment refuses the lookups themselves, not
+    /// profiles deleted since the listing. Extract stops, saying what it
+    /// asked and what Segment answered; nothing downstream runs. Ids from
+    /// `--ids FILE` that Segment does not know are no error.
+    fn too_many_missing(&self, last: &crate::api::segment::Missing) -> Result<()> {
+        let missing = self.journal.cp.missing.len();
+        let listed = self.seen.len();
+        if self.wanted.by_external_id || missing < MIN_MISSING || missing * 50 <= listed {
+            return Ok(());
+        }
+        Err(crate::error::UsageError::new(format!(
+            "extract stopped: {missing} of the {listed} profiles listed so far could not be read: Segment answered 404 to their lookups, in both the `segment_id:` and the bare form (the last: {} answered {}). More than 2% means the lookups are refused, not that profiles were deleted; nothing downstream was run. They are listed in {}. Extract the profiles by the documented routes instead: `segsync extract --ids FILE` (a CSV of user_id or another external id)",
+            last.asked,
+            last.answered,
+            self.journal.missing_path().display()
+        ))
+        .into())
     }
 
     fn on_listed(&mut self, msg: Option<Listed>) -> Result<()> {
@@ -412,8 +464,14 @@ impl Scheduler {
     /// being fetched) until a pass finds nothing new.
     fn end_of_pass(&mut self) {
         let (pass, found) = (self.listing_pass, self.found);
+        self.progress.set_total(self.seen.len() as u64);
         if pass > 1 {
             self.journal.cp.found_by_relisting += found;
+        }
+        if matches!(self.listing, Listing::Ids(_)) {
+            // A file does not move: one pass reads it all.
+            self.listing_done = true;
+            return;
         }
         if (pass > 1 && found == 0) || pass >= MAX_PASSES {
             if pass >= MAX_PASSES && found > 0 {
@@ -428,7 +486,7 @@ impl Scheduler {
         self.listing_pass += 1;
         self.found = 0;
         self.lister.abort();
-        (self.lister, self.page_rx) = lister::spawn(self.client.clone(), None, LISTING_LOOKAHEAD);
+        (self.lister, self.page_rx) = spawn_listing(&self.listing, &self.client, None);
     }
 
     /// Commit every leading page whose profiles are all written; true if any.
@@ -445,5 +503,17 @@ impl Scheduler {
             advanced = true;
         }
         advanced
+    }
+}
+
+/// Start handing over `listing`'s pages from `cursor`.
+fn spawn_listing(
+    listing: &Listing,
+    client: &Arc<SegmentClient>,
+    cursor: Option<String>,
+) -> (JoinHandle<()>, Receiver<Listed>) {
+    match listing {
+        Listing::Api => lister::spawn(client.clone(), cursor, LISTING_LOOKAHEAD),
+        Listing::Ids(f) => super::ids::spawn(f.clone(), cursor, LISTING_LOOKAHEAD),
     }
 }

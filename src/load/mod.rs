@@ -486,12 +486,12 @@ fn say(
     }
     let secs = started.elapsed().as_secs_f64().max(0.001);
     ui::info(format!(
-        "load: {}; {} polls ({:.2} per batch); {:.1}s, {:.0} customers/s",
+        "load: {}; {} polls ({:.2} per batch); {:.1}s, {}",
         session.client.stats().summary(),
         summary.polls,
         summary.polls as f64 / summary.batches.max(1) as f64,
         secs,
-        summary.sent as f64 / secs
+        ui::rate_of(summary.sent as f64 / secs, "customers")
     ));
 }
 
@@ -576,7 +576,7 @@ async fn send_all(
                 let s = session.client.stats();
                 progress.tick(|| {
                     format!(
-                        "{} batches in flight, {} failed, {} requests ({} polls), {} answered 429",
+                        "{} batches out, {} failed, {} requests, {} polls, {} 429s",
                         session.in_flight.load(Ordering::Relaxed),
                         session.failed.load(Ordering::Relaxed),
                         s.get(&s.requests),

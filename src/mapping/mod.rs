@@ -202,17 +202,37 @@ fn first_path(t: &Map<String, Value>, sources: &[String]) -> Option<(String, Str
         .find_map(|s| path(t, s).and_then(scalar_text).map(|v| (s.clone(), v)))
 }
 
-/// The `id` of the first external id (API order) of the first configured type
-/// that has one.
+/// The `source_id`: of the first configured type that has an id, the
+/// earliest id by Segment's own time, ties broken by the id's text. The API
+/// path's ids carry `created_at` (Segment's time of the id); a Profiles Sync
+/// line's do not, and are written in `seq` order (ties by the id's text),
+/// so the first of them is the earliest there. One rule on both paths, so a
+/// profile with two ids of the type maps to one customer whichever path
+/// extracted it (the API's own order is documented nowhere).
 pub fn source_id(external_ids: &[Value], id_types: &[String]) -> Option<String> {
     id_types.iter().find_map(|ty| {
-        external_ids.iter().find_map(|e| {
-            if e.get("type").and_then(Value::as_str) == Some(ty.as_str()) {
-                scalar_text(e.get("id")?)
-            } else {
-                None
-            }
-        })
+        let of_type = external_ids
+            .iter()
+            .filter(|e| e.get("type").and_then(Value::as_str) == Some(ty.as_str()))
+            .filter_map(|e| Some((e, scalar_text(e.get("id")?)?)));
+        let mut best: Option<(Option<i64>, String)> = None;
+        let mut timed = true;
+        for (e, id) in of_type {
+            let at = e
+                .get("created_at")
+                .and_then(Value::as_str)
+                .and_then(crate::dates::parse_timestamp)
+                .map(|t| t.as_millisecond());
+            timed &= at.is_some();
+            best = match best {
+                None => Some((at, id)),
+                // Without every time, the order of the ids decides.
+                Some(b) if !timed => Some(b),
+                Some((Some(b_at), b_id)) if (at, &id) < (Some(b_at), &b_id) => Some((at, id)),
+                Some(b) => Some(b),
+            };
+        }
+        best.map(|(_, id)| id)
     })
 }
 
@@ -265,7 +285,25 @@ mod tests {
     }
 
     #[test]
-    fn source_id_is_first_of_configured_type_in_api_order() {
+    fn source_id_is_the_earliest_by_segments_time_ties_by_text() {
+        let ids = json!([
+            {"type":"user_id","id":"b-later","created_at":"2024-01-02T00:00:00Z"},
+            {"type":"user_id","id":"z-first","created_at":"2024-01-01T00:00:00.000Z"},
+            {"type":"user_id","id":"a-first","created_at":"2024-01-01T00:00:00Z"},
+            {"type":"email","id":"e@x.co","created_at":"2023-01-01T00:00:00Z"}
+        ]);
+        assert_eq!(
+            source_id(ids.as_array().unwrap(), &types(&["user_id", "email"])),
+            Some("a-first".into())
+        );
+        assert_eq!(
+            source_id(ids.as_array().unwrap(), &types(&["email", "user_id"])),
+            Some("e@x.co".into())
+        );
+    }
+
+    #[test]
+    fn source_id_is_first_of_configured_type_in_line_order_without_times() {
         let ids = json!([{"type":"user_id","id":"first"},{"type":"user_id","id":"second"}]);
         assert_eq!(
             source_id(ids.as_array().unwrap(), &types(&["user_id"])),

@@ -38,6 +38,38 @@ pub struct Stats {
     /// one again: a retry or a hedge, never a first read.
     pub detail_reads: Mutex<std::collections::HashSet<u64>>,
     pub detail_reads_again: Mutex<BTreeMap<String, u64>>,
+    /// Segment requests of the last second (their arrival times), the most
+    /// seen in any second, and the first and last arrival: how much of its
+    /// budget a client takes, measured where the budget is kept.
+    pub segment_pace: Mutex<SegmentPace>,
+}
+
+/// Segment's requests over time, as the sandbox saw them arrive.
+#[derive(Default)]
+pub struct SegmentPace {
+    window: std::collections::VecDeque<std::time::Instant>,
+    pub most_in_a_second: u64,
+    pub first: Option<std::time::Instant>,
+    pub last: Option<std::time::Instant>,
+    pub count: u64,
+}
+
+impl SegmentPace {
+    fn arrived(&mut self, now: std::time::Instant) {
+        let second = std::time::Duration::from_secs(1);
+        while self
+            .window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= second)
+        {
+            self.window.pop_front();
+        }
+        self.window.push_back(now);
+        self.most_in_a_second = self.most_in_a_second.max(self.window.len() as u64);
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        self.count += 1;
+    }
 }
 
 /// Holds a request's place in the in-flight count until dropped.
@@ -100,6 +132,11 @@ impl Stats {
         if let Ok(mut c) = self.requests.lock() {
             *c.entry(endpoint.to_string()).or_default() += 1;
         }
+        if endpoint.starts_with("segment.") {
+            if let Ok(mut p) = self.segment_pace.lock() {
+                p.arrived(std::time::Instant::now());
+            }
+        }
         if matches!(endpoint, "segment.traits" | "segment.external_ids") {
             let first = self
                 .detail_reads
@@ -125,7 +162,15 @@ impl Stats {
         for e in ["segment.traits", "segment.external_ids"] {
             again.entry(e.to_string()).or_default();
         }
+        let pace = self.segment_pace.lock().map(|p| {
+            let span = match (p.first, p.last) {
+                (Some(a), Some(b)) => b.duration_since(a).as_millis() as u64,
+                _ => 0,
+            };
+            json!({"requests": p.count, "span_ms": span, "most_in_a_second": p.most_in_a_second})
+        });
         json!({
+            "segment_pace": pace.unwrap_or(Value::Null),
             "requests": requests,
             "throttled": {"segment": get(&self.throttled_segment), "voucherify": get(&self.throttled_voucherify)},
             "faults": {"server_errors": get(&self.faults_5xx), "dropped_connections": get(&self.faults_dropped), "slow": get(&self.faults_slow)},

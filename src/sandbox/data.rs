@@ -283,6 +283,15 @@ impl Dataset {
             }
         }
         if let Some(u) = self.user_id(index) {
+            if index % 53 == 17 {
+                // A second user_id, listed first but given a day later: the
+                // customer's source_id is the earliest by Segment's time.
+                let later = iso(1_672_531_200 + index as i64 * 60 + 86_400);
+                ids.push(
+                    json!({"type": "user_id", "id": format!("{u}-b"), "source_id": "src_sandbox",
+                    "collection": "users", "created_at": later, "encoding": "none"}),
+                );
+            }
             ids.push(ext("user_id", u));
         }
         if index % 41 == 7 {

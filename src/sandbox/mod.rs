@@ -111,6 +111,15 @@ pub struct SandboxOptions {
     /// Every Nth profile's email is at an `.invalid` domain, which the
     /// bulk upsert refuses for that customer (0: none).
     pub undeliverable_every: u64,
+    /// The profile listing (an undocumented route: Segment removed it from
+    /// its docs as "not a production grade API endpoint") answers 404.
+    pub refuse_listing: bool,
+    /// Lookups by the undocumented `segment_id:` prefix answer 404; the
+    /// bare id (the docs' own cursor URLs) and external ids still answer.
+    pub refuse_prefixed: bool,
+    /// This share of the listed profiles (percent) answer 404 on every
+    /// lookup: deleted after the listing saw them.
+    pub gone_percent: u8,
 }
 
 /// How long answers take: `median_ms`, spread by ±`jitter` (a share of the
@@ -180,6 +189,9 @@ impl Default for SandboxOptions {
             winners_last: false,
             empty_export_without_file: false,
             undeliverable_every: 0,
+            refuse_listing: false,
+            refuse_prefixed: false,
+            gone_percent: 0,
         }
     }
 }
@@ -219,6 +231,8 @@ pub struct AppState {
     pub seq: AtomicU64,
     /// Profiles with a `user_id`, counted once when first asked.
     pub identified: std::sync::OnceLock<u64>,
+    /// Profiles by external id (`type:id`), built at the first lookup by one.
+    pub by_external_id: std::sync::OnceLock<HashMap<String, Vec<u64>>>,
     /// The project's bulk job queue.
     pub jobs: tokio::sync::mpsc::UnboundedSender<queue::Job>,
     /// Faults off, quotas refilled, churn stopped, the kind readings again
@@ -283,6 +297,7 @@ impl Sandbox {
         let state = Arc::new(AppState {
             jobs,
             identified: std::sync::OnceLock::new(),
+            by_external_id: std::sync::OnceLock::new(),
             data: Dataset {
                 seed: opts.seed,
                 n: opts.profiles,

@@ -310,7 +310,17 @@ pub fn write(ds: &Dataset, dir: &Path, format: Format, layout: Layout) -> Result
             ))?;
             rows += 1;
         }
-        for (k, e) in p.external_ids.iter().enumerate() {
+        // Segment's seq follows its own time: the ids by created_at (then
+        // the id's text), whatever order the API lists them in.
+        let mut ids: Vec<&Value> = p.external_ids.iter().collect();
+        ids.sort_by_key(|e| {
+            let at = e["created_at"].as_str().unwrap_or("").to_string();
+            (
+                epoch_micros(&at),
+                e["id"].as_str().unwrap_or("").to_string(),
+            )
+        });
+        for (k, e) in ids.into_iter().enumerate() {
             let ty = e["type"].as_str().unwrap_or("").to_string();
             let v = e["id"].as_str().map(str::to_string);
             let at = if k == 0 {

@@ -133,6 +133,10 @@ pub async fn list_profiles(
     if space != st.creds.space_id {
         return error(StatusCode::NOT_FOUND, "not_found", "space not found");
     }
+    if st.opts.refuse_listing {
+        // The route is undocumented and may go without notice.
+        return error(StatusCode::NOT_FOUND, "not_found", "Not Found");
+    }
     let (limit, offset) = match paging(&q, "p", 100) {
         Ok(p) => p,
         Err(r) => return r,
@@ -171,36 +175,64 @@ pub async fn list_profiles(
     }
 }
 
+/// The profile a lookup names, as the docs name one: `TYPE:VALUE` by an
+/// external id (`user_id:u1`, `email:a@b.co`), the bare id (`use_…`, as the
+/// docs' cursor URLs), or the undocumented `segment_id:use_…` (refused with
+/// `refuse_prefixed`). Of two profiles that share an external id, the one
+/// updated most recently answers (the docs do not say which).
 #[allow(clippy::result_large_err)]
 fn lookup(st: &AppState, space: &str, id: &str) -> Result<data::GeneratedProfile, Response> {
     if space != st.creds.space_id {
         return Err(error(StatusCode::NOT_FOUND, "not_found", "space not found"));
     }
-    let Some(sid) = id.strip_prefix("segment_id:") else {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "profile not found: only segment_id lookups are emulated",
-        ));
+    let not_found = || error(StatusCode::NOT_FOUND, "not_found", "Profile was not found.");
+    let versions = st.versions.read().map(|v| v.clone()).unwrap_or_default();
+    let index = if let Some(sid) = id.strip_prefix("segment_id:") {
+        if st.opts.refuse_prefixed {
+            return Err(not_found());
+        }
+        st.data.index_of(sid)
+    } else if id.starts_with("use_") {
+        st.data.index_of(id)
+    } else if id.contains(':') {
+        let found = by_external_id(st).get(id);
+        found.and_then(|all| {
+            all.iter().copied().max_by_key(|i| {
+                let v = versions.get(i).copied().unwrap_or(0);
+                let at = st.data.metadata(*i, v)["updated_at"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                (at, std::cmp::Reverse(*i))
+            })
+        })
+    } else {
+        None
     };
-    let index = st
-        .data
-        .index_of(sid)
-        .filter(|i| !st.vanished.read().map(|v| v.contains(i)).unwrap_or(false));
-    let Some(index) = index else {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "profile not found",
-        ));
+    let gone = |i: &u64| {
+        st.vanished.read().map(|v| v.contains(i)).unwrap_or(false)
+            || (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % 100 < u64::from(st.opts.gone_percent)
     };
-    let version = st
-        .versions
-        .read()
-        .ok()
-        .and_then(|v| v.get(&index).copied())
-        .unwrap_or(0);
+    let Some(index) = index.filter(|i| !gone(i)) else {
+        return Err(not_found());
+    };
+    let version = versions.get(&index).copied().unwrap_or(0);
     Ok(st.data.profile(index, version))
+}
+
+/// Every profile by each of its external ids (`type:id`), built once.
+fn by_external_id(st: &AppState) -> &HashMap<String, Vec<u64>> {
+    st.by_external_id.get_or_init(|| {
+        let mut m: HashMap<String, Vec<u64>> = HashMap::new();
+        for i in 0..st.data.n {
+            for e in st.data.profile(i, 0).external_ids {
+                if let (Some(t), Some(v)) = (e["type"].as_str(), e["id"].as_str()) {
+                    m.entry(format!("{t}:{v}")).or_default().push(i);
+                }
+            }
+        }
+        m
+    })
 }
 
 /// `include=a,b` as a set of names (None: everything).

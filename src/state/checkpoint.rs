@@ -48,6 +48,13 @@ pub struct Checkpoint {
     /// Every trait and id was copied (`--all-traits`).
     #[serde(default)]
     pub all_traits: bool,
+    /// Profiles listed so far (or ids of the `--ids` file read), each once.
+    #[serde(default)]
+    pub listed: u64,
+    /// Where the profiles were listed from: empty for Segment's listing,
+    /// `ids:TYPE:HASH` for `--ids FILE` (its id type and content).
+    #[serde(default)]
+    pub source: String,
 }
 
 fn one() -> u32 {

@@ -45,6 +45,13 @@ pub fn checkpoint(profiles: &Path) -> PathBuf {
     parent_dir(profiles).join("extract.checkpoint.json")
 }
 
+/// `profiles.missing.csv` beside a profiles file: every profile extract
+/// could not read (Segment answered 404), what it asked and what Segment
+/// answered.
+pub fn missing(profiles: &Path) -> PathBuf {
+    parent_dir(profiles).join("profiles.missing.csv")
+}
+
 /// `transform.manifest.json` beside a customers file.
 pub fn manifest(customers: &Path) -> PathBuf {
     parent_dir(customers).join("transform.manifest.json")

@@ -392,9 +392,9 @@ fn report(summary: &Summary, out: &Path, rejected: &Path, started: Instant, inpu
         ));
     }
     ui::info(format!(
-        "transform: {:.1}s, {:.0} profiles/s, {:.1} MB/s",
+        "transform: {:.1}s, {}, {:.1} MB/s",
         secs,
-        summary.profiles as f64 / secs,
+        ui::rate_of(summary.profiles as f64 / secs, "profiles"),
         input_bytes as f64 / 1e6 / secs
     ));
 }

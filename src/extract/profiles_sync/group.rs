@@ -355,6 +355,7 @@ mod tests {
             id_types: vec!["user_id".into()],
             traits: vec![],
             everything: false,
+            by_external_id: false,
         };
         let shape = Shape {
             wanted: &wanted,

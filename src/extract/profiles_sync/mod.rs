@@ -162,9 +162,9 @@ pub fn run(
         if summary.json_values { "JSON" } else { "text" }
     ));
     ui::info(format!(
-        "extract: {:.1}s, {:.1} profiles/s",
+        "extract: {:.1}s, {}",
         secs,
-        summary.profiles as f64 / secs
+        crate::ui::rate_of(summary.profiles as f64 / secs, "profiles")
     ));
     Ok(summary)
 }
