@@ -167,6 +167,9 @@ pub struct RunArgs {
     /// Load the rows the project's metadata schema accepts and set the others aside in load.rejects.csv (as `load --skip-invalid`); with a schema, customers are then sent early too
     #[arg(long = "skip-invalid")]
     pub skip_invalid: bool,
+    /// Do not read back from Voucherify's export what the run confirmed (as `load --no-verify`)
+    #[arg(long = "no-verify")]
+    pub no_verify: bool,
     /// Send no customer before transform ends (by default, with --method bulk, customers go out in full batches while extract still runs)
     #[arg(long = "send-after-transform")]
     pub send_after_transform: bool,

@@ -137,8 +137,11 @@ pub async fn execute(cli: Cli) -> (u8, Value) {
     let serves = matches!(cli.command, Command::Sandbox(_));
     #[cfg(not(feature = "sandbox"))]
     let serves = false;
+    // A panic anywhere in the command fails the command, with its
+    // document and its `runs.ndjson` line, as any error does.
+    let running = std::panic::AssertUnwindSafe(dispatch(cli.command, &data, &mut body));
     let r = tokio::select! {
-        r = dispatch(cli.command, &data, &mut body) => r,
+        r = futures::FutureExt::catch_unwind(running) => r.unwrap_or_else(|p| Err(panicked(p))),
         s = interrupted(), if !serves => Err(anyhow::Error::new(s)),
     };
     let (code, doc) = finish(name, r, body);
@@ -151,6 +154,20 @@ pub async fn execute(cli: Cli) -> (u8, Value) {
         }
     }
     (code, doc)
+}
+
+/// A panic's payload as an error: a bug, said as one; what the command
+/// wrote is as a kill would leave it, and a rerun resumes (exit 1).
+fn panicked(payload: Box<dyn std::any::Any + Send>) -> anyhow::Error {
+    let what = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("no message");
+    anyhow::anyhow!(
+        "segsync failed unexpectedly ({}; a bug, please report it); what was written is kept as after a kill: rerun the command to resume",
+        config::redact(what)
+    )
 }
 
 /// SIGINT or SIGTERM arrived: the command stops where it is (every stage
@@ -348,6 +365,10 @@ async fn run_all(a: &RunArgs, data: &Path, body: &mut Map<String, Value>) -> any
     // send that no later profile can change, sent as they come (`pipeline`).
     let since = std::time::SystemTime::now();
     let mut la = load_args(a);
+    // The load reads back what this run confirms, early sends included.
+    la.verify_since = Some(
+        std::fs::metadata(state::Beside::of(&state::customers(data)).ledger).map_or(0, |m| m.len()),
+    );
     let export = crate::pipeline::prefetch_export(&la, data);
     let mapping = a.mapping.resolve()?;
     let census = Arc::new(extract::census::Census::new(
@@ -464,6 +485,7 @@ fn load_args(a: &RunArgs) -> load::Args {
         concurrency: a.load_concurrency,
         rate_limit: a.voucherify_rate_limit,
         poll_timeout: load::DEFAULT_POLL_TIMEOUT,
+        queue_timeout: load::DEFAULT_QUEUE_TIMEOUT,
         max_wait: load::DEFAULT_MAX_WAIT,
         dry_run: false,
         skip_invalid: a.skip_invalid,
@@ -476,6 +498,7 @@ fn load_args(a: &RunArgs) -> load::Args {
         exports: crate::plan::ExportArgs {
             full_export: a.full_export,
             full_export_every: a.full_export_every,
+            max_export_bytes: crate::api::http::MAX_FILE_BYTES,
             reuse: None,
         },
         accept_edits: false,
@@ -484,6 +507,8 @@ fn load_args(a: &RunArgs) -> load::Args {
         max_file_bytes: load::DEFAULT_MAX_FILE_BYTES,
         mapping: a.mapping.clone(),
         voucherify: a.voucherify.clone(),
+        no_verify: a.no_verify,
         refused_early: Vec::new(),
+        verify_since: None,
     }
 }

@@ -98,13 +98,38 @@ static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 #[derive(Clone)]
 pub struct Secret(String);
 
+/// Every form a secret can take in an answer that echoes a request: as
+/// it is, Base64 of it and of `it:` (HTTP Basic auth, with and without
+/// padding, standard and URL-safe), and percent-encoded.
+fn forms_of(value: &str) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let mut out = vec![value.to_string()];
+    for text in [format!("{value}:"), value.to_string()] {
+        for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+            out.push(engine.encode(&text));
+        }
+    }
+    out.push(
+        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+            .to_string(),
+    );
+    out.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    out.dedup();
+    out
+}
+
 impl Secret {
     pub fn new(value: String) -> Secret {
         if value.len() >= 4 {
             if let Ok(mut s) = SECRETS.lock() {
-                if !s.contains(&value) {
-                    s.push(value.clone());
+                for form in forms_of(&value) {
+                    if !s.contains(&form) {
+                        s.push(form);
+                    }
                 }
+                // The longest first: no form is cut by a shorter one.
+                s.sort_by_key(|f| std::cmp::Reverse(f.len()));
             }
         }
         Secret(value)
@@ -126,7 +151,7 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Replace every known secret in `text` by `***`.
+/// Replace every known secret, in every form ([`forms_of`]), in `text` by `***`.
 pub fn redact(text: &str) -> String {
     let mut out = text.to_string();
     if let Ok(secrets) = SECRETS.lock() {
@@ -336,6 +361,38 @@ impl VoucherifyArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error body that echoes the request shows the secret as it was
+    /// sent: raw, in the Basic auth header (Base64 of `token:`), or
+    /// percent-encoded. Every form is redacted.
+    #[test]
+    fn every_form_of_a_secret_is_redacted() {
+        use base64::Engine;
+        let token = "tok/en+redact-me_42";
+        let _s = Secret::new(token.to_string());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{token}:"));
+        let pct = percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+        for echoed in [
+            format!("bad token {token}"),
+            format!("Authorization: Basic {b64}"),
+            format!("Authorization: Basic {}", b64.trim_end_matches('=')),
+            format!("GET /x?token={pct}"),
+        ] {
+            let out = redact(&echoed);
+            assert!(out.contains("***"), "{out}");
+            assert!(
+                !out.contains(token) && !out.contains(&b64) && !out.contains(&pct),
+                "{out}"
+            );
+            // And what is left does not decode to it.
+            for word in out.split([' ', '=', '?']) {
+                if let Ok(d) = base64::engine::general_purpose::STANDARD.decode(word) {
+                    assert!(!String::from_utf8_lossy(&d).contains(token), "{out}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn http_only_for_loopback() {

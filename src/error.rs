@@ -79,6 +79,30 @@ pub enum ApiError {
         endpoint: String,
         message: String,
     },
+    /// The server asked for a wait past the longest this command allows
+    /// (a `Retry-After` of `inf`, `1e20`, or a date next year): a stop,
+    /// never a sleep; a rerun later resumes.
+    #[error("{api} {endpoint}: HTTP {status} asks to wait ({hint}), longer than the longest wait allowed ({longest_secs} s); stopped, nothing is lost: rerun later")]
+    Wait {
+        api: &'static str,
+        endpoint: String,
+        status: u16,
+        hint: String,
+        longest_secs: u64,
+    },
+    /// A redirect, which no API call follows: the secret key (and a bulk
+    /// request's customers) would go wherever it points.
+    #[error("{api} {endpoint}: HTTP {status} redirects to {location}; segsync follows no redirect of an API call (the key would go with it): check the API URL")]
+    Redirect {
+        api: &'static str,
+        endpoint: String,
+        status: u16,
+        /// Where it points, its query left out (a token may be in it).
+        location: String,
+        /// Where it points, whole: for the one caller that follows a
+        /// redirect by hand (an export's download); never shown.
+        target: String,
+    },
     #[error("{api} {endpoint}: response breaks the API contract: {message}")]
     Contract {
         api: &'static str,
@@ -148,7 +172,7 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
             || cause.downcast_ref::<InputErrors>().is_some()
             || matches!(
                 cause.downcast_ref::<ApiError>(),
-                Some(ApiError::Local { .. })
+                Some(ApiError::Local { .. } | ApiError::Redirect { .. })
             )
         {
             return 2;

@@ -8,13 +8,50 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// Create `dir` (and parents) or say clearly why not.
+/// Create `dir` (and parents) or say clearly why not. A directory segsync
+/// creates is its owner's alone (0700): it holds personal data.
 pub fn ensure_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     if dir.as_os_str().is_empty() {
         return Ok(());
     }
-    std::fs::create_dir_all(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
         .with_context(|| format!("cannot create directory {}", dir.display()))
+}
+
+/// The error for a state file that is a symbolic link: refused by name,
+/// never written through (a link would have its target overwritten).
+pub fn symlink_refused(path: &Path) -> anyhow::Error {
+    crate::error::UsageError::new(format!(
+        "{} is a symbolic link: segsync never writes its state files through one (the link's target would be overwritten); remove the link",
+        path.display()
+    ))
+    .into()
+}
+
+/// Whether an open failed because the path is a symbolic link (O_NOFOLLOW).
+pub fn is_symlink_error(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ELOOP)
+}
+
+/// Open an input file for reading: a regular file (a link to one is
+/// followed), or an error naming it (a directory, a pipe, a device). Its
+/// content is never quoted in that error.
+pub fn open_regular(path: &Path) -> Result<File> {
+    // Looked at before it is opened: opening a FIFO waits for a writer.
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        return Err(crate::error::UsageError::new(format!(
+            "{} is not a regular file (a directory, a pipe or a device): give a file",
+            path.display()
+        ))
+        .into());
+    }
+    File::open(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// The directory a file lives in ("." for a bare name).
@@ -147,8 +184,16 @@ pub fn open_append(path: &Path) -> Result<File> {
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .with_context(|| format!("cannot open {} for appending", path.display()))
+        .map_err(|e| {
+            if is_symlink_error(&e) {
+                symlink_refused(path)
+            } else {
+                anyhow::Error::new(e)
+                    .context(format!("cannot open {} for appending", path.display()))
+            }
+        })
 }
 
 /// Cut a journal back to its last complete line (one ending in `\n`), so a

@@ -66,12 +66,15 @@ pub fn prefetch_export(args: &crate::load::Args, data: &Path) -> watch::Receiver
     };
     let files = state::Beside::of(&state::customers(data));
     let exports = args.exports.exports();
+    let created_too = args.method != crate::load::import::Method::Bulk;
     let deadline = Duration::from_secs(args.export_timeout);
     tokio::spawn(async move {
         let policy = crate::export::Policy {
+            ledger: Some(&files.ledger),
             target: &target,
             full_every: exports.full_every,
             force_full: exports.force_full,
+            created_too,
             reuse: None,
         };
         let fields = crate::fields::export_fields();
@@ -109,7 +112,8 @@ fn prefetchable(args: &crate::load::Args, data: &Path) -> Option<(VoucherifyClie
         Ok(l) if l.pending.is_empty() => {}
         _ => return None,
     }
-    let client = VoucherifyClient::new(cfg, crate::plan::http_settings()).ok()?;
+    let settings = crate::plan::http_settings(args.exports.max_export_bytes);
+    let client = VoucherifyClient::new(cfg, settings).ok()?;
     Some((client, target))
 }
 
@@ -392,7 +396,7 @@ impl Sender {
             .map_err(said)?;
         let writer = LedgerWriter::open(&files.ledger, &target).map_err(said)?;
         let mapping = args.mapping.resolve().map_err(said)?;
-        let session = Session::new(client, writer, Duration::from_secs(args.poll_timeout));
+        let session = Session::new(client, writer, args.timeouts());
         Ok(Sender {
             session: Arc::new(session),
             wanted: mapping.traits_read().into_iter().collect(),

@@ -112,6 +112,13 @@ pub fn load(s: &crate::load::Summary, data_dir: &Path) -> Map<String, Value> {
             "report": rel(data_dir, &crate::state::report(&customers)),
         },
     }));
+    if let (Some(v), Some(Value::Object(counts))) = (&s.verified, m.get_mut("counts")) {
+        counts.insert("verified".into(), v.checked.into());
+        counts.insert("not_applied".into(), v.not_applied.into());
+        counts.insert("changed_after".into(), v.changed_after.into());
+        counts.insert("unreadable_fields".into(), v.unreadable.into());
+        counts.insert("verify_calls".into(), v.calls.into());
+    }
     if let Some((limit, remaining, kind)) = &s.budget {
         m.insert(
             "quota".into(),

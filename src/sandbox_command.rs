@@ -104,6 +104,15 @@ pub struct Args {
     /// Share of listed profiles (0-100) whose lookups answer 404, as if deleted after the listing
     #[arg(long = "gone-percent", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub gone_percent: u8,
+    /// What a null in a bulk upsert does (the docs do not say): applied (removes the field), ignored, refused-customer, refused-request
+    #[arg(long, value_enum, default_value_t = crate::sandbox::Nulls::Applied)]
+    pub nulls: crate::sandbox::Nulls,
+    /// How an export's filters are read (the docs do not say): as-sent, always-and (junction ignored), cut-to-day ($after a date)
+    #[arg(long, value_enum, default_value_t = crate::sandbox::Filters::AsSent)]
+    pub filters: crate::sandbox::Filters,
+    /// Answer as a hostile server or proxy would, one case (to see segsync refuse it)
+    #[arg(long, value_enum)]
+    pub hostile: Option<crate::sandbox::hostile::Hostile>,
     /// Break the API contract on purpose (to see how segsync copes)
     #[arg(long, value_enum)]
     pub misbehave: Option<crate::sandbox::Misbehave>,
@@ -263,6 +272,9 @@ fn sandbox_options(a: &Args, metadata_schema: Option<serde_json::Value>) -> Sand
         refuse_listing: a.refuse_listing,
         refuse_prefixed: a.refuse_prefixed,
         gone_percent: a.gone_percent,
+        hostile: a.hostile,
+        nulls: a.nulls,
+        filters: a.filters,
         empty_export_without_file: a.empty_export_without_file,
         latency: (a.latency_jitter > 0.0 || a.slow_tail_share > 0.0).then_some(
             crate::sandbox::Latency {

@@ -192,6 +192,16 @@ fn load_section(customers: &Path, next: &mut Option<String>) -> Result<()> {
     if let Some(m) = crate::plan::file::Meta::read(&state::Beside::of(customers).plan_meta) {
         crate::outln!("           {}", plan_line(&m));
     }
+    if let Some(v) = crate::load::verify::last(&state::Beside::of(customers)) {
+        crate::outln!(
+            "           read back at {}: {} customers checked against Voucherify's export, {} changes not applied{}, {} changed by another writer since",
+            v.at,
+            v.checked,
+            v.not_applied,
+            if v.not_applied > 0 { " (the next plan lists them again)" } else { "" },
+            v.changed_after
+        );
+    }
     if all.torn_tail > 0 {
         crate::outln!(
             "           its last line is incomplete ({} bytes): a load was interrupted mid-write, or is writing now; the next `segsync load` discards it",

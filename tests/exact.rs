@@ -254,8 +254,9 @@ async fn an_export_a_killed_run_left_behind_is_polled_again_not_started_anew() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("is polled again"), "{}", r.stderr);
     // Not started again; but it is older than whatever was sent since it
-    // was made, so a delta from it brings it up to date: one export more,
-    // a delta.
+    // was made, so it is brought up to date: one export more. A delta
+    // would do, but nothing segsync confirmed could check it (no delta of
+    // the project is proven yet, issue 43): a full one.
     assert_eq!(
         requests(&sb, "voucherify.exports_created"),
         2,
@@ -263,7 +264,8 @@ async fn an_export_a_killed_run_left_behind_is_polled_again_not_started_anew() {
         r.all()
     );
     assert!(
-        r.stderr.contains("compared with a delta export"),
+        r.stderr.contains("could not be checked")
+            && r.stderr.contains("compared with a full export"),
         "{}",
         r.stderr
     );

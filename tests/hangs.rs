@@ -73,10 +73,14 @@ async fn an_export_without_a_file_into_an_empty_project_imports_everyone() {
     let r = tokio::time::timeout(GUARD, segsync(dir.path(), Some(&sb), &args))
         .await
         .expect("an export without a file must not be polled forever");
-    assert_eq!(r.code, 0, "{}", r.all());
+    // Everyone is sent and confirmed, but the read-back's export has no
+    // file either, and the project now holds customers: not verified, and
+    // said (exit 1), never a silent 0.
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("cannot be read back"), "{}", r.stderr);
     assert!(r.stderr.contains("holds no customer"), "{}", r.stderr);
-    assert_eq!(requests(&sb, "voucherify.customers_list"), 1);
-    assert!(requests(&sb, "voucherify.exports") <= 6, "{}", sb.stats());
+    assert_eq!(requests(&sb, "voucherify.customers_list"), 2);
+    assert!(requests(&sb, "voucherify.exports") <= 12, "{}", sb.stats());
     assert_eq!(requests(&sb, "voucherify.customers_import_csv"), 1);
     assert_eq!(requests(&sb, "voucherify.customers_bulk_async"), 0);
     assert_eq!(sb.customers().len(), 250);

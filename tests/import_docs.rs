@@ -221,7 +221,9 @@ async fn a_first_migration_into_an_empty_project_ends_exact_by_both_methods() {
         .await;
         let dir = tempdir();
         let csv = csv_with(500, |i| (i % 2 == 0).then(|| json!({"plan": "gold"})));
-        let r = load(dir.path(), &sb, &csv, &["--method", method]).await;
+        // Every export ends without a file: the read-back cannot be made
+        // (hangs.rs holds that it says so), so it is skipped here.
+        let r = load(dir.path(), &sb, &csv, &["--method", method, "--no-verify"]).await;
         assert_eq!(r.code, 0, "{method}: {}", r.all());
         assert_eq!(sb.customers().len(), 500);
         assert!(

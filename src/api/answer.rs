@@ -31,23 +31,47 @@ pub fn epoch_text(epoch: u64) -> String {
         .unwrap_or_else(|_| format!("epoch {epoch}"))
 }
 
-/// `Retry-After` in seconds.
+/// A wait no server hint is honoured past as a number: a `Retry-After` of
+/// `inf` or `1e20` reads as this, and every command's longest wait is far
+/// shorter, so it stops (never sleeps or panics).
+pub const BEYOND: Duration = Duration::from_secs(u64::MAX / 4);
+
+/// `Retry-After`: seconds (a decimal; `inf` and numbers past any wait read
+/// as [`BEYOND`]) or an HTTP-date (RFC 9110: the wait until then). None when
+/// absent or unreadable (NaN, negative, text): the client's own backoff
+/// applies.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = header_str(headers, "retry-after")?;
-    v.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    let v = header_str(headers, "retry-after")?.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        if secs.is_nan() || secs < 0.0 {
+            return None;
+        }
+        return Some(Duration::try_from_secs_f64(secs).map_or(BEYOND, |d| d.min(BEYOND)));
+    }
+    let at = jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(v)
+        .ok()?;
+    let ms = at.as_millisecond() - jiff::Timestamp::now().as_millisecond();
+    Some(Duration::from_millis(ms.max(0) as u64))
 }
 
-/// Voucherify's `X-Rate-Limit-Retry`: the epoch second when the budget refills.
+/// Voucherify's `X-Rate-Limit-Retry`: the epoch second when the budget
+/// refills (the wait until then; far ahead reads as far as it is).
 pub fn rate_limit_reset(headers: &HeaderMap, now_epoch: u64) -> Option<Duration> {
     let at: u64 = header_str(headers, "x-rate-limit-retry")?
         .trim()
         .parse()
         .ok()?;
-    Some(Duration::from_secs(at.saturating_sub(now_epoch)))
+    Some(Duration::from_secs(at.saturating_sub(now_epoch)).min(BEYOND))
+}
+
+/// The server's wait hint as it was given, for a message: the header and
+/// its value.
+pub fn hint_text(headers: &HeaderMap) -> String {
+    ["retry-after", "x-rate-limit-retry"]
+        .iter()
+        .find_map(|h| header_str(headers, h).map(|v| format!("{h}: {}", v.trim())))
+        .unwrap_or_else(|| "no wait header".into())
 }
 
 pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -89,4 +113,46 @@ pub fn now_epoch() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(name: &str, v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            reqwest::header::HeaderValue::from_str(v).unwrap(),
+        );
+        h
+    }
+
+    /// Every spelling a server or a proxy in front of it may send, read
+    /// without a panic: seconds, fractions, `inf` and huge numbers (past any
+    /// wait), NaN and negatives (unreadable), an HTTP-date.
+    #[test]
+    fn retry_after_reads_every_form_without_a_panic() {
+        let ra = |v: &str| retry_after(&with("retry-after", v));
+        assert_eq!(ra("3"), Some(Duration::from_secs(3)));
+        assert_eq!(ra("0.25"), Some(Duration::from_millis(250)));
+        assert_eq!(ra("inf"), Some(BEYOND));
+        assert_eq!(ra("+Infinity"), Some(BEYOND));
+        assert_eq!(ra("1e20"), Some(BEYOND));
+        assert_eq!(ra("NaN"), None);
+        assert_eq!(ra("-5"), None);
+        assert_eq!(ra("soon"), None);
+        let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(90);
+        let date = jiff::fmt::rfc2822::DateTimePrinter::new()
+            .timestamp_to_rfc9110_string(&later)
+            .unwrap();
+        let d = ra(&date).expect("an HTTP-date reads");
+        assert!(
+            d > Duration::from_secs(85) && d <= Duration::from_secs(90),
+            "{d:?}"
+        );
+        assert_eq!(ra("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
+        let far = rate_limit_reset(&with("x-rate-limit-retry", &u64::MAX.to_string()), 0);
+        assert_eq!(far, Some(BEYOND));
+    }
 }

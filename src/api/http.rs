@@ -48,7 +48,19 @@ pub struct HttpSettings {
     pub burst: Option<u32>,
     pub timeout: Duration,
     pub policy: RetryPolicy,
+    /// The most bytes an answer held in memory may have, as read (gzip
+    /// inflated): more is a contract error, never read on.
+    pub max_answer_bytes: usize,
+    /// The most bytes an answer streamed to a file may have (an export).
+    pub max_file_bytes: u64,
 }
+
+/// An API answer held in memory: a listing page of 100 profiles, a page of
+/// 200 traits, an async action. 64 MB is far past any of them.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// An export file: a million customers are about 100 MB.
+pub const MAX_FILE_BYTES: u64 = 4 << 30;
 
 impl Default for HttpSettings {
     fn default() -> Self {
@@ -59,6 +71,8 @@ impl Default for HttpSettings {
             burst: None,
             timeout: Duration::from_secs(60),
             policy: RetryPolicy::default(),
+            max_answer_bytes: MAX_ANSWER_BYTES,
+            max_file_bytes: MAX_FILE_BYTES,
         }
     }
 }
@@ -66,6 +80,7 @@ impl Default for HttpSettings {
 /// Shared HTTP machinery: pooled client, concurrency bound, rate limiter, retries.
 pub struct HttpLayer {
     client: reqwest::Client,
+    limits: Limits,
     limiter: Option<DefaultDirectRateLimiter>,
     concurrency: Semaphore,
     policy: RetryPolicy,
@@ -76,9 +91,14 @@ pub struct HttpLayer {
 
 impl HttpLayer {
     pub fn new(settings: HttpSettings) -> anyhow::Result<HttpLayer> {
+        // No redirect is followed: reqwest would carry `X-App-Token` (and a
+        // bulk request's customers) to wherever a 307 points. A redirect is
+        // an error naming where it pointed; the export's download follows
+        // its own, to https only, with no key past its first origin.
         let client = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .gzip(true)
+            .redirect(reqwest::redirect::Policy::none())
             .https_only(false) // http:// is admitted only for loopback by config::api_url
             .connect_timeout(Duration::from_secs(10))
             .timeout(settings.timeout)
@@ -102,6 +122,10 @@ impl HttpLayer {
         };
         Ok(HttpLayer {
             client,
+            limits: Limits {
+                answer: settings.max_answer_bytes,
+                file: settings.max_file_bytes,
+            },
             limiter,
             concurrency: Semaphore::new(settings.concurrency.max(1)),
             policy: settings.policy,
@@ -152,7 +176,7 @@ impl HttpLayer {
             let started = std::time::Instant::now();
             let attempt = match build(&self.client).send().await {
                 Err(e) => Attempt::Transport(describe_transport(&e)),
-                Ok(resp) => read_body(resp, to).await,
+                Ok(resp) => read_body(resp, to, self.limits).await,
             };
             if let Attempt::Response(r) = &attempt {
                 self.stats.answers.fetch_add(1, Ordering::Relaxed);
@@ -199,20 +223,59 @@ impl HttpLayer {
     }
 }
 
-/// Read an answer's body: whole, or for a 2xx answer with `to`, chunk by
-/// chunk into that file (committed only once the body is whole).
-async fn read_body(mut resp: reqwest::Response, to: Option<&std::path::Path>) -> Attempt {
+/// How many bytes an answer may have.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    answer: usize,
+    file: u64,
+}
+
+/// Read an answer's body: whole (at most `limits.answer` bytes), or for a
+/// 2xx answer with `to`, chunk by chunk into that file (at most
+/// `limits.file` bytes; committed only once the body is whole). Bytes are
+/// counted as read, gzip inflated, and a `Content-Length` over the limit is
+/// refused before a byte is read: an answer's size never decides memory.
+async fn read_body(
+    mut resp: reqwest::Response,
+    to: Option<&std::path::Path>,
+    limits: Limits,
+) -> Attempt {
     let status = resp.status();
     let headers = resp.headers().clone();
-    let Some(path) = to.filter(|_| status.is_success()) else {
-        return match resp.bytes().await {
-            Ok(body) => Attempt::Response(RawResponse {
-                status,
-                headers,
-                body,
-            }),
-            Err(e) => Attempt::Transport(describe_transport(&e)),
-        };
+    let file = to.filter(|_| status.is_success());
+    let limit = file.map_or(limits.answer as u64, |_| limits.file);
+    let too_large = |n: u64| {
+        Attempt::TooLarge(format!(
+            "the answer is larger than {limit} bytes{} (at least {n}); it is not read on",
+            if file.is_some() {
+                " (--max-export-bytes)"
+            } else {
+                ""
+            }
+        ))
+    };
+    if let Some(n) = resp.content_length().filter(|n| *n > limit) {
+        return too_large(n);
+    }
+    let Some(path) = file else {
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if (body.len() + chunk.len()) as u64 > limit {
+                        return too_large((body.len() + chunk.len()) as u64);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Attempt::Transport(describe_transport(&e)),
+            }
+        }
+        return Attempt::Response(RawResponse {
+            status,
+            headers,
+            body: body.into(),
+        });
     };
     // A file that cannot be written is this machine's fault, not the
     // network's: never retried, reported with the file's own error.
@@ -222,14 +285,19 @@ async fn read_body(mut resp: reqwest::Response, to: Option<&std::path::Path>) ->
             path.display()
         ))
     };
-    let mut file = match crate::files::AtomicFile::create(path) {
+    let mut out = match crate::files::AtomicFile::create(path) {
         Ok(f) => f,
         Err(e) => return local(e),
     };
+    let mut written = 0u64;
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
-                if let Err(e) = std::io::Write::write_all(&mut file, &chunk) {
+                written += chunk.len() as u64;
+                if written > limit {
+                    return too_large(written);
+                }
+                if let Err(e) = std::io::Write::write_all(&mut out, &chunk) {
                     return local(anyhow::anyhow!("cannot write {}: {e}", path.display()));
                 }
             }
@@ -237,7 +305,7 @@ async fn read_body(mut resp: reqwest::Response, to: Option<&std::path::Path>) ->
             Err(e) => return Attempt::Transport(describe_transport(&e)),
         }
     }
-    match file.commit() {
+    match out.commit() {
         Ok(()) => Attempt::Response(RawResponse {
             status,
             headers,

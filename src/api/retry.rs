@@ -5,7 +5,9 @@
 //! and for how long to try. Generic over how an attempt is made, so tests
 //! script the answers and pause tokio's clock.
 
-use super::answer::{epoch_text, now_epoch, rate_limit_reset, retry_after, HttpStats, RawResponse};
+use super::answer::{
+    epoch_text, hint_text, now_epoch, rate_limit_reset, retry_after, HttpStats, RawResponse,
+};
 use crate::config::redact;
 use crate::error::ApiError;
 use reqwest::header::HeaderMap;
@@ -24,6 +26,9 @@ pub enum Attempt {
     /// The response came but could not be kept on this machine (a file that
     /// cannot be written): not retried; the error names the file.
     Local(String),
+    /// The answer is larger than the layer reads: a contract error, not
+    /// retried (asking again brings the same).
+    TooLarge(String),
 }
 
 /// How a service's answers are judged. One implementation per API client.
@@ -95,7 +100,8 @@ pub struct RetryPolicy {
     /// gives up: a time budget, counted apart from `max_retries`, since a
     /// throttled run is slow, not broken.
     pub throttle_budget: Duration,
-    /// Longest server hint honoured as given; longer ones are clipped.
+    /// Longest server hint honoured; a longer one stops the request
+    /// ([`ApiError::Wait`]): a rerun later resumes.
     pub max_hint: Duration,
     /// Longest wait for a named quota to refill ([`Throttle::Quota`]);
     /// beyond it the request fails at once with [`ApiError::Quota`].
@@ -160,6 +166,25 @@ impl RetryPolicy {
     }
 }
 
+/// A redirect, never followed (the key would go with it): said, with where
+/// it pointed (its query left out: it may hold a token).
+fn redirected(logic: &dyn RetryLogic, endpoint: &str, r: &RawResponse) -> ApiError {
+    let target = crate::api::answer::header_str(&r.headers, "location")
+        .unwrap_or("")
+        .to_string();
+    let shown = match target.split('?').next() {
+        Some("") | None => "nowhere (no Location)".to_string(),
+        Some(l) => l.to_string(),
+    };
+    ApiError::Redirect {
+        api: logic.api(),
+        endpoint: endpoint.to_string(),
+        status: r.status.as_u16(),
+        location: redact(&shown),
+        target,
+    }
+}
+
 /// The retry loop. Generic over how an attempt is made so it can be tested
 /// with a paused clock and scripted answers.
 pub async fn run_with_retries<F, Fut>(
@@ -188,6 +213,16 @@ where
                     endpoint: endpoint.to_string(),
                     message,
                 })
+            }
+            Attempt::TooLarge(message) => {
+                return Err(ApiError::Contract {
+                    api: logic.api(),
+                    endpoint: endpoint.to_string(),
+                    message,
+                })
+            }
+            Attempt::Response(r) if r.status.is_redirection() => {
+                return Err(redirected(logic, endpoint, &r))
             }
             Attempt::Response(r) => {
                 let status = r.status;
@@ -237,20 +272,15 @@ where
                         ));
                     }
                     let floor = policy.throttle_floor(throttled - 1);
-                    let wait = logic
-                        .retry_hint(&r.headers, now_epoch())
-                        .map(|h| h.min(policy.max_hint))
-                        .map_or(floor, |h| h.max(floor));
-                    (wait, last)
+                    let hint = honoured_hint(policy, logic, endpoint, &r)?;
+                    (hint.map_or(floor, |h| h.max(floor)), last)
                 } else {
                     stats.server_errors.fetch_add(1, Ordering::Relaxed);
                     retries += 1;
                     if retries > policy.max_retries {
                         return Err(exhausted(logic, endpoint, attempts, last));
                     }
-                    let hint = logic
-                        .retry_hint(&r.headers, now_epoch())
-                        .map(|h| h.min(policy.max_hint));
+                    let hint = honoured_hint(policy, logic, endpoint, &r)?;
                     (hint.unwrap_or_else(|| policy.backoff(retries - 1)), last)
                 }
             }
@@ -270,6 +300,28 @@ where
             wait.as_secs_f64()
         ));
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// The server's wait hint for this answer, when it is one this command
+/// honours; a hint past `policy.max_hint` (a `Retry-After` of `inf` or
+/// `1e20`, a date far ahead) stops the request with [`ApiError::Wait`]
+/// naming the header: never a sleep of that length, never a panic.
+fn honoured_hint(
+    policy: &RetryPolicy,
+    logic: &dyn RetryLogic,
+    endpoint: &str,
+    r: &RawResponse,
+) -> Result<Option<Duration>, ApiError> {
+    match logic.retry_hint(&r.headers, now_epoch()) {
+        Some(h) if h > policy.max_hint => Err(ApiError::Wait {
+            api: logic.api(),
+            endpoint: endpoint.to_string(),
+            status: r.status.as_u16(),
+            hint: redact(&hint_text(&r.headers)),
+            longest_secs: policy.max_hint.as_secs(),
+        }),
+        h => Ok(h),
     }
 }
 

@@ -17,6 +17,11 @@ pub const EXTERNAL_IDS_LIMIT: u32 = 100;
 /// (200,000 traits) is treated as broken rather than followed forever.
 const MAX_PAGES: usize = 1_000;
 
+/// Pages in a row that bring nothing new (every trait or id already read)
+/// stop a list as broken: a cursor that cycles under new strings would
+/// never end.
+pub const STALE_PAGES: usize = 10;
+
 struct SegmentLogic;
 
 impl RetryLogic for SegmentLogic {
@@ -152,6 +157,16 @@ impl SegmentClient {
             .get("data")
             .and_then(Value::as_array)
             .ok_or_else(|| ApiError::contract("Segment", endpoint, "no `data` array"))?;
+        if data.len() > PROFILES_LIMIT as usize {
+            return Err(ApiError::contract(
+                "Segment",
+                endpoint,
+                &format!(
+                    "a page of {} profiles, where at most {PROFILES_LIMIT} were asked for",
+                    data.len()
+                ),
+            ));
+        }
         let mut profiles = Vec::with_capacity(data.len());
         for p in data {
             let obj = p.as_object().ok_or_else(|| {
@@ -203,7 +218,7 @@ impl SegmentClient {
         what: &str,
         limit: u32,
         include: Option<&str>,
-        mut take: impl FnMut(Value, &str) -> Result<(), ApiError>,
+        mut take: impl FnMut(Value, &str) -> Result<bool, ApiError>,
     ) -> Result<Lookup<()>, ApiError> {
         use std::sync::atomic::Ordering;
         let form = self.form();
@@ -251,8 +266,10 @@ impl SegmentClient {
                         "no `traits` object",
                     ));
                 };
+                over_limit(page.len(), TRAITS_LIMIT, "traits", endpoint)?;
+                let new = page.keys().any(|k| !traits.contains_key(k));
                 traits.extend(page);
-                Ok(())
+                Ok(new)
             })
             .await?;
         Ok(match found {
@@ -269,6 +286,7 @@ impl SegmentClient {
         include: Option<&str>,
     ) -> Result<Lookup<Vec<Value>>, ApiError> {
         let mut ids = Vec::new();
+        let mut seen = HashSet::new();
         let found = self
             .lookup(
                 name,
@@ -279,8 +297,13 @@ impl SegmentClient {
                     let Some(Value::Array(page)) = v.get_mut("data").map(Value::take) else {
                         return Err(ApiError::contract("Segment", endpoint, "no `data` array"));
                     };
+                    over_limit(page.len(), EXTERNAL_IDS_LIMIT, "external ids", endpoint)?;
+                    let mut new = false;
+                    for e in &page {
+                        new |= seen.insert(format!("{}:{}", e["type"], e["id"]));
+                    }
                     ids.extend(page);
-                    Ok(())
+                    Ok(new)
                 },
             )
             .await?;
@@ -298,10 +321,11 @@ impl SegmentClient {
         path: &str,
         limit: u32,
         include: Option<&str>,
-        take: &mut impl FnMut(Value, &str) -> Result<(), ApiError>,
+        take: &mut impl FnMut(Value, &str) -> Result<bool, ApiError>,
     ) -> Result<Option<Missing>, ApiError> {
         let mut next: Option<String> = None;
         let mut seen = HashSet::new();
+        let mut stale = 0usize;
         for page in 0..MAX_PAGES {
             let (_, v) = match self.get(path, limit, next.as_deref(), include).await {
                 Ok(r) => r,
@@ -314,9 +338,17 @@ impl SegmentClient {
                 Err(e) => return Err(e),
             };
             let c = cursor(&v, path)?;
-            take(v, path)?;
+            let new = take(v, path)?;
             if !c.has_more {
                 return Ok(None);
+            }
+            stale = if new || page == 0 { 0 } else { stale + 1 };
+            if stale >= STALE_PAGES {
+                return Err(ApiError::contract(
+                    "Segment",
+                    path,
+                    &format!("{stale} pages in a row brought nothing new under new cursors (the list would never end)"),
+                ));
             }
             let n = c.next.ok_or_else(|| {
                 ApiError::contract("Segment", path, "`has_more` is true but `next` is empty")
@@ -336,6 +368,18 @@ impl SegmentClient {
             &format!("the list did not end after {MAX_PAGES} pages"),
         ))
     }
+}
+
+/// A page longer than the `limit` asked for breaks the contract.
+fn over_limit(n: usize, limit: u32, what: &str, endpoint: &str) -> Result<(), ApiError> {
+    if n > limit as usize {
+        return Err(ApiError::contract(
+            "Segment",
+            endpoint,
+            &format!("a page of {n} {what}, where at most {limit} were asked for"),
+        ));
+    }
+    Ok(())
 }
 
 /// Read the `cursor` object of a list answer.

@@ -217,6 +217,9 @@ pub fn keys_go_to(api: &reqwest::Url, url: &reqwest::Url) -> bool {
     same || voucherify
 }
 
+/// Redirects an export's download follows at most.
+pub const MAX_REDIRECTS: usize = 5;
+
 /// The endpoint of the metadata schemas, as messages name it.
 pub const METADATA_SCHEMAS: &str = "GET /v1/metadata-schemas";
 
@@ -335,26 +338,23 @@ impl VoucherifyClient {
     }
 
     /// `POST /v1/exports` of every customer's `source_id`; returns the export id.
-    /// `POST /v1/exports` of customers' `fields`; with `after`, only those
-    /// updated or created after it (`filters`, junction `or`, of
-    /// `updated_at` and `created_at` `conditions.$after`: the
-    /// `ExportCustomerFilters` of the API reference). Returns the export's id
-    /// and its `created_at` (nullable).
+    /// `POST /v1/exports` of customers' `fields`; with `since` (`(field,
+    /// time)`), only those whose `updated_at` (or `created_at`) is after it:
+    /// one condition, so no reading of a `junction` matters (every example
+    /// in the docs uses `and`). Returns the export's id and its `created_at`
+    /// (nullable).
     pub async fn export_customers(
         &self,
         fields: &[&str],
-        after: Option<&str>,
+        since: Option<(&str, &str)>,
     ) -> Result<(String, Option<String>), ApiError> {
         let endpoint = "POST /v1/exports";
         let url = format!("{}/v1/exports", self.base);
         let mut params = serde_json::json!({"fields": fields});
-        if let Some(a) = after {
-            // A customer created and never updated may have a null
-            // `updated_at`: ask for those created after it too.
+        if let Some((field, after)) = since {
             params["filters"] = serde_json::json!({
-                "junction": "or",
-                "updated_at": {"conditions": {"$after": [a]}},
-                "created_at": {"conditions": {"$after": [a]}}
+                "junction": "and",
+                field: {"conditions": {"$after": [after]}}
             });
         }
         let body = serde_json::json!({"exported_object": "customer", "parameters": params});
@@ -395,44 +395,58 @@ impl VoucherifyClient {
     /// Download an export's file "together with authentication headers"
     /// (Voucherify's export guide), which go only to the configured API host
     /// or a Voucherify host over https, never anywhere else. The URL must be
-    /// https (or loopback http, for the sandbox).
+    /// https (or loopback http, for the sandbox). Redirects are followed by
+    /// hand, at most [`MAX_REDIRECTS`], each to https (or loopback) only, and
+    /// the keys go no further than the first URL's origin: a same-host URL
+    /// that redirects elsewhere hands over nothing.
     pub async fn download(&self, file_url: &str, to: &std::path::Path) -> Result<(), ApiError> {
         let endpoint = "GET export file";
-        let parsed = reqwest::Url::parse(file_url).map_err(|e| {
-            ApiError::contract(
-                "Voucherify",
-                endpoint,
-                &format!("the export's URL is not a URL ({e})"),
-            )
-        })?;
-        let host = parsed.host_str().unwrap_or("").to_string();
-        if parsed.scheme() != "https"
-            && !(parsed.scheme() == "http" && crate::config::is_loopback(&host))
-        {
-            return Err(ApiError::contract(
-                "Voucherify",
-                endpoint,
-                &format!("the export's URL is not https ({host}); not downloading it"),
-            ));
+        let refuse = |why: String| ApiError::contract("Voucherify", endpoint, &why);
+        let mut url = reqwest::Url::parse(file_url)
+            .map_err(|e| refuse(format!("the export's URL is not a URL ({e})")))?;
+        let first = url.origin();
+        for _ in 0..=MAX_REDIRECTS {
+            let host = url.host_str().unwrap_or("").to_string();
+            if url.scheme() != "https"
+                && !(url.scheme() == "http" && crate::config::is_loopback(&host))
+            {
+                return Err(refuse(format!(
+                    "the export's URL (or a redirect of it) is not https ({host}); not downloading it"
+                )));
+            }
+            let with_keys = url.origin() == first && keys_go_to(&self.cfg.api_url, &url);
+            let sent = self
+                .http
+                .send_to_file(
+                    endpoint,
+                    &VoucherifyLogic,
+                    |c| {
+                        let req = c.get(url.clone());
+                        if with_keys {
+                            req.header("X-App-Id", &self.cfg.app_id)
+                                .header("X-App-Token", self.cfg.secret_key.expose())
+                        } else {
+                            req
+                        }
+                    },
+                    to,
+                )
+                .await;
+            match sent {
+                Ok(_) => return Ok(()),
+                Err(ApiError::Redirect {
+                    location, target, ..
+                }) => {
+                    url = url.join(&target).map_err(|e| {
+                        refuse(format!("the export's download redirects to {location}, which is not a URL ({e})"))
+                    })?;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let with_keys = keys_go_to(&self.cfg.api_url, &parsed);
-        self.http
-            .send_to_file(
-                endpoint,
-                &VoucherifyLogic,
-                |c| {
-                    let req = c.get(parsed.clone());
-                    if with_keys {
-                        req.header("X-App-Id", &self.cfg.app_id)
-                            .header("X-App-Token", self.cfg.secret_key.expose())
-                    } else {
-                        req
-                    }
-                },
-                to,
-            )
-            .await?;
-        Ok(())
+        Err(refuse(format!(
+            "the export's download redirected more than {MAX_REDIRECTS} times"
+        )))
     }
 
     /// The project's metadata schemas (`GET /v1/metadata-schemas`), as

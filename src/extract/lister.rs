@@ -4,7 +4,7 @@
 //! forever when the API repeats a page or a cursor, or keeps answering empty
 //! pages that claim more.
 
-use crate::api::segment::{ProfilePage, SegmentClient};
+use crate::api::segment::{ProfilePage, SegmentClient, STALE_PAGES};
 use crate::error::ApiError;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -30,6 +30,11 @@ pub fn spawn(
         let mut seen_cursors: HashSet<String> = HashSet::new();
         let mut last_ids: Vec<String> = Vec::new();
         let mut empty_pages = 0u32;
+        // The profiles this pass handed over, and the pages in a row that
+        // brought none new: a listing that cycles through the same pages
+        // under new cursor strings would never end.
+        let mut listed: HashSet<u128> = HashSet::new();
+        let mut stale = 0usize;
         loop {
             let page = match client.list_profiles(cursor.as_deref()).await {
                 Ok(p) => p,
@@ -61,6 +66,23 @@ pub fn spawn(
                 }
             } else {
                 empty_pages = 0;
+            }
+            let new = ids
+                .iter()
+                .filter(|id| listed.insert(crate::keys::h128(id)))
+                .count();
+            stale = if new > 0 || ids.is_empty() {
+                0
+            } else {
+                stale + 1
+            };
+            if stale >= STALE_PAGES {
+                let _ = tx
+                    .send(Err(contract(&format!(
+                        "{stale} pages in a row gave only profiles this pass listed already, under new cursors (the listing would never end)"
+                    ))))
+                    .await;
+                return;
             }
             last_ids = ids;
             let next = if page.cursor.has_more {

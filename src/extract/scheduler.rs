@@ -413,10 +413,12 @@ impl Scheduler {
 
     fn on_listed(&mut self, msg: Option<Listed>) -> Result<()> {
         let (page, next) = match msg {
-            None => {
-                self.listing_done = true;
-                return Ok(());
-            }
+            // The listing task hands over every page, the last marked so
+            // (no cursor after it), or an error: a channel that closes
+            // without either is a task that died, never the listing's end.
+            None => anyhow::bail!(
+                "the listing stopped before its last page (its task ended unexpectedly); nothing was lost: rerun `segsync extract` to resume"
+            ),
             Some(Err(e)) => return Err(super::listing_error(e)),
             Some(Ok(listed)) => listed,
         };

@@ -134,7 +134,10 @@ async fn find_or_make(
     let source = Source::Export(
         client,
         Duration::from_secs(args.export_timeout),
-        args.exports.exports(),
+        crate::plan::Exports {
+            created_too: args.method != super::import::Method::Bulk,
+            ..args.exports.exports()
+        },
     );
     match obtain(&wanted, source).await? {
         Obtained::Saved(meta, index) => Ok(Some((meta, Found::Saved, index))),

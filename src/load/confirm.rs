@@ -32,6 +32,8 @@ pub struct Session {
     pub confirmed: AtomicU64,
     pub failed: AtomicU64,
     pub batches: AtomicU64,
+    /// Customers Voucherify refused each in a request of its own.
+    pub refused_alone: AtomicU64,
     pub polls: AtomicU64,
     pub in_flight: AtomicU64,
     /// Set on the first fatal error: no further batch is submitted, and
@@ -41,6 +43,8 @@ pub struct Session {
     /// Average processing time of finished actions (ms), to time the first poll.
     pub processing_ms: AtomicU64,
     pub poll_timeout: Duration,
+    /// The longest an action may stay ENQUEUED (`--queue-timeout`).
+    pub queue_timeout: Duration,
     /// Customers sent by import files, and the files.
     pub imported: AtomicU64,
     pub import_files: AtomicU64,
@@ -74,7 +78,14 @@ impl Drop for QueuePlace<'_> {
 }
 
 impl Session {
-    pub fn new(client: VoucherifyClient, ledger: LedgerWriter, poll_timeout: Duration) -> Session {
+    /// A session for `client`'s project, recording in `ledger`; an action
+    /// is waited for `poll_timeout` once it runs, `queue_timeout` while it
+    /// is ENQUEUED.
+    pub fn new(
+        client: VoucherifyClient,
+        ledger: LedgerWriter,
+        (poll_timeout, queue_timeout): (Duration, Duration),
+    ) -> Session {
         Session {
             client,
             ledger,
@@ -83,12 +94,14 @@ impl Session {
             confirmed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            refused_alone: AtomicU64::new(0),
             polls: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             halt: tokio::sync::watch::Sender::new(false),
             processing_ms: AtomicU64::new(500),
             poll_timeout,
+            queue_timeout,
             imported: AtomicU64::new(0),
             import_files: AtomicU64::new(0),
             queue: Mutex::new(VecDeque::new()),
@@ -206,6 +219,15 @@ impl Session {
         }
     }
 
+    /// Whether Voucherify's 400s look like a refusal of every request, not
+    /// of some customers: 20 customers refused alone and no batch taken.
+    /// Then the 400 ends the load as an error, instead of costing a request
+    /// per customer.
+    fn refuses_everything(&self) -> bool {
+        self.refused_alone.load(Ordering::Relaxed) >= 20
+            && self.batches.load(Ordering::Relaxed) == 0
+    }
+
     fn report(&self, rows: impl IntoIterator<Item = ReportRow>) -> Result<()> {
         self.report
             .lock()
@@ -249,6 +271,22 @@ fn send_batch_inner<'a>(
                 send_batch_inner(s, first, progress).await?;
                 return send_batch_inner(s, second, progress).await;
             }
+            // A 400 for the whole request: Voucherify's documents do not
+            // say whether one customer it cannot take (a `null` where the
+            // spec types a string) refuses the batch or only the customer.
+            // Halves are sent until the customers it refuses alone are
+            // found and reported; the others go through.
+            Err(e) if e.status() == Some(400) && !s.refuses_everything() => {
+                if batch.customers.len() > 1 {
+                    ui::debug(format!("load: a batch of {} customers was refused whole ({e}); sending it in halves to find who", batch.customers.len()));
+                    let (first, second) = batch.split();
+                    send_batch_inner(s, first, progress).await?;
+                    return send_batch_inner(s, second, progress).await;
+                }
+                refused_alone(s, &batch, &e)?;
+                progress.inc(1);
+                return Ok(());
+            }
             Err(e) => return Err(api_error(e)),
         };
         let n = batch.customers.len() as u64;
@@ -258,6 +296,21 @@ fn send_batch_inner<'a>(
         progress.inc(n);
         Ok(())
     })
+}
+
+/// A customer Voucherify refused in a request of its own: reported (exit
+/// 3), nothing recorded as sent, the next load sends it again.
+fn refused_alone(s: &Session, batch: &Batch, e: &crate::error::ApiError) -> Result<()> {
+    s.refused_alone.fetch_add(1, Ordering::Relaxed);
+    s.failed.fetch_add(1, Ordering::Relaxed);
+    s.report(batch.customers.iter().map(|c| ReportRow {
+        source_id: c.source_id.clone(),
+        line: Some(c.line),
+        content: None,
+        key: "refused".into(),
+        message: "Voucherify refused the request holding this customer alone".into(),
+        details: e.to_string(),
+    }))
 }
 
 /// After a submission was accepted: record it in the ledger, wait for the
@@ -357,7 +410,7 @@ pub async fn confirm(
         first,
         typical,
         timeout: s.poll_timeout,
-        queue_timeout: s.poll_timeout.max(Duration::from_secs(3600)),
+        queue_timeout: s.queue_timeout,
     };
     let (action, polls) = poll_until_finished(id, timing, || async {
         s.polls.fetch_add(1, Ordering::Relaxed);
@@ -408,6 +461,14 @@ fn settle(
     action: AsyncAction,
 ) -> Result<Vec<u128>> {
     let status = action.status().to_string();
+    // Voucherify's own time of the finish, on its clock: what a plan later
+    // compares with an export's `updated_at` (never our clock).
+    let vf_time = |t: Option<&str>| {
+        t.and_then(crate::dates::parse_timestamp)
+            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+    };
+    let vf_at = vf_time(action.updated_at.as_deref());
+    let vf_from = vf_time(action.created_at.as_deref());
     // `operation_status: FAILED` on a DONE action is also how Voucherify
     // answers a batch it partly refused: when `errors` (or an import's
     // `failed`) names customers, they are read one by one below.
@@ -497,6 +558,8 @@ fn settle(
         status,
         done,
         failed,
+        vf_at,
+        vf_from,
     })?;
     Ok(keys)
 }

@@ -28,6 +28,7 @@ pub mod import_files;
 pub mod pacing;
 pub mod report;
 pub mod setup;
+pub mod verify;
 
 // The customers file's rows and batches belong to `spreadsheet`, below both
 // load and plan.
@@ -55,6 +56,7 @@ pub const DEFAULT_BATCH_SIZE: u32 = 100;
 pub const DEFAULT_MAX_BATCH_BYTES: u64 = 5_000_000;
 pub const DEFAULT_CONCURRENCY: u32 = 4;
 pub const DEFAULT_POLL_TIMEOUT: u64 = 900;
+pub const DEFAULT_QUEUE_TIMEOUT: u64 = 3600;
 pub const DEFAULT_EXPORT_TIMEOUT: u64 = crate::plan::DEFAULT_EXPORT_TIMEOUT;
 /// The largest import file: under the 10 MB request limit, with room for
 /// the multipart envelope.
@@ -89,9 +91,12 @@ pub struct Args {
     /// Voucherify requests per minute, polls included (your plan's limit: Business 100, Organization 2000); default: follow the API's rate-limit headers
     #[arg(long = "rate-limit", value_name = "PER_MINUTE")]
     pub rate_limit: Option<u32>,
-    /// Longest wait for one async action to finish
+    /// Longest wait for one async action to finish, once Voucherify runs it
     #[arg(long = "poll-timeout", default_value_t = DEFAULT_POLL_TIMEOUT, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub poll_timeout: u64,
+    /// Longest wait for one async action still ENQUEUED (Voucherify runs a project's jobs one at a time); past it the action stays pending in the ledger and a rerun checks it
+    #[arg(long = "queue-timeout", default_value_t = DEFAULT_QUEUE_TIMEOUT, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub queue_timeout: u64,
     /// Longest wait for Voucherify's customer export (--method import, auto) to finish
     #[arg(long = "export-timeout", default_value_t = DEFAULT_EXPORT_TIMEOUT, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub export_timeout: u64,
@@ -137,14 +142,29 @@ pub struct Args {
     pub mapping: crate::mapping::MappingArgs,
     #[command(flatten)]
     pub voucherify: VoucherifyArgs,
+    /// Do not read back from Voucherify's export what it confirmed (by default every load that sends verifies, at the cost of an export: a few calls)
+    #[arg(long = "no-verify")]
+    pub no_verify: bool,
     /// Customers Voucherify refused by name earlier in the same `run` (sent
     /// early), with the content it refused: reported again, never sent again
     /// with the same content.
     #[arg(skip)]
     pub refused_early: Vec<report::ReportRow>,
+    /// Where in the ledger the changes to verify begin (`run`: before it
+    /// sent early); by default where this load began.
+    #[arg(skip)]
+    pub verify_since: Option<u64>,
 }
 
 impl Args {
+    /// How long an action is waited for: running, and ENQUEUED.
+    pub fn timeouts(&self) -> (Duration, Duration) {
+        (
+            Duration::from_secs(self.poll_timeout),
+            Duration::from_secs(self.queue_timeout),
+        )
+    }
+
     /// Whether this load goes by a plan (`by_plan`): unless `--from-ledger`
     /// or `--full` says the ledger alone decides.
     pub fn plans(&self) -> bool {
@@ -176,6 +196,8 @@ pub struct Summary {
     pub confirmed_total: u64,
     /// Of `sent`, the customers sent by import files.
     pub imported: u64,
+    /// What reading back from Voucherify's export found (None: not read back).
+    pub verified: Option<verify::Verified>,
 }
 
 /// Where the rows of a customers file stand against the ledger (for `status`;
@@ -211,6 +233,23 @@ pub fn plan(customers: &Path, target: Option<&str>) -> Result<Plan> {
 
 /// Check, then send what is not confirmed (by file where that is safe and
 /// saves calls, by bulk otherwise), then say what happened.
+/// `load --dry-run`: the plan (made, when a load would make one) and what
+/// would be sent; returns the rows already confirmed.
+async fn dry_run(setup: &mut setup::Setup, args: &Args) -> Result<u64> {
+    let mut planned = Ok(None);
+    if by_plan::wanted(setup, args) {
+        if let Some(client) = setup.client.take() {
+            let ids = setup.ledger.confirmed_ids.clone();
+            planned = by_plan::prepare(setup, args, &client, ids, false).await;
+            setup.client = Some(client);
+        }
+    }
+    if let Some(meta) = planned? {
+        by_plan::say_dry_run(&meta);
+    }
+    dry_run::report(setup, args)
+}
+
 pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     let started = Instant::now();
     let mut setup = setup::setup(args, data_dir).await?;
@@ -220,31 +259,23 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         ..Default::default()
     };
     if args.dry_run {
-        let mut planned = Ok(None);
-        if by_plan::wanted(&setup, args) {
-            if let Some(client) = setup.client.take() {
-                let ids = setup.ledger.confirmed_ids.clone();
-                planned = by_plan::prepare(&mut setup, args, &client, ids, false).await;
-                setup.client = Some(client);
-            }
-        }
-        if let Some(meta) = planned? {
-            by_plan::say_dry_run(&meta);
-        }
-        summary.unchanged = dry_run::report(&mut setup, args)?;
+        summary.unchanged = dry_run(&mut setup, args).await?;
         return Ok(summary);
     }
     let client = setup
         .client
         .take()
         .ok_or_else(|| anyhow::anyhow!("credentials are required"))?;
+    let ledger_start = args
+        .verify_since
+        .unwrap_or_else(|| std::fs::metadata(&setup.ledger_file).map_or(0, |m| m.len()));
     let session = Arc::new(Session::new(
         client,
         LedgerWriter::open(
             &setup.ledger_file,
             setup.target.as_deref().unwrap_or_default(),
         )?,
-        Duration::from_secs(args.poll_timeout),
+        args.timeouts(),
     ));
     let (confirmed, before) = recover(&session, &mut setup, args, &mut summary).await?;
     let mut export_calls = 0;
@@ -288,6 +319,15 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     results.extend(send_all(&session, &progress, batcher, args.concurrency).await);
     progress.finish();
     report_refused_again(&session, &args.refused_early, &refused_again)?;
+    let verified = match (args.no_verify, args.from_ledger) {
+        _ if !results.iter().all(Result::is_ok) => None,
+        (true, _) => None,
+        (false, true) => {
+            ui::warn("load --from-ledger: what Voucherify confirmed is not read back (by that choice, Voucherify's export is not read); --no-verify says so without a warning");
+            None
+        }
+        (false, false) => Some(read_back(&session, &setup, args, ledger_start).await),
+    };
     let report_file = state::report(&setup.input);
     report::write(
         &report_file,
@@ -296,6 +336,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
             .lock()
             .map_err(|_| anyhow::anyhow!("the report was lost to a panic; rerun `segsync load`"))?,
     )?;
+    summary.verified = verified.transpose()?;
     fill(&mut summary, &session, before);
     summary.calls = session.client.stats().get(&session.client.stats().requests);
     summary.budget = session.client.budget();
@@ -381,6 +422,29 @@ fn report_refused_again(
         .map_err(|_| anyhow::anyhow!("the report was lost to a panic; rerun `segsync load`"))?
         .extend(rows);
     Ok(())
+}
+
+/// Read back what this load confirmed (`verify`): the changes Voucherify
+/// did not apply join the report and count as failed.
+async fn read_back(
+    session: &Session,
+    setup: &Setup,
+    args: &Args,
+    since: u64,
+) -> Result<verify::Verified> {
+    let (found, rows) =
+        verify::verify(&session.client, setup, args, &session.ledger, since).await?;
+    if !rows.is_empty() {
+        session
+            .failed
+            .fetch_add(found.not_applied, Ordering::Relaxed);
+        session
+            .report
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the report was lost to a panic; rerun `segsync load`"))?
+            .extend(rows);
+    }
+    Ok(found)
 }
 
 /// The session's counters when the checks of earlier batches were done.

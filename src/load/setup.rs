@@ -92,6 +92,8 @@ pub fn http_settings(args: &Args) -> HttpSettings {
             max_quota_wait: Duration::from_secs(args.max_wait * 60),
             ..Default::default()
         },
+        max_file_bytes: args.exports.max_export_bytes,
+        ..Default::default()
     }
 }
 

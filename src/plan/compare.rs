@@ -263,6 +263,70 @@ pub fn compare(
     })
 }
 
+/// What Voucherify holds of one customer against what segsync confirmed
+/// it sent ([`verify`]).
+#[derive(Debug, Default, PartialEq)]
+pub struct Verdict {
+    /// Fields not held as sent: the field, what was sent (`null` for a
+    /// clear), what is held (`(not in the export)` when the customer is not).
+    pub not_applied: Vec<(String, Value, String)>,
+    /// Fields the export cannot show (undefined metadata, objects, arrays):
+    /// not read back.
+    pub unreadable: usize,
+    /// Voucherify changed the customer after segsync's confirmation (by its
+    /// own clock): a difference is then another writer's, not a change it
+    /// did not apply.
+    pub elsewhere: bool,
+}
+
+/// Verify one confirmed change by the plan's own typed equality: every field
+/// of the row (`body`) held as sent, every field of `cleared` held empty.
+/// `confirmed_at_ms` is Voucherify's time of the confirmation.
+pub fn verify(
+    body: &Map<String, Value>,
+    cleared: &[String],
+    held: Option<&Held>,
+    schema: &CustomerSchema,
+    confirmed_at_ms: Option<i64>,
+) -> Verdict {
+    let row = flatten(body);
+    let Some(held) = held else {
+        let missing = || String::from("(not in the export)");
+        return Verdict {
+            not_applied: (row.into_iter().map(|(f, v)| (f, v, missing())))
+                .chain(cleared.iter().map(|f| (f.clone(), Value::Null, missing())))
+                .collect(),
+            ..Default::default()
+        };
+    };
+    let mut v = Verdict {
+        elsewhere: matches!(
+            (held.updated_at, confirmed_at_ms),
+            (Some(u), Some(at)) if u.as_millisecond() > at
+        ),
+        ..Default::default()
+    };
+    for (f, want) in &row {
+        match readable(held, schema, f) {
+            Some(cell) if same(f, cell, want, schema) => {}
+            Some(cell) => v
+                .not_applied
+                .push((f.clone(), want.clone(), cell.to_string())),
+            None => v.unreadable += 1,
+        }
+    }
+    for f in cleared {
+        match readable(held, schema, f) {
+            Some("") => {}
+            Some(cell) => v
+                .not_applied
+                .push((f.clone(), Value::Null, cell.to_string())),
+            None => v.unreadable += 1,
+        }
+    }
+    v
+}
+
 /// The request: `source_id`, the changed top-level fields, `null` for the
 /// cleared ones, and whole `address` and `metadata` objects when any of
 /// their keys changes.

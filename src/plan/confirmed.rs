@@ -120,8 +120,9 @@ struct LineView<'a> {
     event: Cow<'a, str>,
     #[serde(borrow)]
     target: Cow<'a, str>,
-    /// Every event has its time.
+    /// Every event has its time (ours: a plan reads Voucherify's, `vf_at`).
     #[serde(borrow)]
+    #[allow(dead_code)]
     at: Cow<'a, str>,
     // What the other events require, checked present (not read).
     #[serde(default)]
@@ -138,19 +139,37 @@ struct LineView<'a> {
     reason: Option<IgnoredAny>,
     #[serde(borrow, default)]
     done: Option<Vec<CustomerView<'a>>>,
+    /// Voucherify's time of a confirmation (ledger version 3).
+    #[serde(borrow, default)]
+    vf_at: Option<Cow<'a, str>>,
+}
+
+/// An `unverified` line's customers (rare: read when met).
+#[derive(serde::Deserialize)]
+struct UnverifiedView<'a> {
+    #[serde(borrow)]
+    customers: Vec<CustomerView<'a>>,
 }
 
 impl LineView<'_> {
     /// The fields its event requires (`LedgerEvent`) that it lacks.
     fn missing(&self) -> Option<&'static str> {
         let has = |f: &Option<IgnoredAny>| f.is_some();
-        let known = ["opened", "submitted", "confirmed", "abandoned"];
+        let known = [
+            "opened",
+            "submitted",
+            "confirmed",
+            "abandoned",
+            "unverified",
+        ];
         if !known.contains(&self.event.as_ref()) {
             return Some("a known event");
         }
         match self.event.as_ref() {
             "opened" if !has(&self.version) => Some("version"),
             "opened" => None,
+            "unverified" if !has(&self.customers) => Some("customers"),
+            "unverified" => None,
             _ if !has(&self.async_action_id) => Some("async_action_id"),
             "submitted" if !has(&self.customers) => Some("customers"),
             "confirmed" if !has(&self.status) => Some("status"),
@@ -196,7 +215,7 @@ fn each_confirmed(
     path: &Path,
     target: &str,
     from: Mark,
-    mut f: impl FnMut(&str, Vec<CustomerView>) -> Result<()>,
+    mut f: impl FnMut(Seen, Vec<CustomerView>) -> Result<()>,
 ) -> Result<Mark> {
     use std::io::{Seek, SeekFrom};
     let mut file = match std::fs::File::open(path) {
@@ -243,13 +262,36 @@ fn each_confirmed(
             Err(_) if !whole => break,
             Err(why) => return Err(damaged(number, &why)),
         };
-        if view.event != "confirmed" || view.target != target {
+        if view.target != target {
             continue;
         }
-        let (when, done) = (view.at, view.done.unwrap_or_default());
-        f(&when, done)?;
+        match view.event.as_ref() {
+            "confirmed" => {
+                // Voucherify's time, never ours: a line without it (before
+                // version 3) fails closed, as confirmed at the epoch.
+                let at_ms = (view.vf_at.as_deref())
+                    .and_then(crate::dates::parse_timestamp)
+                    .map_or(0, |t| t.as_millisecond());
+                f(Seen::Confirmed(at_ms), view.done.unwrap_or_default())?;
+            }
+            "unverified" => {
+                let u: UnverifiedView = serde_json::from_str(line.trim_end())
+                    .map_err(|e| damaged(number, &e.to_string()))?;
+                f(Seen::Unverified, u.customers)?;
+            }
+            _ => {}
+        }
     }
     Ok(at)
+}
+
+/// What a ledger line says of its customers.
+#[derive(Debug, Clone, Copy)]
+enum Seen {
+    /// Confirmed, at this time by Voucherify's clock (ms).
+    Confirmed(i64),
+    /// Confirmed before, but Voucherify does not hold it as sent.
+    Unverified,
 }
 
 /// Field lists, each stored once.
@@ -358,8 +400,8 @@ fn read_capped(
         None => (Building::new(None), Mark::default()),
     };
     building.interned.cap = cap;
-    let end = each_confirmed(path, target, from, |at, done| {
-        building.apply(at, done, path)
+    let end = each_confirmed(path, target, from, |seen, done| {
+        building.apply(seen, done, path)
     })?;
     let confirmed = building.finish(path)?;
     Ok((confirmed, from, end))
@@ -405,14 +447,15 @@ impl Building {
         }
     }
 
-    /// One confirmation: when, and who.
-    fn apply(&mut self, at: &str, done: Vec<CustomerView>, path: &Path) -> Result<()> {
-        // An unreadable time fails closed: as early as can be, so any
-        // `updated_at` reads as a change after it (never as segsync's own).
-        let at_ms = at
-            .parse::<jiff::Timestamp>()
-            .map(|t| t.as_millisecond())
-            .unwrap_or(0);
+    /// One confirmation (when, by Voucherify's clock, and who), or a
+    /// verification's finding that Voucherify does not hold what was
+    /// confirmed: the content no longer counts, and the clears it did not
+    /// apply are set again (pending).
+    fn apply(&mut self, seen: Seen, done: Vec<CustomerView>, path: &Path) -> Result<()> {
+        let at_ms = match seen {
+            Seen::Confirmed(ms) => ms,
+            Seen::Unverified => return self.unverified(done, path),
+        };
         let Building {
             interned,
             none,
@@ -444,6 +487,28 @@ impl Building {
                     note_earlier(earlier, pk, old, new)
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Customers whose confirmed content Voucherify does not hold.
+    fn unverified(&mut self, customers: Vec<CustomerView>, path: &Path) -> Result<()> {
+        for c in customers {
+            let again = match c.cleared {
+                Some(f) => self.interned.get_raw(&mut self.by_text, f, path)?,
+                None => self.none,
+            };
+            let last = Last {
+                content: 0,
+                at_ms: 0,
+                fields: Some(again),
+            };
+            let (interned, none) = (&mut self.interned, self.none);
+            self.by_source.push(
+                h128(&c.source_id),
+                Packed::new(last, none),
+                &mut |_, e, l| interned.merge(e, l),
+            );
         }
         Ok(())
     }

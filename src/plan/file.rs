@@ -60,6 +60,10 @@ pub struct Counts {
     #[serde(default)]
     pub unknown_updated: u64,
     pub orphans: u64,
+    /// Customers the ledger confirmed in this project that the export does
+    /// not show (deleted in Voucherify, or an export that lacks them).
+    #[serde(default)]
+    pub confirmed_missing: u64,
     /// Customers in the export.
     pub exported: u64,
     /// Lines per field that changes.

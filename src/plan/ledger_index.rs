@@ -28,7 +28,7 @@ use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-const HEADER: &[u8] = b"segsync ledger index 3 (a cache of load.ledger.ndjson; safe to delete)\n";
+const HEADER: &[u8] = b"segsync ledger index 4 (a cache of load.ledger.ndjson; safe to delete)\n";
 
 /// Read the ledger's confirmations for `target`: from its index and the
 /// lines added since, when the index is the ledger's; the whole ledger

@@ -82,6 +82,12 @@ pub struct Exports {
     /// The kept export is used as it is, without a call, when it is this
     /// one (`run` started it beside extract) and younger than the age.
     pub reuse: Option<(String, Duration)>,
+    /// A delta asks customers created since too, not only those updated
+    /// (a customer another writer creates may have `updated_at: null`):
+    /// where a plan's export says who exists for the import, which
+    /// overwrites a customer it takes for new. A bulk-only load skips it:
+    /// an upsert of such a customer merges as an update would.
+    pub created_too: bool,
 }
 
 /// The flags that set [`Exports`], on `plan` and `load`.
@@ -93,6 +99,9 @@ pub struct ExportArgs {
     /// Days after which a full export is taken again instead of a delta
     #[arg(long = "full-export-every", default_value_t = 7, value_name = "DAYS")]
     pub full_export_every: u64,
+    /// The largest export file downloaded (an export of a million customers is about 100 MB)
+    #[arg(long = "max-export-bytes", default_value_t = crate::api::http::MAX_FILE_BYTES, value_name = "BYTES")]
+    pub max_export_bytes: u64,
     /// The export `run` started beside extract (its id), to be used as it
     /// is while younger than the plan's maximum age.
     #[arg(skip)]
@@ -105,6 +114,7 @@ impl ExportArgs {
             full_every: Duration::from_secs(self.full_export_every * 86_400),
             force_full: self.full_export,
             reuse: self.reuse.clone(),
+            created_too: true,
         }
     }
 }
@@ -116,8 +126,9 @@ pub struct Made {
     pub exported: Exported,
 }
 
-/// A plan makes a few calls: the schema read, the export and its polls.
-pub fn http_settings() -> crate::api::http::HttpSettings {
+/// A plan makes a few calls: the schema read, the export and its polls;
+/// its export file may have `max_file_bytes`.
+pub fn http_settings(max_file_bytes: u64) -> crate::api::http::HttpSettings {
     crate::api::http::HttpSettings {
         concurrency: 2,
         rate: None,
@@ -125,6 +136,8 @@ pub fn http_settings() -> crate::api::http::HttpSettings {
         burst: Some(1),
         timeout: Duration::from_secs(120),
         policy: crate::api::http::RetryPolicy::default(),
+        max_file_bytes,
+        ..Default::default()
     }
 }
 
@@ -143,7 +156,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Meta> {
     }
     let cfg = args.voucherify.resolve()?;
     let target = crate::config::project_target(&cfg.api_url, &cfg.app_id);
-    let client = VoucherifyClient::new(cfg, http_settings())?;
+    let client = VoucherifyClient::new(cfg, http_settings(args.exports.max_export_bytes))?;
     let schema = crate::mapping::metadata_schema::read(&client)
         .await
         .map_err(|e| crate::api::api_error(e).context("cannot read the project's customer metadata schema, which says which metadata the export shows"))?;
@@ -203,9 +216,11 @@ pub async fn make(
         Source::Export(client, deadline, exports) => {
             ui::info("plan: exporting Voucherify's customers (the mapped fields, updated_at and the schema's metadata)");
             let policy = export::Policy {
+                ledger: Some(&files.ledger),
                 target,
                 full_every: exports.full_every,
                 force_full: exports.force_full,
+                created_too: exports.created_too,
                 reuse: exports.reuse.clone(),
             };
             let fields = crate::fields::export_fields();
@@ -254,10 +269,12 @@ pub async fn make(
         Ok::<_, anyhow::Error>((confirmed, hashes, held))
     })?;
     let mut hashes = hashes;
+    let confirmed_missing = missing_from_export(&confirmed, &held, files, target)?;
     let mut writer = PlanWriter::create(&files.plan)?;
     let mut ids = orphans::Identities::new(&held);
     let mut counts = Counts {
         exported: held.len() as u64,
+        confirmed_missing,
         ..Default::default()
     };
     let each = Each {
@@ -292,6 +309,36 @@ pub async fn make(
     meta.export_kind = export_kind;
     crate::files::write_atomic(&files.plan_meta, &serde_json::to_vec_pretty(&meta)?)?;
     Ok(Ok(Made { meta, exported }))
+}
+
+/// How many customers the ledger confirmed in `target` the export does
+/// not show, said aloud with some of them: the plan creates them again
+/// (their rows are new to what Voucherify shows), never silently.
+fn missing_from_export(
+    confirmed: &confirmed::Confirmed,
+    held: &held::HeldFile,
+    files: &state::Beside,
+    target: &str,
+) -> Result<u64> {
+    let missing: Vec<u128> = (confirmed.by_source.iter())
+        .filter(|(k, _)| held.place(*k).is_none())
+        .map(|(k, _)| k)
+        .collect();
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    let some: std::collections::HashSet<u128> = missing.iter().take(5).copied().collect();
+    let mut names: Vec<String> = confirmed::source_ids_of(&files.ledger, target, &some)?
+        .into_values()
+        .map(|(sid, _)| sid)
+        .collect();
+    names.sort();
+    ui::warn(format!(
+        "plan: Voucherify's export does not show {} customers segsync confirmed in this project (e.g. {}): deleted in Voucherify, or an export that lacks them; the plan sends their rows as new customers",
+        missing.len(),
+        names.join(", ")
+    ));
+    Ok(missing.len() as u64)
 }
 
 /// The content hashes of a plan's inputs as they are now (the plan file's

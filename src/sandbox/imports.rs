@@ -265,7 +265,7 @@ pub fn process(st: &AppState, csv: ImportCsv) -> Value {
         }
         done += 1;
         st.note_applied(&sid, &row.join("\u{1f}"));
-        let now = super::exports::stamp();
+        let now = st.now_stamp();
         let c = held.entry(sid.clone()).or_insert_with(|| {
             json!({"id": format!("cust_{sid}"), "source_id": sid, "object": "customer", "created_at": now})
         });

@@ -16,6 +16,7 @@ pub mod checks;
 pub mod data;
 pub mod exports;
 pub mod faults;
+pub mod hostile;
 pub mod imports;
 pub mod limits;
 pub mod metadata;
@@ -120,6 +121,41 @@ pub struct SandboxOptions {
     /// This share of the listed profiles (percent) answer 404 on every
     /// lookup: deleted after the listing saw them.
     pub gone_percent: u8,
+    /// Break the contract as a hostile server or proxy would, one case.
+    pub hostile: Option<hostile::Hostile>,
+    /// What a `null` in a bulk upsert does (the docs do not say).
+    pub nulls: Nulls,
+    /// How an export's filters are read (the docs do not say).
+    pub filters: Filters,
+}
+
+/// What a `null` in a customer upsert does. Voucherify's hand-written spec
+/// types the standard fields as non-nullable strings; only the generated
+/// one makes everything nullable: nothing says a null clears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Nulls {
+    /// The field (or key) is removed.
+    #[default]
+    Applied,
+    /// Left as it is, the rest of the request applied.
+    Ignored,
+    /// The customer is refused, named in the batch's `errors`.
+    RefusedCustomer,
+    /// The whole request is refused, 400.
+    RefusedRequest,
+}
+
+/// How an export's `filters` are read. Every example in the docs uses
+/// `junction: "and"`, and `$after` is typed `format: date`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Filters {
+    /// As sent: `junction` honoured, times to the millisecond.
+    #[default]
+    AsSent,
+    /// `junction` ignored: conditions are always joined by `and`.
+    AlwaysAnd,
+    /// Times cut to their day: `$after D` passes only a later day.
+    CutToDay,
 }
 
 /// How long answers take: `median_ms`, spread by ±`jitter` (a share of the
@@ -192,6 +228,9 @@ impl Default for SandboxOptions {
             refuse_listing: false,
             refuse_prefixed: false,
             gone_percent: 0,
+            hostile: None,
+            nulls: Nulls::Applied,
+            filters: Filters::AsSent,
         }
     }
 }
@@ -231,6 +270,10 @@ pub struct AppState {
     pub seq: AtomicU64,
     /// Profiles with a `user_id`, counted once when first asked.
     pub identified: std::sync::OnceLock<u64>,
+    /// How often the hostile case played.
+    pub hostile_hits: AtomicU64,
+    /// The other host the hostile redirects point at, and what it saw.
+    pub evil: hostile::Evil,
     /// Profiles by external id (`type:id`), built at the first lookup by one.
     pub by_external_id: std::sync::OnceLock<HashMap<String, Vec<u64>>>,
     /// The project's bulk job queue.
@@ -246,6 +289,18 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Now by Voucherify's clock (`--action-clock-ms` ahead of this
+    /// machine's, or behind): its async actions, its customers'
+    /// `created_at` and `updated_at`, and its exports alike. RFC 3339 in UTC
+    /// with milliseconds.
+    pub fn now_stamp(&self) -> String {
+        let now = jiff::Timestamp::now();
+        let skewed = now
+            .checked_add(jiff::SignedDuration::from_millis(self.opts.action_clock_ms))
+            .unwrap_or(now);
+        skewed.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    }
+
     pub fn healed(&self) -> bool {
         self.healed.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -298,6 +353,8 @@ impl Sandbox {
             jobs,
             identified: std::sync::OnceLock::new(),
             by_external_id: std::sync::OnceLock::new(),
+            hostile_hits: AtomicU64::new(0),
+            evil: hostile::Evil::default(),
             data: Dataset {
                 seed: opts.seed,
                 n: opts.profiles,
@@ -325,6 +382,9 @@ impl Sandbox {
         });
         queue::start(state.clone(), jobs_rx);
         admin::start_churn(state.clone());
+        if state.opts.hostile.is_some() {
+            hostile::start_evil(state.clone()).await?;
+        }
         let base = "/v1/spaces/{space}/collections/users/profiles";
         let app = Router::new()
             .route(base, get(segment::list_profiles))
@@ -448,7 +508,7 @@ impl Sandbox {
                     // nullable field) no `updated_at`.
                     let mut c = c.clone();
                     if c.get("created_at").is_none() {
-                        c["created_at"] = Value::String(exports::stamp());
+                        c["created_at"] = Value::String(self.state.now_stamp());
                     }
                     held.insert(sid.to_string(), c);
                 }
@@ -489,6 +549,16 @@ impl Sandbox {
             .lock()
             .map(|a| a.values().map(|&n| u64::from(n.saturating_sub(1))).sum())
             .unwrap_or(0)
+    }
+
+    /// Every request the other host of the hostile redirects received.
+    pub fn evil_seen(&self) -> Vec<Value> {
+        self.state
+            .evil
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     pub fn stats(&self) -> Value {
@@ -539,6 +609,9 @@ async fn gate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
             if !segment::authorized(&st, req.headers()) {
                 return segment::unauthorized();
             }
+            if let Some(resp) = hostile::intercept(&st, &req) {
+                return segment::with_request_id(&st, resp);
+            }
             if let Some(resp) = st.limits.segment(&st) {
                 return resp;
             }
@@ -550,6 +623,9 @@ async fn gate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
         Api::Voucherify => {
             if !checks::authorized(&st, req.headers()) {
                 return checks::unauthorized();
+            }
+            if let Some(resp) = hostile::intercept(&st, &req) {
+                return resp;
             }
             let bulk =
                 path.starts_with("/v1/customers/bulk") && req.method() == axum::http::Method::POST;

@@ -74,14 +74,9 @@ pub fn start(st: Arc<AppState>, mut jobs: tokio::sync::mpsc::UnboundedReceiver<J
     });
 }
 
-/// Now by Voucherify's clock (`--action-clock-ms` ahead of this
-/// machine's) as RFC 3339 with milliseconds.
+/// Now by Voucherify's clock, as its actions show it.
 fn now_text(st: &AppState) -> String {
-    let now = jiff::Timestamp::now();
-    let skewed = now
-        .checked_add(jiff::SignedDuration::from_millis(st.opts.action_clock_ms))
-        .unwrap_or(now);
-    format!("{skewed:.3}")
+    st.now_stamp()
 }
 
 /// Put a job in the project's queue as a new async action; returns its id.

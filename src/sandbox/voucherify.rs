@@ -6,7 +6,7 @@
 //! project holds. Auth by `X-App-Id` and `X-App-Token`.
 
 use super::checks::{error, valid_date};
-use super::{schema, AppState, Misbehave};
+use super::{schema, AppState, Misbehave, Nulls};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -63,6 +63,20 @@ pub async fn bulk_async(State(st): State<Arc<AppState>>, body: Bytes) -> Respons
         );
     }
     let customers = v.as_array().cloned().unwrap_or_default();
+    if st.opts.nulls == Nulls::RefusedRequest {
+        if let Some(sid) = customers.iter().find(|c| has_null(c)) {
+            st.stats.bulk_rejected.fetch_add(1, Ordering::Relaxed);
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Invalid payload",
+                &format!(
+                    "customer {}: a field is null, and must be a string",
+                    sid["source_id"]
+                ),
+                "invalid_payload",
+            );
+        }
+    }
     let max_customers = st.opts.max_customers;
     if customers.len() > max_customers {
         st.stats.bulk_rejected.fetch_add(1, Ordering::Relaxed);
@@ -138,6 +152,13 @@ pub fn process(st: &AppState, customers: Vec<Value>) -> Value {
         {
             problem = Some(("Invalid metadata".into(), why, "invalid_metadata".into()));
         }
+        if st.opts.nulls == Nulls::RefusedCustomer && has_null(&c) {
+            problem = Some((
+                "Invalid customer".into(),
+                "a field is null, and must be a string".into(),
+                "invalid_customer".into(),
+            ));
+        }
         if let Some((message, details, key)) = problem {
             let sid = if st.opts.misbehave == Some(Misbehave::UnnamedErrors) {
                 None
@@ -155,9 +176,56 @@ pub fn process(st: &AppState, customers: Vec<Value>) -> Value {
             continue;
         };
         st.note_applied(&sid, &c.to_string());
-        upsert(&mut held, &sid, &c, st.opts.replace_nested);
+        let c = if st.opts.nulls == Nulls::Ignored {
+            without_nulls(&c)
+        } else {
+            c
+        };
+        upsert(
+            &mut held,
+            &sid,
+            &c,
+            (st.opts.replace_nested, &st.now_stamp()),
+        );
     }
     json!({"done_count": done, "failed_count": errors.len(), "errors": errors})
+}
+
+/// Whether a customer carries a `null` (a field, or a key of `address` or
+/// `metadata`).
+fn has_null(c: &Value) -> bool {
+    c.as_object().is_some_and(|o| {
+        o.values().any(|v| {
+            v.is_null()
+                || v.as_object()
+                    .is_some_and(|inner| inner.values().any(Value::is_null))
+        })
+    })
+}
+
+/// A customer with every `null` left out (the reading that ignores them).
+fn without_nulls(c: &Value) -> Value {
+    let Some(o) = c.as_object() else {
+        return c.clone();
+    };
+    let kept = o
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| match v.as_object() {
+            Some(inner) => (
+                k.clone(),
+                Value::Object(
+                    inner
+                        .iter()
+                        .filter(|(_, v)| !v.is_null())
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                ),
+            ),
+            None => (k.clone(), v.clone()),
+        })
+        .collect();
+    Value::Object(kept)
 }
 
 /// Create or update one customer, stamping `created_at` and `updated_at`
@@ -166,9 +234,8 @@ pub fn upsert(
     held: &mut std::collections::BTreeMap<String, Value>,
     sid: &str,
     c: &Value,
-    replace_nested: bool,
+    (replace_nested, now): (bool, &str),
 ) {
-    let now = super::exports::stamp();
     let entry = held.entry(sid.to_string()).or_insert_with(|| {
         json!({"id": format!("cust_{sid}"), "source_id": sid, "object": "customer", "created_at": now})
     });
@@ -257,7 +324,7 @@ pub fn edit(st: &AppState, sid: &str, body: &Value) -> Option<Value> {
                 }
             }
         }
-        c.insert("updated_at".into(), json!(super::exports::stamp()));
+        c.insert("updated_at".into(), json!(st.now_stamp()));
     }
     Some(c.clone())
 }

@@ -164,6 +164,7 @@ impl World {
         let mut sandbox = sandbox;
         sandbox.action_clock_ms = *pick(&mut r, &[0i64, 0, 1_500, -1_500, 45_000, -45_000]);
         let (existing_percent, hand_edits) = draw_readings_of_issue_44(&mut r, &mut sandbox);
+        draw_readings_of_issue_43(&mut r, &mut sandbox);
         World {
             seed,
             sandbox,
@@ -181,7 +182,7 @@ impl World {
     pub fn describe(&self) -> String {
         let o = &self.sandbox;
         format!(
-            "world {}: {} profiles ({}% anonymous), latency {:?}, fault rate {:.3}, segment {} req/s, voucherify {} per {}s, processing {} ms, cap {}, cycle quota {:?}, bulk quota {:?} per {}s, churn {}/s, nulls {}, export without file {} (empty {}), import fails whole {}, export shape {:?}, nested objects {}, Voucherify's clock {:+} ms, winners last {}, undeliverable every {}; {:?}% made first by another writer; client {}; a second run after {:?} ms; {} renamed by another writer, {} profiles touched and {} rows edited by hand before the rerun",
+            "world {}: {} profiles ({}% anonymous), latency {:?}, fault rate {:.3}, segment {} req/s, voucherify {} per {}s, processing {} ms, cap {}, cycle quota {:?}, bulk quota {:?} per {}s, churn {}/s, nulls {}, export without file {} (empty {}), import fails whole {}, export shape {:?}, nested objects {}, Voucherify's clock {:+} ms, winners last {}, undeliverable every {}, nulls {:?}, filters {:?}; {:?}% made first by another writer; client {}; a second run after {:?} ms; {} renamed by another writer, {} profiles touched and {} rows edited by hand before the rerun",
             self.seed,
             o.profiles,
             o.anonymous_percent,
@@ -205,6 +206,8 @@ impl World {
             o.action_clock_ms,
             o.winners_last,
             o.undeliverable_every,
+            o.nulls,
+            o.filters,
             self.existing_percent,
             self.client_args.join(" "),
             self.concurrent_after_ms,
@@ -244,6 +247,25 @@ fn draw_readings_of_issue_44(
     (existing_percent, hand_edits)
 }
 
+/// Drawn after issue 44's (issue 43): what a `null` does in an upsert and
+/// how an export's filters are read, the readings the docs leave open.
+/// Voucherify's clock (`action_clock_ms`, drawn above) now stamps its
+/// customers and exports too.
+fn draw_readings_of_issue_43(r: &mut impl Rng, sandbox: &mut SandboxOptions) {
+    use super::{Filters, Nulls};
+    sandbox.nulls = *pick(
+        r,
+        &[
+            Nulls::Applied,
+            Nulls::Applied,
+            Nulls::Ignored,
+            Nulls::RefusedCustomer,
+            Nulls::RefusedRequest,
+        ],
+    );
+    sandbox.filters = *pick(r, &[Filters::AsSent, Filters::AlwaysAnd, Filters::CutToDay]);
+}
+
 fn pick<'a, T>(r: &mut impl Rng, from: &'a [T]) -> &'a T {
     &from[r.gen_range(0..from.len())]
 }
@@ -280,6 +302,17 @@ mod tests {
         assert!(any(&|w| w.existing_percent.is_some()));
         assert!(any(&|w| w.sandbox.winners_last));
         assert!(any(&|w| w.sandbox.empty_export_without_file));
+        for n in [
+            super::super::Nulls::Ignored,
+            super::super::Nulls::RefusedCustomer,
+            super::super::Nulls::RefusedRequest,
+        ] {
+            assert!(any(&|w| w.sandbox.nulls == n), "{n:?}");
+        }
+        assert!(any(
+            &|w| w.sandbox.filters == super::super::Filters::CutToDay
+        ));
+        assert!(any(&|w| w.sandbox.action_clock_ms == 45_000));
         assert!(any(&|w| w
             .sandbox
             .cycle_quota

@@ -78,8 +78,8 @@ pub fn open_csv_hashing(path: &Path) -> Result<csv::Reader<crate::files::Hashing
 /// How `customers.csv` (or a hand-made file of its columns) is read: a
 /// header, every record as long as it, the file's own separator.
 fn customers_reader(path: &Path) -> Result<(csv::ReaderBuilder, std::fs::File)> {
+    let f = crate::files::open_regular(path)?;
     let sep = separator(path)?;
-    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut builder = csv::ReaderBuilder::new();
     builder.has_headers(true).flexible(false).delimiter(sep);
     Ok((builder, f))
@@ -96,6 +96,18 @@ pub fn read_layout<R: std::io::Read>(
     };
     if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
         return Err(vec![format!("{file}:1: the file is empty; expected a header row naming the columns (source_id required)")]);
+    }
+    // A first line that names no known column at all is no customers CSV
+    // (another file, given by mistake or through a link): named, never
+    // quoted, since it may be anything.
+    let known = |raw: &[u8]| {
+        std::str::from_utf8(raw).is_ok_and(|n| COLUMNS.contains(&n.trim_start_matches('\u{feff}')))
+    };
+    if !header.iter().any(known) {
+        return Err(vec![format!(
+            "{file}:1: the first line names none of the columns a customers CSV has ({}, separated by commas, semicolons or tabs, one kind per file); this does not look like one (its content is not shown)",
+            COLUMNS.join(", ")
+        )]);
     }
     let mut problems = Vec::new();
     let mut fields = Vec::new();

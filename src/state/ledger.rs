@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// A customer in a batch: who, with which content, from which CSV line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +116,27 @@ pub enum LedgerEvent {
         status: String,
         done: Vec<LedgerCustomer>,
         failed: Vec<LedgerCustomer>,
+        /// Voucherify's own time of the confirmation (the async action's
+        /// `updated_at` when it finished), which a plan compares with an
+        /// export's `updated_at`: one clock on both sides. Absent in lines
+        /// before version 3, or when the action did not say.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vf_at: Option<String>,
+        /// Voucherify's time the action was made (its `created_at`): every
+        /// customer it changed was stamped after it, so a delta export
+        /// asking for updates after an earlier time must hold them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vf_from: Option<String>,
+    },
+    /// A load's verification found that Voucherify does not hold what it
+    /// confirmed: for each customer, the content (`hash`) no longer counts
+    /// as confirmed, and `fields` (sent, not held as sent) and `cleared`
+    /// (sent as null, still held) name what was not applied; the clears stay
+    /// pending.
+    Unverified {
+        at: String,
+        target: String,
+        customers: Vec<LedgerCustomer>,
     },
     /// The action could not be found or failed as a whole: its customers will be resent.
     Abandoned {
@@ -132,6 +153,7 @@ impl LedgerEvent {
             LedgerEvent::Opened { target, .. }
             | LedgerEvent::Submitted { target, .. }
             | LedgerEvent::Confirmed { target, .. }
+            | LedgerEvent::Unverified { target, .. }
             | LedgerEvent::Abandoned { target, .. } => target,
         }
     }
@@ -244,6 +266,14 @@ pub fn read(path: &Path, target: Option<&str>) -> Result<LedgerState> {
                     .extend(done.iter().map(|c| c.source_id.clone()));
                 st.confirmed_customers += done.len() as u64;
                 st.failed_customers += failed.len() as u64;
+            }
+            LedgerEvent::Unverified { customers, .. } => {
+                // Voucherify does not hold these as confirmed: sent again.
+                for c in &customers {
+                    if let Some(k) = content_key(&c.hash) {
+                        st.confirmed.remove(&k);
+                    }
+                }
             }
             LedgerEvent::Abandoned {
                 async_action_id,

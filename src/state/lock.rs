@@ -32,10 +32,10 @@ pub fn check_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// [`check_dir`], then create the directory if it is missing.
+/// [`check_dir`], then create the directory if it is missing (0700).
 pub fn ensure_dir(dir: &Path) -> Result<()> {
     check_dir(dir)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+    crate::files::ensure_dir(dir)
 }
 
 /// Take the lock on `dir` for `command`, or exit 2 naming its holder.
@@ -48,9 +48,13 @@ pub fn acquire(dir: &Path, command: &str) -> Result<DirLock> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
     {
         Ok(f) => f,
+        Err(e) if crate::files::is_symlink_error(&e) => {
+            return Err(crate::files::symlink_refused(&path))
+        }
         // No rerun fixes a permission: exit 2, naming what to fix.
         Err(e) if path.exists() => {
             return Err(crate::error::UsageError::new(format!(

@@ -97,10 +97,14 @@ pub struct Beside {
     pub export_meta: PathBuf,
     /// `load.export.delta.csv`: the last delta export, as downloaded.
     pub export_delta: PathBuf,
+    /// `load.export.created.csv`: the last delta of customers created since.
+    pub export_created: PathBuf,
     /// `load.export.ids.csv`/`.json`: the source-id export that tells the
     /// import who exists, kept apart from the plan's.
     pub export_ids: PathBuf,
     pub export_ids_meta: PathBuf,
+    /// `load.verify.json`: what the last read-back found.
+    pub verify: PathBuf,
 }
 
 impl Beside {
@@ -118,8 +122,10 @@ impl Beside {
             export: dir.join("load.export.csv"),
             export_meta: dir.join("load.export.json"),
             export_delta: dir.join("load.export.delta.csv"),
+            export_created: dir.join("load.export.created.csv"),
             export_ids: dir.join("load.export.ids.csv"),
             export_ids_meta: dir.join("load.export.ids.json"),
+            verify: dir.join("load.verify.json"),
         }
     }
 }

@@ -239,8 +239,7 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     let previous_sha = check_not_edited(&out, args.force)?;
 
     let started = Instant::now();
-    let file =
-        std::fs::File::open(&input).with_context(|| format!("cannot read {}", input.display()))?;
+    let file = crate::files::open_regular(&input)?;
     let input_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut outputs = Outputs::create(&out, &rejected_path)?;
 

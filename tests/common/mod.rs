@@ -368,6 +368,54 @@ pub struct WorldHistory {
     /// Profiles moved during the first run (churn): any of a customer's
     /// profiles may have won then.
     pub churned: bool,
+    /// What the last command named, in its load-report.csv, as not held
+    /// by Voucherify (it exited 3): a customer refused whole (None), or
+    /// fields it confirmed but does not hold. Only these may differ, and
+    /// only to a value another writer or segsync set.
+    pub named: std::collections::BTreeMap<String, Option<std::collections::BTreeSet<String>>>,
+}
+
+/// What a load-report.csv names (see [`WorldHistory::named`]): every
+/// customer it lists, whole, or by the fields of its `not_applied` rows
+/// ("Voucherify confirmed the change of FIELD but does not hold it").
+pub fn named_in_report(
+    path: &std::path::Path,
+) -> std::collections::BTreeMap<String, Option<std::collections::BTreeSet<String>>> {
+    let mut out: std::collections::BTreeMap<String, Option<std::collections::BTreeSet<String>>> =
+        Default::default();
+    let Ok(mut rdr) = csv::Reader::from_path(path) else {
+        return out;
+    };
+    let header = rdr.headers().expect("load-report.csv's header").clone();
+    let col = |n: &str| {
+        header
+            .iter()
+            .position(|h| h == n)
+            .unwrap_or_else(|| panic!("load-report.csv has no {n} column"))
+    };
+    let (sid, key, message) = (col("source_id"), col("key"), col("message"));
+    for rec in rdr.records() {
+        let rec = rec.expect("a load-report.csv row");
+        let field = (rec[key] == *"not_applied")
+            .then(|| {
+                rec[message]
+                    .strip_prefix("Voucherify confirmed the change of ")?
+                    .split(' ')
+                    .next()
+                    .map(str::to_string)
+            })
+            .flatten();
+        let e = out
+            .entry(rec[sid].to_string())
+            .or_insert_with(|| Some(Default::default()));
+        match (field, e.as_mut()) {
+            (Some(f), Some(fields)) => {
+                fields.insert(f);
+            }
+            _ => *e = None,
+        }
+    }
+    out
 }
 
 /// The values segsync may have set for a customer's fields: the fields of
@@ -463,11 +511,33 @@ pub fn assert_world_end_state(
         others_held(sid, &Default::default(), &got, &made, ours, false);
     }
     for (sid, e) in &expected {
-        let c = held
-            .get(sid)
-            .unwrap_or_else(|| panic!("customer {sid} missing"));
-        let (want, got) = (flat_expected(e), flat_held(c));
-        let made = world.existing.get(sid).map(flat_held).unwrap_or_default();
+        let mut made = world.existing.get(sid).map(flat_held).unwrap_or_default();
+        let (mut want, mut got) = (flat_expected(e), held.get(sid).map(flat_held));
+        match world.named.get(sid) {
+            // Refused whole, and said so: like an undeliverable email's.
+            Some(None) => {
+                let got = got.unwrap_or_default();
+                others_held(sid, &Default::default(), &got, &made, set.get(sid), false);
+                continue;
+            }
+            // Fields confirmed but not held, and said so: each holds what
+            // another writer or segsync set, or nothing.
+            Some(Some(fields)) => {
+                let g = got.get_or_insert_with(Default::default);
+                let (mut h, mut theirs) = (
+                    std::collections::BTreeMap::new(),
+                    std::collections::BTreeMap::new(),
+                );
+                for f in fields {
+                    want.remove(f);
+                    h.extend(g.remove(f).map(|v| (f.clone(), v)));
+                    theirs.extend(made.remove(f).map(|v| (f.clone(), v)));
+                }
+                others_held(sid, &Default::default(), &h, &theirs, set.get(sid), false);
+            }
+            None => {}
+        }
+        let got = got.unwrap_or_else(|| panic!("customer {sid} missing"));
         for (f, v) in &want {
             assert_eq!(got.get(f), Some(v), "{sid}: {f}");
         }
