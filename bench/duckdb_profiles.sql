@@ -2,7 +2,10 @@
 -- from a Profiles Sync unload, by DuckDB. The same work: the traits the
 -- default mapping reads, latest by seq (a latest null means unset), values
 -- parsed as JSON, and the ids of the source_id type (user_id), for the
--- profiles that have one. bench/duckdb_run.py fills in {unload} and {out}:
+-- profiles that have one, and each profile's first and last `timestamp`
+-- over both tables (segsync writes them as the profile's created_at and
+-- updated_at: a peer does the same work, issue 46).
+-- bench/duckdb_run.py fills in {unload} and {out}:
 --   python3 bench/duckdb_run.py UNLOAD_DIR OUT.ndjson
 COPY (
   WITH latest AS (
@@ -22,7 +25,17 @@ COPY (
     SELECT canonical_segment_id AS id, list(value ORDER BY seq) AS user_ids
     FROM read_parquet('{unload}/user_identifiers/*.parquet')
     WHERE type = 'user_id' GROUP BY id
+  ),
+  span AS (
+    SELECT id, min(ts) AS created_at, max(ts) AS updated_at FROM (
+      SELECT canonical_segment_id AS id, "timestamp" AS ts
+      FROM read_parquet('{unload}/user_traits/*.parquet')
+      UNION ALL
+      SELECT canonical_segment_id AS id, "timestamp" AS ts
+      FROM read_parquet('{unload}/user_identifiers/*.parquet')
+    ) GROUP BY id
   )
-  SELECT ids.id AS segment_id, coalesce(traits.traits, json_object()) AS traits, ids.user_ids
-  FROM ids LEFT JOIN traits USING (id)
+  SELECT ids.id AS segment_id, coalesce(traits.traits, json_object()) AS traits, ids.user_ids,
+         span.created_at, span.updated_at
+  FROM ids LEFT JOIN traits USING (id) LEFT JOIN span USING (id)
 ) TO '{out}' (FORMAT JSON);

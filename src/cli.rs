@@ -60,6 +60,8 @@ pub enum Command {
     Status(crate::mapping::MappingArgs),
     /// Show what a hand edit of customers.csv changed against what transform would write
     Diff(crate::diff::Args),
+    /// Restore, field by field, what the last load changed in Voucherify (--dry-run shows it first)
+    Undo(crate::undo::Args),
     /// Print the effective mapping (default plus segsync.toml); --check compares it with the project's metadata schema
     Mapping(crate::mapping::command::Args),
     /// Serve a local emulator of both APIs (prints the variables that point segsync at it)
@@ -89,6 +91,7 @@ impl Command {
             Command::Run(_) => "run",
             Command::Status(_) => "status",
             Command::Diff(_) => "diff",
+            Command::Undo(_) => "undo",
             Command::Mapping(_) => "mapping",
             #[cfg(feature = "sandbox")]
             Command::Sandbox(_) => "sandbox",

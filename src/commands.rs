@@ -113,6 +113,7 @@ fn written_dir(command: &Command, data: &Path) -> Option<(PathBuf, &'static str)
         Command::Load(a) if !a.dry_run => Some((beside(&a.input), "load")),
         Command::Plan(a) => Some((beside(&a.input), "plan")),
         Command::Run(_) => Some((data.to_path_buf(), "run")),
+        Command::Undo(a) => Some((beside(&a.input), "undo")),
         _ => None,
     }
 }
@@ -241,6 +242,7 @@ async fn dispatch(
             Ok(0)
         }
         Command::Diff(a) => crate::diff::run(&a, data).map(|_| 0),
+        Command::Undo(a) => crate::undo::run(&a, data).await,
         Command::Mapping(a) => crate::mapping::command::run(&a).await,
         #[cfg(feature = "sandbox")]
         Command::Sandbox(a) => crate::sandbox_command::run(a).await.map(|_| 0),
@@ -342,10 +344,9 @@ async fn run_all(a: &RunArgs, data: &Path, body: &mut Map<String, Value>) -> any
     // Check every credential before doing any work.
     a.segment.resolve()?;
     a.voucherify.resolve()?;
-    // What transform would refuse, refused before anything is sent: a
-    // customers.csv edited by hand would stop transform, and early sending
-    // would already have sent Segment's version of the edited rows.
-    transform::refuse_edited(&state::customers(data), a.force, "run")?;
+    // A customers.csv edited by hand: its edits are kept (edits.csv) before
+    // anything is sent, so early sending applies them as transform will.
+    transform::keep_edits(&state::customers(data), a.force, "run")?;
     // A rerun brings Voucherify up to date at the lowest cost: when a
     // complete extract is there, only list calls and changed profiles.
     let profiles = state::profiles(data);
@@ -409,6 +410,7 @@ async fn run_all(a: &RunArgs, data: &Path, body: &mut Map<String, Value>) -> any
         rejected: None,
         mapping: a.mapping.clone(),
         force: a.force,
+        drop_edit: Vec::new(),
         skip_invalid: false,
     };
     let s = transform::run(&tr, data)?;

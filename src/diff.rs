@@ -42,7 +42,11 @@ pub struct Args {
 /// One changed cell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
+    /// The line of the file where the row starts (a quoted newline makes
+    /// a row span lines), for load's messages.
     pub line: u64,
+    /// The row as a spreadsheet numbers it: the header is row 1.
+    pub row: u64,
     pub source_id: String,
     pub column: &'static str,
     pub old: String,
@@ -108,7 +112,8 @@ impl EditReport {
 
 /// Compare `customers` with what transform would write from `profiles`.
 pub fn compare(customers: &Path, profiles: &Path, mapping: &Mapping) -> Result<EditReport> {
-    let mut expected = crate::transform::expected_rows(profiles, mapping)?;
+    let edits = crate::spreadsheet::overrides::Overrides::read(&state::edits(customers))?;
+    let mut expected = crate::transform::expected_rows(profiles, mapping, &edits)?;
     let mut report = EditReport {
         separator: separator(customers)?,
         ..Default::default()
@@ -129,6 +134,7 @@ pub fn compare(customers: &Path, profiles: &Path, mapping: &Mapping) -> Result<E
             Err(_) => continue,
         }
         report.rows += 1;
+        let row_no = report.rows + 1;
         let line = layout.line(rec.position());
         let (row, _) = parse_row(&layout, &rec);
         let Some(sid) = row.source_id.clone() else {
@@ -146,6 +152,7 @@ pub fn compare(customers: &Path, profiles: &Path, mapping: &Mapping) -> Result<E
                     if o != n {
                         report.changes.push(Change {
                             line,
+                            row: row_no,
                             source_id: sid.clone(),
                             column: COLUMNS[col],
                             damage: classify(&o, &n),
@@ -208,8 +215,13 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<()> {
     }
     for c in r.changes.iter().take(args.show) {
         crate::outln!(
-            "  line {}: {}  {}  {:?} → {:?}{}",
-            c.line,
+            "  row {}{}: {}  {}  {:?} → {:?}{}",
+            c.row,
+            if c.line == c.row {
+                String::new()
+            } else {
+                format!(" (line {})", c.line)
+            },
             c.source_id,
             c.column,
             c.old,

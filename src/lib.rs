@@ -41,3 +41,4 @@ pub mod state;
 pub mod status;
 pub mod transform;
 pub mod ui;
+pub mod undo;

@@ -345,6 +345,8 @@ fn said(e: impl Into<anyhow::Error>) -> String {
 struct Sender {
     session: Arc<Session>,
     mapping: crate::mapping::Mapping,
+    /// The hand edits kept in edits.csv, applied as transform applies them.
+    edits: crate::spreadsheet::overrides::Overrides,
     wanted: TraitSet,
     layout: Layout,
     census: Arc<Census>,
@@ -394,6 +396,11 @@ impl Sender {
         let rules = crate::load::by_plan::rules(args);
         let basis = crate::plan::Basis::open(&files, &files.export, &target, &schema, rules)
             .map_err(said)?;
+        // What Voucherify held before this run sends, for `segsync undo`.
+        let from = args
+            .verify_since
+            .unwrap_or_else(|| std::fs::metadata(&files.ledger).map_or(0, |m| m.len()));
+        crate::undo::keep_before(&files, &target, from).map_err(said)?;
         let writer = LedgerWriter::open(&files.ledger, &target).map_err(said)?;
         let mapping = args.mapping.resolve().map_err(said)?;
         let session = Session::new(client, writer, args.timeouts());
@@ -401,6 +408,8 @@ impl Sender {
             session: Arc::new(session),
             wanted: mapping.traits_read().into_iter().collect(),
             mapping,
+            edits: crate::spreadsheet::overrides::Overrides::read(&state::edits(&files.customers))
+                .map_err(said)?,
             layout: Layout::standard(),
             census,
             basis,
@@ -421,7 +430,7 @@ impl Sender {
     async fn take(&mut self, chunks: Vec<Chunk>) -> Result<()> {
         for chunk in chunks {
             let rows = chunk
-                .rows(&self.mapping, &self.wanted)
+                .rows(&self.mapping, &self.edits, &self.wanted)
                 .map_err(|e| anyhow::anyhow!("profiles.ndjson:{e}"))?;
             for (_, cells) in rows {
                 if let Some(c) = self.prepare(&cells)? {

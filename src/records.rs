@@ -112,6 +112,27 @@ impl CustomerRow {
         ]
     }
 
+    /// Set the cell of `column` (`COLUMNS`).
+    pub fn set(&mut self, column: usize, value: Option<String>) {
+        let cell = match column {
+            0 => &mut self.source_id,
+            1 => &mut self.name,
+            2 => &mut self.email,
+            3 => &mut self.phone,
+            4 => &mut self.birthdate,
+            5 => &mut self.description,
+            6 => &mut self.address_line_1,
+            7 => &mut self.address_line_2,
+            8 => &mut self.address_city,
+            9 => &mut self.address_state,
+            10 => &mut self.address_postal_code,
+            11 => &mut self.address_country,
+            12 => &mut self.metadata,
+            _ => &mut self.segment_id,
+        };
+        *cell = value;
+    }
+
     /// The cell of `column` (`COLUMNS`), when it has one.
     pub fn cell(&self, column: usize) -> Option<&str> {
         let cell = match column {

@@ -112,6 +112,11 @@ pub fn load(s: &crate::load::Summary, data_dir: &Path) -> Map<String, Value> {
             "report": rel(data_dir, &crate::state::report(&customers)),
         },
     }));
+    if let Some(Value::Object(counts)) = m.get_mut("counts") {
+        for (name, n) in &s.calls_by {
+            counts.insert(format!("calls_{name}"), (*n).into());
+        }
+    }
     if let (Some(v), Some(Value::Object(counts))) = (&s.verified, m.get_mut("counts")) {
         counts.insert("verified".into(), v.checked.into());
         counts.insert("not_applied".into(), v.not_applied.into());

@@ -63,11 +63,15 @@ pub fn run(data_dir: &Path, mapping: &crate::mapping::MappingArgs) -> Result<()>
         let rej = count_csv_rows(&rejected).unwrap_or(0);
         let manifest = manifest::read(&customers);
         let edited = manifest::edited_since_transform(&customers);
+        // When transform wrote it (its manifest), not when a person last
+        // saved it.
+        let written = (manifest.as_ref().map(|m| m.written_at.clone()))
+            .unwrap_or_else(|| crate::files::modified(&customers).unwrap_or_default());
         crate::outln!(
-            "{rows} customers in {}, {rej} rejected in {}, written {}",
+            "{rows} customers in {}, {rej} rejected in {}, written by transform {}",
             customers.display(),
             rejected.display(),
-            crate::files::modified(&customers).unwrap_or_default()
+            written
         );
         let edited = match edited {
             Ok(e) => e.unwrap_or(false),
@@ -84,7 +88,20 @@ pub fn run(data_dir: &Path, mapping: &crate::mapping::MappingArgs) -> Result<()>
             );
         }
         if edited {
-            crate::outln!("           edited by hand since transform wrote it (transform will not overwrite it without --force)");
+            crate::outln!(
+                "           edited by hand since (last saved {}): the next transform or run keeps the edits in edits.csv",
+                crate::files::modified(&customers).unwrap_or_default()
+            );
+        }
+        let kept = crate::spreadsheet::overrides::Overrides::read(&state::edits(&customers));
+        match kept {
+            Ok(k) if !k.is_empty() => crate::outln!(
+                "           {} hand edits kept in {}, applied by every transform (`transform --drop-edit SOURCE_ID[:FIELD]` drops one)",
+                k.len(),
+                state::edits(&customers).display()
+            ),
+            Ok(_) => {}
+            Err(e) => crate::outln!("           {e:#}"),
         }
         match (&manifest, mapping.resolve()) {
             (Some(m), Ok(now)) if !m.mapping.is_empty() && m.mapping != now.fingerprint() => {

@@ -163,12 +163,13 @@ async fn a_local_permission_error_is_never_retried_as_the_network() {
     let csv = dir.path().join("customers.csv");
     std::fs::write(&csv, "source_id,name\na,Ann\n").unwrap();
     // load.export.csv cannot be written: a directory stands in its place
-    // (a file mode would not stop root, who runs CI).
+    // (a file mode would not stop root, who runs CI). `plan` keeps the
+    // export in the data directory (a dry run keeps it in a scratch one).
     std::fs::create_dir(dir.path().join("load.export.csv")).unwrap();
     let r = segsync(
         dir.path(),
         Some(&sb),
-        &["load", "--in", csv.to_str().unwrap(), "--dry-run"],
+        &["plan", "--in", csv.to_str().unwrap()],
     )
     .await;
     assert_eq!(r.code, 2, "{}", r.all());

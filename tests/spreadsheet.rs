@@ -276,8 +276,17 @@ async fn a_crlf_resave_is_reported_on_the_lines_the_rows_are_on() {
     });
     let r = segsync(dir.path(), None, &["diff"]).await;
     assert_eq!(r.code, 0, "{}", r.all());
+    // diff names the row as a spreadsheet numbers it (the header is row
+    // 1), and the file's line where a quoted newline moves it.
+    let rows = read_csv(&csv);
     for sid in &zeros {
-        let want = format!("line {}: {sid} ", line_of(&csv, sid, ','));
+        let row = 2 + rows.iter().position(|r| &r["source_id"] == sid).unwrap();
+        let line = line_of(&csv, sid, ',');
+        let want = if row == line {
+            format!("row {row}: {sid} ")
+        } else {
+            format!("row {row} (line {line}): {sid} ")
+        };
         assert!(r.stdout.contains(&want), "{want:?} in {}", r.stdout);
     }
     assert!(

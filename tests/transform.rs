@@ -200,18 +200,37 @@ async fn fallback_identifier_types_rescue_profiles_without_user_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hand_edited_csv_is_not_overwritten_without_force() {
+async fn a_hand_edit_is_kept_by_transform_and_only_force_overwrites_an_unrecorded_one() {
     let sb = sandbox(opts(50)).await;
     let dir = tempdir();
     assert_eq!(segsync(dir.path(), Some(&sb), &["extract"]).await.code, 0);
     assert_eq!(segsync(dir.path(), None, &["transform"]).await.code, 0);
     // an untouched file may be rewritten
     assert_eq!(segsync(dir.path(), None, &["transform"]).await.code, 0);
-    let csv = data(dir.path()).join("customers.csv");
+    let d = data(dir.path());
+    let csv = d.join("customers.csv");
     let edited = std::fs::read_to_string(&csv)
         .unwrap()
         .replacen("example.com", "example.org", 1);
     std::fs::write(&csv, &edited).unwrap();
+    // Issue 47: transform records the edit and applies it, no flag needed.
+    let r = segsync(dir.path(), None, &["transform"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        std::fs::read_to_string(&csv).unwrap(),
+        edited,
+        "the edit is kept"
+    );
+    let edits = read_csv(&d.join("edits.csv"));
+    assert_eq!(edits.len(), 1, "{edits:?}");
+    assert!(edits[0]["value"].ends_with("example.org"), "{edits:?}");
+    let st = segsync(dir.path(), None, &["status"]).await;
+    assert!(st.stdout.contains("1 hand edits kept"), "{}", st.stdout);
+    // Without transform's own copy, an edit cannot be told from Segment's
+    // changes: transform refuses, and only --force overwrites it.
+    std::fs::remove_file(d.join("transform.written.csv")).unwrap();
+    let again = edited.replacen("example.com", "example.net", 1);
+    std::fs::write(&csv, &again).unwrap();
     let r = segsync(dir.path(), None, &["transform"]).await;
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(
@@ -221,14 +240,16 @@ async fn a_hand_edited_csv_is_not_overwritten_without_force() {
     );
     assert_eq!(
         std::fs::read_to_string(&csv).unwrap(),
-        edited,
-        "the edit is kept"
+        again,
+        "the file is kept"
     );
-    let st = segsync(dir.path(), None, &["status"]).await;
-    assert!(st.stdout.contains("edited by hand"), "{}", st.stdout);
     let r = segsync(dir.path(), None, &["transform", "--force"]).await;
-    assert_eq!(r.code, 0);
-    assert_ne!(std::fs::read_to_string(&csv).unwrap(), edited);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        std::fs::read_to_string(&csv).unwrap(),
+        edited,
+        "the unrecorded edit overwritten, the recorded one still applied"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,7 +40,7 @@ use crate::error::ApiError;
 use crate::state;
 use crate::state::ledger::{self, LedgerEvent, LedgerWriter};
 use crate::ui::{self, Progress};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use batch::Batcher;
 use confirm::Session;
 use futures::stream::{self, StreamExt};
@@ -189,6 +189,9 @@ pub struct Summary {
     pub recovery_polls: u64,
     /// Voucherify calls this load made (exports, imports, bulk, polls).
     pub calls: u64,
+    /// Of them, by phase (`start`: the schema read and any export setup
+    /// made; `recover`, `plan`, `send`, `verify`): they add up to `calls`.
+    pub calls_by: Vec<(&'static str, u64)>,
     /// The budget the last answer's `X-Rate-Limit-*` headers revealed:
     /// (limit, remaining, type).
     pub budget: Option<(u64, u64, String)>,
@@ -236,6 +239,19 @@ pub fn plan(customers: &Path, target: Option<&str>) -> Result<Plan> {
 /// `load --dry-run`: the plan (made, when a load would make one) and what
 /// would be sent; returns the rows already confirmed.
 async fn dry_run(setup: &mut setup::Setup, args: &Args) -> Result<u64> {
+    // Nothing in the data directory changes: the plan, its export and any
+    // import file are made in a scratch directory (the kept export copied
+    // there, so a delta still does), and the ledger's index is not saved.
+    let scratch = tempfile::tempdir().context("cannot make a scratch directory for the dry run")?;
+    let real = setup.files.clone();
+    setup.files = real.scratch(scratch.path())?;
+    crate::plan::hold_saves();
+    let r = dry_run_in(setup, args).await;
+    setup.files = real;
+    r
+}
+
+async fn dry_run_in(setup: &mut setup::Setup, args: &Args) -> Result<u64> {
     let mut planned = Ok(None);
     if by_plan::wanted(setup, args) {
         if let Some(client) = setup.client.take() {
@@ -277,28 +293,24 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         )?,
         args.timeouts(),
     ));
+    // Every call this load makes, by the phase that made it: they add up
+    // to the client's count, in the text and the JSON report alike.
+    let calls_now = || session.client.stats().get(&session.client.stats().requests);
+    let mut phase = Phases::start(calls_now());
     let (confirmed, before) = recover(&session, &mut setup, args, &mut summary).await?;
+    phase.mark("recover", calls_now());
     let mut export_calls = 0;
-    let mut snapshot_ms = None;
-    if by_plan::wanted(&setup, args) {
-        // What the checks of pending batches wrote makes a saved plan stale
-        // (the plan compares the ledger's content, `opened` lines aside);
-        // `recover` added the customers they confirmed to these ids.
-        let ids = std::mem::take(&mut setup.ledger.confirmed_ids);
-        let prepared = by_plan::prepare(&mut setup, args, &session.client, ids, true)
-            .await
-            .map_err(|e| {
-                e.context("load stopped before sending anything: rerun `segsync load` once the cause is gone")
-            })?;
-        if let Some(meta) = prepared {
-            // Rows the checks confirmed are the same in Voucherify by now.
-            summary.unchanged =
-                (meta.counts.unchanged + meta.counts.skipped).saturating_sub(summary.recovered);
-            export_calls = meta.export_calls;
-            snapshot_ms = Some(meta.made_at_ms - (meta.seconds * 1000.0) as i64);
-        }
-    }
+    let snapshot_ms = plan_first(&mut setup, args, &session, &mut summary).await?;
+    phase.mark("plan", calls_now());
     let to_send = setup.batcher(args, confirmed.clone())?.count_to_send()?;
+    if to_send > 0 {
+        // What Voucherify held before this load, for `segsync undo`.
+        crate::undo::keep_before(
+            &setup.files,
+            setup.target.as_deref().unwrap_or_default(),
+            ledger_start,
+        )?;
+    }
     let progress = Arc::new(Progress::new("load", "customers", Some(to_send)));
     let mut results = Vec::new();
     let mut bulk_only = None;
@@ -319,14 +331,10 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     results.extend(send_all(&session, &progress, batcher, args.concurrency).await);
     progress.finish();
     report_refused_again(&session, &args.refused_early, &refused_again)?;
-    let verified = match (args.no_verify, args.from_ledger) {
-        _ if !results.iter().all(Result::is_ok) => None,
-        (true, _) => None,
-        (false, true) => {
-            ui::warn("load --from-ledger: what Voucherify confirmed is not read back (by that choice, Voucherify's export is not read); --no-verify says so without a warning");
-            None
-        }
-        (false, false) => Some(read_back(&session, &setup, args, ledger_start).await),
+    phase.mark("send", calls_now());
+    let verified = match results.iter().all(Result::is_ok) {
+        true => read_back_unless(&session, &setup, args, ledger_start).await,
+        false => None,
     };
     let report_file = state::report(&setup.input);
     report::write(
@@ -338,7 +346,9 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     )?;
     summary.verified = verified.transpose()?;
     fill(&mut summary, &session, before);
-    summary.calls = session.client.stats().get(&session.client.stats().requests);
+    summary.calls = calls_now();
+    phase.mark("verify", summary.calls);
+    summary.calls_by = phase.done;
     summary.budget = session.client.budget();
     say(
         &summary,
@@ -422,6 +432,55 @@ fn report_refused_again(
         .map_err(|_| anyhow::anyhow!("the report was lost to a panic; rerun `segsync load`"))?
         .extend(rows);
     Ok(())
+}
+
+/// Make (or find) the plan this load executes, when it executes one; the
+/// unchanged rows go to the summary. Returns when the plan's export was
+/// made (ms), for `--keep-newer`'s window.
+async fn plan_first(
+    setup: &mut Setup,
+    args: &Args,
+    session: &Session,
+    summary: &mut Summary,
+) -> Result<Option<i64>> {
+    if !by_plan::wanted(setup, args) {
+        return Ok(None);
+    }
+    // What the checks of pending batches wrote makes a saved plan stale
+    // (the plan compares the ledger's content, `opened` lines aside);
+    // `recover` added the customers they confirmed to these ids.
+    let ids = std::mem::take(&mut setup.ledger.confirmed_ids);
+    let prepared = by_plan::prepare(setup, args, &session.client, ids, true)
+        .await
+        .map_err(|e| {
+            e.context(
+                "load stopped before sending anything: rerun `segsync load` once the cause is gone",
+            )
+        })?;
+    Ok(prepared.map(|meta| {
+        // Rows the checks confirmed are the same in Voucherify by now.
+        summary.unchanged =
+            (meta.counts.unchanged + meta.counts.skipped).saturating_sub(summary.recovered);
+        meta.made_at_ms - (meta.seconds * 1000.0) as i64
+    }))
+}
+
+/// Read back what this load confirmed, unless `--no-verify` (or
+/// `--from-ledger`, which reads no export: said).
+async fn read_back_unless(
+    session: &Session,
+    setup: &Setup,
+    args: &Args,
+    since: u64,
+) -> Option<Result<verify::Verified>> {
+    match (args.no_verify, args.from_ledger) {
+        (true, _) => None,
+        (false, true) => {
+            ui::warn("load --from-ledger: what Voucherify confirmed is not read back (by that choice, Voucherify's export is not read); --no-verify says so without a warning");
+            None
+        }
+        (false, false) => Some(read_back(session, setup, args, since).await),
+    }
 }
 
 /// Read back what this load confirmed (`verify`): the changes Voucherify
@@ -513,6 +572,27 @@ fn fill(summary: &mut Summary, session: &Session, before: Before) {
 }
 
 /// The summary lines: rows (each counted once), calls and speed.
+/// Calls counted by phase.
+struct Phases {
+    last: u64,
+    done: Vec<(&'static str, u64)>,
+}
+
+impl Phases {
+    /// Starting at `calls` already made (setup's: the schema read).
+    fn start(calls: u64) -> Phases {
+        Phases {
+            last: calls,
+            done: vec![("start", calls)],
+        }
+    }
+
+    fn mark(&mut self, name: &'static str, calls: u64) {
+        self.done.push((name, calls.saturating_sub(self.last)));
+        self.last = calls;
+    }
+}
+
 fn say(
     summary: &Summary,
     session: &Session,
@@ -537,10 +617,10 @@ fn say(
         if summary.failed > 0 { format!(" (see {})", report_file.display()) } else { String::new() },
         if summary.invalid > 0 { format!(", {} invalid set aside in {}", summary.invalid, setup.rejects.display()) } else { String::new() },
     ));
-    if summary.imported > 0 || export_calls > 0 {
+    if summary.imported > 0 {
         let files = session.import_files.load(Ordering::Relaxed);
         ui::info(format!(
-            "load: {} customers by import in {files} files ({files} import calls), {} by bulk in {} batches ({} bulk calls), {} polls, {export_calls} export calls",
+            "load: {} customers by import in {files} files ({files} import calls), {} by bulk in {} batches ({} bulk calls), {} polls; the export that said who exists took {export_calls} calls",
             summary.imported,
             summary.sent - summary.imported,
             summary.batches,
@@ -548,6 +628,14 @@ fn say(
             summary.polls
         ));
     }
+    let by: Vec<String> = (summary.calls_by.iter())
+        .map(|(name, n)| format!("{n} {}", phase_words(name)))
+        .collect();
+    ui::info(format!(
+        "load: {} Voucherify calls: {}",
+        summary.calls,
+        by.join(", ")
+    ));
     let secs = started.elapsed().as_secs_f64().max(0.001);
     ui::info(format!(
         "load: {}; {} polls ({:.2} per batch); {:.1}s, {}",
@@ -557,6 +645,17 @@ fn say(
         secs,
         ui::rate_of(summary.sent as f64 / secs, "customers")
     ));
+}
+
+fn phase_words(name: &str) -> &'static str {
+    match name {
+        "start" => "to start (the schema read)",
+        "recover" => "to check batches an earlier run left",
+        "plan" => "for the plan (its export and polls, or who exists)",
+        "send" => "to send and confirm",
+        "verify" => "to read back",
+        _ => "other",
+    }
 }
 
 /// Actions a killed run left pending: check them instead of resending.

@@ -243,7 +243,7 @@ fn note(
 }
 
 /// Every valid row of `input`: its source id, request and content key.
-fn read_rows(
+pub(crate) fn read_rows(
     input: &Path,
     mut f: impl FnMut(&str, &serde_json::Map<String, serde_json::Value>, u128) -> Result<()>,
 ) -> Result<()> {

@@ -182,6 +182,56 @@ pub struct Mapping {
     pub metadata: Vec<MetadataKey>,
     /// The file it was read from (None: the default mapping).
     pub file: Option<PathBuf>,
+    /// How a birthdate written `17/05/1990` or `05/17/1990` is read
+    /// (`[birthdate] order`); None: only ISO dates are read.
+    pub birthdate_order: Option<DayMonth>,
+}
+
+/// The order of day and month in a birthdate written with `/`, `.` or `-`
+/// and the year last (`17/05/1990`): the source's convention, which no
+/// value can tell alone for days up to 12.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DayMonth {
+    DayFirst,
+    MonthFirst,
+}
+
+impl DayMonth {
+    fn parse(s: &str) -> Option<DayMonth> {
+        match s {
+            "day-month" => Some(DayMonth::DayFirst),
+            "month-day" => Some(DayMonth::MonthFirst),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            DayMonth::DayFirst => "day-month",
+            DayMonth::MonthFirst => "month-day",
+        }
+    }
+
+    /// `DD/MM/YYYY` (or `MM/DD/YYYY`, with `.` or `-` too) as an ISO date,
+    /// when it is one and the date exists.
+    pub fn read(self, s: &str) -> Option<String> {
+        let parts: Vec<&str> = s.trim().split(['/', '.', '-']).collect();
+        let [a, b, y] = parts.as_slice() else {
+            return None;
+        };
+        let digits = |p: &str, n: std::ops::RangeInclusive<usize>| {
+            n.contains(&p.len()) && p.bytes().all(|c| c.is_ascii_digit())
+        };
+        if !(digits(a, 1..=2) && digits(b, 1..=2) && digits(y, 4..=4)) {
+            return None;
+        }
+        let (d, m) = match self {
+            DayMonth::DayFirst => (a, b),
+            DayMonth::MonthFirst => (b, a),
+        };
+        let date = format!("{y}-{:0>2}-{:0>2}", m, d);
+        crate::dates::parse_date(&date).map(|_| date)
+    }
 }
 
 impl Default for Mapping {
@@ -191,6 +241,7 @@ impl Default for Mapping {
             fields: Vec::new(),
             metadata: Vec::new(),
             file: None,
+            birthdate_order: None,
         }
     }
 }
@@ -293,10 +344,20 @@ impl Mapping {
                         ));
                     }
                 }
+                "birthdate" => {
+                    for (k, v) in t {
+                        let order = v.as_str().and_then(DayMonth::parse);
+                        match (k.as_str(), order) {
+                            ("order", Some(o)) => m.birthdate_order = Some(o),
+                            ("order", None) => return Err(err(path, format!("[birthdate] order: {v} is not \"day-month\" (17/05/1990) or \"month-day\" (05/17/1990)"))),
+                            _ => return Err(err(path, format!("[birthdate]: unknown key `{k}`; the section takes `order`"))),
+                        }
+                    }
+                }
                 other => {
                     return Err(err(
                         path,
-                        format!("unknown section [{other}]; a mapping has [source_id], [fields] and [metadata]"),
+                        format!("unknown section [{other}]; a mapping has [source_id], [fields], [metadata] and [birthdate]"),
                     ))
                 }
             }
@@ -364,6 +425,10 @@ impl Mapping {
                 }
             }
         }
+        let _ = match self.birthdate_order {
+            Some(o) => writeln!(s, "\n[birthdate]\n# how a date written 17/05/1990 or 05/17/1990 is read\norder = \"{}\"", o.name()),
+            None => writeln!(s, "\n[birthdate]\n# order = \"day-month\" reads 17/05/1990 (\"month-day\": 05/17/1990); without it only\n# ISO dates (1990-05-17) are read and others are dropped with a warning"),
+        };
         let _ = writeln!(s, "\n[metadata]\n# metadata key = trait, or {{ trait = \"...\", type = \"...\" }}; types: string,\n# number, boolean, date, datetime, object, or an array of one (\"number[]\").\n# The `metadata` trait (an object) is always sent; a mapped key wins over it.");
         for k in &self.metadata {
             let _ = match k.ty {

@@ -84,14 +84,22 @@ pub fn map_profile(profile: &ProfileRecord, m: &Mapping) -> Mapped {
     let birthdate = match birth_source {
         None => None,
         Some((key, raw)) => {
-            match crate::dates::date_part(&raw) {
-                Some(d) => Some(d.to_string()),
+            let by_order = || m.birthdate_order.and_then(|o| o.read(&raw));
+            match crate::dates::date_part(&raw)
+                .map(str::to_string)
+                .or_else(by_order)
+            {
+                Some(d) => Some(d),
                 None => {
+                    let hint = match m.birthdate_order {
+                        Some(_) => "nor a date in the order [birthdate] names",
+                        None => "(a date like 17/05/1990 is read with `[birthdate] order = \"day-month\"` in the mapping file)",
+                    };
                     warnings.push(Warning {
-                    field: "birthdate".into(),
-                    value: raw.clone(),
-                    reason: format!("trait {key} is not a valid YYYY-MM-DD date or ISO-8601 date-time; dropped"),
-                });
+                        field: "birthdate".into(),
+                        value: raw.clone(),
+                        reason: format!("trait {key} is not a valid YYYY-MM-DD date or ISO-8601 date-time {hint}; dropped"),
+                    });
                     None
                 }
             }
@@ -447,6 +455,40 @@ mod tests {
                 r.description.as_deref()
             ),
             (Some("a@b.c"), Some("+48 600"), Some("VIP"))
+        );
+    }
+
+    #[test]
+    fn a_birthdate_in_the_order_the_mapping_names() {
+        let with = |order: &str| {
+            let text = format!("[birthdate]\norder = \"{order}\"\n");
+            Mapping::parse(&text, std::path::Path::new("m.toml")).unwrap()
+        };
+        let p = profile(json!({"birthdate": "17/05/1990"}), uid());
+        let get = |m: &Mapping| match map_profile(&p, m) {
+            Mapped::Customer { row, warnings } => (row.birthdate, warnings.len()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(get(&with("day-month")), (Some("1990-05-17".into()), 0));
+        // 17 is no month: dropped, said.
+        assert_eq!(get(&with("month-day")), (None, 1));
+        assert_eq!(get(&Mapping::default()), (None, 1));
+        let p = profile(json!({"birthdate": "05.06.1990"}), uid());
+        let get = |m: &Mapping| match map_profile(&p, m) {
+            Mapped::Customer { row, .. } => row.birthdate,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(get(&with("day-month")).as_deref(), Some("1990-06-05"));
+        assert_eq!(get(&with("month-day")).as_deref(), Some("1990-05-06"));
+        assert!(Mapping::parse(
+            "[birthdate]\norder = \"dmy\"\n",
+            std::path::Path::new("m.toml")
+        )
+        .is_err());
+        // The order changes what transform writes: another fingerprint.
+        assert_ne!(
+            with("day-month").fingerprint(),
+            Mapping::default().fingerprint()
         );
     }
 

@@ -10,7 +10,8 @@
 //! (the exact request body `load` sends), `segment_id`, `line` (of the
 //! customers file), `content` (the row's content key, for the ledger) and
 //! `pending_clear` (fields the source emptied that stay as they are in
-//! Voucherify until `--clear-removed`).
+//! Voucherify until `--clear-removed`) and `hand_edit` (the fields of the
+//! row a person's kept edit sets, from `edits.csv`, not Segment).
 //!
 //! The plan file is an audit record, never an input: `load.plan.json`
 //! records content hashes of the inputs (`customers.csv`, the ledger, the
@@ -25,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub const COLUMNS: [&str; 12] = [
+pub const COLUMNS: [&str; 13] = [
     "source_id",
     "action",
     "fields",
@@ -38,6 +39,7 @@ pub const COLUMNS: [&str; 12] = [
     "line",
     "content",
     "pending_clear",
+    "hand_edit",
 ];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -352,13 +354,18 @@ impl Meta {
 /// Writes `load.plan.csv` whole or not at all.
 pub struct PlanWriter {
     out: csv::Writer<AtomicFile>,
+    edits: crate::spreadsheet::overrides::Overrides,
 }
 
 impl PlanWriter {
-    pub fn create(path: &Path) -> Result<PlanWriter> {
+    /// A plan file at `path`; `edits` names the fields people set by hand.
+    pub fn create(
+        path: &Path,
+        edits: crate::spreadsheet::overrides::Overrides,
+    ) -> Result<PlanWriter> {
         let mut out = csv::Writer::from_writer(AtomicFile::create(path)?);
         out.write_record(COLUMNS)?;
-        Ok(PlanWriter { out })
+        Ok(PlanWriter { out, edits })
     }
 
     pub fn write(
@@ -388,6 +395,7 @@ impl PlanWriter {
             &line.to_string(),
             content,
             &pending,
+            &self.edits.fields_of(sid).join("; "),
         ])?;
         Ok(())
     }

@@ -94,7 +94,18 @@ impl<W: Write> Out<W> {
 }
 
 /// Keep `confirmed`, read from the ledger up to `end`.
+/// Saves held for the rest of the process (`load --dry-run` writes
+/// nothing, not even this cache).
+static HELD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn hold_saves() {
+    HELD.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub fn save(ledger: &Path, target: &str, end: Mark, confirmed: &Confirmed) -> Result<()> {
+    if HELD.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
     let path = path_of(ledger);
     let before = Stamp::of(ledger);
     let (whole, hash) = super::file::ledger_hashes(ledger, Some(end.bytes), 1 << 20)?;

@@ -19,6 +19,7 @@ pub mod file;
 mod flat;
 pub mod held;
 mod ledger_index;
+pub use ledger_index::hold_saves;
 pub mod obtain;
 pub mod orphans;
 pub mod rows;
@@ -270,7 +271,8 @@ pub async fn make(
     })?;
     let mut hashes = hashes;
     let confirmed_missing = missing_from_export(&confirmed, &held, files, target)?;
-    let mut writer = PlanWriter::create(&files.plan)?;
+    let edits = crate::spreadsheet::overrides::Overrides::read(&state::edits(&files.customers))?;
+    let mut writer = PlanWriter::create(&files.plan, edits)?;
     let mut ids = orphans::Identities::new(&held);
     let mut counts = Counts {
         exported: held.len() as u64,
@@ -289,13 +291,27 @@ pub async fn make(
     })?;
     writer.commit()?;
     hashes.plan = file::hash_of(&files.plan)?;
+    // A file of some rows (a pilot, a file of one's own) says nothing of
+    // the profiles it does not hold: only the data directory's own
+    // customers.csv (transform's, edited or not) can tell a profile gone.
+    let own = files.ledger.with_file_name(state::CUSTOMERS);
+    let whole = matches!(
+        (std::fs::canonicalize(&files.customers), std::fs::canonicalize(&own)),
+        (Ok(a), Ok(b)) if a == b
+    );
+    if !whole {
+        ui::info(format!(
+            "plan: {} is not the data directory's customers.csv (a pilot, or a file of your own): a customer it does not hold is not counted as an orphan",
+            files.customers.display()
+        ));
+    }
     counts.orphans = orphans::write(
         &files.orphans,
         ids,
         &confirmed,
-        &files.ledger,
-        target,
+        (&files.ledger, target),
         &held,
+        whole,
     )?;
     let mut meta = Meta::new(
         input,
@@ -578,9 +594,31 @@ pub fn say(meta: &Meta, files: &state::Beside, calls: u64) {
     for e in &c.examples {
         ui::info(format!("plan: e.g. {e}"));
     }
+    say_cost(c);
     ui::info(format!(
         "plan: written to {}; `segsync load` sends it",
         plan_path.display()
+    ));
+}
+
+/// What sending the plan costs in Voucherify calls, against the plans'
+/// published limits (per minute: Business 100, Organization 2,000, a
+/// sandbox project 100 an hour; per month: Business 100,000, Organization
+/// 300,000).
+fn say_cost(c: &Counts) {
+    let send = (c.create + c.update + c.clear).saturating_sub(c.skipped);
+    if send == 0 {
+        ui::info("plan: nothing to send");
+        return;
+    }
+    // A request and a poll per batch of 100, and an export to read back.
+    let calls = 2 * send.div_ceil(100) + 5;
+    ui::info(format!(
+        "plan: sending {send} customers by bulk takes about {calls} Voucherify calls: {:.2}% of a Business plan's month (100,000), {:.2}% of an Organization plan's (300,000); {} of calls at a Business plan's 100 a minute, {} at a sandbox project's 100 an hour (docs/runbook.md)",
+        calls as f64 / 1_000.0,
+        calls as f64 / 3_000.0,
+        ui::human_secs(calls as f64 * 0.6),
+        ui::human_secs(calls as f64 * 36.0),
     ));
 }
 

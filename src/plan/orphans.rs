@@ -85,9 +85,9 @@ pub fn write(
     path: &Path,
     ids: Identities,
     confirmed: &Confirmed,
-    ledger: &Path,
-    target: &str,
+    (ledger, target): (&Path, &str),
     held: &HeldFile,
+    whole: bool,
 ) -> Result<u64> {
     let sources = |k: u128| ids.sources.contains(held, k);
     let profiles: KeyMap<u128, ()> = ids.profiles.finish(&mut later);
@@ -97,8 +97,8 @@ pub fn write(
         .filter(|k| !sources(**k))
         .copied()
         .collect();
-    // Profiles gone: only a file that names profiles can tell.
-    if ids.with_profile > 0 {
+    // Profiles gone: only transform's whole file, naming profiles, can tell.
+    if whole && ids.with_profile > 0 {
         keys.extend(
             confirmed
                 .by_profile

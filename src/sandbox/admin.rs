@@ -29,6 +29,8 @@ pub struct Stats {
     /// Bulk requests accepted (202).
     pub bulk_accepted: AtomicU64,
     pub customers_received: AtomicU64,
+    /// Customers in the export files downloaded (every download counted).
+    pub export_rows_downloaded: AtomicU64,
     /// Customers accepted without a `source_id` (a careless client's mark).
     pub without_source_id: AtomicU64,
     /// Profiles that got activity (touch, churn).
@@ -178,6 +180,7 @@ impl Stats {
             "customers": st.customers.lock().map(|c| c.len()).unwrap_or(0),
             "customers_without_source_id": get(&self.without_source_id),
             "customers_received": get(&self.customers_received),
+            "export_rows_downloaded": get(&self.export_rows_downloaded),
             "bulk_requests_rejected": get(&self.bulk_rejected),
             "async_actions_accepted": get(&self.bulk_accepted),
             "profiles": st.data.n,

@@ -406,6 +406,8 @@ pub async fn download(
     };
     match exports.get(&id) {
         Some(e) if q.get("token") == Some(&e.token) => {
+            (st.stats.export_rows_downloaded)
+                .fetch_add(e.rows as u64, std::sync::atomic::Ordering::Relaxed);
             ([("content-type", "text/csv")], e.file.clone()).into_response()
         }
         Some(_) => StatusCode::FORBIDDEN.into_response(),

@@ -57,7 +57,8 @@ pub struct World {
     /// nothing segsync never set may be erased.
     pub existing_percent: Option<u32>,
     /// Between the first run and the rerun, a person edits this many rows
-    /// of customers.csv by hand: `run` must refuse before sending anything.
+    /// of customers.csv by hand: the rerun keeps the edits (edits.csv) and
+    /// Voucherify must end holding them.
     pub hand_edits: usize,
 }
 

@@ -94,8 +94,13 @@ pub fn classify(old: &str, new: &str) -> Option<Damage> {
     let (o, n) = (old.trim(), new.trim());
     let strip_plus = |s: &str| s.strip_prefix('+').unwrap_or(s).to_string();
     let (od, nd) = (strip_plus(o), strip_plus(n));
-    if all_digits(&od) && od.starts_with('0') && all_digits(&nd) && od.trim_start_matches('0') == nd
-    {
+    // A number a spreadsheet read drops its leading zeros; all zeros
+    // (`00000`) become `0`.
+    let stripped = match od.trim_start_matches('0') {
+        "" => "0",
+        rest => rest,
+    };
+    if all_digits(&od) && od.starts_with('0') && od != nd && all_digits(&nd) && stripped == nd {
         return Some(Damage::LostLeadingZeros);
     }
     if all_digits(&od) && od.len() >= 10 && is_scientific(n) {
@@ -221,6 +226,10 @@ mod tests {
             Some(Damage::LostLeadingZeros)
         );
         assert_eq!(classify("0150", "150"), Some(Damage::LostLeadingZeros));
+        // All zeros read as a number are one zero (issue 47).
+        assert_eq!(classify("00000", "0"), Some(Damage::LostLeadingZeros));
+        assert_eq!(classify("0", "0"), None);
+        assert_eq!(classify("00000", "00000"), None);
         assert_eq!(
             classify("123456789012", "1.23457E+11"),
             Some(Damage::ScientificNotation)

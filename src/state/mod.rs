@@ -57,6 +57,18 @@ pub fn manifest(customers: &Path) -> PathBuf {
     parent_dir(customers).join("transform.manifest.json")
 }
 
+/// `edits.csv` beside a customers file: a person's hand edits, kept as
+/// overrides every transform applies.
+pub fn edits(customers: &Path) -> PathBuf {
+    parent_dir(customers).join("edits.csv")
+}
+
+/// `transform.written.csv` beside a customers file: a copy of what
+/// transform wrote, which tells a person's edits from Segment's changes.
+pub fn written(customers: &Path) -> PathBuf {
+    parent_dir(customers).join("transform.written.csv")
+}
+
 /// `transform.warnings.csv` beside a customers file.
 pub fn warnings(customers: &Path) -> PathBuf {
     parent_dir(customers).join("transform.warnings.csv")
@@ -108,6 +120,37 @@ pub struct Beside {
 }
 
 impl Beside {
+    /// These files with every one a command writes moved into `dir`
+    /// (`load --dry-run`): the customers file and the ledger stay, and the
+    /// kept export (with its record) is copied, so a delta of it still does.
+    pub fn scratch(&self, dir: &Path) -> anyhow::Result<Beside> {
+        let to = |p: &Path| dir.join(p.file_name().unwrap_or_default());
+        for kept in [&self.export, &self.export_meta] {
+            if kept.is_file() {
+                std::fs::copy(kept, to(kept)).map_err(|e| {
+                    anyhow::anyhow!("cannot copy {} for the dry run: {e}", kept.display())
+                })?;
+            }
+        }
+        Ok(Beside {
+            dir: dir.to_path_buf(),
+            customers: self.customers.clone(),
+            ledger: self.ledger.clone(),
+            report: to(&self.report),
+            rejects: to(&self.rejects),
+            plan: to(&self.plan),
+            plan_meta: to(&self.plan_meta),
+            orphans: to(&self.orphans),
+            export: to(&self.export),
+            export_meta: to(&self.export_meta),
+            export_delta: to(&self.export_delta),
+            export_created: to(&self.export_created),
+            export_ids: to(&self.export_ids),
+            export_ids_meta: to(&self.export_ids_meta),
+            verify: to(&self.verify),
+        })
+    }
+
     pub fn of(customers: &Path) -> Beside {
         let dir = parent_dir(customers);
         Beside {

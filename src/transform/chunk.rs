@@ -2,6 +2,7 @@
 //! CSV bytes of each output file, and the counts. Pure but for `ui::verbosity`.
 
 use crate::mapping::{map_profile, Mapped, Mapping};
+use crate::spreadsheet::overrides::Overrides;
 
 /// The traits the parse keeps.
 pub type TraitSet = std::collections::HashSet<String>;
@@ -36,6 +37,7 @@ impl Chunk {
     pub fn process(
         &self,
         m: &Mapping,
+        edits: &Overrides,
         wanted: &TraitSet,
         input: &str,
         skip_invalid: bool,
@@ -82,7 +84,11 @@ impl Chunk {
                             &rej.detail,
                         ]);
                     }
-                    Mapped::Customer { row, warnings: ws } => {
+                    Mapped::Customer {
+                        mut row,
+                        warnings: ws,
+                    } => {
+                        edits.apply(&mut row);
                         let sid = row.source_id.as_deref().unwrap_or("");
                         for w in &ws {
                             r.warning_count += 1;
@@ -121,7 +127,12 @@ pub type TimedRow = (i64, Vec<Option<String>>);
 impl Chunk {
     /// The customers of this chunk as cells, each with its update time.
     /// Err: the first line that is not a profile (line number and why).
-    pub fn rows(&self, m: &Mapping, wanted: &TraitSet) -> Result<Vec<TimedRow>, String> {
+    pub fn rows(
+        &self,
+        m: &Mapping,
+        edits: &Overrides,
+        wanted: &TraitSet,
+    ) -> Result<Vec<TimedRow>, String> {
         let mut out = Vec::new();
         for (i, line) in self.data.split(|&b| b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -129,7 +140,8 @@ impl Chunk {
             }
             let profile = crate::records::parse_for_mapping(line, wanted)
                 .map_err(|e| format!("{}: {e}", self.first_line + i as u64))?;
-            if let Mapped::Customer { row, .. } = map_profile(&profile, m) {
+            if let Mapped::Customer { mut row, .. } = map_profile(&profile, m) {
+                edits.apply(&mut row);
                 out.push((
                     updated_millis(&profile),
                     row.cells().iter().map(|c| (*c).clone()).collect(),

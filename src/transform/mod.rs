@@ -52,9 +52,14 @@ pub struct Args {
     pub rejected: Option<PathBuf>,
     #[command(flatten)]
     pub mapping: crate::mapping::MappingArgs,
-    /// Overwrite customers.csv even if it was edited after transform wrote it
+    /// Overwrite customers.csv even if it was edited after transform wrote
+    /// it, without keeping its edits in edits.csv
     #[arg(long)]
     pub force: bool,
+    /// Drop a kept hand edit from edits.csv before mapping: SOURCE_ID (every
+    /// field of it) or SOURCE_ID:FIELD; repeat for more
+    #[arg(long = "drop-edit", value_name = "SOURCE_ID[:FIELD]")]
+    pub drop_edit: Vec<String>,
     /// Send malformed lines of the input to rejected.csv instead of stopping
     #[arg(long = "skip-invalid")]
     pub skip_invalid: bool,
@@ -184,33 +189,107 @@ fn check_extracted_for(input: &Path, mapping: &crate::mapping::Mapping) -> Resul
     .into())
 }
 
-/// `command` (`run`) refuses, before anything else, what transform would:
-/// a hand-edited `out` it would have to overwrite.
-pub fn refuse_edited(out: &Path, force: bool, command: &str) -> Result<()> {
-    check_not_edited(out, force)
-        .map(|_| ())
-        .map_err(|e| e.context(format!("{command} refused before sending anything")))
-}
-
-/// Refuse to overwrite a hand-edited `out`; returns the hash of the file
-/// being replaced, if any.
-fn check_not_edited(out: &Path, force: bool) -> Result<Option<String>> {
+/// A `customers.csv` edited by hand since transform wrote it: its edits
+/// are kept in `edits.csv` (every transform applies them), found against
+/// the copy of what transform wrote. With `force`, overwritten and not
+/// kept, said. A file no copy can speak for (written by hand, or by an
+/// older segsync) is refused as before: nothing tells its edits from
+/// Segment's changes. Returns the hash of the file being replaced.
+pub fn keep_edits(out: &Path, force: bool, command: &str) -> Result<Option<String>> {
     let edited = match manifest::edited_since_transform(out) {
         Err(_) if force => Some(true),
         r => r?,
     };
     match edited {
-        Some(true) if !force => Err(UsageError::new(format!(
-            "{} was changed after transform wrote it (its content differs from the hash in {}). \
-             To keep your edits, load it as it is with `segsync load`, or move it aside first; \
-             to overwrite it, rerun with --force.",
-            out.display(),
-            state::manifest(out).display()
-        ))
-        .into()),
-        Some(_) => Ok(Some(files::sha256_file(out)?)),
-        None => Ok(None),
+        None => return Ok(None),
+        Some(false) => return Ok(Some(files::sha256_file(out)?)),
+        Some(true) if force => {
+            ui::warn(format!(
+                "{command} --force: the hand edits of {} are overwritten, not kept",
+                out.display()
+            ));
+            return Ok(Some(files::sha256_file(out)?));
+        }
+        Some(true) => {}
     }
+    let written = state::written(out);
+    let speaks = manifest::read(out).is_some_and(|m| {
+        files::sha256_file(&written).is_ok_and(|sha| m.customers_sha256.contains(&sha))
+    });
+    if !speaks {
+        return Err(UsageError::new(format!(
+            "{command} refused before sending anything: {} was changed after transform wrote it, and no copy of what transform wrote ({}) can tell your edits from Segment's changes. To keep your edits, load it as it is with `segsync load`, or move it aside first; to overwrite it, rerun with --force.",
+            out.display(),
+            written.display()
+        ))
+        .into());
+    }
+    let edits = state::edits(out);
+    let found = crate::spreadsheet::overrides::record(out, &written, &edits)?;
+    say_kept(&found, out, &edits, command);
+    Ok(Some(files::sha256_file(out)?))
+}
+
+fn say_kept(
+    found: &crate::spreadsheet::overrides::Recorded,
+    out: &Path,
+    edits: &Path,
+    command: &str,
+) {
+    if found.cells > 0 {
+        ui::info(format!(
+            "{command}: kept {} hand edits of {} ({} customers) in {}: every transform applies them (`transform --drop-edit SOURCE_ID[:FIELD]` drops one)",
+            found.cells,
+            out.display(),
+            found.customers,
+            edits.display()
+        ));
+    }
+    let some = |v: &[String]| v.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
+    if !found.damaged.is_empty() {
+        ui::warn(format!(
+            "{command}: {} changed cells look like a spreadsheet's doing and are not kept as edits (e.g. {})",
+            found.damaged.len(),
+            some(&found.damaged)
+        ));
+    }
+    if !found.added.is_empty() || !found.removed.is_empty() {
+        ui::warn(format!(
+            "{command}: rows added ({}) or removed ({}) by hand are not kept: transform writes a row per profile (add or remove them in Segment, or load a file of your own with `load --in FILE`){}{}",
+            found.added.len(),
+            found.removed.len(),
+            if found.added.is_empty() { String::new() } else { format!("; added: {}", some(&found.added)) },
+            if found.removed.is_empty() { String::new() } else { format!("; removed: {}", some(&found.removed)) },
+        ));
+    }
+}
+
+/// The hand edits every row gets (`edits.csv` beside `out`), once the
+/// entries `drop` names are dropped.
+fn edits_for(
+    out: &Path,
+    drop: &[String],
+) -> Result<(crate::spreadsheet::overrides::Overrides, PathBuf)> {
+    let path = state::edits(out);
+    if !drop.is_empty() {
+        let n = crate::spreadsheet::overrides::drop(&path, drop)?;
+        ui::info(format!(
+            "transform: dropped {n} hand edits from {}",
+            path.display()
+        ));
+    }
+    Ok((crate::spreadsheet::overrides::Overrides::read(&path)?, path))
+}
+
+/// Copy what transform wrote beside it (`transform.written.csv`), whole or
+/// not at all.
+fn keep_written(out: &Path) -> Result<()> {
+    let written = state::written(out);
+    let mut f = files::AtomicFile::create(&written)?;
+    let mut from = files::open_regular(out)?;
+    std::io::copy(&mut from, f.writer())
+        .with_context(|| format!("cannot write {}", written.display()))?;
+    f.commit()
 }
 
 pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
@@ -236,7 +315,8 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         .into());
     }
     check_extracted_for(&input, &mapping)?;
-    let previous_sha = check_not_edited(&out, args.force)?;
+    let previous_sha = keep_edits(&out, args.force, "transform")?;
+    let (edits, edits_path) = edits_for(&out, &args.drop_edit)?;
 
     let started = Instant::now();
     let file = crate::files::open_regular(&input)?;
@@ -253,7 +333,7 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     pool::ordered_map(
         read_chunks(file, &input),
         workers,
-        |chunk| chunk.process(&mapping, &wanted, &input_name, args.skip_invalid),
+        |chunk| chunk.process(&mapping, &edits, &wanted, &input_name, args.skip_invalid),
         |r| {
             for msg in &r.debug {
                 ui::debug(msg);
@@ -312,6 +392,8 @@ pub fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
         outputs.customers = filtered;
     }
     commit(outputs, &out, &input, &mapping, previous_sha, &summary)?;
+    keep_written(&out)?;
+    say_applied(&edits, &edits_path);
 
     if summary.profiles != summary.customers + summary.rejected_total() {
         anyhow::bail!(
@@ -363,6 +445,26 @@ fn commit(
     manifest::write(out, &m)
 }
 
+/// The kept hand edits transform applied, and those Segment has changed
+/// since (the edit still wins).
+fn say_applied(edits: &crate::spreadsheet::overrides::Overrides, path: &Path) {
+    let (applied, changed, examples) = edits.found();
+    if applied == 0 {
+        return;
+    }
+    ui::info(format!(
+        "transform: {applied} hand edits applied from {} (over {} kept)",
+        path.display(),
+        edits.len()
+    ));
+    if changed > 0 {
+        ui::warn(format!(
+            "transform: Segment has changed {changed} fields you edited by hand since; your edits win (e.g. {}); `transform --drop-edit SOURCE_ID[:FIELD]` takes Segment's again",
+            examples.join("; ")
+        ));
+    }
+}
+
 fn report(summary: &Summary, out: &Path, rejected: &Path, started: Instant, input_bytes: u64) {
     let secs = started.elapsed().as_secs_f64().max(0.001);
     let reasons: Vec<String> = summary
@@ -405,6 +507,7 @@ fn report(summary: &Summary, out: &Path, rejected: &Path, started: Instant, inpu
 pub fn expected_rows(
     input: &Path,
     mapping: &crate::mapping::Mapping,
+    edits: &crate::spreadsheet::overrides::Overrides,
 ) -> Result<std::collections::HashMap<String, Vec<Option<String>>>> {
     let wanted: chunk::TraitSet = mapping.traits_read().into_iter().collect();
     let file =
@@ -416,7 +519,7 @@ pub fn expected_rows(
     pool::ordered_map(
         read_chunks(file, input),
         workers,
-        |c: Chunk| c.rows(mapping, &wanted),
+        |c: Chunk| c.rows(mapping, edits, &wanted),
         |r| {
             match r {
                 Ok(list) => {

@@ -373,6 +373,9 @@ pub struct WorldHistory {
     /// fields it confirmed but does not hold. Only these may differ, and
     /// only to a value another writer or segsync set.
     pub named: std::collections::BTreeMap<String, Option<std::collections::BTreeSet<String>>>,
+    /// Fields a person set by hand in customers.csv before the rerun (kept
+    /// in edits.csv): they win over the source.
+    pub hand: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Value>>,
 }
 
 /// What a load-report.csv names (see [`WorldHistory::named`]): every
@@ -513,6 +516,14 @@ pub fn assert_world_end_state(
     for (sid, e) in &expected {
         let mut made = world.existing.get(sid).map(flat_held).unwrap_or_default();
         let (mut want, mut got) = (flat_expected(e), held.get(sid).map(flat_held));
+        want.extend(
+            world
+                .hand
+                .get(sid)
+                .into_iter()
+                .flatten()
+                .map(|(f, v)| (f.clone(), v.clone())),
+        );
         match world.named.get(sid) {
             // Refused whole, and said so: like an undeliverable email's.
             Some(None) => {
