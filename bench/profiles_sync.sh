@@ -89,7 +89,7 @@ SECTION=$(
   echo "<!-- profiles-sync -->"
   echo "## extract --from profiles-sync"
   echo
-  echo "Measured by \`bench/profiles_sync.sh\` (run by \`make bench\`) on $(date -u +%Y-%m-%d), $(nproc) cores; release build. DuckDB $(python3 -c 'import duckdb; print(duckdb.__version__)') runs \`bench/duckdb_profiles.sql\`: the mapped traits, latest by seq, values parsed, the user_id ids. Times and peak RSS are medians of $RUNS runs of each tool, alternating; DuckDB's time is the query's own, in-process (Python's start-up and DuckDB's import not counted), its memory the whole process's."
+  echo "Measured by \`bench/profiles_sync.sh\` (run by \`make bench\`) on $(date -u +%Y-%m-%d), $(nproc) cores; release build. DuckDB $(python3 -c 'import duckdb; print(duckdb.__version__)') runs \`bench/duckdb_profiles.sql\`: the mapped traits, latest by seq, values parsed, the user_id ids, each profile's first and last timestamp over both tables (the created_at and updated_at segsync writes). Times and peak RSS are medians of $RUNS runs of each tool, alternating; DuckDB's time is the query's own, in-process (Python's start-up and DuckDB's import not counted), its memory the whole process's."
   echo
   echo "| scenario | segsync | compared with | ratio |"
   echo "|---|---|---|---|"
