@@ -400,7 +400,7 @@ impl Sender {
         let from = args
             .verify_since
             .unwrap_or_else(|| std::fs::metadata(&files.ledger).map_or(0, |m| m.len()));
-        crate::undo::keep_before(&files, &target, from).map_err(said)?;
+        crate::load::kept_before::keep_before(&files, &target, from).map_err(said)?;
         let writer = LedgerWriter::open(&files.ledger, &target).map_err(said)?;
         let mapping = args.mapping.resolve().map_err(said)?;
         let session = Session::new(client, writer, args.timeouts());

@@ -25,6 +25,7 @@ pub mod confirm;
 pub mod dry_run;
 pub mod import;
 pub mod import_files;
+pub mod kept_before;
 pub mod pacing;
 pub mod report;
 pub mod setup;
@@ -305,7 +306,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<Summary> {
     let to_send = setup.batcher(args, confirmed.clone())?.count_to_send()?;
     if to_send > 0 {
         // What Voucherify held before this load, for `segsync undo`.
-        crate::undo::keep_before(
+        kept_before::keep_before(
             &setup.files,
             setup.target.as_deref().unwrap_or_default(),
             ledger_start,
